@@ -1,0 +1,71 @@
+"""The Starlette application of the embedded backend: bearer auth, errors, and the API areas."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import axon_api, devbox_api
+from .config import LocalConfig
+from .errors import ApiError, api_error_handler, unexpected_error_handler
+
+
+class BearerAuth:
+    """Lets through only requests that carry `Authorization: Bearer <api key>` (except `/healthz`)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        got = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(got, self._expected):
+            message = "missing or wrong API key: send 'Authorization: Bearer <key>' with the key the backend printed at start-up"
+            response = JSONResponse({"message": message}, status_code=401)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def healthz(request):  # noqa: ANN001 - Starlette endpoint
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(config: LocalConfig) -> Starlette:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    components = [devbox_api.build(config), axon_api.build(config)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started = []
+        try:
+            for component in components:
+                if component.startup:
+                    await component.startup()
+                started.append(component)
+            yield
+        finally:
+            for component in reversed(started):
+                if component.shutdown:
+                    await component.shutdown()
+
+    routes = [Route("/healthz", healthz)]
+    for component in components:
+        routes.extend(component.routes)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: api_error_handler, Exception: unexpected_error_handler},
+    )
+    app.add_middleware(BearerAuth, api_key=config.api_key)
+    app.state.components = components
+    return app

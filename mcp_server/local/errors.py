@@ -1,0 +1,44 @@
+"""The one error type of the embedded backend, and how it becomes an HTTP response.
+
+Every failure a client can cause is an `ApiError` with a status and a message that
+says what went wrong and what to do; anything else is a bug and answers 500 with a
+generic message (the details go to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("devbox_mcp.local")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def not_found(kind: str, ident: str) -> ApiError:
+    return ApiError(404, f"{kind} {ident!r} not found; list them to see which ids exist")
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, message)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"message": exc.message}, status_code=exc.status)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"message": "internal error in the embedded backend; see its log"}, status_code=500)

@@ -1,0 +1,135 @@
+"""Request parsing and response helpers shared by every route of the embedded backend."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from .errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_JSON_BODY = 64 * 1024 * 1024
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON body into `model`: 400 for malformed JSON, 422 for wrong fields.
+
+    An empty body counts as `{}` because the SDK sends none for argument-less POSTs.
+    """
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BODY:
+        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {MAX_JSON_BODY}")
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, validation_message(exc)) from None
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def query_int(request: Request, name: str, default: int | None, *, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"query parameter {name!r} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def query_bool(request: Request, name: str, default: bool) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"query parameter {name!r} must be true or false, got {raw!r}")
+
+
+def paginate(
+    request: Request, items: Sequence[dict[str, Any]], items_key: str, *, id_key: str = "id"
+) -> dict[str, Any]:
+    """Runloop pagination over an already ordered list: `limit`, `starting_after`, `has_more`, `total_count`."""
+    limit = query_int(request, "limit", 20, lo=1, hi=5000) or 20
+    after = request.query_params.get("starting_after")
+    start = 0
+    if after:
+        ids = [str(item[id_key]) for item in items]
+        if after not in ids:
+            raise ApiError(400, f"starting_after {after!r} is not an id in this list")
+        start = ids.index(after) + 1
+    page = list(items[start : start + limit])
+    body: dict[str, Any] = {items_key: page, "has_more": start + limit < len(items)}
+    if query_bool(request, "include_total_count", True):
+        body["total_count"] = len(items)
+    return body
+
+
+class IdempotencyCache:
+    """Remembers the result of a POST by its idempotency key (`x-request-id`).
+
+    The official SDK reuses one key across the retries of one call, so a retry that
+    arrives after the first attempt acted gets the first result instead of acting twice.
+    Concurrent duplicates wait for the first to finish. Keys are kept for `ttl` seconds.
+    """
+
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max = max_entries
+        self._done: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._pending: dict[str, anyio.Event] = {}
+
+    async def run(self, key: str | None, action: Callable[[], Awaitable[Any]]) -> Any:
+        if not key:
+            return await action()
+        while True:
+            self._expire()
+            if key in self._done:
+                return self._done[key][1]
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()
+        event = self._pending[key] = anyio.Event()
+        try:
+            result = await action()
+            self._done[key] = (time.monotonic(), result)
+            return result
+        finally:
+            del self._pending[key]
+            event.set()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._done and (len(self._done) > self._max or now - next(iter(self._done.values()))[0] > self._ttl):
+            self._done.popitem(last=False)
+
+
+def idempotency_key(request: Request, scope: str) -> str | None:
+    key = request.headers.get("x-request-id")
+    return f"{scope}:{key}" if key else None

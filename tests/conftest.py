@@ -1,0 +1,41 @@
+"""Shared fixtures: a real embedded backend on a loopback port, per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcp_server.local.server import RunningBackend, start_in_thread
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
+    """The embedded backend, served over loopback HTTP on its own thread."""
+    running = start_in_thread(tmp_path_factory.mktemp("backend"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def sdk(backend: RunningBackend):
+    """The official Runloop SDK pointed at the embedded backend."""
+    from runloop_api_client import Runloop
+
+    client = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=2)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+os.environ.setdefault("DEVBOX_MCP_TEST", "1")
