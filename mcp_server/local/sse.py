@@ -8,7 +8,7 @@ Every event is one `data: <json>` line and a blank line; keep-alives are `:` com
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,38 +26,23 @@ def encode_error(code: int, message: str) -> bytes:
     return b"event: error\n" + encode_event({"code": code, "message": message})
 
 
-async def with_keepalives(
-    events: AsyncIterator[bytes], interval: float = KEEPALIVE_SECONDS
-) -> AsyncIterator[bytes]:
-    """Yield encoded events from `events`, and a keep-alive whenever none came for `interval` seconds."""
-    send, receive = anyio.create_memory_object_stream[bytes | None](0)
+async def wait_or_timeout(wait: Callable[[], Awaitable[object]], timeout: float) -> bool:
+    """Await `wait()` for at most `timeout` seconds; False when the time ran out.
 
-    async def pump() -> None:
-        async with send:
-            async for chunk in events:
-                await send.send(chunk)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pump)
-        async with receive:
-            while True:
-                with anyio.move_on_after(interval) as scope:
-                    try:
-                        chunk = await receive.receive()
-                    except anyio.EndOfStream:
-                        break
-                if scope.cancelled_caught:
-                    yield KEEPALIVE
-                    continue
-                if chunk is not None:
-                    yield chunk
-        tg.cancel_scope.cancel()
+    Producers call this between events and yield `KEEPALIVE` on False. (A keep-alive
+    wrapper around the generator would need a task group spanning `yield`, which is unsafe
+    when Starlette abandons the generator on disconnect.)
+    """
+    with anyio.move_on_after(timeout):
+        await wait()
+        return True
+    return False
 
 
-def sse_response(events: AsyncIterator[bytes], interval: float = KEEPALIVE_SECONDS) -> StreamingResponse:
-    """A streaming response for already-encoded events, with keep-alives and no proxy buffering."""
+def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
+    """A streaming response for already-encoded events (keep-alives included), unbuffered by proxies."""
     return StreamingResponse(
-        with_keepalives(events, interval),
+        events,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
