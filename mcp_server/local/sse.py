@@ -26,14 +26,14 @@ def encode_error(code: int, message: str) -> bytes:
     return b"event: error\n" + encode_event({"code": code, "message": message})
 
 
-async def wait_or_timeout(wait: Callable[[], Awaitable[object]], timeout: float) -> bool:
-    """Await `wait()` for at most `timeout` seconds; False when the time ran out.
+async def wait_or_timeout(wait: Callable[[], Awaitable[object]], seconds: float) -> bool:
+    """Await `wait()` for at most `seconds`; False when the time ran out.
 
     Producers call this between events and yield `KEEPALIVE` on False. (A keep-alive
     wrapper around the generator would need a task group spanning `yield`, which is unsafe
     when Starlette abandons the generator on disconnect.)
     """
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(seconds):
         await wait()
         return True
     return False
