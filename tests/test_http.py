@@ -5,11 +5,10 @@ from __future__ import annotations
 import anyio
 import httpx2
 import pytest
+from http_support import Probe, http_client, serve_small
 from mcp import MCPError
 
 from mcp_server.http_app import HttpOptions
-
-from http_support import Probe, http_client, serve_small
 
 TOKEN = "test-token-123"
 pytestmark = pytest.mark.anyio
