@@ -6,11 +6,13 @@ import json
 
 import pytest
 from mcp import Client
+from mcp_support import call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.settings import Settings
 
-from mcp_support import call_error, call_ok, make_server, mcp, structured, text_of  # noqa: F401
+pytest_plugins = ["mcp_support"]
+
 
 pytestmark = pytest.mark.anyio
 
