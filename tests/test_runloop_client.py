@@ -15,6 +15,7 @@ from email.utils import format_datetime
 
 import pytest
 from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
+from runloop_support import FAST, client_for
 
 from mcp_server.runloop import (
     ApiStatusError,
@@ -34,11 +35,6 @@ from mcp_server.runloop.retry import parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
-FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02, max_retry_after=2.0)
-
-
-def client_for(url: str, key: str, policy: RetryPolicy = FAST) -> RunloopClient:
-    return RunloopClient(url, key, retry=policy)
 
 
 # --- pure parts ------------------------------------------------------------------------------
