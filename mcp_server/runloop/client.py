@@ -198,7 +198,7 @@ class RunloopClient:
                     raise ConnectionFailed(method, path, reason) from None
                 delay = self.retry.backoff(failures)
                 log.info("retrying %s %s after %s (attempt %d of %d, in %.2f s)", method, path, reason,
-                         failures + 1, self.retry.max_attempts, delay)
+                         failures + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
                 await anyio.sleep(delay)
                 continue
             status = response.status_code
@@ -227,7 +227,7 @@ class RunloopClient:
                 raise error
             delay = self.retry.backoff(failures, error.retry_after)
             log.info("retrying %s %s after %d (attempt %d of %d, in %.2f s)", method, path, status,
-                     failures + 1, self.retry.max_attempts, delay)
+                     failures + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
             await anyio.sleep(delay)
 
     async def _error_from(self, response: httpx.Response, method: str, path: str) -> ApiStatusError:

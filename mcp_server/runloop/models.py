@@ -7,13 +7,17 @@ must never break a call. Only the fields the tools read are declared.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class View(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+# A string the API may send as null.
+Text = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
 
 
 # --- devboxes -------------------------------------------------------------------------------
@@ -47,7 +51,7 @@ class DevboxView(View):
     end_time_ms: int | None = None
     capabilities: list[str] = Field(default_factory=list)
     launch_parameters: dict[str, Any] = Field(default_factory=dict)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     state_transitions: list[StateTransition] = Field(default_factory=list)
     failure_reason: str | None = None
     shutdown_reason: str | None = None
@@ -97,8 +101,8 @@ class ExecutionDetail(View):
 
     devbox_id: str | None = None
     exit_status: int | None = None
-    stdout: str = ""
-    stderr: str = ""
+    stdout: Text = ""
+    stderr: Text = ""
 
 
 class StdinResult(View):
@@ -138,7 +142,7 @@ class AxonView(View):
     id: str
     created_at_ms: int | None = None
     name: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     deleted_at_ms: int | None = None
 
 
