@@ -4,10 +4,8 @@ server, whose Runloop client points at the embedded backend over loopback HTTP."
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
@@ -21,13 +19,6 @@ MODES = ["legacy", "auto"]
 
 def make_server(backend: RunningBackend, settings: Settings | None = None, base_url: str | None = None):
     return build_server(lambda: RunloopClient(base_url or backend.base_url, backend.api_key), settings)
-
-
-@pytest.fixture(params=MODES)
-async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
-    """An MCP client session with the server, in the protocol era given by the param."""
-    async with Client(make_server(backend), mode=request.param) as client:
-        yield client
 
 
 def text_of(result: CallToolResult) -> str:
