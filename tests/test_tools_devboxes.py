@@ -48,7 +48,7 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
     box = structured(result)
     assert box["status"] == "running" and box["name"] == "lifecycle"
     messages = [m or "" for _, m in seen]
-    assert messages and messages[-1].endswith(")") and "running" in messages[-1]
+    assert messages and messages[-1].split(" (")[0].endswith(": running")
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
     assert all(box["id"] in m for m in messages)
 
