@@ -65,6 +65,10 @@ _SECRET_FILES = (
     "/etc/security/opasswd",
 )
 _SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
+_PROC_READ_ONLY = (
+    "/proc/sys", "/proc/sysrq-trigger", "/proc/mtrr", "/proc/pressure", "/proc/irq", "/proc/bus",
+    "/proc/acpi", "/proc/scsi", "/proc/fs", "/proc/driver", "/proc/tty", "/proc/sysvipc",
+)  # fmt: skip
 # Generated per sandbox (a `user` account, the devbox's own identity and DNS).
 _GENERATED = (
     "/etc/passwd",
@@ -227,6 +231,12 @@ class Sandbox:
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
             "--proc", "/proc", "--dev", "/dev",
+        ]  # fmt: skip
+        # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
+        # check the owner (sysctls, pressure triggers) must be read-only.
+        for path in _PROC_READ_ONLY:
+            args += ["--ro-bind-try", path, path]
+        args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
         if spec.network != "host":
@@ -245,6 +255,7 @@ class Sandbox:
             "--bind-fd", str(fds["tmp"]), "/tmp",
             "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
             "--tmpfs", "/run",
+            "--remount-ro", "/",  # the sandbox's root tmpfs: nothing to write outside home and tmp
             "--chdir", SANDBOX_HOME,
             "--setenv", "HOME", SANDBOX_HOME,
             "--info-fd", str(fds["info"]),
@@ -389,14 +400,21 @@ class Sandbox:
             # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
+        if self._slirp is not None and self._slirp.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._slirp.kill()  # it holds the network namespace open; nothing for it to clean up
         for proc in (self._bwrap, self._slirp):
             if proc is None:
                 continue
-            if proc.returncode is None:
+            # bwrap exits by itself once its pid 1 is gone, after reaping it; killing it first
+            # would leave that pid 1 a zombie of whatever reaps orphans on this host.
+            try:
+                await asyncio.wait_for(proc.communicate(), 5)
+            except (TimeoutError, Exception):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.communicate()
+                with contextlib.suppress(Exception):
+                    await proc.communicate()
 
 
 def _read_json_fd(fd: int) -> dict[str, object]:
