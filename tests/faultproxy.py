@@ -12,7 +12,7 @@ to do to the next `times` matching requests (None: every one):
 
 `forward=True` sends the request upstream (so it acts) and answers the injected status instead
 of the real response: the "response lost after the server acted" case. `proxy.requests` records
-every request seen (method, target, headers), so tests can count attempts and check that the
+every request seen (method, target, headers, body), so tests can count attempts and check that the
 retries of one call carried the same `x-request-id`.
 
 Use the `fault_proxy` fixture (import `fault_proxy_fixture` into the test module); it fronts the
@@ -40,6 +40,7 @@ class SeenRequest:
     method: str
     target: str
     headers: dict[str, str]
+    body: bytes = b""
 
     @property
     def path(self) -> str:
@@ -217,7 +218,7 @@ class FaultProxy:
                 raw_headers.append(line)
         body = await self._read_body(reader, headers)
         with self._lock:
-            self.requests.append(SeenRequest(method, target, headers))
+            self.requests.append(SeenRequest(method, target, headers, body))
         rules = {r.action: r for r in self._take(method, target)}
 
         if "delay" in rules:
