@@ -96,7 +96,7 @@ async def test_output_survives_cuts_byte_for_byte(fault_proxy: FaultProxy, devbo
 
 async def test_output_from_an_offset_is_the_rest(devbox_id: str, backend) -> None:  # noqa: ANN001
     async with client_for(backend.base_url, backend.api_key) as client:
-        started = await client.execute_async(devbox_id, COMMAND)
+        started = await client.execute_async(devbox_id, COMMAND.replace("sleep 0.03; ", ""))
         await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=60)
         middle = len(EXPECTED_STDOUT[:1234].encode())
         chunks = await _collect(client.stream_output(devbox_id, started.execution_id, "stdout", offset=middle))
@@ -165,6 +165,22 @@ async def test_subscription_resumes_after_cuts_without_loss_or_repeat(fault_prox
     assert len(fault_proxy.seen(r"/subscribe/sse")) > 5
     resumed = [c.target for c in fault_proxy.seen(r"/subscribe/sse")][1:]
     assert all("after_sequence=" in t for t in resumed)
+
+
+async def test_subscription_resumes_after_408_and_5xx(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
+    _require_axon_sse(backend)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        axon = await client.create_axon()
+        await client.publish(axon.id, event_type="e", payload=1)
+        fault_proxy.fail(r"/subscribe/sse", status=408, times=1, message="idle")
+        fault_proxy.fail(r"/subscribe/sse", status=502, times=1, retry_after=0)
+        stream = client.subscribe_axon(axon.id)
+        got = await _take(stream, 1)
+        await client.publish(axon.id, event_type="e", payload=2)
+        got += await _take(stream, 1)
+        await stream.aclose()
+    assert [e.sequence for e in got] == [1, 2]
+    assert len(fault_proxy.seen(r"/subscribe/sse")) == 3
 
 
 async def test_subscription_after_a_sequence(backend) -> None:  # noqa: ANN001
