@@ -230,3 +230,11 @@ async def test_key_never_appears_in_errors_or_logs(fault_proxy: FaultProxy, back
         assert key not in _all_text(exc)
     assert caplog.records, "logging was captured"
     assert key not in caplog.text
+
+
+async def test_post_without_key_is_not_resent_after_a_dropped_connection(fault_proxy: FaultProxy, backend) -> None:
+    fault_proxy.cut("^/healthz$", after_bytes=0, method="POST")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        with pytest.raises(ConnectionFailed):
+            await client._send("POST", "/healthz")
+    assert len(fault_proxy.seen("^/healthz$")) == 1

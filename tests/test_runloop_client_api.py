@@ -168,6 +168,34 @@ async def test_execute_retried_after_a_lost_response_runs_once(
     assert len(bodies) == 3
 
 
+async def test_execute_retried_after_a_dropped_connection_runs_once(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    _require_exec(backend)
+    marker = f"cut-{uuid.uuid4().hex[:8]}.txt"
+    fault_proxy.cut(r"/execute$", after_bytes=0, times=1)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        view = await client.execute(devbox_id, f"echo x >> ~/{marker}; wc -l < ~/{marker}", optimistic_timeout=20)
+        view = await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
+    attempts = fault_proxy.seen(r"/execute$")
+    assert len(attempts) == 2
+    assert len({json.loads(a.body)["command_id"] for a in attempts}) == 1, "the retry reuses the command_id"
+    assert view.stdout.strip() == "1"
+
+
+async def test_long_poll_treats_408_as_not_yet(fault_proxy: FaultProxy, devbox_id: str, backend) -> None:  # noqa: ANN001
+    _require_exec(backend)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        started = await client.execute_async(devbox_id, "echo polled")
+        fault_proxy.fail(r"/wait_for_status$", status=408, times=3, message="not yet")
+        done = await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=30)
+    assert done.stdout == "polled\n"
+    polls = fault_proxy.seen(r"/wait_for_status$")
+    assert len(polls) == 4
+    holds = [json.loads(p.body)["timeout_seconds"] for p in polls]
+    assert all(isinstance(h, float) and 0 < h <= 25 for h in holds)
+
+
 async def test_execute_async_wait_and_kill(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
     _require_exec(backend)
     require(backend, "POST /v1/devboxes/{id}/executions/{eid}/kill")
@@ -237,6 +265,16 @@ async def test_upload_then_download_bytes_with_a_cap(client: RunloopClient, devb
     head = await client.download_file(devbox_id, "bin/blob.bin", max_bytes=1000)
     assert head.data == data[:1000] and head.truncated
     assert head.size in (len(data), None)
+
+
+async def test_download_of_a_huge_file_stops_at_the_cap(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
+    _require_exec(backend)
+    require(backend, "POST /v1/devboxes/{id}/download_file")
+    view = await client.execute(devbox_id, "head -c 50000000 /dev/zero > ~/huge.bin", optimistic_timeout=20)
+    await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=60)
+    part = await client.download_file(devbox_id, "huge.bin", max_bytes=1_000_000)
+    assert len(part.data) == 1_000_000 and part.truncated
+    assert part.size in (50_000_000, None)
 
 
 async def test_reading_a_missing_file_is_a_clear_error(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001

@@ -298,7 +298,7 @@ class RunloopClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(what, timeout_seconds)
-            hold_now = round(min(hold, remaining), 3)
+            hold_now = max(0.01, round(min(hold, remaining), 3))
             response = await self._send(
                 "POST",
                 path,
