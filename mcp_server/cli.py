@@ -111,11 +111,28 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main()
     from .serve import main as serve_main
 
+    transport = getattr(args, "transport", "stdio")
+    http_options = {}
+    if transport == "http":
+        from .http_app import HttpConfigError, check_no_auth
+
+        try:
+            check_no_auth(args.no_auth, args.host)
+        except HttpConfigError as exc:
+            print(f"devbox-mcp: {exc}", file=sys.stderr)
+            return 2
+        http_options = {
+            "stateless": args.stateless,
+            "no_auth": args.no_auth,
+            "allowed_hosts": args.allowed_host,
+            "allowed_origins": args.allowed_origin,
+        }
     return serve_main(
-        transport=getattr(args, "transport", "stdio"),
+        transport=transport,
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", 8765),
         data_dir=getattr(args, "data_dir", None) or default_data_dir(),
+        **http_options,
     )
 
 

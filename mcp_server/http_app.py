@@ -50,15 +50,19 @@ class HttpOptions:
     max_event_bytes: int = 64 * 1024 * 1024
 
 
+def check_no_auth(no_auth: bool, host: str) -> None:
+    if no_auth and not guard.is_loopback(host):
+        raise HttpConfigError(
+            f"refusing --no-auth on {host}: without a token anyone who can reach that address can run "
+            "commands in your devboxes; bind to 127.0.0.1 or drop --no-auth"
+        )
+
+
 def resolve_token(no_auth: bool, host: str, environ: dict[str, str] | None = None) -> tuple[str | None, bool]:
     """The bearer token to require and whether it was generated here (and so must be shown once)."""
     environ = os.environ if environ is None else environ
+    check_no_auth(no_auth, host)
     if no_auth:
-        if not guard.is_loopback(host):
-            raise HttpConfigError(
-                f"refusing --no-auth on {host}: without a token anyone who can reach that address can run "
-                "commands in your devboxes; bind to 127.0.0.1 or drop --no-auth"
-            )
         return None, False
     token = environ.get(TOKEN_ENV, "").strip()
     if token:
@@ -88,6 +92,9 @@ def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> AS
         if scope["type"] != "http":
             await mcp_app(scope, receive, send)  # lifespan: starts the SDK's session manager
             return
+        # RFC 9110: surrounding whitespace is not part of a field value. h11 strips it, httptools
+        # (uvicorn's faster parser) does not, and the SDK compares Mcp-Method/Mcp-Name verbatim.
+        scope["headers"] = [(key, value.strip(b" \t")) for key, value in scope["headers"]]
         path = scope["path"]
         if path == "/healthz":
             await guard.send_json(send, 200, {"status": "ok"})
@@ -97,7 +104,9 @@ def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> AS
         if path in metadata_paths:
             await guard.send_json(send, 200, guard.resource_metadata(scope, MCP_PATH))
             return
-        if options.token is not None and await guard.refuse_unauthenticated(scope, send, options.token, MCP_PATH):
+        if options.token is not None and await guard.refuse_unauthenticated(
+            scope, send, options.token, MCP_PATH
+        ):
             return
         if scope["method"] == "POST":
             try:
@@ -147,7 +156,9 @@ def endpoint_url(sock: socket.socket) -> str:
 def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
     # access_log off: request lines are not ours to keep, and a mistaken client may put a
     # token in the URL.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3
+    )
     return uvicorn.Server(config)
 
 
@@ -178,10 +189,16 @@ def run_http(
     try:
         sock = bind(host, port)
     except OSError as exc:
-        print(f"devbox-mcp: cannot listen on {host}:{port}: {exc.strerror}; pick another --port", file=sys.stderr)
+        print(
+            f"devbox-mcp: cannot listen on {host}:{port}: {exc.strerror}; pick another --port",
+            file=sys.stderr,
+        )
         return 2
     server = uvicorn_server(build_http_app(factory, options))
-    lines = [f"devbox-mcp: MCP over streamable HTTP at {endpoint_url(sock)}" + (" (stateless)" if stateless else "")]
+    lines = [
+        f"devbox-mcp: MCP over streamable HTTP at {endpoint_url(sock)}"
+        + (" (stateless)" if stateless else "")
+    ]
     if token is None:
         lines.append("devbox-mcp: authentication is OFF (--no-auth); only this machine can connect")
     elif generated:

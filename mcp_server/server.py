@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__
+from .protocol_extras import add_protocol_extras
 from .runloop import RunloopClient
 from .settings import Settings
 from .tools import register_all
@@ -48,6 +49,7 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
+    add_protocol_extras(server)  # logging/setLevel, completion/complete (protocol_extras.py)
     compact_schemas(server)
     return server
 

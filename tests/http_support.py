@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -86,7 +92,9 @@ def serve(app, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serve_small(options: HttpOptions, probe: Probe | None = None, factory: Callable[[], MCPServer] | None = None):
+def serve_small(
+    options: HttpOptions, probe: Probe | None = None, factory: Callable[[], MCPServer] | None = None
+):
     factory = factory or (lambda: small_server(probe))
     with serve(build_http_app(factory, options), options.host) as url:
         yield url
@@ -94,5 +102,73 @@ def serve_small(options: HttpOptions, probe: Probe | None = None, factory: Calla
 
 def http_client(url: str, token: str | None, mode: str = "auto", **kwargs) -> Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60), **kwargs.pop("http_kwargs", {}))
+    http = httpx2.AsyncClient(
+        headers=headers, timeout=httpx2.Timeout(30, read=60), **kwargs.pop("http_kwargs", {})
+    )
     return Client(streamable_http_client(url, http_client=http), mode=mode, **kwargs)
+
+
+@dataclass
+class ServeProcess:
+    """`devbox-mcp serve --transport http` as a subprocess; stderr goes to a file the test can read."""
+
+    url: str
+    process: subprocess.Popen
+    stderr_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def devbox_mcp_exe() -> str:
+    return str(Path(sys.executable).parent / "devbox-mcp")
+
+
+@contextlib.contextmanager
+def serve_process(
+    workdir: Path, *args: str, env: dict[str, str] | None = None, deadline: float = 30.0
+) -> Iterator[ServeProcess]:
+    """Start the real server on a free loopback port and wait for the line that names its endpoint."""
+    stderr_path = workdir / "serve.stderr"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("RUNLOOP_API_KEY", "DEVBOX_MCP_TOKEN")}
+    full_env.update(env or {})
+    with open(stderr_path, "wb") as err:
+        process = subprocess.Popen(
+            [
+                devbox_mcp_exe(),
+                "serve",
+                "--transport",
+                "http",
+                "--port",
+                "0",
+                "--data-dir",
+                str(workdir / "data"),
+                *args,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=full_env,
+        )
+    try:
+        end = time.monotonic() + deadline
+        url = None
+        while url is None:
+            match = re.search(r"streamable HTTP at (http://\S+/mcp)", stderr_path.read_text(errors="replace"))
+            if match:
+                url = match.group(1)
+            elif process.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(
+                    f"devbox-mcp serve did not start:\n{stderr_path.read_text(errors='replace')}"
+                )
+            else:
+                threading.Event().wait(0.05)
+        yield ServeProcess(url, process, stderr_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
