@@ -6,7 +6,7 @@ import logging
 
 import httpx
 import pytest
-from http_support import serve_small
+from http_support import http_client, serve_process, serve_small
 
 from mcp_server.http_app import HttpConfigError, HttpOptions, resolve_token
 
@@ -169,3 +169,39 @@ def test_token_comes_from_env_or_is_generated() -> None:
     generated, was_generated = resolve_token(False, "127.0.0.1", {})
     assert was_generated and len(generated) >= 32
     assert resolve_token(False, "127.0.0.1", {})[0] != generated
+
+
+@pytest.mark.anyio
+async def test_real_server_keeps_token_and_runloop_key_out_of_logs_and_answers(
+    tmp_path, backend, sdk
+) -> None:
+    """`devbox-mcp serve --transport http` against a Runloop API: refused and accepted calls alike."""
+    devbox_id = sdk.devboxes.create_and_await_running().id
+    env = {
+        "RUNLOOP_API_KEY": backend.api_key,
+        "RUNLOOP_BASE_URL": backend.base_url,
+        "DEVBOX_MCP_TOKEN": TOKEN,
+    }
+    secrets = (TOKEN, backend.api_key)
+    with serve_process(tmp_path, env=env) as server:
+        async with httpx.AsyncClient(timeout=10) as raw:
+            answers = [
+                await raw.post(server.url, json=INIT, headers={**MCP_HEADERS, **headers})
+                for headers in ({}, auth("wrong"), {"Authorization": TOKEN}, {**auth(), "Host": "evil.test"})
+            ]
+            answers.append(
+                await raw.post(server.url + f"?access_token={TOKEN}", json=INIT, headers=MCP_HEADERS)
+            )
+        assert [a.status_code for a in answers] == [401, 401, 401, 421, 401]
+        async with http_client(server.url, TOKEN) as client:
+            ok = await client.call_tool(
+                "execute", {"devbox_id": devbox_id, "command": "echo hi; env | grep -c RUNLOOP || true"}
+            )
+            missing = await client.call_tool("execute", {"devbox_id": "dbx_nope", "command": "true"})
+            texts = [ok.content[0].text, missing.content[0].text]
+        assert "hi" in texts[0] and missing.is_error
+        for secret in secrets:
+            assert secret not in server.stderr
+            assert all(secret not in a.text and secret not in str(a.headers) for a in answers)
+            assert all(secret not in text for text in texts)
+        assert "bearer token from DEVBOX_MCP_TOKEN" in server.stderr
