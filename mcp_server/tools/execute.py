@@ -209,7 +209,8 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
 
 
 def register(server: MCPServer) -> None:
-    @server.tool(annotations=annotations(open_world=True, title="Execute command"))
+    # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Execute command"))
     async def execute(
         ctx: Context,
         devbox_id: DevboxId,
@@ -316,7 +317,7 @@ def register(server: MCPServer) -> None:
             devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
         )
 
-    @server.tool(annotations=annotations(open_world=True, title="Send stdin"))
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
     async def send_stdin(
         ctx: Context,
         devbox_id: DevboxId,
