@@ -250,3 +250,5 @@ async def test_execute_bad_input_gives_clear_errors(mcp: Client, devbox_id: str)
     assert "exe_nope" in message
     message = await call_error(mcp, "send_stdin", {"devbox_id": devbox_id, "execution_id": "exe_nope"})
     assert "exactly one of text or signal" in message
+    message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "cat", "attach_stdin": True, "command_id": "x"})
+    assert "command_id" in message and "attach_stdin" in message

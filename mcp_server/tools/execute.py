@@ -50,7 +50,7 @@ class OutputEnvelope(BaseModel):
 
 
 class ExecuteResult(OutputEnvelope):
-    command_id: str
+    command_id: str | None = Field(description="retry with it: never runs twice")
     duration_seconds: float
 
 
@@ -232,8 +232,10 @@ def register(server: MCPServer) -> None:
         duration, stdout and stderr. If still running after wait_seconds, returns status running
         and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
         st = state(ctx)
+        if attach_stdin and command_id is not None:
+            raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
         wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
-        cid = command_id or new_command_id()
+        cid = None if attach_stdin else command_id or new_command_id()
         started = time.monotonic()
         execution_id: str | None = None
         try:
@@ -248,7 +250,8 @@ def register(server: MCPServer) -> None:
             with api_errors("execute"):
                 final = await final_state(st.client, devbox_id, execution_id, got.complete)
         except anyio.get_cancelled_exc_class():
-            await _kill_cancelled(st, devbox_id, command, cid, execution_id)
+            if execution_id is not None or cid is not None:
+                await _kill_cancelled(st, devbox_id, command, cid, execution_id)
             raise
         duration = time.monotonic() - started
         return _execute_result(st, devbox_id, execution_id, cid, got, final, duration, wait)
@@ -336,7 +339,7 @@ def register(server: MCPServer) -> None:
 
 
 async def _kill_cancelled(
-    st: AppState, devbox_id: str, command: str, command_id: str, execution_id: str | None
+    st: AppState, devbox_id: str, command: str, command_id: str | None, execution_id: str | None
 ) -> None:
     """The caller cancelled: kill the command so it leaves no orphan.
 
@@ -372,7 +375,7 @@ def _envelope_fields(devbox_id, execution_id, got: Followed, final, shaped: dict
 
 
 def _execute_result(
-    st: AppState, devbox_id: str, execution_id: str, command_id: str, got: Followed, final, duration: float,
+    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final, duration: float,
     wait: float,
 ) -> CallToolResult:
     shaped = shape_streams(got, st.settings)
