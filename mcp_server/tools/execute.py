@@ -239,7 +239,7 @@ def register(server: MCPServer) -> None:
         started = time.monotonic()
         execution_id: str | None = None
         try:
-            with api_errors("execute"):
+            with api_errors():
                 if attach_stdin:
                     # The idempotent endpoint has no stdin option; this call is sent once.
                     view = await st.client.execute_async(devbox_id, command, attach_stdin=True)
@@ -247,7 +247,7 @@ def register(server: MCPServer) -> None:
                     view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
             execution_id = view.execution_id
             got = await follow(ctx, st, devbox_id, execution_id, wait=wait)
-            with api_errors("execute"):
+            with api_errors():
                 final = await final_state(st.client, devbox_id, execution_id, got.complete)
         except anyio.get_cancelled_exc_class():
             if execution_id is not None or cid is not None:
@@ -285,7 +285,7 @@ def register(server: MCPServer) -> None:
             ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
             wait=wait, until=pattern,
         )
-        with api_errors("stream_logs"):
+        with api_errors():
             final = await final_state(st.client, devbox_id, execution_id, got.complete)
         shaped = shape_streams(got, st.settings)
         reason: Literal["completed", "matched", "wait_ended"] = (
@@ -314,7 +314,7 @@ def register(server: MCPServer) -> None:
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
     async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
         """Kill a running command and its child processes (the whole process group)."""
-        with api_errors("kill_execution"):
+        with api_errors():
             view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
         return ExecutionState(
             devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
@@ -333,7 +333,7 @@ def register(server: MCPServer) -> None:
         """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
         if (text is None) == (signal is None):
             raise ToolError("send_stdin needs exactly one of text or signal")
-        with api_errors("send_stdin"):
+        with api_errors():
             sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
         return StdinResult(execution_id=execution_id, success=sent.success)
 
