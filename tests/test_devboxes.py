@@ -444,3 +444,12 @@ def test_sandbox_dying_on_its_own_leaves_the_devbox_resumable(
         assert sdk.devboxes.read_file_contents(view.id, file_path="still-here.txt") == "yes"
     finally:
         sdk.devboxes.shutdown(view.id)
+
+
+def test_shutdown_while_booting_stops_cleanly(http: httpx.Client) -> None:
+    # Regression: a shutdown that cancelled a sandbox mid-start hung forever.
+    for _ in range(15):
+        created = http.post("/v1/devboxes", json={}).json()
+        down = http.post(f"/v1/devboxes/{created['id']}/shutdown", timeout=20)
+        assert down.status_code == 200 and down.json()["status"] == "shutdown"
+        assert http.get(f"/v1/devboxes/{created['id']}").json()["status"] == "shutdown"
