@@ -268,6 +268,9 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"metadata": ["a"]}).encode(), 422, "metadata"),
         (json.dumps({"blueprint_id": "bpt_x"}).encode(), 400, "blueprint_id"),
         (json.dumps({"file_mounts": {"/etc/passwd": "x"}}).encode(), 400, "/home/user"),
+        (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
+        (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
+        (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
     ],
 )
 def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, fragment: str) -> None:
@@ -453,3 +456,22 @@ def test_shutdown_while_booting_stops_cleanly(http: httpx.Client) -> None:
         down = http.post(f"/v1/devboxes/{created['id']}/shutdown", timeout=20)
         assert down.status_code == 200 and down.json()["status"] == "shutdown"
         assert http.get(f"/v1/devboxes/{created['id']}").json()["status"] == "shutdown"
+
+
+def test_entrypoint_runs_in_the_background_and_its_exit_is_logged(sdk) -> None:  # noqa: ANN001
+    view = sdk.devboxes.create_and_await_running(
+        entrypoint="echo serving > entry.txt; read line < /tmp/go-fifo; echo done-$line; exit 4",
+        launch_parameters={"launch_commands": ["mkfifo /tmp/go-fifo"]},
+    )
+    try:
+        assert view.status == "running"  # not held up by the entrypoint, which waits on the fifo
+        assert sdk.devboxes.read_file_contents(view.id, file_path="entry.txt") == "serving\n"
+        assert not [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]
+        sdk.devboxes.execute_and_await_completion(view.id, command="echo now > /tmp/go-fifo")
+        deadline = time.monotonic() + 20
+        while not (entries := [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]):
+            assert time.monotonic() < deadline, "the entrypoint's exit was never logged"
+            time.sleep(0.02)
+        assert entries[0].exit_code == 4 and entries[0].message.endswith("done-now\n")
+    finally:
+        sdk.devboxes.shutdown(view.id)
