@@ -325,6 +325,12 @@ def test_registry_survives_a_restart(tmp_path: Path) -> None:
     assert json.loads(crashed_record)["status"] == "running"
     first.stop()
     record_path.write_text(crashed_record)
+    # And one that was still setting up when the backend died: its setup never finished.
+    booting = json.loads(crashed_record) | {"id": "dbx_wasbooting", "status": "initializing"}
+    (tmp_path / "devboxes" / "dbx_wasbooting").mkdir()
+    (tmp_path / "devboxes" / "dbx_wasbooting" / "devbox.json").write_text(json.dumps(booting))
+    (tmp_path / "devboxes" / "garbage").mkdir()
+    (tmp_path / "devboxes" / "garbage" / "devbox.json").write_text("{half a record")
 
     second = start_in_thread(tmp_path)
     headers = {"Authorization": f"Bearer {second.api_key}"}
@@ -333,6 +339,11 @@ def test_registry_survives_a_restart(tmp_path: Path) -> None:
             view = c.get(f"/v1/devboxes/{created['id']}").json()
             assert view["status"] == "suspended" and view["name"] == "survivor"
             assert c.get(f"/v1/devboxes/{shut['id']}").json()["status"] == "shutdown"
+            was_booting = c.get("/v1/devboxes/dbx_wasbooting").json()
+            assert was_booting["status"] == "failure" and was_booting["failure_reason"] == "execution_failed"
+            assert (
+                c.get("/v1/devboxes/garbage").status_code == 404
+            )  # an unreadable record is skipped, not fatal
             assert c.post(f"/v1/devboxes/{created['id']}/resume").status_code == 200
             running = c.post(
                 f"/v1/devboxes/{created['id']}/wait_for_status",
