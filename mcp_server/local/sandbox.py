@@ -69,10 +69,6 @@ _SECRET_FILES = (
     "/etc/security/opasswd",
 )
 _SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
-_PROC_READ_ONLY = (
-    "/proc/sys", "/proc/sysrq-trigger", "/proc/mtrr", "/proc/pressure", "/proc/irq", "/proc/bus",
-    "/proc/acpi", "/proc/scsi", "/proc/fs", "/proc/driver", "/proc/tty", "/proc/sysvipc",
-)  # fmt: skip
 # Generated per sandbox (a `user` account, the devbox's own identity and DNS).
 _GENERATED = (
     "/etc/passwd",
@@ -152,6 +148,38 @@ def _etc_masks() -> tuple[list[str], list[str]]:
     files -= set(_GENERATED)
     files = {f for f in files if not any(f.startswith(d + "/") for d in dirs)}
     return sorted(files), sorted(dirs)
+
+
+@functools.cache
+def _proc_read_only() -> list[str]:
+    """/proc/sys, plus every other top-level /proc entry (not a process) holding a writable file.
+
+    Found by looking rather than listed, so a kernel with other knobs is covered too.
+    """
+    found = ["/proc/sys", "/proc/sysrq-trigger"]
+    for name in sorted(os.listdir("/proc")):
+        path = f"/proc/{name}"
+        if name.isdigit() or name in ("self", "thread-self", "sys", "sysrq-trigger"):
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_mode & 0o222
+                or stat.S_ISDIR(st.st_mode)
+                and _has_writable(path)
+            ):
+                found.append(path)
+    return found
+
+
+def _has_writable(directory: str) -> bool:
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_mode & 0o222:
+                    return True
+    return False
 
 
 def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
@@ -254,7 +282,7 @@ class Sandbox:
         ]  # fmt: skip
         # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
         # check the owner (sysctls, pressure triggers) must be read-only.
-        for path in _PROC_READ_ONLY:
+        for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
         args += [
             "--ro-bind", "/etc", "/etc",
