@@ -25,7 +25,7 @@ from typing import Any
 from .config import LocalConfig
 from .errors import ApiError
 from .ids import new_id
-from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason
+from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -131,7 +131,10 @@ class DevboxManager:
 
     async def startup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Only root (the backend) may enter: homes hold files the sandbox user (host uid) made,
+        # setuid bits included, which must not be reachable by other host users.
         os.chmod(self.root, 0o700)
+        await asyncio.to_thread(warm_up)
         for path in sorted(self.root.glob("*/devbox.json")):
             try:
                 devbox = self._load(path)

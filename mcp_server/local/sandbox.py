@@ -125,6 +125,13 @@ def sandbox_unavailable_reason() -> str | None:
     return None
 
 
+def warm_up() -> None:
+    """Look up the tools and scan /etc and /proc now, so the first devbox starts as fast as the rest."""
+    if sandbox_unavailable_reason() is None:
+        _etc_masks()
+        _proc_read_only()
+
+
 @functools.cache
 def _etc_masks() -> tuple[list[str], list[str]]:
     """Files and directories under /etc to hide: the known secrets plus anything not world-readable."""
