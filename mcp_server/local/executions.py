@@ -210,6 +210,8 @@ class ExecutionManager:
                     log.warning("skipping unreadable execution record in %s: %s", directory, exc)
                     continue
                 ex = Execution(record, directory)
+                for stream in ("stdout", "stderr"):  # streams and views expect both files
+                    ex.path(stream).touch(mode=0o600, exist_ok=True)
                 if record.status != "completed":
                     with open(ex.path("stderr"), "a") as f:
                         f.write(RESTART_NOTE)
