@@ -118,6 +118,15 @@ def test_x_request_id_makes_execute_async_idempotent(http, devbox, sdk):
     assert run(sdk, devbox, "wc -l < async_counter").stdout.strip() == "1"
 
 
+def test_x_request_id_guards_execute_without_command_id(http, devbox, sdk):
+    headers = {"x-request-id": f"retry-{uuid.uuid4()}"}
+    body = {"command": "echo w >> plain_counter"}
+    first = http.post(f"/v1/devboxes/{devbox}/execute", json=body, headers=headers).json()
+    second = http.post(f"/v1/devboxes/{devbox}/execute", json=body, headers=headers).json()
+    assert first["execution_id"] == second["execution_id"] and second["status"] == "completed"
+    assert run(sdk, devbox, "wc -l < plain_counter").stdout.strip() == "1"
+
+
 def test_x_request_id_makes_execute_sync_idempotent(http, devbox, sdk):
     headers = {"x-request-id": f"stainless-python-retry-{uuid.uuid4()}"}
     body = {"command": "echo z >> sync_counter; echo done"}
