@@ -274,6 +274,8 @@ def test_unknown_devbox_and_execution_are_404(sdk, devbox):
 
 def test_executing_on_a_suspended_or_shut_down_devbox_says_so(sdk):
     view = sdk.devboxes.create_and_await_running()
+    command_id = str(uuid.uuid4())
+    before = sdk.devboxes.execute(view.id, command="echo before", command_id=command_id)
     ex = sdk.devboxes.execute_async(view.id, command="cat", attach_stdin=True)
     sdk.devboxes.suspend(view.id)
     # The running command died with the sandbox: its execution is completed, killed.
@@ -282,6 +284,8 @@ def test_executing_on_a_suspended_or_shut_down_devbox_says_so(sdk):
     sdk.devboxes.await_suspended(view.id)
     with pytest.raises(BadRequestError, match="suspended; resume it"):
         sdk.devboxes.execute(view.id, command="true", command_id=str(uuid.uuid4()))
+    # A retry of a command that ran before the suspension still gets its execution.
+    assert sdk.devboxes.execute(view.id, command="cat", command_id=command_id).execution_id == before.execution_id
     sdk.devboxes.shutdown(view.id)
     with pytest.raises(BadRequestError, match="shutdown"):
         sdk.devboxes.execute_async(view.id, command="true")
