@@ -29,7 +29,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, wait_or_timeout
+import orjson
+
+from .sse import KEEPALIVE, KEEPALIVE_SECONDS, wait_or_timeout
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -77,6 +79,15 @@ def skip_continuation(data: bytes) -> int:
 
 def decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+def encode_chunk(output: str, offset: int) -> bytes:
+    """The SSE event of one chunk, as `sse.encode_event` writes it, but fast for large text.
+
+    The stdlib encoder escapes a 256 KiB string at 200-350 MB/s, which would cap a stream's
+    throughput; orjson does it at several GB/s.
+    """
+    return b"".join((b"data: ", orjson.dumps({"output": output, "offset": offset}), b"\n\n"))
 
 
 # -- tail by lines --------------------------------------------------------------------------------
@@ -255,7 +266,7 @@ async def stream_output(source: OutputSource, offset: int, watcher: FileWatcher)
             data = os.pread(fd, READ_CHUNK, pos)
             cut = len(data) if finished and len(data) < READ_CHUNK else complete_prefix(data)
             if cut:
-                yield encode_event({"output": decode(data[:cut]), "offset": pos})
+                yield encode_chunk(decode(data[:cut]), pos)
                 pos += cut
                 last_sent = time.monotonic()
                 continue
