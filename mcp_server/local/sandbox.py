@@ -225,11 +225,17 @@ class Sandbox:
         reason = sandbox_unavailable_reason()
         if reason:
             raise SandboxError(reason)
+        starting = asyncio.ensure_future(self._start_bwrap())
         try:
-            await self._start_bwrap()
+            # Shielded: asyncio cannot clean up a subprocess cancelled while it is being created
+            # (it waits for it to exit, and a sandbox never does), so a cancelled start finishes
+            # starting first and is then stopped.
+            await asyncio.shield(starting)
             if self.spec.network == "isolated" and tools()["slirp4netns"]:
                 self._network = asyncio.ensure_future(self._start_slirp())
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await starting
             await self.stop()
             raise
 
@@ -391,7 +397,29 @@ class Sandbox:
             raise SandboxError("the devbox's sandbox is not running")
         if self._network is not None and not self._network.done():
             await asyncio.shield(self._network)
-        full_env = self.command_env(env)
+        creating = asyncio.ensure_future(
+            self._create_process(command, args, self.command_env(env), stdin, stdout, stderr)
+        )
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Same reason as in `start`: let the creation finish, then kill what it made.
+            with contextlib.suppress(BaseException):
+                proc = await creating
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            raise
+
+    async def _create_process(
+        self,
+        command: str,
+        args: Sequence[str],
+        full_env: dict[str, str],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+    ) -> asyncio.subprocess.Process:
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
                 tools()["bash"] or "/bin/bash", "-c", command, "bash", *args,
