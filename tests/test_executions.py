@@ -316,10 +316,15 @@ def test_bad_execute_bodies(http, devbox, endpoint, body, status, message):
     assert message in response.json()["message"]
 
 
-def test_bad_last_n_query(http, devbox):
-    for value in ("-1", "many"):
-        response = http.post(f"/v1/devboxes/{devbox}/execute", params={"last_n": value}, json={"command": "true"})
-        assert response.status_code == 400 and "last_n" in response.json()["message"]
+def test_bad_last_n_query(http, devbox, sdk):
+    done = run(sdk, devbox, "echo ok")
+    for value in ("-1", "many", "99999999999"):
+        for response in (
+            http.post(f"/v1/devboxes/{devbox}/execute", params={"last_n": value}, json={"command": "true"}),
+            http.post(f"/v1/devboxes/{devbox}/execute_async", params={"last_n": value}, json={"command": "true"}),
+            http.get(f"/v1/devboxes/{devbox}/executions/{done.execution_id}", params={"last_n": value}),
+        ):
+            assert response.status_code == 400 and "last_n" in response.json()["message"]
 
 
 @pytest.fixture(scope="module")
