@@ -224,6 +224,10 @@ class EventLog:
         self.last_sequence = self._committed
         self.closed = False
         self.deleted = False
+        # Requests and subscriptions using this log right now, and when the last one ended:
+        # the store closes logs nobody used for a while (see AxonStore.lease).
+        self.users = 0
+        self.last_used = time.monotonic()
         self._tail: deque[StoredEvent] = deque()
         self._tail_bytes = 0
         self._changed = asyncio.Event()
