@@ -178,18 +178,20 @@ class ConnectionPool(Generic[C]):
             conn.close()
 
 
-def _row_event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*row)
-
-
 def _read_page(conn: apsw.Connection, sql: str, args: tuple[int, ...]) -> list[StoredEvent]:
     page: list[StoredEvent] = []
     size = 0
-    for row in conn.execute(sql, args):
-        page.append(_row_event(row))
-        size += len(row[5])
-        if size >= PAGE_BYTES:
-            break
+    cursor = conn.cursor()
+    try:
+        for row in cursor.execute(sql, args):
+            page.append(StoredEvent(*row))
+            size += len(row[5])
+            if size >= PAGE_BYTES:
+                break
+    finally:
+        # Reset the statement now: a pooled connection with an unfinished read would pin an old
+        # snapshot and keep the WAL from being recycled.
+        cursor.close(force=True)
     return page
 
 

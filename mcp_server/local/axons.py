@@ -100,6 +100,10 @@ class AxonStore:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._registry = await anyio.to_thread.run_sync(Registry, self.root / "registry.db")
+        # Files of axons deleted just before a crash (the record is marked first, then files go).
+        for record in self._registry.records.values():
+            if record.deleted_at_ms is not None:
+                await anyio.to_thread.run_sync(self._remove_files, record.id)
         self._reaper = asyncio.create_task(self._close_idle_logs())
 
     async def _close_idle_logs(self) -> None:
@@ -156,6 +160,9 @@ class AxonStore:
         if record.deleted_at_ms is not None:
             return record
         async with self._opening:
+            record = self.get(axon_id)
+            if record.deleted_at_ms is not None:
+                return record
             record = await self.registry.save(replace(record, deleted_at_ms=now_ms()))
             log = self._logs.pop(axon_id, None)
             if log is not None:
