@@ -107,6 +107,7 @@ def test_user_trigger_cannot_reach_history(backend: RunningBackend, sdk: Runloop
     ("sql", "fragment"),
     [
         ("SELECT * FROM rl_private_publish_requests", "internal"),
+        ("CREATE TABLE rl_private_mine (a)", "internal"),
         ("ATTACH DATABASE '/tmp/evil.db' AS evil", "ATTACH"),
         ("VACUUM INTO '/tmp/copy.db'", "VACUUM"),
         ("PRAGMA journal_mode = DELETE", "PRAGMA"),
