@@ -400,10 +400,16 @@ def test_lone_surrogate_payload_is_400_and_harms_no_one(backend: RunningBackend,
     assert _publish(sdk, axon.id, 1).sequence == 1
     r = httpx.post(
         f"{backend.base_url}/v1/axons",
-        content=b'{"name": "\\udc00", "metadata": {"k": "v"}}',
+        content=b'{"name": "ok", "metadata": {"k": "\\udc00"}}',
         headers={**_headers(backend), "content-type": "application/json"},
     )
     assert r.status_code == 400 and "surrogate" in r.json()["message"]
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons",
+        content=b'{"name": "\\udc00"}',
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 422 and "unicode" in r.json()["message"]
 
 
 def test_malformed_json_is_400(backend: RunningBackend, axon) -> None:
