@@ -134,6 +134,8 @@ def test_sql_errors_are_400_with_sqlite_message(backend: RunningBackend, axon) -
     assert status == 400 and "bindings" in message
     status, message = _error(backend, axon.id, "SELECT ?", [{"a": 1}])
     assert status == 400 and "JSON-encode" in message
+    status, message = _error(backend, axon.id, "SELECT CAST(X'FF41' AS TEXT)")
+    assert status == 400 and "not valid UTF-8" in message
     status, message = _error(backend, axon.id, "  -- only a comment")
     assert status == 400 and "no statement" in message
 

@@ -221,6 +221,8 @@ def _message(exc: BaseException, guard: _Guard) -> str:
         )
     if isinstance(exc, apsw.AuthError | apsw.ExecTraceAbort) and guard.refusal:
         return guard.refusal
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a TEXT value is not valid UTF-8 ({exc.reason}); select it as a BLOB, e.g. CAST(x AS BLOB)"
     text = str(exc.args[0]) if exc.args else str(exc)
     return text or type(exc).__name__
 
