@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.local.sandbox import Sandbox, SandboxSpec, sandbox_unavailable_reason
+from mcp_server.local.sandbox import Sandbox, SandboxSpec, sandbox_unavailable_reason, tools
 
 pytestmark = pytest.mark.skipif(sandbox_unavailable_reason() is not None, reason="bubblewrap not installed")
 
@@ -184,6 +184,22 @@ def test_host_loopback_is_unreachable_in_isolated_mode(boxes: tuple[Box, Box]) -
             assert code != 0, f"host loopback reachable through {host}"
     finally:
         server.close()
+
+
+@pytest.mark.skipif(tools()["slirp4netns"] is None, reason="slirp4netns not installed")
+def test_isolated_mode_has_outbound_interface_from_the_first_command(
+    loop: asyncio.AbstractEventLoop, tmp_path: Path
+) -> None:
+    box = Box(loop, tmp_path, "first-command")
+    try:
+        # The very first command already sees slirp4netns's interface: spawn waits for it.
+        code, out = box.run("ip -o -4 addr show tap0")
+        assert code == 0 and "10.0.2.100" in out
+    finally:
+        box.stop()
+    assert (
+        box.sandbox._slirp is not None and box.sandbox._slirp.returncode is not None
+    )  # it exited with the sandbox
 
 
 def test_network_modes(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ EVENT_COLUMNS = "sequence, timestamp_ms, origin, source, event_type, payload"
 
 # A writer waits this long for a user SQL transaction (itself capped at a few seconds).
 BUSY_TIMEOUT_MS = 30_000
+WAL_CHECKPOINT_PAGES = 200
 # At most this many publishes share one transaction.
 MAX_GROUP = 2_000
 # The shared live tail keeps at most this many recent events, and at most this many payload bytes.
@@ -151,7 +152,7 @@ class ConnectionPool(Generic[C]):
     def connection(self) -> Iterator[C]:
         with self._lock:
             if self._closed:
-                raise ApiError(404, "this axon's event data was deleted")
+                raise ApiError(404, "this axon's event data was deleted (or the backend is shutting down)")
             conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._factory()
@@ -202,6 +203,9 @@ class EventLog:
         self.path = path
         self._loop = loop
         self._conn = open_database(path)
+        # A small WAL (checkpointed every ~800 KB) is rewritten in place soon after start; while a
+        # WAL file is still growing, every synced commit also waits for the filesystem's metadata.
+        list(self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}"))
         self._conn.execute(SCHEMA)
         row = self._conn.execute(f"SELECT max(sequence), max(timestamp_ms) FROM {EVENTS_TABLE}").fetchone()
         self._committed = row[0] or 0
@@ -215,6 +219,7 @@ class EventLog:
         # Loop-side state: the highest sequence the loop knows is committed, and the recent events.
         self.last_sequence = self._committed
         self.closed = False
+        self.deleted = False
         self._tail: deque[StoredEvent] = deque()
         self._tail_bytes = 0
         self._changed = asyncio.Event()
@@ -335,7 +340,9 @@ class EventLog:
     ) -> PublishResult:
         """Append one event; returns once it is committed to disk (or its request id already was)."""
         if self.closed:
-            raise ApiError(404, f"axon {self.axon_id!r} was deleted; create a new axon to publish to")
+            if self.deleted:
+                raise ApiError(404, f"axon {self.axon_id!r} was deleted; create a new axon to publish to")
+            raise ApiError(503, "the backend is shutting down; retry against its next start")
         future: asyncio.Future[PublishResult] = self._loop.create_future()
         self._queue.put(_Publish(origin, source, event_type, payload, request_id, future))
         return await future
@@ -377,11 +384,12 @@ class EventLog:
 
         return await anyio.to_thread.run_sync(run, limiter=_READ_LIMITER)
 
-    async def close(self) -> None:
+    async def close(self, *, deleted: bool = False) -> None:
         """Stop accepting publishes, let the writer finish what it accepted, and wake subscribers."""
         if self.closed:
             return
         self.closed = True
+        self.deleted = deleted
         self._queue.put(_STOP)
         self._notify()
         await anyio.to_thread.run_sync(self._thread.join)
