@@ -408,3 +408,39 @@ def test_demo_drives_one_devbox_end_to_end(capsys: pytest.CaptureFixture[str]) -
         and "hello, devbox" in out
         and "is shutdown" in out
     )
+
+
+def test_background_process_in_launch_command_does_not_hold_up_boot(sdk) -> None:  # noqa: ANN001
+    view = sdk.devboxes.create_and_await_running(
+        launch_parameters={"launch_commands": ["sleep 300 & echo started-in-background"]}
+    )
+    try:
+        assert view.status == "running"
+        logs = [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "setup_commands"]
+        assert logs[0].message == "started-in-background\n" and logs[0].exit_code == 0
+    finally:
+        sdk.devboxes.shutdown(view.id)
+
+
+def test_sandbox_dying_on_its_own_leaves_the_devbox_resumable(
+    sdk, backend: RunningBackend, http: httpx.Client
+) -> None:  # noqa: ANN001
+    import os
+    import signal
+
+    view = sdk.devboxes.create_and_await_running()
+    try:
+        sdk.devboxes.write_file_contents(view.id, file_path="still-here.txt", contents="yes")
+        manager = backend._server.config.app.state.components[0].extra["devboxes"]
+        # Fault injection: the sandbox is killed from outside (as an OOM kill would).
+        os.kill(manager.get(view.id).sandbox.init_pid, signal.SIGKILL)
+        r = http.post(
+            f"/v1/devboxes/{view.id}/wait_for_status", json={"statuses": ["suspended"], "timeout_seconds": 20}
+        )
+        assert r.status_code == 200 and r.json()["status"] == "suspended"
+        assert any("exited unexpectedly" in (e.message or "") for e in sdk.devboxes.logs.list(view.id).logs)
+        sdk.devboxes.resume(view.id)
+        assert sdk.devboxes.await_running(view.id).status == "running"
+        assert sdk.devboxes.read_file_contents(view.id, file_path="still-here.txt") == "yes"
+    finally:
+        sdk.devboxes.shutdown(view.id)

@@ -196,6 +196,7 @@ class Sandbox:
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
         self._unsafe_groups: set[int] = set()
         self._stopped = False
+        self._stop_event = asyncio.Event()
         self._started = False
 
     @property
@@ -205,6 +206,13 @@ class Sandbox:
         if self.spec.unsafe:
             return True
         return self._bwrap is not None and self._bwrap.returncode is None
+
+    async def exited(self) -> None:
+        """Return once the sandbox is gone (never, for an unsafe sandbox until it is stopped)."""
+        if self._bwrap is not None:
+            await self._bwrap.wait()
+            return
+        await self._stop_event.wait()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -408,6 +416,7 @@ class Sandbox:
     async def stop(self) -> None:
         """Kill everything in the sandbox and wait until it is gone."""
         self._stopped = True
+        self._stop_event.set()
         for pgid in self._unsafe_groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
