@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
-from httpx_sse import ServerSentEvent
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import BaseModel, ValidationError
 
 from .config import DEFAULT_BASE_URL, ClientConfig
@@ -314,8 +314,6 @@ class RunloopClient:
     @asynccontextmanager
     async def _connect_sse(self, path: str, params: dict[str, str]) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
         """One SSE connection; error statuses raise the mapped error (no retry: the stream loop decides)."""
-        from httpx_sse import EventSource
-
         response = await self._send_stream_once(path, params)
         try:
             content_type = response.headers.get("content-type", "")
