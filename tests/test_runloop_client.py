@@ -265,3 +265,14 @@ async def test_from_env_reads_url_key_and_headers(monkeypatch, fault_proxy: Faul
         await client._send("GET", "/healthz")
     (seen,) = fault_proxy.seen("^/healthz$")
     assert seen.headers["authorization"] == f"Bearer {backend.api_key}" and seen.headers["x-env"] == "yes"
+
+
+def test_a_malformed_key_or_url_is_refused_without_echoing_the_key() -> None:
+    from mcp_server.runloop import InvalidArgument
+
+    for bad in ("sk_secret_value_123\n", "sk secret value 123", "sk_secret_välue_123"):
+        with pytest.raises(InvalidArgument) as info:
+            RunloopClient("http://127.0.0.1:1", bad)
+        assert bad.strip() not in _all_text(info.value) and "RUNLOOP_API_KEY" in str(info.value)
+    with pytest.raises(InvalidArgument):
+        RunloopClient("api.runloop.ai", "k")
