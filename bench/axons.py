@@ -168,6 +168,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def fsync_ms(directory: Path, samples: int = 200) -> float:
+    """Median time to fdatasync a 4 KiB overwrite on the data dir's disk: the floor under a durable commit."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"\0" * 4096 * 64)
+        os.fsync(fd)
+        times = []
+        for i in range(samples):
+            os.pwrite(fd, b"x" * 4096, (i % 64) * 4096)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def bulk_load(db: Path, count: int) -> float:
     """Private fast path: append events 2..count straight into a stopped backend's axon file."""
     started = time.perf_counter()
@@ -235,14 +254,23 @@ def main() -> int:
     print(f"axons benchmark ({os.cpu_count()} cores, medians of {RUNS} runs unless stated)")
     with tempfile.TemporaryDirectory(prefix="axon-bench-") as tmp:
         data = Path(tmp)
+        sync_before = fsync_ms(data)
         with backend(data) as port:
             _, m = asyncio.run(http_part(port))
             history_axon = asyncio.run(_create_with_one_event(port))
+        sync_after = fsync_ms(data)
         load_s = bulk_load(data / "axons" / f"{history_axon}.db", HISTORY_EVENTS)
         with backend(data) as port:
             sql = asyncio.run(sql_part(port, history_axon))
 
     print("publish over HTTP (durable: acknowledged after the fsync'd commit)")
+    sync = statistics.mean([sync_before, sync_after])
+    line("baseline fdatasync of the data disk (ms)", f"{sync_before:.2f} / {sync_after:.2f}", "before / after")
+    line(
+        "ceiling for 8 one-at-a-time clients (events/s)",
+        f"{8000 / sync:,.0f}",
+        "8 / fdatasync: each commit holds at most 8 events",
+    )
     line("baseline GET /healthz, 8 clients (req/s)", f"{m['health8']:,.0f}")
     line("publish, 1 client (events/s)", f"{m['pub1']:,.0f}", f"ratio to baseline {m['pub1'] / m['health8']:.2f}")
     line(

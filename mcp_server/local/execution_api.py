@@ -96,12 +96,13 @@ def routes(manager: ExecutionManager) -> list[Route]:
         devbox_id = request.path_params["id"]
         body = await parse_body(request, ExecuteAsyncBody)
         command = _check_command(body.command)
+        last_n = _last_n(request)
 
         async def start():
             return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        return JSONResponse(manager.view(ex, last_n))
 
     async def execute(request: Request) -> Response:
         devbox_id = request.path_params["id"]
@@ -111,7 +112,14 @@ def routes(manager: ExecutionManager) -> list[Route]:
         optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
         if body.command_id is not None and not body.command_id.strip():
             raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
-        ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        if body.command_id is not None:
+            ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        else:  # no command_id (not the SDK's way): the idempotency header still guards retries
+
+            async def start():
+                return await manager.start(devbox_id, command)
+
+            ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
         await wait_or_timeout(ex.done.wait, optimistic)
         return JSONResponse(manager.view(ex, last_n))
 
@@ -131,8 +139,8 @@ def routes(manager: ExecutionManager) -> list[Route]:
         return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
 
     async def get_execution(request: Request) -> Response:
-        ex = lookup(request)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        last_n = _last_n(request)
+        return JSONResponse(manager.view(lookup(request), last_n))
 
     async def wait_for_status(request: Request) -> Response:
         ex = lookup(request)
