@@ -122,6 +122,34 @@ def sandbox_unavailable_reason() -> str | None:
         return "bubblewrap is not installed. " + INSTALL_HINT
     if not found["nsenter"]:
         return "nsenter (util-linux) is not installed; install it with `apt-get install util-linux`"
+    failure = _probe(found["bwrap"])
+    if failure:
+        return (
+            f"bubblewrap is installed but cannot create a sandbox here ({failure}); allow user namespaces "
+            "(e.g. sysctl kernel.unprivileged_userns_clone=1, or run the container with --privileged), "
+            "or start the backend with --unsafe-no-sandbox to run commands as plain host processes"
+        )
+    return None
+
+
+@functools.cache
+def _probe(bwrap: str) -> str | None:
+    """Whether bubblewrap can create the namespaces a devbox needs (it cannot in some containers)."""
+    try:
+        result = subprocess.run(
+            [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+             "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--", "/bin/true"],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (
+            result.stderr.decode(errors="replace").strip().splitlines()[-1:][0]
+            if result.stderr
+            else f"exit {result.returncode}"
+        )
     return None
 
 
