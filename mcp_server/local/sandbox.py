@@ -4,11 +4,12 @@ Executions do not get a sandbox of their own: they `nsenter` the devbox's namesp
 files, processes and servers persist between them as on a real devbox, and each one costs
 a process spawn instead of a container start.
 
-Inside, the user is uid 1000 `user` with no capabilities; on the host it is the backend's own
-uid (bubblewrap can only map that one without a setuid helper, and an unprivileged bubblewrap
-could not reach a data directory under a private home). So the mount list is the boundary:
-system directories read-only, host secrets masked (including anything in /etc that is not
-world-readable), /proc/sys read-only (bubblewrap), nothing else of the host mounted.
+Inside, the user is uid 1000 `user` with no capabilities. On the host it is the backend's own
+uid: bubblewrap can only map that one without a setuid helper, and a bubblewrap running as
+another uid could not reach a data directory under a private home. When the backend is root,
+the sandbox user therefore owns root's files, so the mount list is the boundary: system
+directories read-only, host secrets masked (the known ones and anything in /etc that is not
+world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "CI": "true",
 }
 
-# Host files a sandbox must never read, masked even though permissions already guard them.
+# Host files a sandbox must never read (for a root backend the sandbox user owns them: masks, not permissions, guard them).
 _SECRET_FILES = (
     "/etc/shadow",
     "/etc/shadow-",
