@@ -465,7 +465,7 @@ class Sandbox:
         if not self.alive:
             raise SandboxError("the devbox's sandbox is not running")
         if self._network is not None and not self._network.done():
-            await asyncio.shield(self._network)
+            await asyncio.wait({self._network})  # neither cancels it nor raises its failure
         creating = asyncio.ensure_future(
             self._create_process(command, args, self.command_env(env), stdin, stdout, stderr)
         )
