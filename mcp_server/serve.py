@@ -65,7 +65,10 @@ def main(
     with api_config(data_dir or default_data_dir()) as config:
         factory = server_factory(config, settings)
         if transport == "stdio":
-            factory().run("stdio")
+            try:
+                factory().run("stdio")
+            except KeyboardInterrupt:
+                return 130
             return 0
         if transport == "http":
             return serve_http(factory, host, port, **http_options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +190,7 @@ def test_sdk_retry_after_lost_response_stores_once(backend: RunningBackend, sdk:
 def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, sdk: Runloop, axon) -> None:
     per_client, clients = 40, 8
     acked: list[tuple[int, str]] = []
+    failures: list[str] = []
     lock = threading.Lock()
 
     def publisher(c: int) -> None:
@@ -199,8 +201,10 @@ def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, s
                     f"/v1/axons/{axon.id}/publish",
                     json={"event_type": "t", "origin": "EXTERNAL_EVENT", "payload": payload, "source": f"c{c}"},
                 )
-                assert r.status_code == 200, r.text
                 with lock:
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                        return
                     acked.append((r.json()["sequence"], payload))
 
     threads = [threading.Thread(target=publisher, args=(c,)) for c in range(clients)]
@@ -209,6 +213,7 @@ def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, s
     for t in threads:
         t.join()
     total = per_client * clients
+    assert failures == []
     assert sorted(seq for seq, _ in acked) == list(range(1, total + 1))
     stored = sdk.axons.sql.query(axon.id, sql="SELECT sequence, payload FROM rl_axon_events ORDER BY sequence")
     assert [tuple(row) for row in stored.rows] == sorted(acked)
@@ -316,6 +321,43 @@ def test_idle_subscription_ends_with_408_and_resumes(idle_backend: RunningBacken
     client.close()
 
 
+def _writer_running(axon_id: str) -> bool:
+    return any(t.name == f"axon-writer-{axon_id}" for t in threading.enumerate())
+
+
+def _poll_until(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
+    done = threading.Event()
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        done.wait(0.02)
+    return True
+
+
+def test_idle_axons_are_closed_and_reopen_transparently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVBOX_AXON_IDLE_CLOSE_SECONDS", "0.2")
+    running = start_in_thread(tmp_path)
+    client = Runloop(bearer_token=running.api_key, base_url=running.base_url, max_retries=0)
+    try:
+        axon = client.axons.create()
+        _publish(client, axon.id, 0)
+        # A subscriber keeps the log open however long it idles.
+        stream = client.axons.subscribe_sse(axon.id)
+        events = iter(stream)
+        assert next(events).sequence == 1
+        threading.Event().wait(0.6)
+        assert _writer_running(axon.id)
+        stream.close()
+        assert _poll_until(lambda: not _writer_running(axon.id)), "the idle axon's writer thread was not closed"
+        assert _publish(client, axon.id, 1).sequence == 2
+        assert _writer_running(axon.id)
+        assert [e.sequence for e in client.axons.events.list(axon.id).events] == [2, 1]
+    finally:
+        client.close()
+        running.stop()
+
+
 def test_subscribers_are_told_when_the_axon_is_deleted(sdk: Runloop, axon) -> None:
     _publish(sdk, axon.id, 0)
     stream = sdk.axons.subscribe_sse(axon.id)
@@ -360,6 +402,18 @@ def test_lone_surrogate_payload_is_400_and_harms_no_one(backend: RunningBackend,
     )
     assert r.status_code == 400 and "surrogate" in r.json()["message"]
     assert _publish(sdk, axon.id, 1).sequence == 1
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons",
+        content=b'{"name": "ok", "metadata": {"k": "\\udc00"}}',
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "surrogate" in r.json()["message"]
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons",
+        content=b'{"name": "\\udc00"}',
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 422 and "unicode" in r.json()["message"]
 
 
 def test_malformed_json_is_400(backend: RunningBackend, axon) -> None:

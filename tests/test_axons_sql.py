@@ -76,6 +76,7 @@ def test_user_tables_values_and_changes(sdk: Runloop, axon) -> None:
         "ALTER TABLE rl_axon_events ADD COLUMN extra TEXT",
         "ALTER TABLE rl_axon_events RENAME TO old_events",
         "CREATE UNIQUE INDEX one_per_type ON rl_axon_events (event_type)",
+        "DROP INDEX rl_axon_events_by_type",
         "CREATE TRIGGER wipe AFTER INSERT ON rl_axon_events BEGIN DELETE FROM rl_axon_events; END",
         "REPLACE INTO rl_axon_events (sequence, timestamp_ms, origin, source, event_type, payload) VALUES (1, 0, 'USER_EVENT', 's', 't', '{}')",
     ],
@@ -106,6 +107,7 @@ def test_user_trigger_cannot_reach_history(backend: RunningBackend, sdk: Runloop
     ("sql", "fragment"),
     [
         ("SELECT * FROM rl_private_publish_requests", "internal"),
+        ("CREATE TABLE rl_private_mine (a)", "internal"),
         ("ATTACH DATABASE '/tmp/evil.db' AS evil", "ATTACH"),
         ("VACUUM INTO '/tmp/copy.db'", "VACUUM"),
         ("PRAGMA journal_mode = DELETE", "PRAGMA"),
@@ -132,6 +134,8 @@ def test_sql_errors_are_400_with_sqlite_message(backend: RunningBackend, axon) -
     assert status == 400 and "bindings" in message
     status, message = _error(backend, axon.id, "SELECT ?", [{"a": 1}])
     assert status == 400 and "JSON-encode" in message
+    status, message = _error(backend, axon.id, "SELECT CAST(X'FF41' AS TEXT)")
+    assert status == 400 and "not valid UTF-8" in message
     status, message = _error(backend, axon.id, "  -- only a comment")
     assert status == 400 and "no statement" in message
 

@@ -19,6 +19,7 @@ from mcp_server.runloop import (
     InvalidArgument,
     NotFound,
     RunloopClient,
+    ServerError,
     SqlStatement,
     WaitTimeout,
 )
@@ -220,6 +221,45 @@ async def test_send_stdin_text_and_eof(client: RunloopClient, devbox_id: str, ba
     assert done.stdout == "piped ✓\n" and done.exit_status == 0
 
 
+async def test_send_stdin_is_not_resent_after_a_lost_response(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    _require_exec(backend)
+    require(backend, "POST /v1/devboxes/{id}/executions/{eid}/send_std_in")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        started = await client.execute_async(devbox_id, "cat", attach_stdin=True)
+        fault_proxy.fail(r"/send_std_in$", status=503, times=1, forward=True)
+        with pytest.raises(ServerError) as info:
+            await client.send_stdin(devbox_id, started.execution_id, text="once\n")
+        assert info.value.attempts == 1
+        await client.send_stdin(devbox_id, started.execution_id, signal="EOF")
+        done = await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=30)
+    assert done.stdout == "once\n", "the text reached the command exactly once"
+
+
+async def test_suspend_and_resume_retried_after_a_lost_response_succeed(
+    fault_proxy: FaultProxy, backend  # noqa: ANN001
+) -> None:
+    require(backend, "POST /v1/devboxes", "POST /v1/devboxes/{id}/suspend", "POST /v1/devboxes/{id}/resume",
+            "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        box = await client.create_devbox(name="suspend-retry")
+        await client.wait_for_devbox_status(box.id, UP, timeout_seconds=60)
+        fault_proxy.fail(r"/suspend$", status=503, times=1, forward=True, retry_after=0)
+        suspended = await client.suspend_devbox(box.id)
+        assert suspended.status in ("suspending", "suspended")
+        await client.wait_for_devbox_status(box.id, ["suspended"], timeout_seconds=60)
+        fault_proxy.fail(r"/resume$", status=503, times=1, forward=True, retry_after=0)
+        resumed = await client.resume_devbox(box.id)
+        assert resumed.status in ("resuming", "running")
+        assert len(fault_proxy.seen(r"/suspend$")) == 2 and len(fault_proxy.seen(r"/resume$")) == 2
+        await client.wait_for_devbox_status(box.id, ["running"], timeout_seconds=60)
+        with pytest.raises(BadRequest) as info:
+            await client.resume_devbox(box.id)
+        assert info.value.attempts == 1, "a first-attempt refusal is reported, not explained away"
+        await client.shutdown_devbox(box.id)
+
+
 async def test_send_stdin_refuses_bad_arguments_locally(client: RunloopClient) -> None:
     for kwargs in ({}, {"text": "a", "signal": "EOF"}, {"text": ""}, {"signal": "KILL"}):
         with pytest.raises(InvalidArgument):
@@ -233,13 +273,15 @@ async def test_unknown_execution_is_not_found(client: RunloopClient, devbox_id: 
     assert "exe_missing" in info.value.message
 
 
-async def test_devbox_logs(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
+async def test_devbox_logs_and_keep_alive(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
     _require_exec(backend)
-    require(backend, "GET /v1/devboxes/{id}/logs")
+    require(backend, "GET /v1/devboxes/{id}/logs", "POST /v1/devboxes/{id}/keep_alive")
     view = await client.execute(devbox_id, "echo logged", optimistic_timeout=20)
     await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
-    logs = await client.get_devbox_logs(devbox_id)
-    assert isinstance(logs, list)
+    await client.keep_alive_devbox(devbox_id)
+    logs = await client.get_devbox_logs(devbox_id, execution_id=view.execution_id)
+    assert logs and all(entry.cmd_id == view.execution_id for entry in logs)
+    assert logs[-1].source == "exec" and logs[-1].exit_code == 0 and logs[-1].cmd == "echo logged"
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -297,6 +339,11 @@ async def test_axon_create_get_list_publish_events_sql(client: RunloopClient, ba
     results = [await client.publish(axon.id, event_type="note", payload=p) for p in payloads]
     assert [r.sequence for r in results] == [1, 2, 3, 4, 5]
 
+    first_two = await client.list_events(axon.id, limit=2)
+    assert [e.sequence for e in first_two.events] == [5, 4] and first_two.has_more and first_two.total_count == 5
+    next_two = await client.list_events(axon.id, limit=2, starting_after=first_two.events[-1].sequence)
+    assert [e.sequence for e in next_two.events] == [3, 2]
+
     page = await client.list_events(axon.id, limit=10)
     assert [e.sequence for e in page.events] == [5, 4, 3, 2, 1], "newest first"
     assert [e.payload_json() for e in reversed(page.events)] == payloads
@@ -339,6 +386,23 @@ async def test_publish_retried_after_a_lost_response_appends_once(fault_proxy: F
     assert result.sequence == 1
     assert [e.sequence for e in page.events] == [1], "three attempts, one event"
     assert len(fault_proxy.seen(r"/publish$")) == 3
+
+
+async def test_sql_writes_are_sent_once_and_reads_retried(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
+    _require_axons(backend)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        axon = await client.create_axon()
+        await client.sql_query(axon.id, "CREATE TABLE t (x INTEGER)")
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        with pytest.raises(ServerError):
+            await client.sql_query(axon.id, "INSERT INTO t VALUES (1)")
+        fault_proxy.fail(r"/sql/batch$", status=503, times=1, forward=True, retry_after=0)
+        with pytest.raises(ServerError):
+            await client.sql_batch(axon.id, [{"sql": "INSERT INTO t VALUES (2)"}])
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        counted = await client.sql_query(axon.id, "SELECT count(*) AS n FROM t", read_only=True)
+    assert counted.records() == [{"n": 2}], "each write applied once, though its answer was lost"
+    assert len(fault_proxy.seen(r"/sql/query$")) == 4 and len(fault_proxy.seen(r"/sql/batch$")) == 1
 
 
 async def test_unknown_axon_is_not_found(client: RunloopClient, backend) -> None:  # noqa: ANN001

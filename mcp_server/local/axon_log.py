@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     event_type TEXT NOT NULL,
     payload TEXT NOT NULL
 );
+-- Filters and counts by event type are the common questions; the index makes them index-only scans.
+CREATE INDEX IF NOT EXISTS rl_axon_events_by_type ON {EVENTS_TABLE} (event_type);
 CREATE TABLE IF NOT EXISTS {REQUESTS_TABLE} (
     request_id TEXT PRIMARY KEY,
     sequence INTEGER NOT NULL,
@@ -61,6 +63,8 @@ BUSY_TIMEOUT_MS = 30_000
 WAL_CHECKPOINT_PAGES = 200
 # At most this many publishes share one transaction.
 MAX_GROUP = 2_000
+# A commit waits at most this long for the publishers of the previous one to come back.
+MAX_GROUP_WAIT = 0.002
 # The shared live tail keeps at most this many recent events, and at most this many payload bytes.
 TAIL_EVENTS = 4_096
 TAIL_BYTES = 8 * 1024 * 1024
@@ -174,18 +178,20 @@ class ConnectionPool(Generic[C]):
             conn.close()
 
 
-def _row_event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*row)
-
-
 def _read_page(conn: apsw.Connection, sql: str, args: tuple[int, ...]) -> list[StoredEvent]:
     page: list[StoredEvent] = []
     size = 0
-    for row in conn.execute(sql, args):
-        page.append(_row_event(row))
-        size += len(row[5])
-        if size >= PAGE_BYTES:
-            break
+    cursor = conn.cursor()
+    try:
+        for row in cursor.execute(sql, args):
+            page.append(StoredEvent(*row))
+            size += len(row[5])
+            if size >= PAGE_BYTES:
+                break
+    finally:
+        # Reset the statement now: a pooled connection with an unfinished read would pin an old
+        # snapshot and keep the WAL from being recycled.
+        cursor.close(force=True)
     return page
 
 
@@ -220,6 +226,11 @@ class EventLog:
         self.last_sequence = self._committed
         self.closed = False
         self.deleted = False
+        # Requests and subscriptions using this log right now, and when the last one ended:
+        # the store closes logs nobody used for a while (see AxonStore.lease).
+        self.users = 0
+        self.last_used = time.monotonic()
+        self.commits = 0  # transactions the writer committed (observability: group commit at work)
         self._tail: deque[StoredEvent] = deque()
         self._tail_bytes = 0
         self._changed = asyncio.Event()
@@ -238,27 +249,41 @@ class EventLog:
 
     def _write_loop(self) -> None:
         stop = False
+        last_group = 1  # how many publishes the previous commit held
+        last_commit = 0.0  # and how long it took, in seconds
         while not stop:
             first = self._queue.get()
             if first is _STOP:
                 break
             batch = [first]
+            # Publishers acknowledged by the previous commit send their next event about one
+            # round trip later. Without waiting for them, they would miss this commit and wait
+            # for the one after it, halving throughput when syncs are slow; so while the group is
+            # smaller than the last one, wait a little (at most half a sync, at most 2 ms) for them.
+            deadline = time.monotonic() + min(last_commit / 2, MAX_GROUP_WAIT)
             while len(batch) < MAX_GROUP:
                 try:
-                    item = self._queue.get_nowait()
+                    if len(batch) < last_group:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    else:
+                        item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
                     stop = True
                     break
                 batch.append(item)
+            started = time.monotonic()
             try:
                 outcomes, new_events = self._commit(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is reported to the publishers
                 log.exception("axon %s: could not store %d events", self.axon_id, len(batch))
                 self._call_on_loop(self._fail, batch, f"could not store the event ({exc}); it was not published, retry")
             else:
+                self.commits += 1
                 self._call_on_loop(self._deliver, batch, outcomes, new_events)
+            last_commit = time.monotonic() - started
+            last_group = len(batch)
         self._conn.close()
 
     def _commit(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
