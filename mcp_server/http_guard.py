@@ -144,25 +144,25 @@ async def refuse_unauthenticated(scope: Scope, send: Send, token: str, mcp_path:
     proxies and shells, so accepting it would teach clients to leak it.
     """
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    challenge = f'Bearer realm="devbox-mcp", resource_metadata="{resource_metadata_url(scope, mcp_path)}"'
     if any(name in query for name in QUERY_TOKEN_NAMES):
         description = "credentials in the URL are not accepted; send 'Authorization: Bearer <token>' instead"
-        await _send_401(send, challenge, "invalid_request", description)
+        await _send_401(scope, send, mcp_path, "invalid_request", description)
         return True
     got = header(scope, b"authorization")
     if got is None:
         description = "missing bearer token: send 'Authorization: Bearer <token>' with the token devbox-mcp printed at start-up (or DEVBOX_MCP_TOKEN)"
-        await _send_401(send, challenge, None, description)
+        await _send_401(scope, send, mcp_path, None, description)
         return True
     scheme, _, presented = got.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
         description = "wrong bearer token: use the token devbox-mcp printed at start-up (or the value of DEVBOX_MCP_TOKEN)"
-        await _send_401(send, challenge, "invalid_token", description)
+        await _send_401(scope, send, mcp_path, "invalid_token", description)
         return True
     return False
 
 
-async def _send_401(send: Send, challenge: str, error: str | None, description: str) -> None:
+async def _send_401(scope: Scope, send: Send, mcp_path: str, error: str | None, description: str) -> None:
+    challenge = f'Bearer realm="devbox-mcp", resource_metadata="{resource_metadata_url(scope, mcp_path)}"'
     if error:
         challenge += f', error="{error}", error_description="{description}"'
     body = {"error": error or "unauthorized", "error_description": description}

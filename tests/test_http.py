@@ -33,10 +33,10 @@ async def test_call_with_progress_in_both_eras(mode: str) -> None:
             assert seen == [(1, "step 1"), (2, "step 2"), (3, "step 3")]
 
 
-@pytest.mark.parametrize("mode", MODES)
-async def test_abandoned_call_cancels_the_tool(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "stateless"), [("legacy", False), ("auto", False), ("auto", True)])
+async def test_abandoned_call_cancels_the_tool(mode: str, stateless: bool) -> None:
     probe = Probe()
-    with serve_small(HttpOptions(token=TOKEN), probe) as url:
+    with serve_small(HttpOptions(token=TOKEN, stateless=stateless), probe) as url:
         async with http_client(url, TOKEN, mode) as client:
             async with anyio.create_task_group() as tg:
                 scope = anyio.CancelScope()
@@ -148,3 +148,31 @@ async def test_stateful_replicas_need_sticky_sessions() -> None:
             with pytest.raises(MCPError):
                 for i in range(4):
                     await client.call_tool("echo", {"text": f"n{i}"})
+
+
+async def test_event_store_stays_bounded_and_forgets_evicted_ids() -> None:
+    from mcp.types import JSONRPCNotification
+
+    from mcp_server.event_store import BoundedEventStore, SessionScope, session_scope
+
+    store = BoundedEventStore(max_events=5, max_bytes=10_000)
+    scope = SessionScope("s1")
+    token = session_scope.set(scope)
+    try:
+        message = JSONRPCNotification(jsonrpc="2.0", method="notifications/progress", params={"pad": "x" * 100})
+        ids = [await store.store_event("7", message) for _ in range(20)]
+        assert store.event_count == 5
+        replayed: list[str] = []
+
+        async def collect(event) -> None:
+            replayed.append(event.event_id)
+
+        assert await store.replay_events_after(ids[0], collect) is None  # evicted: nothing to resume from
+        assert await store.replay_events_after(ids[-3], collect) == "7"
+        assert replayed == ids[-2:]
+        big = JSONRPCNotification(jsonrpc="2.0", method="x", params={"pad": "y" * 4000})
+        for _ in range(5):
+            await store.store_event("8", big)
+        assert store.stored_bytes <= 10_000 and store.event_count < 5
+    finally:
+        session_scope.reset(token)
