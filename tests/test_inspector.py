@@ -31,13 +31,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def inspector(tmp_path: Path, *args: str) -> dict:
+def run_inspector(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PATH": f"{NODE.parent}:{os.environ['PATH']}",
         "MCP_CATALOG_PATH": str(tmp_path / "catalog.json"),
     }
-    done = subprocess.run(
+    return subprocess.run(
         [str(NODE), str(INSPECTOR), "--cli", *args, "--format", "json", "-q"],
         capture_output=True,
         text=True,
@@ -45,6 +45,10 @@ def inspector(tmp_path: Path, *args: str) -> dict:
         env=env,
         cwd=tmp_path,
     )
+
+
+def inspector(tmp_path: Path, *args: str) -> dict:
+    done = run_inspector(tmp_path, *args)
     assert done.returncode == 0, f"inspector failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     data = json.loads(done.stdout)
     return data.get("result", data)
@@ -89,6 +93,8 @@ def test_inspector_over_http(tmp_path: Path, backend, sdk, era: str) -> None:
             "command=echo over-http-$((6*7))",
         )
         assert_executed(result, "over-http-42")
+        refused = run_inspector(tmp_path, server.url, "--protocol-era", era, "--method", "tools/list")
+        assert refused.returncode != 0 and '"tools"' not in refused.stdout
         assert TOKEN not in server.stderr and backend.api_key not in server.stderr
 
 
