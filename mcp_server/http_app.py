@@ -116,7 +116,7 @@ def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> AS
                     send,
                     413,
                     f"request body is {exc.args[0]} bytes; this server accepts at most {options.max_body_bytes} "
-                    "bytes per request: send large files in parts or with the upload tool",
+                    "bytes per request: send large files in several smaller parts",
                 )
                 return
             receive = guard.replay_body(body, receive)
