@@ -51,13 +51,14 @@ class Result:
     latencies: list[float]
     errors: int
     wall: float
+    client_cpu: float  # CPU seconds of this (client) process during the measured calls
 
     def line(self) -> str:
         total = len(self.latencies) + self.errors
         return (
             f"{self.name:6} {total} calls in {self.wall:6.2f} s = {len(self.latencies) / self.wall:7.1f} calls/s   "
             f"p50 {percentile(self.latencies, 0.5) * 1000:7.1f} ms   p99 {percentile(self.latencies, 0.99) * 1000:7.1f} ms   "
-            f"errors {self.errors}"
+            f"errors {self.errors}   client CPU {self.client_cpu:5.1f} s"
         )
 
 
@@ -95,12 +96,12 @@ async def bench_http(url: str, devbox_id: str, clients: int, calls: int, mode: s
         for _ in range(clients):
             tg.start_soon(one_client)
         await all_ready.wait()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         go.set()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     for error in errors[:3]:
         print("  http error:", error[:200])
-    return Result("http", latencies, len(errors), wall)
+    return Result("http", latencies, len(errors), wall, cpu)
 
 
 async def bench_stdio(env: dict[str, str], data_dir: Path, devbox_id: str, clients: int, calls: int, mode: str) -> Result:
@@ -110,14 +111,14 @@ async def bench_stdio(env: dict[str, str], data_dir: Path, devbox_id: str, clien
     with open(os.devnull, "w") as errlog:  # noqa: ASYNC230 - /dev/null never blocks
         async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:
             await client.call_tool("execute", {"devbox_id": devbox_id, "command": "true"})  # warm-up
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             async with anyio.create_task_group() as tg:
                 for _ in range(clients):
                     tg.start_soon(run_calls, client, devbox_id, calls, latencies, errors)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     for error in errors[:3]:
         print("  stdio error:", error[:200])
-    return Result("stdio", latencies, len(errors), wall)
+    return Result("stdio", latencies, len(errors), wall, cpu)
 
 
 def start_http_server(env: dict[str, str], data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
