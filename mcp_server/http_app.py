@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import socket
 import sys
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import uvicorn
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import http_guard as guard
@@ -88,20 +90,9 @@ def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> AS
     policy = guard.OriginPolicy.for_bind(options.host, options.allowed_hosts, options.allowed_origins)
     metadata_paths = {guard.RESOURCE_METADATA_PATH, guard.RESOURCE_METADATA_PATH + MCP_PATH}
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await mcp_app(scope, receive, send)  # lifespan: starts the SDK's session manager
-            return
-        # RFC 9110: surrounding whitespace is not part of a field value. h11 strips it, httptools
-        # (uvicorn's faster parser) does not, and the SDK compares Mcp-Method/Mcp-Name verbatim.
-        scope["headers"] = [(key, value.strip(b" \t")) for key, value in scope["headers"]]
-        path = scope["path"]
-        if path == "/healthz":
-            await guard.send_json(send, 200, {"status": "ok"})
-            return
-        if await guard.refuse_origin(scope, send, policy):
-            return
-        if path in metadata_paths:
+    async def protected(scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything behind the Host/Origin check (and, for browsers, behind CORS)."""
+        if scope["path"] in metadata_paths:
             await guard.send_json(send, 200, guard.resource_metadata(scope, MCP_PATH))
             return
         if options.token is not None and await guard.refuse_unauthenticated(
@@ -122,7 +113,50 @@ def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> AS
             receive = guard.replay_body(body, receive)
         await _with_session_scope(mcp_app, scope, receive, send)
 
+    behind_origin_check = (
+        _with_cors(protected, options.allowed_origins) if options.allowed_origins else protected
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await mcp_app(scope, receive, send)  # lifespan: starts the SDK's session manager
+            return
+        # RFC 9110: surrounding whitespace is not part of a field value. h11 strips it, httptools
+        # (uvicorn's faster parser) does not, and the SDK compares Mcp-Method/Mcp-Name verbatim.
+        scope["headers"] = [(key, value.strip(b" \t")) for key, value in scope["headers"]]
+        if scope["path"] == "/healthz":
+            await guard.send_json(send, 200, {"status": "ok"})
+            return
+        if await guard.refuse_origin(scope, send, policy):
+            return
+        await behind_origin_check(scope, receive, send)
+
     return app
+
+
+def _with_cors(app: ASGIApp, origins: Sequence[str]) -> ASGIApp:
+    """Let web pages at `--allowed-origin` origins call `/mcp`: answer preflights (which carry no
+    token, so they must come before auth) and expose the headers an MCP client reads."""
+    exact = [o.rstrip("/") for o in origins if not o.endswith(":*")]
+    with_any_port = [re.escape(o[:-2]) + r":\d+" for o in origins if o.endswith(":*")]
+    return CORSMiddleware(
+        app,
+        allow_origins=["*"] if "*" in exact else exact,
+        allow_origin_regex="|".join(with_any_port) or None,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Accept",
+            "Mcp-Session-Id",
+            "Mcp-Protocol-Version",
+            "Mcp-Method",
+            "Mcp-Name",
+            "Last-Event-ID",
+        ],
+        expose_headers=["Mcp-Session-Id", "WWW-Authenticate"],
+        max_age=600,
+    )
 
 
 async def _with_session_scope(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,9 +189,14 @@ def endpoint_url(sock: socket.socket) -> str:
 
 def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
     # access_log off: request lines are not ours to keep, and a mistaken client may put a
-    # token in the URL.
+    # token in the URL. No `server: uvicorn` header: it tells a prober what to try.
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=3,
+        server_header=False,
     )
     return uvicorn.Server(config)
 

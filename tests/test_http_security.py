@@ -205,3 +205,37 @@ async def test_real_server_keeps_token_and_runloop_key_out_of_logs_and_answers(
             assert all(secret not in a.text and secret not in str(a.headers) for a in answers)
             assert all(secret not in text for text in texts)
         assert "bearer token from DEVBOX_MCP_TOKEN" in server.stderr
+
+
+def test_preflight_from_allowed_origin_is_answered_without_token(url: str, leaks: list) -> None:
+    response = httpx.options(
+        url,
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, mcp-protocol-version",
+        },
+        timeout=10,
+    )
+    leaks.append(response)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+    answer = post(url, leaks, {**auth(), "Origin": "https://app.example.com"})
+    assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "mcp-session-id" in answer.headers["access-control-expose-headers"].lower()
+
+
+def test_preflight_from_foreign_origin_is_refused(url: str, leaks: list) -> None:
+    response = httpx.options(
+        url, headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"}, timeout=10
+    )
+    leaks.append(response)
+    assert response.status_code == 403
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_responses_do_not_name_the_server_software(url: str, leaks: list) -> None:
+    response = httpx.get(url.replace("/mcp", "/healthz"), timeout=10)
+    leaks.append(response)
+    assert "server" not in response.headers
