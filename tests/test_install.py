@@ -190,3 +190,18 @@ def test_cli_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     assert "not valid JSON" in done.stderr and "Traceback" not in done.stderr
     bad_env = run_cli("cursor", "--config-path", str(path), "--env", "no spaces=1")
     assert bad_env.returncode == 2 and "KEY=VALUE" in bad_env.stderr
+
+
+@pytest.mark.anyio
+async def test_written_entry_starts_a_working_server(tmp_path: Path, backend) -> None:
+    """What the client will run: the command, args and env exactly as written serve our tools."""
+    from mcp import Client, StdioServerParameters
+
+    path = tmp_path / "claude_desktop_config.json"
+    env = {"RUNLOOP_API_KEY": backend.api_key, "RUNLOOP_BASE_URL": backend.base_url}
+    install("claude-desktop", config_path=path, env=env)
+    entry = json.loads(path.read_text())["mcpServers"]["devbox"]
+    params = StdioServerParameters(command=entry["command"], args=entry["args"], env={**os.environ, **entry["env"]})
+    async with Client(params) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+    assert {"create_devbox", "execute"} <= names
