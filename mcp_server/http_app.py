@@ -28,8 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import http_guard as guard
 from .event_store import BoundedEventStore, SessionScope, session_scope
 
-log = logging.getLogger("devbox_mcp.http")
-
 MCP_PATH = "/mcp"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_ENV = "DEVBOX_MCP_TOKEN"
@@ -41,8 +39,8 @@ class HttpConfigError(Exception):
 
 @dataclass(frozen=True)
 class HttpOptions:
+    token: str | None  # required on purpose: None turns authentication off (loopback only)
     host: str = "127.0.0.1"
-    token: str | None = None  # None: authentication is off (only allowed on loopback)
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     stateless: bool = False
@@ -73,6 +71,7 @@ def resolve_token(no_auth: bool, host: str, environ: dict[str, str] | None = Non
 
 
 def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> ASGIApp:
+    check_no_auth(options.token is None, options.host)
     server = factory()
     store = None if options.stateless else BoundedEventStore(options.max_events, options.max_event_bytes)
     mcp_app = server.streamable_http_app(

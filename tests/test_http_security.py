@@ -6,9 +6,9 @@ import logging
 
 import httpx
 import pytest
-from http_support import http_client, serve_process, serve_small
+from http_support import http_client, serve_process, serve_small, small_server
 
-from mcp_server.http_app import HttpConfigError, HttpOptions, resolve_token
+from mcp_server.http_app import HttpConfigError, HttpOptions, build_http_app, resolve_token
 
 TOKEN = "sekret-token-for-tests-0123456789"
 INIT = {
@@ -162,6 +162,8 @@ def test_no_auth_refused_off_loopback() -> None:
         resolve_token(True, "192.168.1.20", {})
     assert resolve_token(True, "127.0.0.1", {}) == (None, False)
     assert resolve_token(True, "::1", {}) == (None, False)
+    with pytest.raises(HttpConfigError):
+        build_http_app(small_server, HttpOptions(token=None, host="0.0.0.0"))
 
 
 def test_token_comes_from_env_or_is_generated() -> None:
