@@ -1,0 +1,522 @@
+"""The devbox registry and lifecycle: which devboxes exist, their state, and their sandboxes.
+
+One JSON file per devbox (`data_dir/devboxes/<id>/devbox.json`, replaced atomically) is the
+registry, so it survives restarts; a devbox whose processes died with the backend comes back
+`suspended` and can be resumed on the same home directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import LocalConfig
+from .errors import ApiError
+from .ids import new_id
+from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason
+
+log = logging.getLogger("devbox_mcp.local")
+
+STATUSES = (
+    "queued", "scheduled", "provisioning", "initializing", "running",
+    "suspending", "suspended", "resuming", "failure", "shutdown",
+)  # fmt: skip
+# States in which a devbox has (or is getting) a sandbox; after a restart they cannot be true.
+_LIVE = ("provisioning", "initializing", "running", "suspending", "resuming")
+MAX_LOG_ENTRIES = 10_000
+SETUP_OUTPUT_LIMIT = 64 * 1024  # bytes of a launch command's output kept in its log entry
+SANDBOX_UID_BASE = 100_000  # host uids 100000+ are given to sandboxes when the backend is root
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` with `data` as JSON so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class Devbox:
+    id: str
+    status: str
+    create_time_ms: int
+    state_dir: Path  # backend-private; the sandbox sees only `home` and `tmp` below it
+    name: str | None = None
+    environment_variables: dict[str, str] = field(default_factory=dict)
+    launch_parameters: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    file_mounts: dict[str, str] = field(default_factory=dict)
+    state_transitions: list[dict[str, Any]] = field(default_factory=list)
+    failure_reason: str | None = None
+    shutdown_reason: str | None = None
+    end_time_ms: int | None = None
+    host_uid: int | None = None  # the unprivileged host uid its sandbox runs as (backend is root)
+    unsafe: bool = False  # commands run as plain host processes (no bubblewrap)
+    sandbox: Sandbox | None = None
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def home(self) -> Path:
+        return self.state_dir / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.state_dir / "tmp"
+
+    @property
+    def network_mode(self) -> str:
+        return str(self.launch_parameters.get("network_mode", "isolated"))
+
+    def view(self) -> dict[str, Any]:
+        """The DevboxView of the Runloop API."""
+        view: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "create_time_ms": self.create_time_ms,
+            "capabilities": [],
+            "launch_parameters": dict(self.launch_parameters),
+            "metadata": dict(self.metadata),
+            "state_transitions": list(self.state_transitions),
+            "initiator_type": "api",
+            "blueprint_id": None,
+            "snapshot_id": None,
+        }
+        for key in ("failure_reason", "shutdown_reason", "end_time_ms"):
+            value = getattr(self, key)
+            if value is not None:
+                view[key] = value
+        return view
+
+    def record(self) -> dict[str, Any]:
+        data = asdict(
+            self, dict_factory=lambda items: {k: v for k, v in items if k not in ("sandbox", "logs")}
+        )
+        data["state_dir"] = str(self.state_dir)
+        return data
+
+
+class DevboxManager:
+    """Owns every devbox of one backend: registry on disk, lifecycle, sandboxes, logs."""
+
+    def __init__(self, config: LocalConfig) -> None:
+        self.config = config
+        self.root = config.data_dir / "devboxes"
+        self._devboxes: dict[str, Devbox] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
+        self.on_stop: list[Callable[[str], Awaitable[None]]] = []
+
+    # -- registry --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        for path in sorted(self.root.glob("*/devbox.json")):
+            try:
+                devbox = self._load(path)
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                log.warning("skipping unreadable devbox record %s: %s", path, exc)
+                continue
+            self._devboxes[devbox.id] = devbox
+            if devbox.status in ("running", "suspending", "resuming"):
+                # Its processes died with the previous backend; its home is intact.
+                self._transition(devbox, "suspended")
+            elif devbox.status in ("provisioning", "initializing"):
+                devbox.failure_reason = "execution_failed"
+                self._transition(devbox, "failure")
+                self.add_log(
+                    devbox.id,
+                    {
+                        "level": "error",
+                        "source": "setup_commands",
+                        "message": "the backend stopped while this devbox was being set up",
+                    },
+                )
+
+    async def shutdown(self) -> None:
+        """Backend exit: running devboxes become `suspended` (their processes cannot outlive us)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        for devbox in list(self._devboxes.values()):
+            if devbox.sandbox is not None:
+                await self._stop_sandbox(devbox)
+                if devbox.status in _LIVE:
+                    self._transition(devbox, "suspended")
+
+    def _load(self, path: Path) -> Devbox:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["state_dir"] = path.parent
+        data.pop("sandbox", None)
+        data.pop("logs", None)
+        devbox = Devbox(**data)
+        logs_path = path.parent / "logs.jsonl"
+        if logs_path.exists():
+            lines = logs_path.read_text(encoding="utf-8", errors="replace").splitlines()[-MAX_LOG_ENTRIES:]
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    devbox.logs.append(json.loads(line))
+        return devbox
+
+    def _save(self, devbox: Devbox) -> None:
+        write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
+
+    def all(self) -> list[Devbox]:
+        return sorted(self._devboxes.values(), key=lambda d: (d.create_time_ms, d.id))
+
+    def get(self, devbox_id: str) -> Devbox:
+        devbox = self._devboxes.get(devbox_id)
+        if devbox is None:
+            raise ApiError(404, f"devbox {devbox_id!r} not found; list devboxes to see which ids exist")
+        return devbox
+
+    def require_running(self, devbox_id: str) -> Devbox:
+        devbox = self.get(devbox_id)
+        if devbox.status == "running" and devbox.sandbox is not None and devbox.sandbox.alive:
+            return devbox
+        raise ApiError(400, not_running_message(devbox))
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def add_log(self, devbox_id: str, entry: dict[str, Any]) -> None:
+        """Append a log entry (level, source, timestamp_ms, cmd?, cmd_id?, exit_code?, message?)."""
+        devbox = self._devboxes.get(devbox_id)
+        if devbox is None:
+            return
+        entry = {"level": "info", "timestamp_ms": now_ms(), **entry}
+        devbox.logs.append(entry)
+        if len(devbox.logs) > MAX_LOG_ENTRIES:
+            del devbox.logs[: len(devbox.logs) - MAX_LOG_ENTRIES]
+        try:
+            with open(devbox.state_dir / "logs.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            log.warning("could not persist a log entry of %s: %s", devbox_id, exc)
+
+    def logs(self, devbox_id: str, execution_id: str | None = None) -> list[dict[str, Any]]:
+        devbox = self.get(devbox_id)
+        if execution_id:
+            return [e for e in devbox.logs if e.get("cmd_id") == execution_id]
+        return list(devbox.logs)
+
+    # -- state changes ---------------------------------------------------------------------
+
+    def _transition(self, devbox: Devbox, status: str, **extra: Any) -> None:
+        devbox.status = status
+        transition: dict[str, Any] = {"status": status, "transition_time_ms": now_ms()}
+        if status == "failure" and devbox.failure_reason:
+            transition["failure_reason"] = devbox.failure_reason
+        transition.update(extra)
+        devbox.state_transitions.append(transition)
+        if status in ("shutdown", "failure"):
+            devbox.end_time_ms = transition["transition_time_ms"]
+        self._save(devbox)
+        event = self._changed.pop(devbox.id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_for_status(self, devbox_id: str, statuses: Iterable[str], seconds: float) -> Devbox:
+        """Wait until the devbox is in one of `statuses`; ApiError 408 when `seconds` run out first."""
+        wanted = set(statuses)
+        devbox = self.get(devbox_id)
+        deadline = time.monotonic() + seconds
+        while devbox.status not in wanted:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ApiError(
+                    408,
+                    f"devbox {devbox_id} is still {devbox.status!r} after {seconds:g}s; call wait_for_status again",
+                )
+            event = self._changed.setdefault(devbox_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+        return devbox
+
+    def _lock(self, devbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(devbox_id, asyncio.Lock())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        name: str | None,
+        environment_variables: dict[str, str],
+        launch_parameters: dict[str, Any],
+        metadata: dict[str, str],
+        file_mounts: dict[str, str] | None = None,
+    ) -> Devbox:
+        """Register a devbox and start booting it in the background (status `provisioning`)."""
+        unavailable = sandbox_unavailable_reason()
+        unsafe = False
+        if unavailable:
+            if not self.config.unsafe_no_sandbox:
+                raise ApiError(400, f"cannot create a devbox on this machine: {unavailable}")
+            unsafe = True
+        params = dict(launch_parameters)
+        network = params.get("network_mode") or "isolated"
+        if network not in NETWORK_MODES:
+            raise ApiError(
+                400,
+                f"launch_parameters.network_mode must be one of {', '.join(NETWORK_MODES)}; got {network!r}",
+            )
+        params["network_mode"] = network
+        params["sandbox"] = "none (unsafe: commands run as host processes)" if unsafe else "bubblewrap"
+        devbox_id = new_id("dbx")
+        devbox = Devbox(
+            id=devbox_id,
+            status="provisioning",
+            create_time_ms=now_ms(),
+            state_dir=self.root / devbox_id,
+            name=name,
+            environment_variables=dict(environment_variables),
+            launch_parameters=params,
+            metadata=dict(metadata),
+            file_mounts=dict(file_mounts or {}),
+            host_uid=_pick_host_uid() if os.geteuid() == 0 and not unsafe else None,
+            unsafe=unsafe,
+        )
+        devbox.state_dir.mkdir(mode=0o700)
+        devbox.state_transitions.append(
+            {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
+        )
+        self._save(devbox)
+        self._devboxes[devbox_id] = devbox
+        self._spawn_task(devbox_id, self._boot(devbox))
+        return devbox
+
+    def _spawn_task(self, devbox_id: str, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks[devbox_id] = task
+        task.add_done_callback(
+            lambda t: self._tasks.pop(devbox_id, None) if self._tasks.get(devbox_id) is t else None
+        )
+
+    async def _boot(self, devbox: Devbox) -> None:
+        try:
+            await asyncio.to_thread(self._prepare_dirs, devbox)
+            await self._start_sandbox(devbox)
+            self._transition(devbox, "initializing")
+            if not await self._run_launch_commands(devbox):
+                devbox.failure_reason = "execution_failed"
+                await self._stop_sandbox(devbox)
+                self._transition(devbox, "failure")
+                return
+            self._transition(devbox, "running")
+        except asyncio.CancelledError:
+            raise
+        except (SandboxError, OSError) as exc:
+            log.warning("devbox %s failed to start: %s", devbox.id, exc)
+            self.add_log(
+                devbox.id,
+                {
+                    "level": "error",
+                    "source": "setup_commands",
+                    "message": f"the sandbox failed to start: {exc}",
+                },
+            )
+            await self._stop_sandbox(devbox)
+            devbox.failure_reason = "execution_failed"
+            self._transition(devbox, "failure")
+
+    def _prepare_dirs(self, devbox: Devbox) -> None:
+        for path in (devbox.home, devbox.tmp):
+            path.mkdir(exist_ok=True)
+            if devbox.host_uid is not None:
+                os.chown(path, devbox.host_uid, devbox.host_uid)
+        os.chmod(devbox.home, 0o755)
+        os.chmod(devbox.tmp, 0o1777 if devbox.host_uid is None else 0o755)
+        from .files import write_mounted_file  # files imports this module
+
+        for path, contents in devbox.file_mounts.items():
+            write_mounted_file(devbox, path, contents)
+
+    def _sandbox_for(self, devbox: Devbox) -> Sandbox:
+        spec = SandboxSpec(
+            home=devbox.home,
+            tmp=devbox.tmp,
+            hostname=devbox.id.replace("_", "-"),
+            network=devbox.network_mode,  # type: ignore[arg-type]
+            host_uid=devbox.host_uid,
+            unsafe=devbox.unsafe,
+        )
+        return Sandbox(spec)
+
+    async def _start_sandbox(self, devbox: Devbox) -> None:
+        sandbox = self._sandbox_for(devbox)
+        devbox.sandbox = sandbox
+        await sandbox.start()
+
+    async def _stop_sandbox(self, devbox: Devbox) -> None:
+        sandbox = devbox.sandbox
+        if sandbox is None:
+            return
+        for hook in list(self.on_stop):
+            try:
+                await hook(devbox.id)
+            except Exception:  # a hook must not keep a sandbox alive
+                log.exception("on_stop hook failed for %s", devbox.id)
+        devbox.sandbox = None
+        await sandbox.stop()
+
+    async def _run_launch_commands(self, devbox: Devbox) -> bool:
+        commands = devbox.launch_parameters.get("launch_commands") or []
+        assert devbox.sandbox is not None
+        for command in commands:
+            proc = await devbox.sandbox.spawn(
+                command,
+                env=devbox.environment_variables,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                assert proc.stdout is not None
+                output = await proc.stdout.read(SETUP_OUTPUT_LIMIT)
+                while await proc.stdout.read(65536):
+                    pass
+                code = await proc.wait()
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                raise
+            text = output.decode("utf-8", errors="replace")
+            self.add_log(
+                devbox.id,
+                {
+                    "level": "info" if code == 0 else "error",
+                    "source": "setup_commands",
+                    "cmd": command,
+                    "exit_code": code,
+                    "message": text,
+                },
+            )
+            if code != 0:
+                return False
+        return True
+
+    async def suspend(self, devbox_id: str) -> Devbox:
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.status != "running":
+                raise ApiError(
+                    400,
+                    f"devbox {devbox_id} is {devbox.status}, not running; only a running devbox can be suspended",
+                )
+            self._transition(devbox, "suspending")
+            await self._stop_sandbox(devbox)
+            self._transition(devbox, "suspended")
+            return devbox
+
+    async def resume(self, devbox_id: str) -> Devbox:
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.status != "suspended":
+                raise ApiError(
+                    400,
+                    f"devbox {devbox_id} is {devbox.status}, not suspended; only a suspended devbox can be resumed",
+                )
+            self._transition(devbox, "resuming")
+            self._spawn_task(devbox_id, self._resume(devbox))
+            return devbox
+
+    async def _resume(self, devbox: Devbox) -> None:
+        try:
+            if devbox.unsafe is False and sandbox_unavailable_reason():
+                raise SandboxError(sandbox_unavailable_reason() or "")
+            await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
+            await self._start_sandbox(devbox)
+            self._transition(devbox, "running")
+        except asyncio.CancelledError:
+            raise
+        except (SandboxError, OSError) as exc:
+            self.add_log(
+                devbox.id,
+                {
+                    "level": "error",
+                    "source": "setup_commands",
+                    "message": f"the sandbox failed to resume: {exc}",
+                },
+            )
+            await self._stop_sandbox(devbox)
+            self._transition(devbox, "suspended")
+
+    def _prepare_dirs_for_resume(self, devbox: Devbox) -> None:
+        for path in (devbox.home, devbox.tmp):
+            path.mkdir(exist_ok=True)
+            if devbox.host_uid is not None:
+                os.chown(path, devbox.host_uid, devbox.host_uid)
+
+    async def shutdown_devbox(self, devbox_id: str) -> Devbox:
+        devbox = self.get(devbox_id)
+        task = self._tasks.get(devbox_id)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        async with self._lock(devbox_id):
+            if devbox.status == "shutdown":
+                return devbox
+            await self._stop_sandbox(devbox)
+            devbox.shutdown_reason = "api_shutdown"
+            self._transition(devbox, "shutdown")
+        # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
+        await asyncio.to_thread(_remove_tree, devbox.home)
+        await asyncio.to_thread(_remove_tree, devbox.tmp)
+        return devbox
+
+    def update(self, devbox_id: str, *, name: str | None, metadata: dict[str, str] | None) -> Devbox:
+        devbox = self.get(devbox_id)
+        if name is not None:
+            devbox.name = name
+        if metadata is not None:
+            devbox.metadata = dict(metadata)
+        self._save(devbox)
+        return devbox
+
+
+def not_running_message(devbox: Devbox) -> str:
+    ident = devbox.id
+    match devbox.status:
+        case "shutdown":
+            return f"devbox {ident} is shutdown; create a new one"
+        case "suspended":
+            return f"devbox {ident} is suspended; resume it first"
+        case "failure":
+            return f"devbox {ident} failed ({devbox.failure_reason or 'unknown reason'}); see its logs and create a new one"
+        case "provisioning" | "initializing" | "resuming" | "queued" | "scheduled":
+            return f"devbox {ident} is still {devbox.status}; wait until it is running (wait_for_status)"
+        case _:
+            return f"devbox {ident} is {devbox.status}, not running"
+
+
+def _pick_host_uid() -> int:
+    """A host uid of its own per devbox, so devboxes cannot touch each other even through a shared resource."""
+    return SANDBOX_UID_BASE + secrets.randbelow(1 << 24)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

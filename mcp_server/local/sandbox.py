@@ -1,0 +1,404 @@
+"""The sandbox a devbox runs in: one long-lived bubblewrap container per running devbox.
+
+Executions do not get a sandbox of their own: they `nsenter` the devbox's namespaces, so
+files, processes and servers persist between them as on a real devbox, and each one costs
+a process spawn instead of a container start.
+
+When the backend runs as root, the sandbox runs as an unprivileged host uid of its own
+(mapped to uid 1000 `user` inside), so a file the sandbox user can reach by a mistake in the
+mount list is still guarded by ordinary permissions; host secrets are masked on top of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+NetworkMode = Literal["isolated", "none", "host"]
+NETWORK_MODES: tuple[str, ...] = ("isolated", "none", "host")
+
+SANDBOX_UID = 1000
+SANDBOX_HOME = "/home/user"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Everything an execution sees unless the caller overrides it: nothing may wait for a human.
+NON_INTERACTIVE_ENV: dict[str, str] = {
+    "HOME": SANDBOX_HOME,
+    "USER": "user",
+    "LOGNAME": "user",
+    "SHELL": "/bin/bash",
+    "PATH": SANDBOX_PATH,
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TERM": "dumb",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_EDITOR": "true",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+    "PAGER": "cat",
+    "GIT_PAGER": "cat",
+    "PIP_NO_INPUT": "1",
+    "NPM_CONFIG_YES": "true",
+    "CI": "true",
+}
+
+# Host files a sandbox must never read, masked even though permissions already guard them.
+_SECRET_FILES = (
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/security/opasswd",
+)
+_SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
+# Generated per sandbox (a `user` account, the devbox's own identity and DNS).
+_GENERATED = (
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/hostname",
+    "/etc/machine-id",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+)
+
+# The sandbox's resident process; bwrap is pid 1 and reaps orphans. "ready" means the mounts are done.
+_INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec sleep infinity </dev/null >/dev/null 2>&1")
+
+INSTALL_HINT = (
+    "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
+    "(or your distribution's package), or start the backend with --unsafe-no-sandbox to run commands "
+    "as plain host processes without isolation"
+)
+
+
+class SandboxError(Exception):
+    """The sandbox could not start or is gone; the message says why."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    home: Path  # host directory mounted at /home/user
+    tmp: Path  # host directory mounted at /tmp
+    hostname: str
+    network: NetworkMode = "isolated"
+    host_uid: int | None = None  # unprivileged host uid to run as (only when the backend is root)
+    unsafe: bool = False  # no sandbox at all: plain host processes in `home`
+
+
+def _which(name: str) -> str | None:
+    for base in ("/usr/bin", "/usr/sbin", "/bin", "/sbin"):
+        path = os.path.join(base, name)
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which(name)
+
+
+@functools.cache
+def tools() -> dict[str, str | None]:
+    return {name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash")}
+
+
+def sandbox_unavailable_reason() -> str | None:
+    """Why sandboxes cannot start on this machine (None when they can)."""
+    found = tools()
+    if not found["bwrap"]:
+        return "bubblewrap is not installed. " + INSTALL_HINT
+    if not found["nsenter"]:
+        return "nsenter (util-linux) is not installed; install it with `apt-get install util-linux`"
+    return None
+
+
+@functools.cache
+def _etc_masks() -> tuple[list[str], list[str]]:
+    """Files and directories under /etc to hide: the known secrets plus anything not world-readable."""
+    files = {p for p in _SECRET_FILES if os.path.lexists(p)}
+    dirs = {p for p in _SECRET_DIRS if os.path.isdir(p)}
+    for root, subdirs, names in os.walk("/etc"):
+        for name in list(subdirs):
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                hidden = not st.st_mode & stat.S_IROTH or not st.st_mode & stat.S_IXOTH
+                if stat.S_ISDIR(st.st_mode) and hidden:
+                    dirs.add(path)
+                    subdirs.remove(name)
+        for name in names:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+                    files.add(path)
+    files -= set(_GENERATED)
+    files = {f for f in files if not any(f.startswith(d + "/") for d in dirs)}
+    return sorted(files), sorted(dirs)
+
+
+def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
+    passwd = (
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"user:x:{SANDBOX_UID}:{SANDBOX_UID}:devbox user:{SANDBOX_HOME}:/bin/bash\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    group = f"root:x:0:\nuser:x:{SANDBOX_UID}:\nnogroup:x:65534:\n"
+    hosts = f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {spec.hostname}\n"
+    files = {
+        "/etc/passwd": passwd.encode(),
+        "/etc/group": group.encode(),
+        "/etc/hostname": f"{spec.hostname}\n".encode(),
+        # A per-devbox identity instead of the host's.
+        "/etc/machine-id": (os.urandom(16).hex() + "\n").encode(),
+        "/etc/hosts": hosts.encode(),
+    }
+    if spec.network == "isolated":
+        files["/etc/resolv.conf"] = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+    elif spec.network == "none":
+        files["/etc/resolv.conf"] = b""
+    return files
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class Sandbox:
+    """One running devbox's container. `spawn` runs commands in it; `stop` kills everything in it."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self._bwrap: asyncio.subprocess.Process | None = None
+        self._slirp: asyncio.subprocess.Process | None = None
+        self.init_pid: int | None = None  # host pid of the sandbox's pid 1
+        self._unsafe_groups: set[int] = set()
+        self._stopped = False
+        self._started = False
+
+    @property
+    def alive(self) -> bool:
+        if not self._started or self._stopped:
+            return False
+        if self.spec.unsafe:
+            return True
+        return self._bwrap is not None and self._bwrap.returncode is None
+
+    # -- start -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self.spec.unsafe:
+            return
+        reason = sandbox_unavailable_reason()
+        if reason:
+            raise SandboxError(reason)
+        try:
+            await self._start_bwrap()
+            if self.spec.network == "isolated" and tools()["slirp4netns"]:
+                await self._start_slirp()
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _bwrap_args(self, fds: dict[str, int]) -> list[str]:
+        spec = self.spec
+        args = [
+            "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--disable-userns",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--hostname", spec.hostname,
+            "--die-with-parent",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+            "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+            "--proc", "/proc", "--dev", "/dev",
+            "--ro-bind", "/etc", "/etc",
+        ]  # fmt: skip
+        if spec.network != "host":
+            args.append("--unshare-net")
+        files, dirs = _etc_masks()
+        for path in files:
+            args += ["--ro-bind", "/dev/null", path]
+        for path in dirs:
+            args += ["--tmpfs", path, "--remount-ro", path]
+        for path, fd in fds.items():
+            if path.startswith("/etc/"):
+                args += ["--ro-bind-data", str(fd), path]
+        args += [
+            "--bind-fd", str(fds["home"]), SANDBOX_HOME,
+            "--bind-fd", str(fds["tmp"]), "/tmp",
+            "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
+            "--tmpfs", "/run",
+            "--chdir", SANDBOX_HOME,
+            "--setenv", "HOME", SANDBOX_HOME,
+            "--info-fd", str(fds["info"]),
+        ]  # fmt: skip
+        return args
+
+    async def _start_bwrap(self) -> None:
+        spec = self.spec
+        fds: dict[str, int] = {}
+        info_r, info_w = os.pipe()
+        try:
+            fds["info"] = info_w
+            for path, data in _generated_files(spec).items():
+                fds[path] = _memfd(os.path.basename(path), data)
+            fds["home"] = os.open(spec.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds["tmp"] = os.open(spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fds["vartmp"] = os.open(
+                spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            )  # bwrap closes each fd it binds
+            args = self._bwrap_args(fds)
+            # Arguments through a memfd: the host paths stay out of the sandbox's /proc/1/cmdline.
+            args_fd = _memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
+            fds["args"] = args_fd
+            as_user: dict[str, object] = {}
+            if spec.host_uid is not None and os.geteuid() == 0:
+                as_user = {"user": spec.host_uid, "group": spec.host_uid, "extra_groups": []}
+            self._bwrap = await asyncio.create_subprocess_exec(
+                tools()["bwrap"] or "bwrap",
+                "--args",
+                str(args_fd),
+                "--",
+                *_INIT_COMMAND,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=list(fds.values()),
+                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
+                **as_user,  # type: ignore[arg-type]
+            )
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        try:
+            assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
+            ready = await asyncio.wait_for(self._bwrap.stdout.readline(), timeout=20)
+            if ready != b"ready\n":
+                err = await asyncio.wait_for(self._bwrap.stderr.read(), timeout=5)
+                raise SandboxError(
+                    f"the sandbox failed to start: {err.decode(errors='replace').strip() or 'no output'}"
+                )
+            info = await asyncio.wait_for(asyncio.to_thread(_read_json_fd, info_r), timeout=5)
+            self.init_pid = int(info["child-pid"])
+        finally:
+            os.close(info_r)
+
+    async def _start_slirp(self) -> None:
+        """Outbound network for an isolated sandbox, with the host's loopback out of reach."""
+        assert self.init_pid is not None
+        ready_r, ready_w = os.pipe()
+        try:
+            self._slirp = await asyncio.create_subprocess_exec(
+                tools()["slirp4netns"] or "slirp4netns",
+                "--configure",
+                "--mtu=65520",
+                "--disable-host-loopback",
+                "--ready-fd",
+                str(ready_w),
+                # By path: joining the sandbox's user namespace first would cost the right to enter its netns.
+                "--netns-type=path",
+                f"/proc/{self.init_pid}/ns/net",
+                "tap0",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=[ready_w],
+            )
+        finally:
+            os.close(ready_w)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), timeout=10)
+        except TimeoutError:
+            pass  # no outbound network, but the sandbox itself works
+        finally:
+            os.close(ready_r)
+
+    # -- run -------------------------------------------------------------------------------
+
+    def command_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        merged = dict(NON_INTERACTIVE_ENV)
+        if self.spec.unsafe:
+            merged["HOME"] = str(self.spec.home)
+            merged["PATH"] = os.environ.get("PATH", SANDBOX_PATH)
+        merged.update(env)
+        return merged
+
+    async def spawn(
+        self, command: str, *, env: Mapping[str, str], stdin: int, stdout: int, stderr: int
+    ) -> asyncio.subprocess.Process:
+        """Run `bash -c command` in /home/user inside the sandbox, as the leader of a new process group.
+
+        `os.killpg(proc.pid, sig)` reaches the command and everything it started in the
+        background (they stay in its group: non-interactive bash has no job control).
+        """
+        if not self.alive:
+            raise SandboxError("the devbox's sandbox is not running")
+        full_env = self.command_env(env)
+        if self.spec.unsafe:
+            proc = await asyncio.create_subprocess_exec(
+                tools()["bash"] or "/bin/bash", "-c", command,
+                stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
+                cwd=self.spec.home, start_new_session=True,
+            )  # fmt: skip
+            self._unsafe_groups.add(proc.pid)
+            return proc
+        assert self.init_pid is not None
+        return await asyncio.create_subprocess_exec(
+            tools()["nsenter"] or "nsenter",
+            "-t", str(self.init_pid),
+            "-U", "-m", "-p", "-i", "-u", "-n", "-C", "-r", "-w",
+            "-S", str(SANDBOX_UID), "-G", str(SANDBOX_UID),
+            "--", "/bin/bash", "-c", command,
+            stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
+            start_new_session=True,
+        )  # fmt: skip
+
+    # -- stop ------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Kill everything in the sandbox and wait until it is gone."""
+        self._stopped = True
+        for pgid in self._unsafe_groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        self._unsafe_groups.clear()
+        if self.init_pid is not None:
+            # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+        for proc in (self._bwrap, self._slirp):
+            if proc is None:
+                continue
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            with contextlib.suppress(Exception):
+                await proc.communicate()
+
+
+def _read_json_fd(fd: int) -> dict[str, object]:
+    data = b""
+    while True:
+        try:
+            return json.loads(data)
+        except ValueError:
+            pass
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            raise SandboxError(f"bubblewrap did not report the sandbox's pid (got {data[:200]!r})")
+        data += chunk
