@@ -89,11 +89,19 @@ def shape(
     base_offset: int = 0,
     label: str = "output",
     hint: Callable[[Shaped], str] | None = None,
+    gap_at: int = 0,
+    gap_bytes: int = 0,
+    gap_lines: int = 0,
+    base_line: int = 1,
 ) -> Shaped:
-    """Clean `text` and keep its head and tail within `budget` UTF-8 bytes, with a marker between."""
+    """Clean `text` and keep its head and tail within `budget` UTF-8 bytes, with a marker between.
+
+    `gap_*` describe raw bytes already dropped from `text` at byte position `gap_at` (by an
+    `OutputBuffer`): they are counted as omitted, and the cut always covers that position.
+    """
     raw = text.encode("utf-8", "surrogateescape")
     cleaned = clean(text)
-    if len(cleaned.encode("utf-8", "surrogateescape")) <= budget:
+    if not gap_bytes and len(cleaned.encode("utf-8", "surrogateescape")) <= budget:
         return Shaped(cleaned, len(raw), 0)
 
     room = max(budget - _MARKER_RESERVE, 64)
@@ -101,17 +109,20 @@ def shape(
     tail_budget = room - head_budget
     head_end = _head_cut(raw, head_budget)
     tail_start = max(_tail_cut(raw, tail_budget), head_end)
+    if gap_bytes:
+        head_end = min(head_end, gap_at)
+        tail_start = max(tail_start, gap_at)
     head = clean(raw[:head_end].decode("utf-8", "replace"))
     tail = clean(raw[tail_start:].decode("utf-8", "replace"))
-    omitted = tail_start - head_end
-    first_line = raw.count(b"\n", 0, head_end) + 1
-    last_line = raw.count(b"\n", 0, max(tail_start - 1, 0)) + 1
+    omitted = tail_start - head_end + gap_bytes
+    first_line = raw.count(b"\n", 0, head_end) + base_line
+    last_line = raw.count(b"\n", 0, max(tail_start - 1, 0)) + base_line + gap_lines
     shaped = Shaped(
         "",
-        len(raw),
+        len(raw) + gap_bytes,
         omitted,
         base_offset + head_end,
-        base_offset + tail_start,
+        base_offset + tail_start + gap_bytes,
         first_line,
         last_line,
     )
@@ -123,7 +134,7 @@ def shape(
     sep_head = "" if not head or head.endswith("\n") else "\n"
     sep_tail = "" if not tail or tail.startswith("\n") else "\n"
     body = f"{head}{sep_head}{marker}{sep_tail}{tail}"
-    return Shaped(body, len(raw), omitted, shaped.omitted_start, shaped.omitted_end, first_line, last_line)
+    return Shaped(body, shaped.total_bytes, omitted, shaped.omitted_start, shaped.omitted_end, first_line, last_line)
 
 
 def _utf8_boundary(raw: bytes, pos: int) -> int:
@@ -159,3 +170,51 @@ def truncate_utf8(text: str, limit: int, *, keep: str = "tail") -> str:
     if keep == "head":
         return raw[:limit].decode("utf-8", "ignore")
     return raw[len(raw) - limit :].decode("utf-8", "ignore")
+
+
+class OutputBuffer:
+    """What a result can show of a stream that may be huge, in bounded memory.
+
+    Keeps the first `keep` bytes and the last `keep` bytes (dropping the middle as it grows) and
+    counts what it dropped, so `shaped()` reports exact offsets. `keep` should be at least the
+    shaping budget; then the result is the same as shaping the whole stream.
+    """
+
+    def __init__(self, keep: int = DEFAULT_BUDGET) -> None:
+        self.keep = keep
+        self._head = bytearray()
+        self._tail = bytearray()
+        self.dropped = 0
+        self.dropped_lines = 0
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        data = text.encode("utf-8", "surrogateescape")
+        self.total += len(data)
+        room = self.keep - len(self._head)
+        if room > 0 and not self.dropped and not self._tail:
+            take = _utf8_boundary(data, room) if room < len(data) else len(data)
+            self._head += data[:take]
+            data = data[take:]
+        if not data:
+            return
+        self._tail += data
+        excess = len(self._tail) - self.keep
+        if excess > 0:
+            cut = excess
+            while cut < len(self._tail) and (self._tail[cut] & 0xC0) == 0x80:
+                cut += 1
+            self.dropped_lines += self._tail.count(b"\n", 0, cut)
+            self.dropped += cut
+            del self._tail[:cut]
+
+    def text(self) -> str:
+        """Everything kept (the whole stream when nothing was dropped)."""
+        return (bytes(self._head) + bytes(self._tail)).decode("utf-8", "replace")
+
+    def shaped(self, budget: int, *, base_offset: int = 0, label: str = "output",
+               hint: Callable[[Shaped], str] | None = None) -> Shaped:
+        return shape(
+            self.text(), budget, base_offset=base_offset, label=label, hint=hint,
+            gap_at=len(self._head), gap_bytes=self.dropped, gap_lines=self.dropped_lines,
+        )

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import axon_sql
+from . import axon_sql, sse
 from .axon_log import EventLog
 from .axons import PUBLISHABLE_ORIGINS, AxonRecord, AxonStore
 from .config import Component, LocalConfig
 from .errors import ApiError
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool, query_int
-from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_error, encode_event, sse_response, wait_or_timeout
+from .sse import KEEPALIVE, encode_error, encode_event, sse_response, wait_or_timeout
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_LABEL_CHARS = 1024
@@ -264,7 +264,8 @@ async def _follow(log: EventLog, axon_id: str, after: int, idle_seconds: float) 
         changed = log.changed()
         if cursor < log.last_sequence:
             continue
-        wait = KEEPALIVE_SECONDS if idle_seconds <= 0 else min(KEEPALIVE_SECONDS, idle_seconds - idle)
+        every = sse.KEEPALIVE_SECONDS
+        wait = every if idle_seconds <= 0 else min(every, idle_seconds - idle)
         if await wait_or_timeout(changed.wait, wait):
             continue
         idle += wait

@@ -1,7 +1,294 @@
-"""Devbox, execution and file routes (`/v1/devboxes/...`). Placeholder until built."""
+"""Devbox, file and log routes (`/v1/devboxes/...`), plus the execution routes mounted beside them."""
 
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from . import files
 from .config import Component, LocalConfig
+from .devboxes import STATUSES, DevboxManager
+from .errors import ApiError
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+
+MAX_WAIT_SECONDS = 30.0
+CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_UNSUPPORTED_SOURCES = ("blueprint_id", "blueprint_name", "snapshot_id")
+
+
+class LaunchParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    launch_commands: list[str] | None = None
+    # Our extension: isolated (own network namespace, outbound via slirp4netns), none, or host.
+    network_mode: Literal["isolated", "none", "host"] | None = None
+
+
+class CreateBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    environment_variables: dict[str, str] | None = None
+    launch_parameters: LaunchParameters | None = None
+    metadata: dict[str, str] | None = None
+    file_mounts: dict[str, str] | None = None
+    blueprint_id: str | None = None
+    blueprint_name: str | None = None
+    snapshot_id: str | None = None
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key in value or {}:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name (letters, digits, _)")
+        return value
+
+
+class UpdateBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class WaitBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    statuses: list[str] = Field(min_length=1)
+    timeout_seconds: float | None = None
+
+
+class ReadBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    file_path: str
+
+
+class WriteBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    file_path: str
+    contents: str
+
+
+class DownloadBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    path: str
+
+
+class DevboxRoutes:
+    def __init__(self, manager: DevboxManager) -> None:
+        self.manager = manager
+        self.idempotency = IdempotencyCache()
+
+    def routes(self) -> list[BaseRoute]:
+        p = "/v1/devboxes"
+        return [
+            Route(p, self.create, methods=["POST"]),
+            Route(p, self.list, methods=["GET"]),
+            Route(f"{p}/create_and_await_running", self.create_and_await_running, methods=["POST"]),
+            Route(p + "/{id}", self.get, methods=["GET"]),
+            Route(p + "/{id}", self.update, methods=["POST"]),
+            Route(p + "/{id}/wait_for_status", self.wait_for_status, methods=["POST"]),
+            Route(p + "/{id}/shutdown", self.shutdown, methods=["POST"]),
+            Route(p + "/{id}/suspend", self.suspend, methods=["POST"]),
+            Route(p + "/{id}/resume", self.resume, methods=["POST"]),
+            Route(p + "/{id}/keep_alive", self.keep_alive, methods=["POST"]),
+            Route(p + "/{id}/logs", self.logs, methods=["GET"]),
+            Route(p + "/{id}/read_file_contents", self.read_file_contents, methods=["POST"]),
+            Route(p + "/{id}/write_file_contents", self.write_file_contents, methods=["POST"]),
+            Route(p + "/{id}/upload_file", self.upload_file, methods=["POST"]),
+            Route(p + "/{id}/download_file", self.download_file, methods=["POST"]),
+        ]
+
+    # -- devboxes --------------------------------------------------------------------------
+
+    async def _create(self, request: Request) -> dict[str, Any]:
+        body = await parse_body(request, CreateBody)
+        for key in _UNSUPPORTED_SOURCES:
+            if getattr(body, key):
+                raise ApiError(
+                    400,
+                    f"{key} is not supported by the embedded backend (no blueprints or snapshots); "
+                    "create a devbox without it and use launch_parameters.launch_commands to set it up",
+                )
+        for path in body.file_mounts or {}:
+            files.home_relative(path, "file_mounts path")
+        params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+        devbox = self.manager.create(
+            name=body.name,
+            environment_variables=body.environment_variables or {},
+            launch_parameters=params,
+            metadata=body.metadata or {},
+            file_mounts=body.file_mounts or {},
+        )
+        return devbox.view()
+
+    async def create(self, request: Request) -> Response:
+        view = await self.idempotency.run(idempotency_key(request, "create"), lambda: self._create(request))
+        return JSONResponse(self.manager.get(view["id"]).view())
+
+    async def create_and_await_running(self, request: Request) -> Response:
+        view = await self.idempotency.run(idempotency_key(request, "create"), lambda: self._create(request))
+        devbox_id = view["id"]
+        try:
+            devbox = await self.manager.wait_for_status(
+                devbox_id, ("running", "failure", "shutdown", "suspended"), CREATE_AWAIT_SECONDS
+            )
+        except ApiError as exc:
+            if exc.status != 408:
+                raise
+            devbox = self.manager.get(devbox_id)  # still booting: the SDK keeps waiting
+        return JSONResponse(devbox.view())
+
+    async def list(self, request: Request) -> Response:
+        status = request.query_params.get("status")
+        if status and status not in STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        # Newest first, as Runloop lists them.
+        items = [d.view() for d in reversed(self.manager.all()) if not status or d.status == status]
+        return JSONResponse(paginate(request, items, "devboxes"))
+
+    async def get(self, request: Request) -> Response:
+        return JSONResponse(self.manager.get(request.path_params["id"]).view())
+
+    async def update(self, request: Request) -> Response:
+        devbox_id = request.path_params["id"]
+        self.manager.get(devbox_id)
+        body = await parse_body(request, UpdateBody)
+        return JSONResponse(self.manager.update(devbox_id, name=body.name, metadata=body.metadata).view())
+
+    async def wait_for_status(self, request: Request) -> Response:
+        devbox_id = request.path_params["id"]
+        self.manager.get(devbox_id)
+        body = await parse_body(request, WaitBody)
+        bad = [s for s in body.statuses if s not in STATUSES]
+        if bad:
+            raise ApiError(400, f"unknown status {bad[0]!r}; statuses must be among {', '.join(STATUSES)}")
+        timeout = MAX_WAIT_SECONDS if body.timeout_seconds is None else body.timeout_seconds
+        if not 0 <= timeout <= MAX_WAIT_SECONDS:
+            raise ApiError(
+                400, f"timeout_seconds must be between 0 and {MAX_WAIT_SECONDS:g}; got {timeout:g}"
+            )
+        devbox = await self.manager.wait_for_status(devbox_id, body.statuses, timeout)
+        return JSONResponse(devbox.view())
+
+    async def shutdown(self, request: Request) -> Response:
+        return JSONResponse((await self.manager.shutdown_devbox(request.path_params["id"])).view())
+
+    async def suspend(self, request: Request) -> Response:
+        return JSONResponse((await self.manager.suspend(request.path_params["id"])).view())
+
+    async def resume(self, request: Request) -> Response:
+        return JSONResponse((await self.manager.resume(request.path_params["id"])).view())
+
+    async def keep_alive(self, request: Request) -> Response:
+        self.manager.get(request.path_params["id"])
+        return JSONResponse({})
+
+    async def logs(self, request: Request) -> Response:
+        entries = self.manager.logs(request.path_params["id"], request.query_params.get("execution_id"))
+        return JSONResponse({"logs": entries})
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def read_file_contents(self, request: Request) -> Response:
+        devbox = self.manager.require_running(request.path_params["id"])
+        body = await parse_body(request, ReadBody)
+        path = files.check_path(body.file_path, "file_path")
+        text = await files.read_text(devbox, path)
+        return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+
+    async def write_file_contents(self, request: Request) -> Response:
+        devbox = self.manager.require_running(request.path_params["id"])
+        body = await parse_body(request, WriteBody)
+        path = files.check_path(body.file_path, "file_path")
+        await files.write(devbox, path, body.contents.encode("utf-8"))
+        self.manager.add_log(devbox.id, {"source": "files", "message": f"wrote {path}"})
+        return JSONResponse({"devbox_id": devbox.id, "exit_status": 0, "stdout": "", "stderr": ""})
+
+    async def upload_file(self, request: Request) -> Response:
+        devbox = self.manager.require_running(request.path_params["id"])
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > files.MAX_UPLOAD_BYTES + 1024 * 1024:
+            raise ApiError(413, f"upload is {declared} bytes; the limit is {files.MAX_UPLOAD_BYTES} bytes")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(400, "upload_file takes multipart/form-data with a 'path' field and a 'file' part")
+        try:
+            form_cm = request.form(max_files=1, max_fields=10)
+            form = await form_cm.__aenter__()
+        except Exception as exc:  # starlette raises several types for a bad multipart body
+            raise ApiError(400, f"upload_file body is not valid multipart/form-data: {exc}") from None
+        try:
+            upload = form.get("file")
+            path = form.get("path")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "upload_file needs a 'file' part with the file's bytes")
+            if not isinstance(path, str):
+                raise ApiError(400, "upload_file needs a 'path' field (relative to /home/user, or absolute)")
+            path = files.check_path(path, "path")
+            if upload.size is not None and upload.size > files.MAX_UPLOAD_BYTES:
+                raise ApiError(
+                    413, f"upload is {upload.size} bytes; the limit is {files.MAX_UPLOAD_BYTES} bytes"
+                )
+
+            async def chunks():  # noqa: ANN202 - async generator
+                while chunk := await upload.read(files.CHUNK):
+                    yield chunk
+
+            await files.write(devbox, path, chunks())
+        finally:
+            await form.close()
+        self.manager.add_log(devbox.id, {"source": "files", "message": f"uploaded {path}"})
+        return JSONResponse({})
+
+    async def download_file(self, request: Request) -> Response:
+        devbox = self.manager.require_running(request.path_params["id"])
+        body = await parse_body(request, DownloadBody)
+        path = files.check_path(body.path, "path")
+        _size, chunks = await files.download(devbox, path)
+        # No Content-Length: the file may change while it streams.
+        return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+def _execution_manager(manager: DevboxManager) -> Any | None:
+    try:
+        from .executions import ExecutionManager  # built on the executions branch
+    except ImportError:
+        return None
+    return ExecutionManager(manager)
 
 
 def build(config: LocalConfig) -> Component:
-    return Component(routes=[])
+    manager = DevboxManager(config)
+    executions = _execution_manager(manager)
+    routes = DevboxRoutes(manager).routes()
+    if executions is not None:
+        # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
+        routes = list(executions.routes()) + routes
+
+    async def startup() -> None:
+        await manager.startup()
+        if executions is not None:
+            await executions.startup()
+
+    async def shutdown() -> None:
+        if executions is not None:
+            await executions.shutdown()
+        await manager.shutdown()
+
+    return Component(
+        routes=routes,
+        startup=startup,
+        shutdown=shutdown,
+        extra={"devboxes": manager, "executions": executions},
+    )

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ STATUSES = (
 _LIVE = ("provisioning", "initializing", "running", "suspending", "resuming")
 MAX_LOG_ENTRIES = 10_000
 SETUP_OUTPUT_LIMIT = 64 * 1024  # bytes of a launch command's output kept in its log entry
-SANDBOX_UID_BASE = 100_000  # host uids 100000+ are given to sandboxes when the backend is root
 
 
 def now_ms() -> int:
@@ -68,7 +67,6 @@ class Devbox:
     failure_reason: str | None = None
     shutdown_reason: str | None = None
     end_time_ms: int | None = None
-    host_uid: int | None = None  # the unprivileged host uid its sandbox runs as (backend is root)
     unsafe: bool = False  # commands run as plain host processes (no bubblewrap)
     sandbox: Sandbox | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -107,9 +105,8 @@ class Devbox:
         return view
 
     def record(self) -> dict[str, Any]:
-        data = asdict(
-            self, dict_factory=lambda items: {k: v for k, v in items if k not in ("sandbox", "logs")}
-        )
+        """What devbox.json holds: every field but the live sandbox and the logs (kept in logs.jsonl)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sandbox", "logs")}
         data["state_dir"] = str(self.state_dir)
         return data
 
@@ -296,7 +293,6 @@ class DevboxManager:
             launch_parameters=params,
             metadata=dict(metadata),
             file_mounts=dict(file_mounts or {}),
-            host_uid=_pick_host_uid() if os.geteuid() == 0 and not unsafe else None,
             unsafe=unsafe,
         )
         devbox.state_dir.mkdir(mode=0o700)
@@ -328,8 +324,9 @@ class DevboxManager:
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
-        except (SandboxError, OSError) as exc:
-            log.warning("devbox %s failed to start: %s", devbox.id, exc)
+        except Exception as exc:  # whatever went wrong, the devbox must end in `failure`, not hang
+            if not isinstance(exc, SandboxError | OSError):
+                log.exception("devbox %s failed to start", devbox.id)
             self.add_log(
                 devbox.id,
                 {
@@ -345,10 +342,8 @@ class DevboxManager:
     def _prepare_dirs(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
-            if devbox.host_uid is not None:
-                os.chown(path, devbox.host_uid, devbox.host_uid)
         os.chmod(devbox.home, 0o755)
-        os.chmod(devbox.tmp, 0o1777 if devbox.host_uid is None else 0o755)
+        os.chmod(devbox.tmp, 0o1777)
         from .files import write_mounted_file  # files imports this module
 
         for path, contents in devbox.file_mounts.items():
@@ -360,7 +355,6 @@ class DevboxManager:
             tmp=devbox.tmp,
             hostname=devbox.id.replace("_", "-"),
             network=devbox.network_mode,  # type: ignore[arg-type]
-            host_uid=devbox.host_uid,
             unsafe=devbox.unsafe,
         )
         return Sandbox(spec)
@@ -467,8 +461,6 @@ class DevboxManager:
     def _prepare_dirs_for_resume(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
-            if devbox.host_uid is not None:
-                os.chown(path, devbox.host_uid, devbox.host_uid)
 
     async def shutdown_devbox(self, devbox_id: str) -> Devbox:
         devbox = self.get(devbox_id)
@@ -511,11 +503,6 @@ def not_running_message(devbox: Devbox) -> str:
             return f"devbox {ident} is still {devbox.status}; wait until it is running (wait_for_status)"
         case _:
             return f"devbox {ident} is {devbox.status}, not running"
-
-
-def _pick_host_uid() -> int:
-    """A host uid of its own per devbox, so devboxes cannot touch each other even through a shared resource."""
-    return SANDBOX_UID_BASE + secrets.randbelow(1 << 24)
 
 
 def _remove_tree(path: Path) -> None:

@@ -126,7 +126,9 @@ class IdempotencyCache:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        while self._done and (len(self._done) > self._max or now - next(iter(self._done.values()))[0] > self._ttl):
+        while self._done and (
+            len(self._done) > self._max or now - next(iter(self._done.values()))[0] > self._ttl
+        ):
             self._done.popitem(last=False)
 
 

@@ -4,9 +4,11 @@ Executions do not get a sandbox of their own: they `nsenter` the devbox's namesp
 files, processes and servers persist between them as on a real devbox, and each one costs
 a process spawn instead of a container start.
 
-When the backend runs as root, the sandbox runs as an unprivileged host uid of its own
-(mapped to uid 1000 `user` inside), so a file the sandbox user can reach by a mistake in the
-mount list is still guarded by ordinary permissions; host secrets are masked on top of that.
+Inside, the user is uid 1000 `user` with no capabilities; on the host it is the backend's own
+uid (bubblewrap can only map that one without a setuid helper, and an unprivileged bubblewrap
+could not reach a data directory under a private home). So the mount list is the boundary:
+system directories read-only, host secrets masked (including anything in /etc that is not
+world-readable), /proc/sys read-only (bubblewrap), nothing else of the host mounted.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -93,7 +95,6 @@ class SandboxSpec:
     tmp: Path  # host directory mounted at /tmp
     hostname: str
     network: NetworkMode = "isolated"
-    host_uid: int | None = None  # unprivileged host uid to run as (only when the backend is root)
     unsafe: bool = False  # no sandbox at all: plain host processes in `home`
 
 
@@ -230,13 +231,14 @@ class Sandbox:
         ]  # fmt: skip
         if spec.network != "host":
             args.append("--unshare-net")
+        # Masks read as "Permission denied": an empty mode-000 file or directory on a read-only mount.
         files, dirs = _etc_masks()
         for path in files:
-            args += ["--ro-bind", "/dev/null", path]
+            args += ["--perms", "000", "--ro-bind-data", str(fds[f"mask:{path}"]), path]
         for path in dirs:
-            args += ["--tmpfs", path, "--remount-ro", path]
+            args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
         for path, fd in fds.items():
-            if path.startswith("/etc/"):
+            if path.startswith("/etc/"):  # generated files
                 args += ["--ro-bind-data", str(fd), path]
         args += [
             "--bind-fd", str(fds["home"]), SANDBOX_HOME,
@@ -257,6 +259,8 @@ class Sandbox:
             fds["info"] = info_w
             for path, data in _generated_files(spec).items():
                 fds[path] = _memfd(os.path.basename(path), data)
+            for path in _etc_masks()[0]:
+                fds[f"mask:{path}"] = _memfd("mask", b"")
             fds["home"] = os.open(spec.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             fds["tmp"] = os.open(spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             fds["vartmp"] = os.open(
@@ -266,9 +270,6 @@ class Sandbox:
             # Arguments through a memfd: the host paths stay out of the sandbox's /proc/1/cmdline.
             args_fd = _memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
             fds["args"] = args_fd
-            as_user: dict[str, object] = {}
-            if spec.host_uid is not None and os.geteuid() == 0:
-                as_user = {"user": spec.host_uid, "group": spec.host_uid, "extra_groups": []}
             self._bwrap = await asyncio.create_subprocess_exec(
                 tools()["bwrap"] or "bwrap",
                 "--args",
@@ -280,7 +281,6 @@ class Sandbox:
                 stderr=subprocess.PIPE,
                 pass_fds=list(fds.values()),
                 env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
-                **as_user,  # type: ignore[arg-type]
             )
         finally:
             for fd in fds.values():
@@ -339,19 +339,27 @@ class Sandbox:
         return merged
 
     async def spawn(
-        self, command: str, *, env: Mapping[str, str], stdin: int, stdout: int, stderr: int
+        self,
+        command: str,
+        *,
+        env: Mapping[str, str],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        args: Sequence[str] = (),
     ) -> asyncio.subprocess.Process:
         """Run `bash -c command` in /home/user inside the sandbox, as the leader of a new process group.
 
         `os.killpg(proc.pid, sig)` reaches the command and everything it started in the
         background (they stay in its group: non-interactive bash has no job control).
+        `args` become the script's positional parameters ($1, $2, ...).
         """
         if not self.alive:
             raise SandboxError("the devbox's sandbox is not running")
         full_env = self.command_env(env)
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
-                tools()["bash"] or "/bin/bash", "-c", command,
+                tools()["bash"] or "/bin/bash", "-c", command, "bash", *args,
                 stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                 cwd=self.spec.home, start_new_session=True,
             )  # fmt: skip
@@ -363,7 +371,7 @@ class Sandbox:
             "-t", str(self.init_pid),
             "-U", "-m", "-p", "-i", "-u", "-n", "-C", "-r", "-w",
             "-S", str(SANDBOX_UID), "-G", str(SANDBOX_UID),
-            "--", "/bin/bash", "-c", command,
+            "--", "/bin/bash", "-c", command, "bash", *args,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
             start_new_session=True,
         )  # fmt: skip

@@ -76,10 +76,17 @@ class RunningBackend:
 
 
 def start_in_thread(
-    data_dir: Path, api_key: str | None = None, *, host: str = "127.0.0.1", port: int = 0, unsafe_no_sandbox: bool = False
+    data_dir: Path,
+    api_key: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    unsafe_no_sandbox: bool = False,
 ) -> RunningBackend:
     """Start the backend on a loopback port in a daemon thread and wait until it answers."""
-    config = LocalConfig(data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox)
+    config = LocalConfig(
+        data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox
+    )
     sock = bind_socket(host, port)
     server = _uvicorn_server(config)
     failure: list[BaseException] = []
@@ -94,6 +101,8 @@ def start_in_thread(
     thread.start()
     while not server.started:
         if not thread.is_alive():
-            raise RuntimeError(f"the embedded backend failed to start: {failure[0] if failure else 'unknown error'}")
+            raise RuntimeError(
+                f"the embedded backend failed to start: {failure[0] if failure else 'unknown error'}"
+            )
         threading.Event().wait(0.005)
     return RunningBackend(base_url_of(sock), config.api_key, config, server, thread)

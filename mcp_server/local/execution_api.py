@@ -1,0 +1,200 @@
+"""Execution routes: `/v1/devboxes/{id}/execute*` and `/v1/devboxes/{id}/executions/{execution_id}/...`.
+
+Request parsing and rules live here; `executions.ExecutionManager` does the work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .errors import ApiError
+from .http import idempotency_key, parse_body, query_int
+from .output import stream_output
+from .sse import sse_response, wait_or_timeout
+
+if TYPE_CHECKING:
+    from .executions import ExecutionManager
+
+MAX_WAIT_SECONDS = 25.0  # the long-poll limit of executions (the SDK's EXEC_LONG_POLL_SERVER_MAX_SECONDS)
+MAX_LAST_N = 10_000_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. `shell_name` from older SDKs
+
+
+class ExecuteAsyncBody(_Body):
+    command: StrictStr
+    attach_stdin: StrictBool | None = None
+
+
+class ExecuteBody(_Body):
+    command: StrictStr
+    command_id: StrictStr | None = None
+    optimistic_timeout: StrictInt | StrictFloat | None = None
+
+
+class ExecuteSyncBody(_Body):
+    command: StrictStr
+
+
+class WaitBody(_Body):
+    statuses: list[StrictStr]
+    timeout_seconds: StrictInt | StrictFloat | None = None
+
+
+class KillBody(_Body):
+    kill_process_group: StrictBool | None = None
+
+
+class StdinBody(_Body):
+    text: StrictStr | None = None
+    signal: StrictStr | None = None
+
+
+def _check_command(command: str) -> str:
+    if not command.strip():
+        raise ApiError(400, "command must not be empty: give the shell command to run, e.g. \"ls -la\"")
+    if "\0" in command:
+        raise ApiError(400, "command contains a NUL character, which a shell command cannot hold")
+    return command
+
+
+def _seconds(name: str, value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise ApiError(400, f"{name} must be between 0 and {MAX_WAIT_SECONDS:g} seconds, got {value}")
+    return float(value)
+
+
+def _last_n(request: Request) -> int:
+    return query_int(request, "last_n", 100, lo=0, hi=MAX_LAST_N) or 0
+
+
+def _offset(request: Request) -> int:
+    raw = request.query_params.get("offset")
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"offset must be a byte offset (a whole number ≥ 0), got {raw!r}") from None
+    if value < 0:
+        raise ApiError(400, f"offset must be a byte offset (a whole number ≥ 0), got {value}")
+    return value
+
+
+def routes(manager: ExecutionManager) -> list[Route]:
+    async def execute_async(request: Request) -> Response:
+        devbox_id = request.path_params["id"]
+        body = await parse_body(request, ExecuteAsyncBody)
+        command = _check_command(body.command)
+
+        async def start():
+            return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
+
+        ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
+        return JSONResponse(manager.view(ex, _last_n(request)))
+
+    async def execute(request: Request) -> Response:
+        devbox_id = request.path_params["id"]
+        body = await parse_body(request, ExecuteBody)
+        command = _check_command(body.command)
+        last_n = _last_n(request)
+        optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
+        if body.command_id is not None and not body.command_id.strip():
+            raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
+        ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        await wait_or_timeout(ex.done.wait, optimistic)
+        return JSONResponse(manager.view(ex, last_n))
+
+    async def execute_sync(request: Request) -> Response:
+        devbox_id = request.path_params["id"]
+        body = await parse_body(request, ExecuteSyncBody)
+        command = _check_command(body.command)
+
+        async def run():
+            ex = await manager.start(devbox_id, command)
+            await ex.done.wait()
+            return manager.sync_view(ex)
+
+        return JSONResponse(await manager.idempotency.run(idempotency_key(request, f"execute_sync:{devbox_id}"), run))
+
+    def lookup(request: Request):
+        return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
+
+    async def get_execution(request: Request) -> Response:
+        ex = lookup(request)
+        return JSONResponse(manager.view(ex, _last_n(request)))
+
+    async def wait_for_status(request: Request) -> Response:
+        ex = lookup(request)
+        body = await parse_body(request, WaitBody)
+        last_n = _last_n(request)
+        if not body.statuses:
+            raise ApiError(400, "statuses must name at least one of: queued, running, completed")
+        unknown = [s for s in body.statuses if s not in ("queued", "running", "completed")]
+        if unknown:
+            raise ApiError(400, f"unknown execution status {unknown[0]!r}; use queued, running or completed")
+        timeout = _seconds("timeout_seconds", body.timeout_seconds, MAX_WAIT_SECONDS)
+        if not await manager.wait_for(ex, body.statuses, timeout):
+            raise ApiError(
+                408,
+                f"execution {ex.id} is still {ex.record.status} after {timeout:g} s; call wait_for_status again",
+            )
+        return JSONResponse(manager.view(ex, last_n))
+
+    async def kill(request: Request) -> Response:
+        ex = lookup(request)
+        body = await parse_body(request, KillBody)
+        last_n = _last_n(request)
+        await manager.kill(ex, process_group=bool(body.kill_process_group))
+        return JSONResponse(manager.view(ex, last_n))
+
+    async def send_std_in(request: Request) -> Response:
+        ex = lookup(request)
+        body = await parse_body(request, StdinBody)
+        if (body.text is None) == (body.signal is None):
+            raise ApiError(400, 'send exactly one of "text" (the input) or "signal" ("EOF" or "INTERRUPT")')
+        if body.text is not None and body.text == "":
+            raise ApiError(400, 'text must not be empty; to close stdin send {"signal": "EOF"}')
+        if body.signal is not None and body.signal not in ("EOF", "INTERRUPT"):
+            raise ApiError(400, f'unknown signal {body.signal!r}; use "EOF" (close stdin) or "INTERRUPT" (SIGINT)')
+        await manager.send_stdin(ex, text=body.text, signal_name=body.signal)
+        return JSONResponse({"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "success": True})
+
+    def streamer(stream: str):
+        async def stream_updates(request: Request) -> Response:
+            ex = lookup(request)
+            offset = _offset(request)
+            path = ex.path(stream)  # type: ignore[arg-type]
+            size = os.stat(path).st_size
+            if offset > size:
+                raise ApiError(
+                    400,
+                    f"offset {offset} is past the end of the {stream} of execution {ex.id} ({size} bytes so far); "
+                    "resume from the offset of the last chunk received plus its length in bytes",
+                )
+            return sse_response(stream_output(ex.source(stream), offset, manager.watcher))  # type: ignore[arg-type]
+
+        return stream_updates
+
+    base = "/v1/devboxes/{devbox_id}/executions/{execution_id}"
+    return [
+        Route("/v1/devboxes/{id}/execute_async", execute_async, methods=["POST"]),
+        Route("/v1/devboxes/{id}/execute", execute, methods=["POST"]),
+        Route("/v1/devboxes/{id}/execute_sync", execute_sync, methods=["POST"]),
+        Route(base, get_execution, methods=["GET"]),
+        Route(base + "/wait_for_status", wait_for_status, methods=["POST"]),
+        Route(base + "/kill", kill, methods=["POST"]),
+        Route(base + "/send_std_in", send_std_in, methods=["POST"]),
+        Route(base + "/stream_stdout_updates", streamer("stdout"), methods=["GET"]),
+        Route(base + "/stream_stderr_updates", streamer("stderr"), methods=["GET"]),
+    ]

@@ -1,0 +1,412 @@
+"""Executions: commands run in a devbox's sandbox, their records, processes and output files.
+
+Each execution lives in `<devbox state_dir>/executions/<execution_id>/`: `record.json` (status,
+exit status, command, command_id, times; replaced atomically on every change) and the
+`stdout` / `stderr` files the command writes into directly. The backend never pipes output
+through itself: a command's output costs it no memory, a background `cmd &` that keeps the
+files open cannot hold the execution open (it completes when its shell exits), and a restart
+of the backend loses nothing already written.
+
+Exit statuses the backend assigns (a command killed by signal N reports 128 + N, as a shell does):
+- `kill`: 137 (SIGKILL), or 143 when the command exits on the SIGTERM of `kill_process_group`.
+- The devbox shut down or suspended while the command ran: 137.
+- The backend stopped or crashed while the command ran (the sandbox dies with it): 137, and
+  a line saying so is appended to stderr when the backend next loads the devbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from starlette.routing import Route
+
+from .errors import ApiError, not_found
+from .http import IdempotencyCache
+from .ids import new_id
+from .output import FileWatcher, OutputSource, tail_lines
+
+if TYPE_CHECKING:
+    from .devboxes import Devbox, DevboxManager
+
+log = logging.getLogger("devbox_mcp.local")
+
+Status = Literal["queued", "running", "completed"]
+STATUSES: tuple[str, ...] = ("queued", "running", "completed")
+Stream = Literal["stdout", "stderr"]
+
+EXIT_KILLED = 128 + signal.SIGKILL
+KILL_GRACE_SECONDS = 2.0  # between the SIGTERM and the SIGKILL of `kill_process_group`
+STOP_WAIT_SECONDS = 5.0  # how long a stopping devbox waits for its killed commands to be reaped
+VIEW_MAX_BYTES = 1024 * 1024  # per stream in an execution view, whatever `last_n` asks for
+SYNC_MAX_BYTES = 4 * 1024 * 1024  # per stream in an `execute_sync` answer (the tail)
+STDIN_MAX_PENDING = 1024 * 1024  # unread stdin bytes accepted before `send_std_in` refuses more
+RESTART_NOTE = "\n[devbox-mcp] the backend stopped while this command was running, which killed it (exit status 137)\n"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class ExecutionRecord:
+    """What survives a restart: the contents of `record.json`."""
+
+    execution_id: str
+    devbox_id: str
+    command: str
+    command_id: str | None
+    attach_stdin: bool
+    status: str
+    exit_status: int | None
+    create_time_ms: int
+    end_time_ms: int | None = None
+
+
+@dataclass(eq=False)
+class Execution:
+    record: ExecutionRecord
+    directory: Path
+    process: asyncio.subprocess.Process | None = None
+    stdin_closed: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: set[asyncio.Event] = field(default_factory=set)  # live output streams to wake on completion
+
+    @property
+    def id(self) -> str:
+        return self.record.execution_id
+
+    @property
+    def finished(self) -> bool:
+        return self.record.status == "completed"
+
+    def path(self, stream: Stream) -> Path:
+        return self.directory / stream
+
+    def source(self, stream: Stream) -> OutputSource:
+        return OutputSource(self.path(stream), lambda: self.finished, self.waiters)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` so a reader (or a crash) sees the old or the new contents, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    os.replace(tmp, path)
+
+
+def exit_status_of(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+# -- signalling a command without its nsenter wrapper ------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def shell_pid(process: asyncio.subprocess.Process) -> int:
+    """The host pid of the command's bash.
+
+    In a sandbox, `process` is `nsenter`, which forks the bash into the devbox's pid namespace
+    and exits with its status. Signals meant for the command go to the bash: a SIGINT or SIGTERM
+    that reached nsenter would end it (and so the execution) while the command lives on.
+    """
+    pid = process.pid
+    if (_read(f"/proc/{pid}/comm") or "").strip() != "nsenter":
+        return pid
+    children = (_read(f"/proc/{pid}/task/{pid}/children") or "").split()
+    return int(children[0]) if children else pid
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        stat = _read(f"/proc/{name}/stat")
+        if stat is None:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid:
+            members.append(int(name))
+    return members
+
+
+def signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    """Send `sig` to the command and everything it started (its process group), but not to nsenter."""
+    shell = shell_pid(process)
+    if shell == process.pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        return
+    for pid in group_members(process.pid):
+        if pid != process.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+class ExecutionManager:
+    """Starts, tracks and persists the executions of every devbox."""
+
+    def __init__(self, devboxes: DevboxManager) -> None:
+        self.devboxes = devboxes
+        self.watcher = FileWatcher()
+        self.idempotency = IdempotencyCache()
+        self._tables: dict[str, dict[str, Execution]] = {}
+        self._by_command_id: dict[tuple[str, str], Execution] = {}
+        self._start_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        devboxes.on_stop.append(self._on_devbox_stop)
+
+    def routes(self) -> list[Route]:
+        from .execution_api import routes
+
+        return routes(self)
+
+    async def startup(self) -> None:
+        """Nothing to do eagerly: a devbox's executions are loaded from disk when it is first used."""
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        self.watcher.close()
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def _table(self, devbox: Devbox) -> dict[str, Execution]:
+        table = self._tables.get(devbox.id)
+        if table is None:
+            table = self._tables[devbox.id] = self._load(devbox)
+        return table
+
+    def _load(self, devbox: Devbox) -> dict[str, Execution]:
+        """The devbox's executions on disk; any still marked running died with the previous backend."""
+        root = devbox.state_dir / "executions"
+        found: list[Execution] = []
+        if root.is_dir():
+            for directory in root.iterdir():
+                try:
+                    record = ExecutionRecord(**json.loads((directory / "record.json").read_text()))
+                except (OSError, ValueError, TypeError) as exc:
+                    log.warning("skipping unreadable execution record in %s: %s", directory, exc)
+                    continue
+                ex = Execution(record, directory)
+                if record.status != "completed":
+                    with open(ex.path("stderr"), "a") as f:
+                        f.write(RESTART_NOTE)
+                    record.status, record.exit_status, record.end_time_ms = "completed", EXIT_KILLED, now_ms()
+                    write_json_atomic(directory / "record.json", asdict(record))
+                ex.done.set()
+                found.append(ex)
+        found.sort(key=lambda ex: (ex.record.create_time_ms, ex.id))
+        for ex in found:
+            if ex.record.command_id:
+                self._by_command_id[(devbox.id, ex.record.command_id)] = ex
+        return {ex.id: ex for ex in found}
+
+    def get(self, devbox_id: str, execution_id: str) -> Execution:
+        devbox = self.devboxes.get(devbox_id)
+        ex = self._table(devbox).get(execution_id)
+        if ex is None:
+            raise not_found("execution", execution_id)
+        return ex
+
+    # -- start -------------------------------------------------------------------------------
+
+    async def start(self, devbox_id: str, command: str, *, command_id: str | None = None, attach_stdin: bool = False) -> Execution:
+        """Run `command` in the devbox; with a `command_id` already used on this devbox, return that execution."""
+        lock = self._start_locks.setdefault(devbox_id, asyncio.Lock())
+        async with lock:
+            devbox = self.devboxes.require_running(devbox_id)
+            table = self._table(devbox)
+            if command_id and (existing := self._by_command_id.get((devbox.id, command_id))):
+                return existing
+            execution_id = new_id("exe")
+            directory = devbox.state_dir / "executions" / execution_id
+            directory.mkdir(parents=True)
+            record = ExecutionRecord(
+                execution_id=execution_id,
+                devbox_id=devbox.id,
+                command=command,
+                command_id=command_id,
+                attach_stdin=attach_stdin,
+                status="running",
+                exit_status=None,
+                create_time_ms=now_ms(),
+            )
+            ex = Execution(record, directory)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            out_fd = os.open(ex.path("stdout"), flags, 0o600)
+            err_fd = os.open(ex.path("stderr"), flags, 0o600)
+            try:
+                ex.process = await devbox.sandbox.spawn(
+                    command,
+                    env=dict(devbox.environment_variables or {}),
+                    stdin=asyncio.subprocess.PIPE if attach_stdin else subprocess.DEVNULL,
+                    stdout=out_fd,
+                    stderr=err_fd,
+                )
+            except Exception as exc:
+                for path in directory.iterdir():
+                    path.unlink()
+                directory.rmdir()
+                self.devboxes.require_running(devbox_id)  # the devbox stopped meanwhile: say so
+                raise ApiError(503, f"could not start the command in devbox {devbox_id}: {exc}; try again") from None
+            finally:
+                os.close(out_fd)
+                os.close(err_fd)
+            write_json_atomic(directory / "record.json", asdict(record))
+            table[execution_id] = ex
+            if command_id:
+                self._by_command_id[(devbox.id, command_id)] = ex
+        self.devboxes.add_log(
+            devbox.id,
+            {"level": "info", "source": "exec", "timestamp_ms": record.create_time_ms, "cmd": command, "cmd_id": execution_id},
+        )
+        task = asyncio.get_running_loop().create_task(self._await_exit(ex))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return ex
+
+    async def _await_exit(self, ex: Execution) -> None:
+        assert ex.process is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            returncode = await ex.process.wait()
+            self._finish(ex, exit_status_of(returncode))
+
+    def _finish(self, ex: Execution, exit_status: int) -> None:
+        if ex.finished:
+            return
+        record = ex.record
+        record.status, record.exit_status, record.end_time_ms = "completed", exit_status, now_ms()
+        write_json_atomic(ex.directory / "record.json", asdict(record))
+        if ex.process is not None and ex.process.stdin is not None and not ex.stdin_closed:
+            ex.stdin_closed = True
+            ex.process.stdin.close()
+        ex.done.set()
+        for waiter in ex.waiters:
+            waiter.set()
+        self.devboxes.add_log(
+            record.devbox_id,
+            {
+                "level": "info" if exit_status == 0 else "warn",
+                "source": "exec",
+                "timestamp_ms": record.end_time_ms,
+                "cmd": record.command,
+                "cmd_id": record.execution_id,
+                "exit_code": exit_status,
+                "message": f"exited with status {exit_status}",
+            },
+        )
+
+    # -- wait, kill, stdin -------------------------------------------------------------------
+
+    async def wait_for(self, ex: Execution, statuses: list[str], seconds: float) -> bool:
+        """Wait until the execution has one of `statuses`; False when `seconds` ran out first."""
+        if ex.record.status in statuses:
+            return True
+        if "completed" not in statuses:
+            # It is running (executions are never visible while queued) and can only become completed.
+            await asyncio.sleep(seconds)
+            return ex.record.status in statuses
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ex.done.wait(), seconds)
+        return ex.record.status in statuses
+
+    async def kill(self, ex: Execution, *, process_group: bool) -> None:
+        """Kill the command: its bash alone, or (`process_group`) everything it started, politely first."""
+        if ex.finished or ex.process is None:
+            return
+        if process_group:
+            signal_group(ex.process, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ex.done.wait(), KILL_GRACE_SECONDS)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(ex.process.pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(shell_pid(ex.process), signal.SIGKILL)
+        await ex.done.wait()
+
+    async def send_stdin(self, ex: Execution, *, text: str | None, signal_name: str | None) -> None:
+        if not ex.record.attach_stdin:
+            raise ApiError(
+                400,
+                f"execution {ex.id} was started without attach_stdin, so its stdin is closed; "
+                "start the command with execute_async and attach_stdin=true to send it input",
+            )
+        if ex.finished:
+            raise ApiError(400, f"execution {ex.id} has completed (exit status {ex.record.exit_status}); it reads no more input")
+        assert ex.process is not None and ex.process.stdin is not None
+        if signal_name == "INTERRUPT":
+            signal_group(ex.process, signal.SIGINT)
+            return
+        if signal_name == "EOF":
+            if not ex.stdin_closed:
+                ex.stdin_closed = True
+                ex.process.stdin.close()
+            return
+        if ex.stdin_closed:
+            raise ApiError(400, f"the stdin of execution {ex.id} was closed by an EOF signal; it takes no more text")
+        transport = ex.process.stdin.transport
+        pending = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if pending > STDIN_MAX_PENDING:
+            raise ApiError(
+                400,
+                f"the command of execution {ex.id} is not reading its stdin ({pending} bytes sent earlier are still "
+                "waiting); send more once it has read them, or kill it",
+            )
+        try:
+            ex.process.stdin.write((text or "").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            raise ApiError(400, f"the command of execution {ex.id} has closed its stdin; it takes no more input") from None
+
+    async def _on_devbox_stop(self, devbox_id: str) -> None:
+        """The devbox's sandbox is about to stop: kill its commands and complete their executions (137)."""
+        running = [ex for ex in self._tables.get(devbox_id, {}).values() if not ex.finished and ex.process]
+        for ex in running:
+            assert ex.process is not None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(ex.process.pid, signal.SIGKILL)
+        for ex in running:
+            assert ex.process is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ex.process.wait(), STOP_WAIT_SECONDS)
+            self._finish(ex, EXIT_KILLED)
+
+    # -- views -------------------------------------------------------------------------------
+
+    def view(self, ex: Execution, last_n: int = 100) -> dict[str, Any]:
+        """DevboxAsyncExecutionDetailView, with the last `last_n` lines of output (also while running)."""
+        body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "status": ex.record.status}
+        if ex.record.exit_status is not None:
+            body["exit_status"] = ex.record.exit_status
+        for stream in ("stdout", "stderr"):
+            text, truncated = tail_lines(ex.path(stream), last_n, VIEW_MAX_BYTES)
+            body[stream] = text
+            body[f"{stream}_truncated"] = truncated
+        return body
+
+    def sync_view(self, ex: Execution) -> dict[str, Any]:
+        """DevboxExecutionDetailView of `execute_sync`: the output's last SYNC_MAX_BYTES bytes per stream."""
+        body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "exit_status": ex.record.exit_status}
+        for stream in ("stdout", "stderr"):
+            body[stream] = tail_lines(ex.path(stream), 1 << 62, SYNC_MAX_BYTES)[0]
+        return body
