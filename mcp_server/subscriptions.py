@@ -62,9 +62,12 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 log = logging.getLogger("devbox_mcp.subscriptions")
 
 Feed = Hashable
-# Runs a feed's upstream until cancelled; calls `changed()` on every upstream change. Returning
-# means the feed is finished (e.g. the execution completed): subscribers get a last update.
-Follow = Callable[[Feed, Callable[[], Awaitable[None]]], Awaitable[None]]
+# Runs a feed's upstream until cancelled; calls `ready()` once every later upstream change is
+# sure to be seen (the baseline is fixed), then `changed()` on every change. Returning means the
+# feed is finished (e.g. the execution completed): subscribers get a last update.
+Follow = Callable[[Feed, Callable[[], Awaitable[None]], Callable[[], None]], Awaitable[None]]
+# How long a subscribe waits for its follower to fix its baseline before answering anyway.
+READY_TIMEOUT = 10.0
 # Maps a resource URI to its feed, or None for URIs that never change or have no upstream.
 FeedOf = Callable[[str], Feed | None]
 # Checks, before a subscription is accepted, that the resource exists (raises otherwise).
@@ -127,6 +130,7 @@ class _Follower:
     feed: Feed
     uris: Counter[str] = field(default_factory=Counter)
     task: asyncio.Task[None] | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
 
 
 class SubscriptionHub:
@@ -221,7 +225,10 @@ class SubscriptionHub:
 
     # ---- upstream followers ---------------------------------------------------------------
 
-    def _acquire(self, uri: str) -> None:
+    async def _acquire(self, uri: str) -> None:
+        """Count a subscriber of `uri`, starting its feed's follower if needed, and return once the
+        follower is sure to see every change made from now on (so none between the subscribe
+        answer and the upstream connection is missed)."""
         feed = self._feed_of(uri)
         if feed is None:
             return
@@ -230,7 +237,10 @@ class SubscriptionHub:
             follower = self._followers[feed] = _Follower(feed)
         follower.uris[uri] += 1
         if follower.task is None and not self._closed:
+            follower.ready = anyio.Event()
             follower.task = self._spawn(self._run_follower(follower))
+        with anyio.move_on_after(READY_TIMEOUT):
+            await follower.ready.wait()
 
     def _release(self, uri: str) -> None:
         feed = self._feed_of(uri)
@@ -252,11 +262,13 @@ class SubscriptionHub:
                 await self.resource_updated(uri)
 
         try:
-            await self._follow(follower.feed, changed)
+            await self._follow(follower.feed, changed, follower.ready.set)
         except asyncio.CancelledError:
+            follower.ready.set()
             raise
         except Exception as exc:  # an upstream that failed for good: subscribers re-read and see why
             log.warning("upstream of %s stopped: %s", follower.feed, exc)
+        follower.ready.set()
         await changed()
         if self._followers.get(follower.feed) is follower:
             follower.task = None
@@ -291,7 +303,7 @@ class SubscriptionHub:
         if uri not in peer.uris:
             peer.uris.add(uri)
             self._legacy_by_uri.setdefault(uri, set()).add(peer)
-            self._acquire(uri)
+            await self._acquire(uri)
         return EmptyResult()
 
     async def legacy_unsubscribe(
@@ -351,8 +363,8 @@ class SubscriptionHub:
         acquired: list[str] = []
         try:
             for uri in uris:
-                self._acquire(uri)
                 acquired.append(uri)
+                await self._acquire(uri)
             await ctx.session.send_notification(
                 SubscriptionsAcknowledgedNotification(
                     params=SubscriptionsAcknowledgedNotificationParams(notifications=honored, _meta=meta)
