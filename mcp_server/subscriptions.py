@@ -70,8 +70,9 @@ Follow = Callable[[Feed, Callable[[], Awaitable[None]], Callable[[], None]], Awa
 READY_TIMEOUT = 10.0
 # Maps a resource URI to its feed, or None for URIs that never change or have no upstream.
 FeedOf = Callable[[str], Feed | None]
-# Checks, before a subscription is accepted, that the resource exists (raises otherwise).
-Check = Callable[[str], Awaitable[None]]
+# Checks, before a subscription is accepted, that the resource exists (raises otherwise); gets
+# the request's context so it can use that connection's API client.
+Check = Callable[[Any, str], Awaitable[None]]
 
 MAX_LISTEN_STREAMS = 1024
 
@@ -296,7 +297,7 @@ class SubscriptionHub:
     async def legacy_subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
         if self._check is not None:
-            await self._check(uri)
+            await self._check(ctx, uri)
         peer = self._peer(ctx)
         if peer is None:
             raise MCPError(INVALID_REQUEST, "resources/subscribe needs a handshake-era session; use subscriptions/listen")

@@ -40,24 +40,18 @@ def axon_1000(backend: RunningBackend) -> str:
 
     async def build() -> str:
         async with RunloopClient(backend.base_url, backend.api_key) as client:
-            axon = await client.create_axon(name="history")
-            for start in range(0, N_EVENTS, 50):
-                async with anyio.create_task_group() as tg:
-                    for i in range(start, start + 50):
-                        tg.start_soon(_publish_one, client, backend, axon.id, i)
+            async with httpx.AsyncClient(base_url=backend.base_url, headers=_auth(backend)) as http:
+                axon = await client.create_axon(name="history")
+                for i in range(N_EVENTS):
+                    if i % 10 == 9:  # a payload that is not JSON, sent through the HTTP API directly
+                        r = await http.post(f"/v1/axons/{axon.id}/publish", json={
+                            "event_type": "raw", "origin": "USER_EVENT", "source": "test", "payload": f"plain {i}"})
+                        r.raise_for_status()
+                    else:
+                        await client.publish(axon.id, event_type="step", payload={"i": i, "text": f"é{i}"})
             return axon.id
 
     return run(build)
-
-
-async def _publish_one(client: RunloopClient, backend: RunningBackend, axon_id: str, i: int) -> None:
-    if i % 10 == 9:  # a payload that is not JSON, sent through the HTTP API directly
-        async with httpx.AsyncClient(base_url=backend.base_url, headers=_auth(backend)) as http:
-            r = await http.post(f"/v1/axons/{axon_id}/publish", json={
-                "event_type": "raw", "origin": "USER_EVENT", "source": "test", "payload": f"plain text {i}"})
-            r.raise_for_status()
-    else:
-        await client.publish(axon_id, event_type="step", payload={"i": i, "text": f"é{i}"})
 
 
 def _auth(backend: RunningBackend) -> dict[str, str]:

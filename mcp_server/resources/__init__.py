@@ -53,6 +53,7 @@ __all__ = [
     "hub_stats",
     "output_resource_links",
     "register_resources",
+    "resources_handle",
     "resources_list_changed",
 ]
 
@@ -172,12 +173,12 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
                 c, devbox_id, execution_id, stream, offset, limit, budget=settings.output_budget
             )
 
-    async def check(uri: str) -> None:
+    async def check(ctx: Any, uri: str) -> None:
         """Refuse a subscription to something that does not exist, as a read would."""
         feed = feed_of(uri)
         if feed is None:
             return
-        async with shared.lease() as c:
+        async with client_for(ctx) as c:
             try:
                 if isinstance(feed, AxonFeed):
                     await c.get_axon(feed.axon_id)
@@ -222,6 +223,10 @@ def _not_found(uri: str) -> MCPError:
 
 def _resource_error(uri: str, message: str) -> MCPError:
     return MCPError(INTERNAL_ERROR, message, data={"uri": uri})
+
+
+def resources_handle(mcp: MCPServer) -> ResourcesHandle | None:
+    return _handles.get(mcp)
 
 
 def hub_stats(mcp: MCPServer) -> HubStats | None:
