@@ -37,11 +37,9 @@ from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import (
     SUBSCRIPTION_ID_META_KEY,
-    PromptsListChanged,
     ResourcesListChanged,
     ResourceUpdated,
     ServerEvent,
-    ToolsListChanged,
     event_matches,
     event_to_notification,
 )
@@ -216,11 +214,15 @@ class SubscriptionHub:
         await self._bus.publish(ResourcesListChanged())
 
     def _from_bus(self, event: ServerEvent) -> None:
-        """Handshake-era delivery of bus events (2026 listen streams subscribe to the bus themselves)."""
+        """Handshake-era delivery of bus events (2026 listen streams subscribe to the bus themselves).
+
+        Only resource events: those are what the handshake-era capabilities advertise."""
         if isinstance(event, ResourceUpdated):
             peers = self._legacy_by_uri.get(event.uri, ())
-        else:
+        elif isinstance(event, ResourcesListChanged):
             peers = self._legacy.values()
+        else:
+            return
         for peer in list(peers):
             peer.sender.mark(event)
 
@@ -394,10 +396,6 @@ async def _send_legacy(session: ServerSession, event: ServerEvent) -> None:
         await session.send_resource_updated(event.uri)
     elif isinstance(event, ResourcesListChanged):
         await session.send_resource_list_changed()
-    elif isinstance(event, ToolsListChanged):
-        await session.send_tool_list_changed()
-    elif isinstance(event, PromptsListChanged):
-        await session.send_prompt_list_changed()
 
 
 def _honored(requested: SubscriptionFilter) -> SubscriptionFilter:
