@@ -171,8 +171,7 @@ class SubscriptionHub:
     def stats(self) -> HubStats:
         return HubStats(
             followers=sum(1 for f in self._followers.values() if f.task is not None),
-            subscribed_uris=len({uri for f in self._followers.values() for uri in f.uris})
-            + len([u for u in self._legacy_by_uri if self._feed_of(u) is None]),
+            subscribed_uris=len(set(self._legacy_by_uri) | {u for f in self._followers.values() for u in f.uris}),
             legacy_peers=sum(1 for p in self._legacy.values() if p.uris),
             listen_streams=self._listen_streams,
             tasks=len(self._tasks),

@@ -4,6 +4,7 @@ per feed, and nothing left behind (tasks, upstream streams) after clients subscr
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from mcp_server.local.server import RunningBackend
 from mcp_server.resources import hub_stats, resources_handle
 from mcp_server.runloop import RunloopClient
 from mcp_server.server import build_server
-from mcp_server.subscriptions import HubStats
+from mcp_server.subscriptions import HubStats, _Sender
 
 pytestmark = pytest.mark.anyio
 
@@ -274,3 +275,26 @@ async def test_new_axon_and_new_devbox_change_the_resource_list(backend: Running
             box = structured(await call_ok(client, "create_devbox", {"name": "listed"}))["id"]
             await updates.until(lambda: updates.list_changes >= 2)
             assert f"devbox://{box}" in [r.uri for r in (await client.list_resources()).resources]
+
+
+async def test_a_sender_coalesces_what_arrives_while_a_send_is_in_flight() -> None:
+    """The coalescing rule both eras use: while one notification is being written to a slow
+    client, any number of repeats collapse into one more, in first-arrival order."""
+    release = anyio.Event()
+    sent: list[ResourceUpdated] = []
+
+    async def send(event: Any) -> None:
+        sent.append(event)
+        if len(sent) == 1:
+            await release.wait()
+
+    sender = _Sender(send, lambda coro: asyncio.get_running_loop().create_task(coro))
+    a, b = ResourceUpdated(uri="a"), ResourceUpdated(uri="b")
+    sender.mark(a)
+    await wait_for(lambda: sent == [a], "the first send to start")
+    for _ in range(100):
+        sender.mark(b)
+        sender.mark(a)
+    release.set()
+    await wait_for(lambda: sender.task is None, "the sender to drain")
+    assert sent == [a, b, a]
