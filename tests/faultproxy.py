@@ -7,12 +7,12 @@ parsing responses. Rules, matched by a regex on the request target (path and que
 to do to the next `times` matching requests (None: every one):
 
     proxy.fail(r"/v1/axons/[^/]+/publish$", status=503, times=1, forward=True, retry_after=0)
-    proxy.cut(r"/stream_stdout_updates", after_bytes=4096)        # every matching response
+    proxy.cut(r"/stream_stdout_updates", after_bytes=4096, after_first_event=True)  # every response
     proxy.delay(r"/v1/devboxes$", seconds=0.2, times=1)
 
 `forward=True` sends the request upstream (so it acts) and answers the injected status instead
 of the real response: the "response lost after the server acted" case. `proxy.requests` records
-every request seen (method, target, headers), so tests can count attempts and check that the
+every request seen (method, target, headers, body), so tests can count attempts and check that the
 retries of one call carried the same `x-request-id`.
 
 Use the `fault_proxy` fixture (import `fault_proxy_fixture` into the test module); it fronts the
@@ -40,6 +40,7 @@ class SeenRequest:
     method: str
     target: str
     headers: dict[str, str]
+    body: bytes = b""
 
     @property
     def path(self) -> str:
@@ -58,6 +59,7 @@ class Rule:
     forward: bool = False
     message: str = "injected by faultproxy"
     after_bytes: int = 0
+    after_first_event: bool = False
     seconds: float = 0.0
     hits: int = 0
 
@@ -98,9 +100,24 @@ class FaultProxy:
         return self._add(Rule(re.compile(path), method, times, "fail", status=status, retry_after=ra,
                               forward=forward, message=message))
 
-    def cut(self, path: str, *, after_bytes: int, times: int | None = None, method: str | None = None) -> Rule:
-        """Close the connection after `after_bytes` bytes of the response (headers included)."""
-        return self._add(Rule(re.compile(path), method, times, "cut", after_bytes=after_bytes))
+    def cut(
+        self,
+        path: str,
+        *,
+        after_bytes: int,
+        after_first_event: bool = False,
+        times: int | None = None,
+        method: str | None = None,
+    ) -> Rule:
+        """Close the connection after `after_bytes` bytes of the response (headers included).
+
+        With `after_first_event`, the bytes count from the end of the first server-sent event
+        (the first blank line of the body): every connection then delivers at least one whole
+        event before the cut lands, so a stream whose events outgrow `after_bytes` still
+        progresses, and the cut still falls mid-event.
+        """
+        return self._add(Rule(re.compile(path), method, times, "cut", after_bytes=after_bytes,
+                              after_first_event=after_first_event))
 
     def delay(self, path: str, *, seconds: float, times: int | None = 1, method: str | None = None) -> Rule:
         """Hold the matching requests for `seconds` before forwarding them."""
@@ -132,7 +149,6 @@ class FaultProxy:
             self.url = f"http://127.0.0.1:{port}"
             ready.set()
             loop.run_forever()
-            self._server.close()
             loop.run_until_complete(self._server.wait_closed())
             loop.close()
 
@@ -142,10 +158,22 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        """Close the listener, end open connections, and stop the proxy's thread."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop)
+        self._thread.join(10)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -190,7 +218,7 @@ class FaultProxy:
                 raw_headers.append(line)
         body = await self._read_body(reader, headers)
         with self._lock:
-            self.requests.append(SeenRequest(method, target, headers))
+            self.requests.append(SeenRequest(method, target, headers, body))
         rules = {r.action: r for r in self._take(method, target)}
 
         if "delay" in rules:
@@ -212,20 +240,30 @@ class FaultProxy:
                     pass
                 await self._answer(writer, fail)
                 return
-            budget = rules["cut"].after_bytes if "cut" in rules else None
+            cut = rules.get("cut")
+            # Absolute response position from which `after_bytes` count; None until found.
+            start: int | None = None if cut is not None and cut.after_first_event else 0
+            seen = bytearray()
+            sent = 0
             while True:
                 data = await up_reader.read(65536)
                 if not data:
                     break
-                if budget is not None and len(data) >= budget:
-                    writer.write(data[:budget])
-                    await writer.drain()
-                    writer.transport.abort()
-                    return
-                if budget is not None:
-                    budget -= len(data)
+                if cut is not None:
+                    if start is None:
+                        seen += data
+                        body_at = seen.find(b"\r\n\r\n")
+                        blank = seen.find(b"\n\n", body_at + 4) if body_at >= 0 else -1
+                        if blank >= 0:
+                            start = blank + 2
+                    if start is not None and sent + len(data) >= start + cut.after_bytes:
+                        writer.write(data[: start + cut.after_bytes - sent])
+                        await writer.drain()
+                        writer.transport.abort()
+                        return
                 writer.write(data)
                 await writer.drain()
+                sent += len(data)
         finally:
             up_writer.close()
 

@@ -351,6 +351,17 @@ def test_bad_publish_bodies(backend: RunningBackend, axon, body: dict, status: i
     assert r.status_code == status and fragment in r.json()["message"]
 
 
+def test_lone_surrogate_payload_is_400_and_harms_no_one(backend: RunningBackend, sdk: Runloop, axon) -> None:
+    raw = b'{"event_type": "t", "origin": "USER_EVENT", "payload": "\\ud800", "source": "s"}'
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons/{axon.id}/publish",
+        content=raw,
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "surrogate" in r.json()["message"]
+    assert _publish(sdk, axon.id, 1).sequence == 1
+
+
 def test_malformed_json_is_400(backend: RunningBackend, axon) -> None:
     for path in ("publish", "sql/query", "sql/batch"):
         r = httpx.post(

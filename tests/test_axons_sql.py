@@ -76,6 +76,7 @@ def test_user_tables_values_and_changes(sdk: Runloop, axon) -> None:
         "ALTER TABLE rl_axon_events ADD COLUMN extra TEXT",
         "ALTER TABLE rl_axon_events RENAME TO old_events",
         "CREATE UNIQUE INDEX one_per_type ON rl_axon_events (event_type)",
+        "DROP INDEX rl_axon_events_by_type",
         "CREATE TRIGGER wipe AFTER INSERT ON rl_axon_events BEGIN DELETE FROM rl_axon_events; END",
         "REPLACE INTO rl_axon_events (sequence, timestamp_ms, origin, source, event_type, payload) VALUES (1, 0, 'USER_EVENT', 's', 't', '{}')",
     ],

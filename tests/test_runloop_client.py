@@ -230,3 +230,38 @@ async def test_key_never_appears_in_errors_or_logs(fault_proxy: FaultProxy, back
         assert key not in _all_text(exc)
     assert caplog.records, "logging was captured"
     assert key not in caplog.text
+
+
+async def test_post_without_key_is_not_resent_after_a_dropped_connection(fault_proxy: FaultProxy, backend) -> None:
+    fault_proxy.cut("^/healthz$", after_bytes=0, method="POST")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        with pytest.raises(ConnectionFailed):
+            await client._send("POST", "/healthz")
+    assert len(fault_proxy.seen("^/healthz$")) == 1
+
+
+def test_views_keep_fields_the_api_adds() -> None:
+    from mcp_server.runloop import DevboxView
+
+    view = DevboxView.model_validate({"id": "dbx_1", "status": "running", "brand_new_field": {"x": 1}})
+    assert view.brand_new_field == {"x": 1}
+    assert view.model_dump()["brand_new_field"] == {"x": 1}
+
+
+async def test_a_body_that_is_not_the_view_is_a_clear_error(backend) -> None:
+    from mcp_server.runloop import DevboxView, UnexpectedResponse
+
+    async with client_for(backend.base_url, backend.api_key) as client:
+        with pytest.raises(UnexpectedResponse) as info:
+            await client._get("/healthz", DevboxView)
+    assert "GET /healthz" in str(info.value) and "DevboxView" in str(info.value)
+
+
+async def test_from_env_reads_url_key_and_headers(monkeypatch, fault_proxy: FaultProxy, backend) -> None:
+    monkeypatch.setenv("RUNLOOP_BASE_URL", fault_proxy.url)
+    monkeypatch.setenv("RUNLOOP_API_KEY", backend.api_key)
+    monkeypatch.setenv("RUNLOOP_CUSTOM_HEADERS", "X-Env: yes")
+    async with RunloopClient.from_env() as client:
+        await client._send("GET", "/healthz")
+    (seen,) = fault_proxy.seen("^/healthz$")
+    assert seen.headers["authorization"] == f"Bearer {backend.api_key}" and seen.headers["x-env"] == "yes"

@@ -19,6 +19,7 @@ from mcp_server.runloop import (
     InvalidArgument,
     NotFound,
     RunloopClient,
+    ServerError,
     SqlStatement,
     WaitTimeout,
 )
@@ -168,6 +169,34 @@ async def test_execute_retried_after_a_lost_response_runs_once(
     assert len(bodies) == 3
 
 
+async def test_execute_retried_after_a_dropped_connection_runs_once(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    _require_exec(backend)
+    marker = f"cut-{uuid.uuid4().hex[:8]}.txt"
+    fault_proxy.cut(r"/execute$", after_bytes=0, times=1)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        view = await client.execute(devbox_id, f"echo x >> ~/{marker}; wc -l < ~/{marker}", optimistic_timeout=20)
+        view = await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
+    attempts = fault_proxy.seen(r"/execute$")
+    assert len(attempts) == 2
+    assert len({json.loads(a.body)["command_id"] for a in attempts}) == 1, "the retry reuses the command_id"
+    assert view.stdout.strip() == "1"
+
+
+async def test_long_poll_treats_408_as_not_yet(fault_proxy: FaultProxy, devbox_id: str, backend) -> None:  # noqa: ANN001
+    _require_exec(backend)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        started = await client.execute_async(devbox_id, "echo polled")
+        fault_proxy.fail(r"/wait_for_status$", status=408, times=3, message="not yet")
+        done = await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=30)
+    assert done.stdout == "polled\n"
+    polls = fault_proxy.seen(r"/wait_for_status$")
+    assert len(polls) == 4
+    holds = [json.loads(p.body)["timeout_seconds"] for p in polls]
+    assert all(isinstance(h, float) and 0 < h <= 25 for h in holds)
+
+
 async def test_execute_async_wait_and_kill(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
     _require_exec(backend)
     require(backend, "POST /v1/devboxes/{id}/executions/{eid}/kill")
@@ -190,6 +219,45 @@ async def test_send_stdin_text_and_eof(client: RunloopClient, devbox_id: str, ba
     await client.send_stdin(devbox_id, started.execution_id, signal="EOF")
     done = await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=30)
     assert done.stdout == "piped ✓\n" and done.exit_status == 0
+
+
+async def test_send_stdin_is_not_resent_after_a_lost_response(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    _require_exec(backend)
+    require(backend, "POST /v1/devboxes/{id}/executions/{eid}/send_std_in")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        started = await client.execute_async(devbox_id, "cat", attach_stdin=True)
+        fault_proxy.fail(r"/send_std_in$", status=503, times=1, forward=True)
+        with pytest.raises(ServerError) as info:
+            await client.send_stdin(devbox_id, started.execution_id, text="once\n")
+        assert info.value.attempts == 1
+        await client.send_stdin(devbox_id, started.execution_id, signal="EOF")
+        done = await client.wait_for_execution(devbox_id, started.execution_id, timeout_seconds=30)
+    assert done.stdout == "once\n", "the text reached the command exactly once"
+
+
+async def test_suspend_and_resume_retried_after_a_lost_response_succeed(
+    fault_proxy: FaultProxy, backend  # noqa: ANN001
+) -> None:
+    require(backend, "POST /v1/devboxes", "POST /v1/devboxes/{id}/suspend", "POST /v1/devboxes/{id}/resume",
+            "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown")
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        box = await client.create_devbox(name="suspend-retry")
+        await client.wait_for_devbox_status(box.id, UP, timeout_seconds=60)
+        fault_proxy.fail(r"/suspend$", status=503, times=1, forward=True, retry_after=0)
+        suspended = await client.suspend_devbox(box.id)
+        assert suspended.status in ("suspending", "suspended")
+        await client.wait_for_devbox_status(box.id, ["suspended"], timeout_seconds=60)
+        fault_proxy.fail(r"/resume$", status=503, times=1, forward=True, retry_after=0)
+        resumed = await client.resume_devbox(box.id)
+        assert resumed.status in ("resuming", "running")
+        assert len(fault_proxy.seen(r"/suspend$")) == 2 and len(fault_proxy.seen(r"/resume$")) == 2
+        await client.wait_for_devbox_status(box.id, ["running"], timeout_seconds=60)
+        with pytest.raises(BadRequest) as info:
+            await client.resume_devbox(box.id)
+        assert info.value.attempts == 1, "a first-attempt refusal is reported, not explained away"
+        await client.shutdown_devbox(box.id)
 
 
 async def test_send_stdin_refuses_bad_arguments_locally(client: RunloopClient) -> None:
@@ -237,6 +305,16 @@ async def test_upload_then_download_bytes_with_a_cap(client: RunloopClient, devb
     head = await client.download_file(devbox_id, "bin/blob.bin", max_bytes=1000)
     assert head.data == data[:1000] and head.truncated
     assert head.size in (len(data), None)
+
+
+async def test_download_of_a_huge_file_stops_at_the_cap(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
+    _require_exec(backend)
+    require(backend, "POST /v1/devboxes/{id}/download_file")
+    view = await client.execute(devbox_id, "head -c 50000000 /dev/zero > ~/huge.bin", optimistic_timeout=20)
+    await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=60)
+    part = await client.download_file(devbox_id, "huge.bin", max_bytes=1_000_000)
+    assert len(part.data) == 1_000_000 and part.truncated
+    assert part.size in (50_000_000, None)
 
 
 async def test_reading_a_missing_file_is_a_clear_error(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
@@ -301,6 +379,23 @@ async def test_publish_retried_after_a_lost_response_appends_once(fault_proxy: F
     assert result.sequence == 1
     assert [e.sequence for e in page.events] == [1], "three attempts, one event"
     assert len(fault_proxy.seen(r"/publish$")) == 3
+
+
+async def test_sql_writes_are_sent_once_and_reads_retried(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
+    _require_axons(backend)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        axon = await client.create_axon()
+        await client.sql_query(axon.id, "CREATE TABLE t (x INTEGER)")
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        with pytest.raises(ServerError):
+            await client.sql_query(axon.id, "INSERT INTO t VALUES (1)")
+        fault_proxy.fail(r"/sql/batch$", status=503, times=1, forward=True, retry_after=0)
+        with pytest.raises(ServerError):
+            await client.sql_batch(axon.id, [{"sql": "INSERT INTO t VALUES (2)"}])
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        counted = await client.sql_query(axon.id, "SELECT count(*) AS n FROM t", read_only=True)
+    assert counted.records() == [{"n": 2}], "each write applied once, though its answer was lost"
+    assert len(fault_proxy.seen(r"/sql/query$")) == 4 and len(fault_proxy.seen(r"/sql/batch$")) == 1
 
 
 async def test_unknown_axon_is_not_found(client: RunloopClient, backend) -> None:  # noqa: ANN001

@@ -89,15 +89,23 @@ def _check_publish(body: Publish) -> None:
             raise ApiError(400, f"{name} must be a string, got {type(value).__name__}")
         if len(value) > MAX_LABEL_CHARS:
             raise ApiError(400, f"{name} is {len(value)} characters; the limit is {MAX_LABEL_CHARS}")
+        _utf8(name, value)
     if not isinstance(body.payload, str):
         raise ApiError(
             400,
             f"payload must be a string, got {type(body.payload).__name__}: JSON-encode the payload into a string "
             "(e.g. json.dumps(payload) or JSON.stringify(payload)) before publishing",
         )
-    size = len(body.payload.encode("utf-8", "surrogatepass"))
+    size = len(_utf8("payload", body.payload))
     if size > MAX_PAYLOAD_BYTES:
         raise ApiError(413, f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes per event")
+
+
+def _utf8(name: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{name} is not valid Unicode (it holds a lone surrogate escape); send UTF-8 text") from None
 
 
 _METADATA_PARAM = re.compile(r"^metadata\[(.+?)\](\[in\])?$")
@@ -259,8 +267,9 @@ async def _follow(log: EventLog, axon_id: str, after: int, idle_seconds: float) 
                 yield b"".join(encode_event(event.view(axon_id)) for event in page)
                 continue
         if log.closed:
-            yield encode_error(404, f"axon {axon_id!r} was deleted")
-            return
+            if log.deleted:
+                yield encode_error(404, f"axon {axon_id!r} was deleted")
+            return  # shutting down: the client re-subscribes from its last sequence
         changed = log.changed()
         if cursor < log.last_sequence:
             continue

@@ -63,20 +63,18 @@ class Registry:
         ):
             self.records[ident] = AxonRecord(ident, name, created, json.loads(metadata), deleted)
 
-    def _save(self, record: AxonRecord) -> AxonRecord:
+    def _write(self, record: AxonRecord) -> None:
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO axons (id, name, created_at_ms, metadata, deleted_at_ms) VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.name, record.created_at_ms, json.dumps(record.metadata), record.deleted_at_ms),
             )
-            self.records[record.id] = record
+
+    async def save(self, record: AxonRecord) -> AxonRecord:
+        """Write on a thread (synced), then publish the record in memory (only the loop touches `records`)."""
+        await anyio.to_thread.run_sync(self._write, record)
+        self.records[record.id] = record
         return record
-
-    def create(self, name: str | None, metadata: dict[str, str]) -> AxonRecord:
-        return self._save(AxonRecord(new_id("axn"), name, now_ms(), metadata))
-
-    def update(self, record: AxonRecord) -> AxonRecord:
-        return self._save(record)
 
     def close(self) -> None:
         self._conn.close()
@@ -121,11 +119,11 @@ class AxonStore:
         return list(reversed(self.registry.records.values()))
 
     async def create(self, name: str | None, metadata: dict[str, str]) -> AxonRecord:
-        return await anyio.to_thread.run_sync(self.registry.create, name, metadata)
+        return await self.registry.save(AxonRecord(new_id("axn"), name, now_ms(), metadata))
 
     async def update_metadata(self, axon_id: str, metadata: dict[str, str]) -> AxonRecord:
         record = replace(self.get(axon_id), metadata=metadata)
-        return await anyio.to_thread.run_sync(self.registry.update, record)
+        return await self.registry.save(record)
 
     async def delete(self, axon_id: str) -> AxonRecord:
         """Delete the event data (history and user tables); the registry record stays, marked deleted."""
@@ -133,10 +131,10 @@ class AxonStore:
         if record.deleted_at_ms is not None:
             return record
         async with self._opening:
-            record = await anyio.to_thread.run_sync(self.registry.update, replace(record, deleted_at_ms=now_ms()))
+            record = await self.registry.save(replace(record, deleted_at_ms=now_ms()))
             log = self._logs.pop(axon_id, None)
             if log is not None:
-                await log.close()
+                await log.close(deleted=True)
             await anyio.to_thread.run_sync(self._remove_files, axon_id)
         return record
 

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -121,6 +122,7 @@ class DevboxManager:
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._watchers: set[asyncio.Future[None]] = set()
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
 
@@ -153,6 +155,8 @@ class DevboxManager:
 
     async def shutdown(self) -> None:
         """Backend exit: running devboxes become `suspended` (their processes cannot outlive us)."""
+        for watcher in list(self._watchers):
+            watcher.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):
@@ -363,6 +367,29 @@ class DevboxManager:
         sandbox = self._sandbox_for(devbox)
         devbox.sandbox = sandbox
         await sandbox.start()
+        watcher = asyncio.ensure_future(self._watch_sandbox(devbox, sandbox))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch_sandbox(self, devbox: Devbox, sandbox: Sandbox) -> None:
+        """A sandbox that dies on its own (killed, out of memory) leaves its devbox suspended, resumable."""
+        await sandbox.exited()
+        if devbox.sandbox is not sandbox:
+            return  # stopped on purpose
+        async with self._lock(devbox.id):
+            if devbox.sandbox is not sandbox:
+                return
+            self.add_log(
+                devbox.id,
+                {
+                    "level": "error",
+                    "source": "stats",
+                    "message": "the devbox's sandbox exited unexpectedly; resume the devbox to start a new one",
+                },
+            )
+            await self._stop_sandbox(devbox)
+            if devbox.status in _LIVE:
+                self._transition(devbox, "suspended")
 
     async def _stop_sandbox(self, devbox: Devbox) -> None:
         sandbox = devbox.sandbox
@@ -377,27 +404,35 @@ class DevboxManager:
         await sandbox.stop()
 
     async def _run_launch_commands(self, devbox: Devbox) -> bool:
+        """Run the launch commands in order; False at the first that fails.
+
+        Their output goes to a file, not a pipe: a command that starts a server in the
+        background (`server &`) must not keep the devbox initializing by holding a pipe open.
+        """
         commands = devbox.launch_parameters.get("launch_commands") or []
         assert devbox.sandbox is not None
-        for command in commands:
-            proc = await devbox.sandbox.spawn(
-                command,
-                env=devbox.environment_variables,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
+        setup_dir = devbox.state_dir / "setup"
+        setup_dir.mkdir(exist_ok=True)
+        for index, command in enumerate(commands):
+            output_path = setup_dir / f"{index}.log"
+            output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                assert proc.stdout is not None
-                output = await proc.stdout.read(SETUP_OUTPUT_LIMIT)
-                while await proc.stdout.read(65536):
-                    pass
+                proc = await devbox.sandbox.spawn(
+                    command,
+                    env=devbox.environment_variables,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                )
+            finally:
+                os.close(output)
+            try:
                 code = await proc.wait()
             except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, 9)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 raise
-            text = output.decode("utf-8", errors="replace")
+            text = _read_head(output_path, SETUP_OUTPUT_LIMIT).decode("utf-8", errors="replace")
             self.add_log(
                 devbox.id,
                 {
@@ -503,6 +538,11 @@ def not_running_message(devbox: Devbox) -> str:
             return f"devbox {ident} is still {devbox.status}; wait until it is running (wait_for_status)"
         case _:
             return f"devbox {ident} is {devbox.status}, not running"
+
+
+def _read_head(path: Path, limit: int) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(limit)
 
 
 def _remove_tree(path: Path) -> None:

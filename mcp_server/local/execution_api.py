@@ -96,12 +96,13 @@ def routes(manager: ExecutionManager) -> list[Route]:
         devbox_id = request.path_params["id"]
         body = await parse_body(request, ExecuteAsyncBody)
         command = _check_command(body.command)
+        last_n = _last_n(request)
 
         async def start():
             return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        return JSONResponse(manager.view(ex, last_n))
 
     async def execute(request: Request) -> Response:
         devbox_id = request.path_params["id"]
@@ -131,8 +132,8 @@ def routes(manager: ExecutionManager) -> list[Route]:
         return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
 
     async def get_execution(request: Request) -> Response:
-        ex = lookup(request)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        last_n = _last_n(request)
+        return JSONResponse(manager.view(lookup(request), last_n))
 
     async def wait_for_status(request: Request) -> Response:
         ex = lookup(request)

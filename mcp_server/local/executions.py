@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.routing import Route
 
+from . import childwatch
 from .errors import ApiError, not_found
 from .http import IdempotencyCache
 from .ids import new_id
@@ -178,7 +179,8 @@ class ExecutionManager:
         return routes(self)
 
     async def startup(self) -> None:
-        """Nothing to do eagerly: a devbox's executions are loaded from disk when it is first used."""
+        """A devbox's executions are loaded from disk when it is first used; nothing to load here."""
+        childwatch.install()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

@@ -17,15 +17,19 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+log = logging.getLogger("devbox_mcp.local")
 
 NetworkMode = Literal["isolated", "none", "host"]
 NETWORK_MODES: tuple[str, ...] = ("isolated", "none", "host")
@@ -65,6 +69,10 @@ _SECRET_FILES = (
     "/etc/security/opasswd",
 )
 _SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
+_PROC_READ_ONLY = (
+    "/proc/sys", "/proc/sysrq-trigger", "/proc/mtrr", "/proc/pressure", "/proc/irq", "/proc/bus",
+    "/proc/acpi", "/proc/scsi", "/proc/fs", "/proc/driver", "/proc/tty", "/proc/sysvipc",
+)  # fmt: skip
 # Generated per sandbox (a `user` account, the devbox's own identity and DNS).
 _GENERATED = (
     "/etc/passwd",
@@ -183,9 +191,12 @@ class Sandbox:
         self.spec = spec
         self._bwrap: asyncio.subprocess.Process | None = None
         self._slirp: asyncio.subprocess.Process | None = None
+        self._slirp_exit: int | None = None  # closing it makes slirp4netns exit
+        self._network: asyncio.Future[None] | None = None  # slirp4netns coming up
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
         self._unsafe_groups: set[int] = set()
         self._stopped = False
+        self._stop_event = asyncio.Event()
         self._started = False
 
     @property
@@ -195,6 +206,13 @@ class Sandbox:
         if self.spec.unsafe:
             return True
         return self._bwrap is not None and self._bwrap.returncode is None
+
+    async def exited(self) -> None:
+        """Return once the sandbox is gone (never, for an unsafe sandbox until it is stopped)."""
+        if self._bwrap is not None:
+            await self._bwrap.wait()
+            return
+        await self._stop_event.wait()
 
     # -- start -----------------------------------------------------------------------------
 
@@ -210,7 +228,7 @@ class Sandbox:
         try:
             await self._start_bwrap()
             if self.spec.network == "isolated" and tools()["slirp4netns"]:
-                await self._start_slirp()
+                self._network = asyncio.ensure_future(self._start_slirp())
         except BaseException:
             await self.stop()
             raise
@@ -227,6 +245,12 @@ class Sandbox:
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
             "--proc", "/proc", "--dev", "/dev",
+        ]  # fmt: skip
+        # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
+        # check the owner (sysctls, pressure triggers) must be read-only.
+        for path in _PROC_READ_ONLY:
+            args += ["--ro-bind-try", path, path]
+        args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
         if spec.network != "host":
@@ -245,6 +269,7 @@ class Sandbox:
             "--bind-fd", str(fds["tmp"]), "/tmp",
             "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
             "--tmpfs", "/run",
+            "--remount-ro", "/",  # the sandbox's root tmpfs: nothing to write outside home and tmp
             "--chdir", SANDBOX_HOME,
             "--setenv", "HOME", SANDBOX_HOME,
             "--info-fd", str(fds["info"]),
@@ -293,15 +318,20 @@ class Sandbox:
                 raise SandboxError(
                     f"the sandbox failed to start: {err.decode(errors='replace').strip() or 'no output'}"
                 )
-            info = await asyncio.wait_for(asyncio.to_thread(_read_json_fd, info_r), timeout=5)
+            info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
         finally:
             os.close(info_r)
 
     async def _start_slirp(self) -> None:
-        """Outbound network for an isolated sandbox, with the host's loopback out of reach."""
+        """Outbound network for an isolated sandbox, with the host's loopback out of reach.
+
+        Runs beside the start (commands wait for it in `spawn`), so it adds nothing to
+        create→running. slirp4netns exits when `_slirp_exit` closes, even if the backend dies.
+        """
         assert self.init_pid is not None
         ready_r, ready_w = os.pipe()
+        exit_r, self._slirp_exit = os.pipe()
         try:
             self._slirp = await asyncio.create_subprocess_exec(
                 tools()["slirp4netns"] or "slirp4netns",
@@ -310,6 +340,8 @@ class Sandbox:
                 "--disable-host-loopback",
                 "--ready-fd",
                 str(ready_w),
+                "--exit-fd",
+                str(exit_r),
                 # By path: joining the sandbox's user namespace first would cost the right to enter its netns.
                 "--netns-type=path",
                 f"/proc/{self.init_pid}/ns/net",
@@ -317,14 +349,15 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                pass_fds=[ready_w],
+                pass_fds=[ready_w, exit_r],
             )
         finally:
             os.close(ready_w)
+            os.close(exit_r)
         try:
-            await asyncio.wait_for(asyncio.to_thread(os.read, ready_r, 1), timeout=10)
-        except TimeoutError:
-            pass  # no outbound network, but the sandbox itself works
+            await _read_some(ready_r, 10)
+        except (TimeoutError, OSError) as exc:
+            log.warning("slirp4netns did not bring up the network of sandbox %s: %s", self.spec.hostname, exc)
         finally:
             os.close(ready_r)
 
@@ -356,6 +389,8 @@ class Sandbox:
         """
         if not self.alive:
             raise SandboxError("the devbox's sandbox is not running")
+        if self._network is not None and not self._network.done():
+            await asyncio.shield(self._network)
         full_env = self.command_env(env)
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
@@ -381,6 +416,7 @@ class Sandbox:
     async def stop(self) -> None:
         """Kill everything in the sandbox and wait until it is gone."""
         self._stopped = True
+        self._stop_event.set()
         for pgid in self._unsafe_groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
@@ -389,24 +425,48 @@ class Sandbox:
             # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
+        if self._network is not None and not self._network.done():
+            self._network.cancel()
+            with contextlib.suppress(BaseException):
+                await self._network
+        if self._slirp_exit is not None:
+            os.close(self._slirp_exit)  # slirp4netns exits on this
+            self._slirp_exit = None
         for proc in (self._bwrap, self._slirp):
             if proc is None:
                 continue
-            if proc.returncode is None:
+            # bwrap exits by itself once its pid 1 is gone, after reaping it; killing it first
+            # would leave that pid 1 a zombie of whatever reaps orphans on this host.
+            try:
+                await asyncio.wait_for(proc.communicate(), 5)
+            except (TimeoutError, Exception):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.communicate()
+                with contextlib.suppress(Exception):
+                    await proc.communicate()
 
 
-def _read_json_fd(fd: int) -> dict[str, object]:
+async def _read_some(fd: int, seconds: float) -> bytes:
+    """One read from a pipe, waiting for it on the event loop (no thread left blocked on timeout)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, seconds)
+    finally:
+        loop.remove_reader(fd)
+    return os.read(fd, 65536)
+
+
+async def _read_json_fd(fd: int, seconds: float) -> dict[str, object]:
     data = b""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             return json.loads(data)
         except ValueError:
             pass
-        chunk = os.read(fd, 4096)
+        chunk = await _read_some(fd, max(0.0, deadline - time.monotonic()))
         if not chunk:
             raise SandboxError(f"bubblewrap did not report the sandbox's pid (got {data[:200]!r})")
         data += chunk

@@ -18,12 +18,14 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
-from httpx_sse import ServerSentEvent
+from httpx_sse import EventSource, ServerSentEvent
 from pydantic import BaseModel, ValidationError
 
 from .config import DEFAULT_BASE_URL, ClientConfig
 from .errors import (
     ApiStatusError,
+    BadRequest,
+    Conflict,
     ConnectionFailed,
     FileTooLarge,
     InvalidArgument,
@@ -160,25 +162,30 @@ class RunloopClient:
         data: Any = None,
         headers: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        retry: bool | None = None,
         request_timeout: httpx.Timeout | float | None = None,
         stream: bool = False,
         long_poll: bool = False,
     ) -> httpx.Response:
         """Send one logical call, retrying only if it cannot act twice.
 
-        Retried: GET, and any request carrying `idempotency_key` (sent as `x-request-id`), on
-        transport errors, 408, 429 and 5xx. Any other request is sent exactly once. With
-        `long_poll`, a 408 is returned to the caller ("not yet") instead of raised or retried.
-        With `stream`, a successful response is returned unread (the caller closes it).
+        Retried on transport errors, 408, 429 and 5xx: GET, and requests carrying an
+        `idempotency_key` (sent as `x-request-id`, the same on every attempt), unless
+        `retry=False` says the server may not honour the key for this call. Any other request
+        is resent only when it provably never left (connection refused, connect timeout).
+        With `long_poll`, a 408 is returned to the caller ("not yet") instead of raised or
+        retried. With `stream`, a successful response is returned unread (the caller closes it).
+        Errors record in `attempts` how many times the request was sent.
         """
-        retryable = method == "GET" or idempotency_key is not None
+        retryable = (method == "GET" or idempotency_key is not None) if retry is None else retry
         all_headers = dict(headers or {})
         if idempotency_key is not None:
             all_headers["x-request-id"] = idempotency_key
         query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
         http = self._stream_http if (stream or long_poll) else self._http
-        failures = 0
+        attempts = 0
         while True:
+            attempts += 1
             request = http.build_request(
                 method,
                 path,
@@ -191,44 +198,36 @@ class RunloopClient:
             )
             try:
                 response = await http.send(request, stream=True)
+                status = response.status_code
+                if status < 400 or (long_poll and status == 408):
+                    if not stream:
+                        try:
+                            await response.aread()
+                        finally:
+                            await response.aclose()
+                    return response
             except httpx.TransportError as exc:
-                failures += 1
                 reason = self._describe(exc)
-                if not retryable or failures >= self.retry.max_attempts:
-                    raise ConnectionFailed(method, path, reason) from None
-                delay = self.retry.backoff(failures)
-                log.info("retrying %s %s after %s (attempt %d of %d, in %.2f s)", method, path, reason,
-                         failures + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
-                await anyio.sleep(delay)
+                if not (retryable or _never_sent(exc)) or attempts >= self.retry.max_attempts:
+                    raise ConnectionFailed(method, path, reason, attempts=attempts) from None
+                await self._pause(method, path, reason, attempts, None)
                 continue
-            status = response.status_code
-            if status < 400 or (long_poll and status == 408):
-                if not stream:
-                    try:
-                        await response.aread()
-                    except httpx.TransportError as exc:
-                        await response.aclose()
-                        failures += 1
-                        if not retryable or failures >= self.retry.max_attempts:
-                            raise ConnectionFailed(method, path, self._describe(exc)) from None
-                        await anyio.sleep(self.retry.backoff(failures))
-                        continue
-                    await response.aclose()
-                return response
             error = await self._error_from(response, method, path)
-            failures += 1
-            should_retry = (
+            error.attempts = attempts
+            if not (
                 retryable
                 and is_retryable_status(status)
                 and response.headers.get("x-should-retry", "").lower() != "false"
-                and failures < self.retry.max_attempts
-            )
-            if not should_retry:
+                and attempts < self.retry.max_attempts
+            ):
                 raise error
-            delay = self.retry.backoff(failures, error.retry_after)
-            log.info("retrying %s %s after %d (attempt %d of %d, in %.2f s)", method, path, status,
-                     failures + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
-            await anyio.sleep(delay)
+            await self._pause(method, path, str(status), attempts, error.retry_after)
+
+    async def _pause(self, method: str, path: str, reason: str, attempts: int, retry_after: float | None) -> None:
+        delay = self.retry.backoff(attempts, retry_after)
+        log.info("retrying %s %s after %s (attempt %d of %d, in %.2f s)", method, path, reason,
+                 attempts + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
+        await anyio.sleep(delay)
 
     async def _error_from(self, response: httpx.Response, method: str, path: str) -> ApiStatusError:
         """The mapped error of an error response (body read and closed), with the key redacted."""
@@ -281,10 +280,12 @@ class RunloopClient:
         *,
         params: Mapping[str, Any] | None = None,
         request_timeout: httpx.Timeout | float | None = None,
+        retry: bool | None = None,
     ) -> M:
+        """POST with a fresh idempotency key; `retry=False` for calls a server may not dedupe."""
         response = await self._send(
             "POST", path, json_body=body, params=params, idempotency_key=new_request_id(),
-            request_timeout=request_timeout,
+            request_timeout=request_timeout, retry=retry,
         )
         return self._parse(response, model)
 
@@ -298,7 +299,7 @@ class RunloopClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(what, timeout_seconds)
-            hold_now = round(min(hold, remaining), 3)
+            hold_now = max(0.01, round(min(hold, remaining), 3))
             response = await self._send(
                 "POST",
                 path,
@@ -314,8 +315,6 @@ class RunloopClient:
     @asynccontextmanager
     async def _connect_sse(self, path: str, params: dict[str, str]) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
         """One SSE connection; error statuses raise the mapped error (no retry: the stream loop decides)."""
-        from httpx_sse import EventSource
-
         response = await self._send_stream_once(path, params)
         try:
             content_type = response.headers.get("content-type", "")
@@ -434,10 +433,23 @@ class RunloopClient:
         return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/shutdown", DevboxView, params=params)
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
-        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/suspend", DevboxView)
+        return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})
 
     async def resume_devbox(self, devbox_id: str) -> DevboxView:
-        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/resume", DevboxView)
+        return await self._transition(devbox_id, "resume", {"resuming", "running"})
+
+    async def _transition(self, devbox_id: str, action: str, reached: set[str]) -> DevboxView:
+        """POST a state change. If a retry (after the first attempt's answer was lost) is
+        refused because the change already happened, that is success: return the devbox."""
+        try:
+            return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/{action}", DevboxView)
+        except (BadRequest, Conflict) as err:
+            if err.attempts < 2:
+                raise
+            view = await self.get_devbox(devbox_id)
+            if view.status not in reached:
+                raise
+            return view
 
     async def keep_alive_devbox(self, devbox_id: str) -> None:
         await self._send("POST", f"/v1/devboxes/{_seg(devbox_id)}/keep_alive", idempotency_key=new_request_id())
@@ -624,7 +636,8 @@ class RunloopClient:
     ) -> StdinResult:
         """Send text or a signal (EOF, INTERRUPT) to an execution started with `attach_stdin=True`.
 
-        Sends are not ordered by the API: await each before sending the next.
+        Sends are not ordered by the API: await each before sending the next. Not retried after
+        an ambiguous failure (servers need not dedupe it, and text sent twice would be read twice).
         """
         if (text is None) == (signal is None):
             raise InvalidArgument("send_stdin needs exactly one of text or signal")
@@ -634,7 +647,8 @@ class RunloopClient:
             raise InvalidArgument(f"signal must be 'EOF' or 'INTERRUPT', not {signal!r}")
         body = {"text": text} if text is not None else {"signal": signal}
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/send_std_in", StdinResult, body
+            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/send_std_in", StdinResult, body,
+            retry=False,
         )
 
     def stream_output(
@@ -714,21 +728,28 @@ class RunloopClient:
         params = {"limit": limit, "starting_after": starting_after}
         return await self._get(f"/v1/axons/{_seg(axon_id)}/events", AxonEventListPage, params=params)
 
-    async def sql_query(self, axon_id: str, sql: str, params: Sequence[Any] | None = None) -> SqlResult:
+    async def sql_query(
+        self, axon_id: str, sql: str, params: Sequence[Any] | None = None, *, read_only: bool = False
+    ) -> SqlResult:
         """Run one SQL statement (`?` placeholders) on the axon's database. Event history is the
-        table `rl_axon_events`. No read-only check here: that policy belongs to the tool."""
+        table `rl_axon_events`. No read-only check here: that policy belongs to the tool.
+
+        A statement may write, and a write retried after a lost response could apply twice, so
+        it is retried only when the caller vouches it is `read_only`.
+        """
         body: dict[str, Any] = {"sql": sql}
         if params is not None:
             body["params"] = list(params)
-        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/query", SqlResult, body)
+        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/query", SqlResult, body, retry=read_only)
 
     async def sql_batch(
-        self, axon_id: str, statements: Sequence[SqlStatement | Mapping[str, Any]]
+        self, axon_id: str, statements: Sequence[SqlStatement | Mapping[str, Any]], *, read_only: bool = False
     ) -> SqlBatchResult:
-        """Run statements atomically in one transaction; one result (success or error) each."""
+        """Run statements atomically in one transaction; one result (success or error) each.
+        Retried only when `read_only` (see `sql_query`)."""
         items = [s if isinstance(s, SqlStatement) else SqlStatement.model_validate(s) for s in statements]
         body = {"statements": [s.model_dump(exclude_none=True) for s in items]}
-        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/batch", SqlBatchResult, body)
+        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/batch", SqlBatchResult, body, retry=read_only)
 
     def subscribe_axon(self, axon_id: str, after_sequence: int | None = None) -> AsyncIterator[AxonEventView]:
         """Events with sequence > `after_sequence` (None: from the first), forever: a dropped or
@@ -746,6 +767,11 @@ def _seg(value: str) -> str:
     if not value or "/" in value or value in (".", "..") or "?" in value or "#" in value:
         raise InvalidArgument(f"{value!r} is not a valid id")
     return value
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The request never reached the server, so resending it cannot make it act twice."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def _query_value(value: Any) -> str:

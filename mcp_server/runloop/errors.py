@@ -22,10 +22,11 @@ class InvalidArgument(RunloopError, ValueError):
 class ConnectionFailed(RunloopError):
     """The API could not be reached (refused, reset, DNS, TLS) after the retries allowed."""
 
-    def __init__(self, method: str, path: str, reason: str) -> None:
+    def __init__(self, method: str, path: str, reason: str, *, attempts: int = 1) -> None:
         self.method = method
         self.path = path
         self.reason = reason
+        self.attempts = attempts
         super().__init__(
             f"could not reach the Runloop API for {method} {path}: {reason}; "
             "check RUNLOOP_BASE_URL and that the server is up, then retry"
@@ -70,6 +71,8 @@ class ApiStatusError(RunloopError):
     """The API answered with an error status. `status` and `message` are the API's own."""
 
     hint = "see the message for what to change"
+    # How many times the request was sent (set by the client; > 1 means retried).
+    attempts = 1
 
     def __init__(
         self, status: int, message: str, *, method: str = "", path: str = "", retry_after: float | None = None
