@@ -102,3 +102,26 @@ async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
     assert "axon_id" in message
     message = await call_error(mcp, "sql_batch", {"axon_id": axon, "statements": []})
     assert "statements" in message
+    message = await call_error(mcp, "sql_batch", {"axon_id": "axn_nope", "statements": [{"sql": "SELECT 1"}]})
+    assert "axn_nope" in message
+    message = await call_error(mcp, "create_axon", {"metadata": {"a": ["not", "a", "string"]}})
+    assert "metadata" in message
+    message = await call_error(mcp, "list_axons", {"limit": 1000})
+    assert "limit" in message
+
+
+async def test_sql_batch_reports_each_statement_and_is_atomic(mcp: Client) -> None:
+    axon = await new_axon(mcp)
+    await call_ok(mcp, "sql_query", {"axon_id": axon, "sql": "CREATE TABLE kv (k TEXT PRIMARY KEY)", "allow_writes": True})
+    message = await call_error(mcp, "sql_batch", {"axon_id": axon, "statements": [
+        {"sql": "INSERT INTO kv VALUES ('a')"},
+        {"sql": "INSERT INTO kv VALUES ('a')"},
+    ]})
+    assert "rolled back" in message and "statement 2 of 2" in message and "UNIQUE" in message
+    rows = await call_ok(mcp, "sql_query", {"axon_id": axon, "sql": "SELECT count(*) AS n FROM kv"})
+    assert json.loads(text_of(rows).splitlines()[1]) == {"n": 0}
+    done = structured(await call_ok(mcp, "sql_batch", {"axon_id": axon, "statements": [
+        {"sql": "INSERT INTO kv VALUES (?)", "params": ["b"]},
+        {"sql": "SELECT k FROM kv"},
+    ]}))
+    assert done["results"][0]["changes"] == 1 and done["results"][1]["rows"] == [{"k": "b"}]

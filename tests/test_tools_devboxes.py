@@ -48,7 +48,7 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
     box = structured(result)
     assert box["status"] == "running" and box["name"] == "lifecycle"
     messages = [m or "" for _, m in seen]
-    assert messages and messages[-1].endswith(")") and "running" in messages[-1]
+    assert messages and messages[-1].split(" (")[0].endswith(": running")
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
     assert all(box["id"] in m for m in messages)
 
@@ -81,6 +81,16 @@ async def test_devbox_bad_input_gives_clear_errors(mcp: Client) -> None:
     assert "dbx_nope" in message
     message = await call_error(mcp, "list_devboxes", {"limit": 0})
     assert "limit" in message
+    for tool in ("suspend_devbox", "resume_devbox"):
+        message = await call_error(mcp, tool, {"devbox_id": "dbx_nope"})
+        assert "dbx_nope" in message and "404" in message
+    message = await call_error(mcp, "create_devbox", {"environment_variables": {"A": 1}})
+    assert "environment_variables" in message
+
+
+async def test_resuming_a_running_devbox_says_why_it_cannot(mcp: Client, devbox_id: str) -> None:
+    message = await call_error(mcp, "resume_devbox", {"devbox_id": devbox_id})
+    assert "resume_devbox failed" in message and "suspended" in message
 
 
 async def test_write_then_read_text_with_ranges_and_tail(mcp: Client, devbox_id: str) -> None:

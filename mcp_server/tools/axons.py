@@ -64,8 +64,6 @@ class Statement(BaseModel):
 
 
 class BatchItem(BaseModel):
-    ok: bool
-    error: str | None = None
     columns: list[str] = Field(default_factory=list)
     rows: list[dict[str, Any]] = Field(default_factory=list)
     rows_cut: bool = False
@@ -187,21 +185,24 @@ def register(server: MCPServer) -> None:
         axon_id: AxonId,
         statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
     ) -> BatchResult:
-        """Run SQL statements atomically (one transaction) on an axon's database; may write."""
+        """Run SQL statements atomically (one transaction) on an axon's database; may write.
+        If one fails, none is applied."""
         st = state(ctx)
         with api_errors("sql_batch"):
             res = await st.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
+        for n, item in enumerate(res.results, 1):
+            if item.error is not None or item.success is None:
+                message = item.error.message if item.error is not None else "no result"
+                raise ToolError(
+                    f"sql_batch rolled back, nothing was written: statement {n} of {len(statements)} failed: "
+                    f"{truncate_utf8(message, 2000, keep='head')}"
+                )
         budget = st.settings.output_budget // max(len(res.results), 1)
         items = []
         for item in res.results:
-            if item.error is not None or item.success is None:
-                message = item.error.message if item.error is not None else "no result"
-                items.append(BatchItem(ok=False, error=truncate_utf8(message, 2000, keep="head")))
-                continue
             rows, note = bounded_rows(item.success, st.settings.sql_max_rows, budget)
             items.append(
                 BatchItem(
-                    ok=True,
                     columns=[c.name for c in item.success.columns],
                     rows=rows,
                     rows_cut=note is not None,

@@ -11,7 +11,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from ..resources import resources_list_changed
-from ..runloop import DevboxView, WaitTimeout
+from ..runloop import DevboxView
 from .common import DevboxId, annotations, api_errors, state
 
 READY = ("running", "failure", "shutdown")
@@ -44,28 +44,23 @@ def info(view: DevboxView) -> DevboxInfo:
     )
 
 
-async def wait_running(ctx: Context, devbox_id: str, first: DevboxView | None, action: str) -> DevboxView:
-    """Follow the devbox to running (or failure/shutdown), reporting each status as progress."""
+async def wait_running(ctx: Context, view: DevboxView, action: str) -> DevboxView:
+    """Follow the devbox to running (or failure/shutdown), reporting each new status as progress."""
     st = state(ctx)
     start = time.monotonic()
-    steps = 0
-    last_status = None
-    view = first
-    if view is not None and view.status in READY:
+    steps = 1
+    await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status}")
+    if view.status in READY:
         return view
-    try:
-        with api_errors(action):
-            async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=st.settings.boot_timeout):
-                if view.status != last_status:
-                    steps += 1
-                    last_status = view.status
-                    elapsed = time.monotonic() - start
-                    await ctx.report_progress(steps, None, f"devbox {devbox_id}: {view.status} ({elapsed:.1f} s)")
-    except ToolError:
-        raise
-    except WaitTimeout as exc:  # pragma: no cover - api_errors converts it
-        raise ToolError(str(exc)) from None
-    assert view is not None
+    last_status = view.status
+    devbox_id = view.id
+    with api_errors(action):
+        async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=st.settings.boot_timeout):
+            if view.status != last_status:
+                steps += 1
+                last_status = view.status
+                elapsed = time.monotonic() - start
+                await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status} ({elapsed:.1f} s)")
     return view
 
 
@@ -94,8 +89,7 @@ def register(server: MCPServer) -> None:
                 launch_commands=launch_commands,
                 network_mode=network_mode,
             )
-        await ctx.report_progress(1, None, f"devbox {view.id}: {view.status}")
-        view = await wait_running(ctx, view.id, None, "create_devbox")
+        view = await wait_running(ctx, view, "create_devbox")
         if view.status != "running":
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
@@ -143,5 +137,5 @@ def register(server: MCPServer) -> None:
         """Resume a suspended devbox and wait until it is running."""
         with api_errors("resume_devbox"):
             view = await state(ctx).client.resume_devbox(devbox_id)
-        view = await wait_running(ctx, devbox_id, view, "resume_devbox")
+        view = await wait_running(ctx, view, "resume_devbox")
         return info(view)

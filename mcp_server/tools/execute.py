@@ -222,10 +222,11 @@ def register(server: MCPServer) -> None:
         command_id: Annotated[
             str | None,
             Field(
-                min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                max_length=100, pattern=r"^[\w.:-]+$",
                 description="idempotency key: a retry with the same id never runs the command twice",
             ),
         ] = None,
+        attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
     ) -> Annotated[CallToolResult, ExecuteResult]:
         """Run a shell command in a devbox. Output streams live as progress; returns exit status,
         duration, stdout and stderr. If still running after wait_seconds, returns status running
@@ -237,7 +238,11 @@ def register(server: MCPServer) -> None:
         execution_id: str | None = None
         try:
             with api_errors("execute"):
-                view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
+                if attach_stdin:
+                    # The idempotent endpoint has no stdin option; this call is sent once.
+                    view = await st.client.execute_async(devbox_id, command, attach_stdin=True)
+                else:
+                    view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
             execution_id = view.execution_id
             got = await follow(ctx, st, devbox_id, execution_id, wait=wait)
             with api_errors("execute"):
