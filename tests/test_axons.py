@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -314,6 +315,43 @@ def test_idle_subscription_ends_with_408_and_resumes(idle_backend: RunningBacken
     again = iter(client.axons.subscribe_sse(axon.id, after_sequence=received[-1]))
     assert next(again).sequence == 2
     client.close()
+
+
+def _writer_running(axon_id: str) -> bool:
+    return any(t.name == f"axon-writer-{axon_id}" for t in threading.enumerate())
+
+
+def _poll_until(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
+    done = threading.Event()
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        done.wait(0.02)
+    return True
+
+
+def test_idle_axons_are_closed_and_reopen_transparently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVBOX_AXON_IDLE_CLOSE_SECONDS", "0.2")
+    running = start_in_thread(tmp_path)
+    client = Runloop(bearer_token=running.api_key, base_url=running.base_url, max_retries=0)
+    try:
+        axon = client.axons.create()
+        _publish(client, axon.id, 0)
+        # A subscriber keeps the log open however long it idles.
+        stream = client.axons.subscribe_sse(axon.id)
+        events = iter(stream)
+        assert next(events).sequence == 1
+        threading.Event().wait(0.6)
+        assert _writer_running(axon.id)
+        stream.close()
+        assert _poll_until(lambda: not _writer_running(axon.id)), "the idle axon's writer thread was not closed"
+        assert _publish(client, axon.id, 1).sequence == 2
+        assert _writer_running(axon.id)
+        assert [e.sequence for e in client.axons.events.list(axon.id).events] == [2, 1]
+    finally:
+        client.close()
+        running.stop()
 
 
 def test_subscribers_are_told_when_the_axon_is_deleted(sdk: Runloop, axon) -> None:

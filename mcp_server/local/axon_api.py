@@ -9,6 +9,8 @@ Limits a client can run into (also in the README's axon section):
 - subscribe: after `idle_seconds` without a new event the stream ends with `event: error`
   `{"code": 408, "message": "idle ..."}`; re-subscribe with `after_sequence=<last seen>`.
   Set `DEVBOX_AXON_SSE_IDLE_SECONDS` (0 = never) to change it.
+- an axon nobody used for `DEVBOX_AXON_IDLE_CLOSE_SECONDS` (600) has its writer thread and
+  connections closed; the next request reopens it.
 """
 
 from __future__ import annotations
@@ -66,12 +68,12 @@ class SqlBatchBody(_Body):
     statements: list[SqlStatementBody] = Field(max_length=axon_sql.MAX_STATEMENTS)
 
 
-def _idle_seconds() -> float:
-    raw = os.environ.get("DEVBOX_AXON_SSE_IDLE_SECONDS")
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
     try:
-        return float(raw) if raw else DEFAULT_IDLE_SECONDS
+        return float(raw) if raw else default
     except ValueError:
-        return DEFAULT_IDLE_SECONDS
+        return default
 
 
 def _check_publish(body: Publish) -> None:
@@ -175,33 +177,30 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
         """
         body = await parse_body(request, Publish)
         _check_publish(body)
-        log = await store.log(axon_id(request))
-        result = await log.publish(
-            origin=body.origin,
-            source=body.source,
-            event_type=body.event_type,
-            payload=body.payload,
-            request_id=request.headers.get("x-request-id") or None,
-        )
+        async with store.lease(axon_id(request)) as log:
+            result = await log.publish(
+                origin=body.origin,
+                source=body.source,
+                event_type=body.event_type,
+                payload=body.payload,
+                request_id=request.headers.get("x-request-id") or None,
+            )
         return JSONResponse({"sequence": result.sequence, "timestamp_ms": result.timestamp_ms})
 
     async def list_events(request: Request) -> Response:
         """History, newest first. `starting_after` is the sequence of the last event of the previous
         page (the SDK passes it as a string); `total_count` is the highest sequence."""
         ident = axon_id(request)
-        log = await store.log(ident)
         limit = query_int(request, "limit", 20, lo=1, hi=5000) or 20
-        newest = log.last_sequence
         raw_after = request.query_params.get("starting_after")
-        top = newest
-        if raw_after:
-            try:
-                top = min(int(raw_after) - 1, newest)
-            except ValueError:
-                raise ApiError(
-                    400, f"starting_after must be an event sequence (an integer), got {raw_after!r}"
-                ) from None
-        events = await log.read_desc(top, limit) if top >= 1 else []
+        try:
+            after = int(raw_after) if raw_after else None
+        except ValueError:
+            raise ApiError(400, f"starting_after must be an event sequence (an integer), got {raw_after!r}") from None
+        async with store.lease(ident) as log:
+            newest = log.last_sequence
+            top = newest if after is None else min(after - 1, newest)
+            events = await log.read_desc(top, limit) if top >= 1 else []
         body: dict[str, Any] = {
             "events": [event.view(ident) for event in events],
             "has_more": bool(events) and events[-1].sequence > 1,
@@ -217,8 +216,8 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
         sequence seen to continue exactly where it stopped."""
         ident = axon_id(request)
         after = query_int(request, "after_sequence", 0, lo=-(2**63), hi=2**63 - 1) or 0
-        log = await store.log(ident)
-        return sse_response(_follow(log, ident, max(after, 0), idle_seconds))
+        await store.log(ident)  # 404 now, before the stream starts
+        return sse_response(_follow(store, ident, max(after, 0), idle_seconds))
 
     async def sql_query(request: Request) -> Response:
         """Run one statement (`sql` with `?` placeholders, `params`) against the axon's database.
@@ -254,11 +253,20 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
     ]
 
 
-async def _follow(log: EventLog, axon_id: str, after: int, idle_seconds: float) -> AsyncIterator[bytes]:
-    """The subscriber loop: this cursor is all the state a subscriber holds between pages."""
-    cursor = after
+async def _follow(store: AxonStore, axon_id: str, after: int, idle_seconds: float) -> AsyncIterator[bytes]:
+    """The subscriber loop: its cursor is all the state a subscriber holds between pages."""
+    try:
+        async with store.lease(axon_id) as log:
+            async for chunk in _stream(log, axon_id, after, idle_seconds):
+                yield chunk
+    except ApiError as exc:  # deleted (or shutting down) while streaming
+        yield encode_error(exc.status, exc.message)
+
+
+async def _stream(log: EventLog, axon_id: str, cursor: int, idle_seconds: float) -> AsyncIterator[bytes]:
     idle = 0.0
     while True:
+        caught_up = True
         if cursor < log.last_sequence:
             page = await log.read_after(cursor)
             if page:
@@ -266,12 +274,13 @@ async def _follow(log: EventLog, axon_id: str, after: int, idle_seconds: float) 
                 idle = 0.0
                 yield b"".join(encode_event(event.view(axon_id)) for event in page)
                 continue
+            caught_up = False  # nothing readable yet: wait for the next change rather than spin
         if log.closed:
             if log.deleted:
                 yield encode_error(404, f"axon {axon_id!r} was deleted")
             return  # shutting down: the client re-subscribes from its last sequence
         changed = log.changed()
-        if cursor < log.last_sequence:
+        if caught_up and cursor < log.last_sequence:
             continue
         every = sse.KEEPALIVE_SECONDS
         wait = every if idle_seconds <= 0 else min(every, idle_seconds - idle)
@@ -285,9 +294,11 @@ async def _follow(log: EventLog, axon_id: str, after: int, idle_seconds: float) 
 
 
 def build(config: LocalConfig) -> Component:
-    store = AxonStore(config.data_dir / "axons")
+    store = AxonStore(
+        config.data_dir / "axons", idle_close_seconds=_env_seconds("DEVBOX_AXON_IDLE_CLOSE_SECONDS", 600.0)
+    )
     return Component(
-        routes=_routes(store, _idle_seconds()),
+        routes=_routes(store, _env_seconds("DEVBOX_AXON_SSE_IDLE_SECONDS", DEFAULT_IDLE_SECONDS)),
         startup=store.start,
         shutdown=store.stop,
         extra={"store": store},

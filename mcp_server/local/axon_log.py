@@ -178,18 +178,20 @@ class ConnectionPool(Generic[C]):
             conn.close()
 
 
-def _row_event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(*row)
-
-
 def _read_page(conn: apsw.Connection, sql: str, args: tuple[int, ...]) -> list[StoredEvent]:
     page: list[StoredEvent] = []
     size = 0
-    for row in conn.execute(sql, args):
-        page.append(_row_event(row))
-        size += len(row[5])
-        if size >= PAGE_BYTES:
-            break
+    cursor = conn.cursor()
+    try:
+        for row in cursor.execute(sql, args):
+            page.append(StoredEvent(*row))
+            size += len(row[5])
+            if size >= PAGE_BYTES:
+                break
+    finally:
+        # Reset the statement now: a pooled connection with an unfinished read would pin an old
+        # snapshot and keep the WAL from being recycled.
+        cursor.close(force=True)
     return page
 
 
@@ -224,6 +226,10 @@ class EventLog:
         self.last_sequence = self._committed
         self.closed = False
         self.deleted = False
+        # Requests and subscriptions using this log right now, and when the last one ended:
+        # the store closes logs nobody used for a while (see AxonStore.lease).
+        self.users = 0
+        self.last_used = time.monotonic()
         self._tail: deque[StoredEvent] = deque()
         self._tail_bytes = 0
         self._changed = asyncio.Event()

@@ -2,15 +2,20 @@
 
 Layout under `<data dir>/axons/`: `registry.db` (one row per axon, kept after deletion) and
 `<axon id>.db` per axon (its history `rl_axon_events`, user tables, and private tables).
-An axon's log is opened on first use and stays open until shutdown or deletion.
+An axon's log (its writer thread and connections) is opened on first use and closed after
+`idle_close_seconds` without any request or subscriber, so threads and file handles follow the
+axons in use rather than every axon ever used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,19 +86,43 @@ class Registry:
 
 
 class AxonStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, idle_close_seconds: float = 600.0) -> None:
         self.root = root
+        self.idle_close_seconds = idle_close_seconds
         self._registry: Registry | None = None
         self._logs: dict[str, EventLog] = {}
+        # Held while a log is opened, closed or deleted, so one axon never has two writers.
         self._opening = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self._registry = await anyio.to_thread.run_sync(Registry, self.root / "registry.db")
+        # Files of axons deleted just before a crash (the record is marked first, then files go).
+        for record in self._registry.records.values():
+            if record.deleted_at_ms is not None:
+                await anyio.to_thread.run_sync(self._remove_files, record.id)
+        self._reaper = asyncio.create_task(self._close_idle_logs())
+
+    async def _close_idle_logs(self) -> None:
+        period = min(60.0, max(self.idle_close_seconds / 2, 0.05))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for axon_id, log in list(self._logs.items()):
+                if log.users == 0 and now - log.last_used >= self.idle_close_seconds:
+                    async with self._opening:
+                        if self._logs.get(axon_id) is log and log.users == 0:
+                            del self._logs[axon_id]
+                            await log.close()
 
     async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         logs, self._logs = list(self._logs.values()), {}
         for log in logs:
             await log.close()
@@ -131,6 +160,9 @@ class AxonStore:
         if record.deleted_at_ms is not None:
             return record
         async with self._opening:
+            record = self.get(axon_id)
+            if record.deleted_at_ms is not None:
+                return record
             record = await self.registry.save(replace(record, deleted_at_ms=now_ms()))
             log = self._logs.pop(axon_id, None)
             if log is not None:
@@ -166,31 +198,47 @@ class AxonStore:
             log = self._logs.get(axon_id)
             if log is None:
                 loop = asyncio.get_running_loop()
-                log = await anyio.to_thread.run_sync(
-                    EventLog, axon_id, self._db_path(axon_id), loop, axon_sql.open_user_connection
-                )
+                try:
+                    log = await anyio.to_thread.run_sync(
+                        EventLog, axon_id, self._db_path(axon_id), loop, axon_sql.open_user_connection
+                    )
+                except apsw.Error as exc:
+                    raise ApiError(
+                        503, f"the database of axon {axon_id!r} could not be opened ({exc}); see the backend log"
+                    ) from None
                 self._logs[axon_id] = log
         return log
+
+    @contextlib.asynccontextmanager
+    async def lease(self, axon_id: str) -> AsyncIterator[EventLog]:
+        """The axon's open log, kept open (not closed as idle) until the block ends."""
+        log = await self.log(axon_id)
+        log.users += 1  # no await between getting the log and this: the reaper cannot interleave
+        try:
+            yield log
+        finally:
+            log.users -= 1
+            log.last_used = time.monotonic()
 
     # ---- SQL -------------------------------------------------------------------------------
 
     async def sql_query(self, axon_id: str, stmt: axon_sql.Statement) -> dict[str, Any]:
-        log = await self.log(axon_id)
+        async with self.lease(axon_id) as log:
 
-        def run() -> dict[str, Any]:
-            with log.sql_pool.connection() as user:
-                return axon_sql.run_query(user, stmt)
+            def run() -> dict[str, Any]:
+                with log.sql_pool.connection() as user:
+                    return axon_sql.run_query(user, stmt)
 
-        return await self._run_sql(run)
+            return await self._run_sql(run)
 
     async def sql_batch(self, axon_id: str, statements: list[axon_sql.Statement]) -> list[dict[str, Any]]:
-        log = await self.log(axon_id)
+        async with self.lease(axon_id) as log:
 
-        def run() -> list[dict[str, Any]]:
-            with log.sql_pool.connection() as user:
-                return axon_sql.run_batch(user, statements)
+            def run() -> list[dict[str, Any]]:
+                with log.sql_pool.connection() as user:
+                    return axon_sql.run_batch(user, statements)
 
-        return await self._run_sql(run)
+            return await self._run_sql(run)
 
     @staticmethod
     async def _run_sql(run: Any) -> Any:
