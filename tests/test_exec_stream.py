@@ -115,14 +115,15 @@ def test_reconnect_inside_large_multibyte_output(sdk, devbox, http):
 
 
 def test_a_character_written_in_two_parts_is_sent_whole(sdk, devbox, http):
-    command = "printf '\\xf0\\x9f'; read go; printf '\\x98\\x80\\n'"
+    command = "printf '\\xf0\\x9f'; echo half >&2; read go; printf '\\x98\\x80\\n'"
     ex = sdk.devboxes.execute_async(devbox, command=command, attach_stdin=True)
     with http.stream("GET", stream_path(devbox, ex.execution_id)) as response:
         assert response.status_code == 200
         # The stream is live; let the first half reach the disk before the second is written.
         deadline = time.monotonic() + 20
-        while sdk.devboxes.executions.retrieve(ex.execution_id, devbox_id=devbox).stdout == "":
+        while (view := sdk.devboxes.executions.retrieve(ex.execution_id, devbox_id=devbox)).stderr != "half\n":
             assert time.monotonic() < deadline
+        assert view.stdout == ""  # the view of a running command also leaves out the half character
         sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, text="go\n")
         events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
     assert events == [{"output": "😀\n", "offset": 0}]
@@ -185,3 +186,18 @@ def test_bad_offsets_are_400(sdk, devbox, http, offset, message):
 def test_streams_of_unknown_ids_are_404(http, devbox):
     assert http.get(stream_path(devbox, "exe_nope")).status_code == 404
     assert http.get(stream_path("dbx_nope", "exe_nope", "stderr")).status_code == 404
+
+
+def test_a_silent_command_gets_keepalive_comments(sdk, devbox, http, monkeypatch):
+    import mcp_server.local.output as output
+
+    monkeypatch.setattr(output, "KEEPALIVE_SECONDS", 0.05)  # the backend runs in this process
+    ex = sdk.devboxes.execute_async(devbox, command="cat", attach_stdin=True)
+    with http.stream("GET", stream_path(devbox, ex.execution_id)) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line) == ": keep-alive"
+        sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, text="after the silence\n")
+        data = next(line for line in lines if line.startswith("data: "))
+        assert json.loads(data[6:]) == {"output": "after the silence\n", "offset": 0}
+        sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, signal="EOF")
+        assert all(not line.startswith("data: ") for line in lines)  # and then the stream ends

@@ -401,7 +401,7 @@ class ExecutionManager:
         if ex.record.exit_status is not None:
             body["exit_status"] = ex.record.exit_status
         for stream in ("stdout", "stderr"):
-            text, truncated = tail_lines(ex.path(stream), last_n, VIEW_MAX_BYTES)
+            text, truncated = tail_lines(ex.path(stream), last_n, VIEW_MAX_BYTES, growing=not ex.finished)
             body[stream] = text
             body[f"{stream}_truncated"] = truncated
         return body

@@ -82,11 +82,12 @@ def decode(data: bytes) -> str:
 # -- tail by lines --------------------------------------------------------------------------------
 
 
-def tail_lines(path: Path, last_n: int, max_bytes: int) -> tuple[str, bool]:
+def tail_lines(path: Path, last_n: int, max_bytes: int, *, growing: bool = False) -> tuple[str, bool]:
     """The last `last_n` lines of a file (at most `max_bytes` of them), and whether anything was left out.
 
     A missing file reads as empty. A trailing newline ends the last line; it does not start a new
-    one. When the byte budget cuts a line, the text starts at the next character boundary.
+    one. When the byte budget cuts a line, the text starts at the next character boundary. A
+    `growing` file (its command still runs) is read up to its last complete character.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -94,6 +95,9 @@ def tail_lines(path: Path, last_n: int, max_bytes: int) -> tuple[str, bool]:
         return "", False
     try:
         size = os.fstat(fd).st_size
+        if growing and size:
+            tail = os.pread(fd, 4, max(size - 4, 0))
+            size -= len(tail) - complete_prefix(tail)
         if size == 0:
             return "", False
         if last_n == 0:
