@@ -101,9 +101,16 @@ def idle(stats: HubStats | None) -> bool:
     return stats is not None and stats == HubStats(0, 0, 0, 0, 0)
 
 
-def backend_requests(backend: RunningBackend) -> int:
-    """Requests the backend is serving right now (long-lived ones are SSE streams)."""
-    return len(backend._server.server_state.tasks)
+def backend_streams(backend: RunningBackend, axon_id: str) -> int:
+    """SSE subscriptions to `axon_id` the backend is serving right now (read from uvicorn's
+    in-flight request tasks, each holding its ASGI scope)."""
+    count = 0
+    for task in list(backend._server.server_state.tasks):
+        frame = task.get_coro().cr_frame
+        cycle = frame.f_locals.get("self") if frame is not None else None
+        path = getattr(cycle, "scope", {}).get("path", "")
+        count += path == f"/v1/axons/{axon_id}/subscribe/sse"
+    return count
 
 
 async def direct_publish(backend: RunningBackend, axon_id: str, payload: Any) -> int:
@@ -186,7 +193,6 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
         server = build_server(api)  # one ready client: the cycles measure subscriptions, not client set-up
         axon = (await api.create_axon(name="churn")).id
         uri = f"axon://{axon}/events"
-        baseline = backend_requests(backend)
 
         # Clients of both eras on one axon share one upstream stream.
         async with subscribed(server, "legacy", [uri]) as (_, first), subscribed(server, "auto", [uri]) as (_, second):
@@ -194,7 +200,7 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
                 stats = hub_stats(server)
                 assert stats is not None and stats.followers == 1 and stats.subscribed_uris == 2
                 assert stats.legacy_peers == 2 and stats.listen_streams == 1
-                await wait_for(lambda: backend_requests(backend) == baseline + 1, "one upstream stream")
+                await wait_for(lambda: backend_streams(backend, axon) == 1, "one upstream stream")
                 await direct_publish(backend, axon, "shared")
                 for u in (first, second):
                     await u.until(lambda u=u: bool(u.uris))
@@ -209,7 +215,7 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
                     assert hub_stats(server).followers == 0
             # otherwise: disconnect while subscribed
         await wait_for(lambda: idle(hub_stats(server)), "every subscriber, follower and task to be gone")
-        await wait_for(lambda: backend_requests(backend) == baseline, "the backend to serve no stream")
+        await wait_for(lambda: backend_streams(backend, axon) == 0, "the backend to serve no stream")
 
 
 async def test_the_followers_own_client_is_closed_when_the_last_follower_stops(backend: RunningBackend) -> None:
@@ -256,6 +262,17 @@ async def test_output_subscription_updates_while_growing_and_once_on_completion(
     await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
 
 
+async def all_uris(client: Client) -> list[str]:
+    uris: list[str] = []
+    cursor = None
+    while True:
+        page = await client.list_resources(cursor=cursor)
+        uris.extend(r.uri for r in page.resources)
+        cursor = page.next_cursor
+        if cursor is None:
+            return uris
+
+
 async def _ends_with(text: Callable[[], Awaitable[str]], suffix: str) -> bool:
     return (await text()).endswith(suffix)
 
@@ -269,12 +286,11 @@ async def test_new_axon_and_new_devbox_change_the_resource_list(backend: Running
         assert caps.resources.subscribe is True and caps.resources.list_changed is True
         axon = structured(await call_ok(client, "create_axon", {"name": "listed"}))["id"]
         await updates.until(lambda: updates.list_changes >= 1)
-        listed = [r.uri for r in (await client.list_resources()).resources]
-        assert f"axon://{axon}/events" in listed
+        assert f"axon://{axon}/events" in await all_uris(client)
         if mode == "legacy":
             box = structured(await call_ok(client, "create_devbox", {"name": "listed"}))["id"]
             await updates.until(lambda: updates.list_changes >= 2)
-            assert f"devbox://{box}" in [r.uri for r in (await client.list_resources()).resources]
+            assert f"devbox://{box}" in await all_uris(client)
 
 
 async def test_a_sender_coalesces_what_arrives_while_a_send_is_in_flight() -> None:
