@@ -16,6 +16,7 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import ResourceListChangedNotification, ResourceUpdatedNotification
+from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp_support import MODES, call_ok, make_server, structured
 
 from mcp_server.local.server import RunningBackend
@@ -186,6 +187,27 @@ async def test_subscribing_to_an_unknown_axon_is_refused_or_silent(backend: Runn
         async with subscribed(server, mode, ["axon://axn_nope/events"]):
             await wait_for(lambda: hub_stats(server).followers == 0, "the follower of a missing axon to stop")
     await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_upstream_resumes_after_drops_without_missing_or_repeating(
+    backend: RunningBackend, fault_proxy: FaultProxy, mode: str
+) -> None:
+    # Every upstream connection is cut right after its first event: each publish costs a reconnect.
+    fault_proxy.cut(r"/subscribe/sse", after_bytes=1, after_first_event=True)
+    server = make_server(backend, base_url=fault_proxy.url)
+    axon = await new_axon(backend)
+    uri = f"axon://{axon}/events"
+    async with subscribed(server, mode, [uri]) as (_, updates):
+        for i in range(10):
+            before = len(updates.uris)
+            await direct_publish(backend, axon, i)
+            await updates.until(lambda before=before: len(updates.uris) > before)
+        assert hub_stats(server).followers == 1
+    resumed_after = [int(r.target.split("after_sequence=")[1].split("&")[0]) for r in fault_proxy.seen(r"/subscribe/sse")]
+    # Resumed after each event in turn (the last resume may not have happened before the client
+    # left): none lost, none repeated.
+    assert resumed_after in (list(range(10)), list(range(11))), resumed_after
 
 
 async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_tasks(backend: RunningBackend) -> None:
