@@ -13,10 +13,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp import Client, MCPError
 from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp.types import ResourceListChangedNotification, ResourceUpdatedNotification
-from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp_support import MODES, call_ok, make_server, structured
 
 from mcp_server.local.server import RunningBackend
@@ -336,3 +336,32 @@ async def test_a_sender_coalesces_what_arrives_while_a_send_is_in_flight() -> No
     release.set()
     await wait_for(lambda: sender.task is None, "the sender to drain")
     assert sent == [a, b, a]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_devbox_subscription_follows_status_changes_until_shutdown(backend: RunningBackend, mode: str) -> None:
+    server = make_server(backend)
+    async with Client(server, mode="auto") as setup:
+        devbox = structured(await call_ok(setup, "create_devbox", {"name": f"watched-{mode}"}))["id"]
+    uri = f"devbox://{devbox}"
+
+    async with subscribed(server, mode, [uri]) as (client, updates):
+        async def status() -> str:
+            return json.loads((await client.read_resource(uri)).contents[0].text)["status"]
+
+        assert hub_stats(server).followers == 1
+        await call_ok(client, "suspend_devbox", {"devbox_id": devbox})
+        await updates.until(lambda: bool(updates.uris))
+        await wait_for(lambda: _is(status, "suspended"), "the devbox to be suspended")
+        seen = len(updates.uris)
+        await call_ok(client, "resume_devbox", {"devbox_id": devbox})
+        await updates.until(lambda: len(updates.uris) > seen)
+        seen = len(updates.uris)
+        await call_ok(client, "shutdown_devbox", {"devbox_id": devbox})
+        await updates.until(lambda: len(updates.uris) > seen)
+        await wait_for(lambda: hub_stats(server).followers == 0, "the follower to stop at shutdown")
+        assert await status() == "shutdown" and set(updates.uris) == {uri}
+
+
+async def _is(status: Callable[[], Awaitable[str]], wanted: str) -> bool:
+    return await status() == wanted

@@ -42,6 +42,7 @@ from .uris import (
     EXECUTION_OUTPUT,
     STREAMS,
     AxonFeed,
+    DevboxFeed,
     OutputFeed,
     Stream,
     feed_of,
@@ -151,7 +152,8 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
 
     @mcp.resource(
         DEVBOX, name="devbox", title="Devbox", mime_type="application/json",
-        description="A devbox's current view: status, launch parameters, state transitions.",
+        description="A devbox's current view: status, launch parameters, state transitions. "
+        "Subscribe to hear of status changes.",
     )
     async def devbox(devbox_id: str, ctx: Context) -> str:
         async with client_for(ctx) as c:
@@ -182,6 +184,8 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             try:
                 if isinstance(feed, AxonFeed):
                     await c.get_axon(feed.axon_id)
+                elif isinstance(feed, DevboxFeed):
+                    await c.get_devbox(feed.devbox_id)
                 elif isinstance(feed, OutputFeed):
                     await c.get_execution(feed.devbox_id, feed.execution_id, last_n=0)
             except NotFound:

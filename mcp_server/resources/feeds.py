@@ -1,4 +1,5 @@
-"""Following upstream feeds for subscriptions: an axon's SSE stream, an execution's output stream.
+"""Following upstream feeds for subscriptions: an axon's SSE stream, a devbox's status (long-polls),
+an execution's output stream.
 
 Each function runs one upstream stream (the client resumes it across drops: after the last
 sequence seen, or at the byte count received) and calls `changed()` on every change. They are
@@ -12,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 from ..runloop import RunloopClient
-from .uris import AxonFeed, OutputFeed
+from ..runloop.models import DEVBOX_TERMINAL_STATUSES
+from .uris import AxonFeed, DevboxFeed, OutputFeed
 
 Changed = Callable[[], Awaitable[None]]
 Ready = Callable[[], None]
@@ -30,6 +32,21 @@ async def follow_axon(client: RunloopClient, feed: AxonFeed, changed: Changed, r
             await changed()
     finally:
         await events.aclose()  # type: ignore[attr-defined]
+
+
+async def follow_devbox(client: RunloopClient, feed: DevboxFeed, changed: Changed, ready: Ready) -> None:
+    """Each status change of the devbox, until it is shut down or failed (it changes no more)."""
+    views = client.watch_devbox(feed.devbox_id, DEVBOX_TERMINAL_STATUSES, timeout_seconds=float("inf"))
+    try:
+        first = True
+        async for _view in views:
+            if first:
+                ready()  # each wait is for "any status but this one": no change after it is missed
+                first = False
+            else:
+                await changed()
+    finally:
+        await views.aclose()  # type: ignore[attr-defined]
 
 
 async def follow_output(client: RunloopClient, feed: OutputFeed, changed: Changed, ready: Ready) -> None:
@@ -51,6 +68,8 @@ def make_follow(lease: Lease) -> Callable[[object, Changed, Ready], Awaitable[No
         async with lease() as client:
             if isinstance(feed, AxonFeed):
                 await follow_axon(client, feed, changed, ready)
+            elif isinstance(feed, DevboxFeed):
+                await follow_devbox(client, feed, changed, ready)
             elif isinstance(feed, OutputFeed):
                 await follow_output(client, feed, changed, ready)
 

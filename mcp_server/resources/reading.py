@@ -218,6 +218,12 @@ async def _collect(
             else:
                 position = chunk.offset
             buffer.add(text)
+        if completed and not ended and cap is not None:
+            # `limit` bytes read from finished output: is that the end? (it arrives at once)
+            try:
+                await anext(chunks)
+            except StopAsyncIteration:
+                ended = True
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
     return buffer, position, ended

@@ -21,6 +21,7 @@ Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 _AXON_EVENTS = UriTemplate.parse(AXON_EVENTS)
+_DEVBOX = UriTemplate.parse(DEVBOX)
 _EXECUTION_OUTPUT = UriTemplate.parse(EXECUTION_OUTPUT)
 
 
@@ -29,6 +30,13 @@ class AxonFeed:
     """New events of one axon."""
 
     axon_id: str
+
+
+@dataclass(frozen=True)
+class DevboxFeed:
+    """Status changes of one devbox."""
+
+    devbox_id: str
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,15 @@ def output_uri(
     return f"devbox://{_seg(devbox_id)}/executions/{_seg(execution_id)}/{stream}{query}"
 
 
-def feed_of(uri: str) -> AxonFeed | OutputFeed | None:
+def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:
     """The upstream a subscription to `uri` follows; None for URIs that never change here."""
     try:
         match = _AXON_EVENTS.match(uri)
         if match is not None:
             return AxonFeed(str(match["axon_id"]))
+        match = _DEVBOX.match(uri)
+        if match is not None:
+            return DevboxFeed(str(match["devbox_id"]))
         match = _EXECUTION_OUTPUT.match(uri)
         if match is not None and match["stream"] in STREAMS:
             return OutputFeed(str(match["devbox_id"]), str(match["execution_id"]), match["stream"])  # type: ignore[arg-type]
