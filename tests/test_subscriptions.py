@@ -180,9 +180,11 @@ async def test_subscribing_to_an_unknown_axon_is_refused_or_silent(backend: Runn
     server = make_server(backend)
     if mode == "legacy":
         async with Client(server, mode="legacy") as client:
-            with pytest.raises(MCPError) as err:
-                await client.subscribe_resource("axon://axn_nope/events")
-            assert err.value.error.code == -32602 and "not found" in err.value.error.message
+            for uri in ("axon://axn_nope/events", "devbox://dbx_nope", "devbox://dbx_nope/executions/e/stdout",
+                        "nothing://here"):
+                with pytest.raises(MCPError) as err:
+                    await client.subscribe_resource(uri)
+                assert err.value.error.code == -32602 and "not found" in err.value.error.message
     else:  # listen acknowledges any URI (as the spec says); the follower stops at the 404
         async with subscribed(server, mode, ["axon://axn_nope/events"]):
             await wait_for(lambda: hub_stats(server).followers == 0, "the follower of a missing axon to stop")

@@ -46,6 +46,7 @@ from .uris import (
     OutputFeed,
     Stream,
     feed_of,
+    is_ours,
     output_uri,
 )
 
@@ -179,7 +180,9 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
         """Refuse a subscription to something that does not exist, as a read would."""
         feed = feed_of(uri)
         if feed is None:
-            return
+            if not is_ours(uri) and uri not in {r.uri for r in await mcp.list_resources()}:
+                raise _not_found(uri)
+            return  # a single event: it exists or not, but never changes
         async with client_for(ctx) as c:
             try:
                 if isinstance(feed, AxonFeed):

@@ -21,6 +21,7 @@ Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 _AXON_EVENTS = UriTemplate.parse(AXON_EVENTS)
+_AXON_EVENT = UriTemplate.parse(AXON_EVENT)
 _DEVBOX = UriTemplate.parse(DEVBOX)
 _EXECUTION_OUTPUT = UriTemplate.parse(EXECUTION_OUTPUT)
 
@@ -94,3 +95,11 @@ def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:
     except ValueError:
         return None
     return None
+
+
+def is_ours(uri: str) -> bool:
+    """Whether `uri` has the shape of one of the resource templates."""
+    try:
+        return any(t.match(uri) is not None for t in (_AXON_EVENTS, _AXON_EVENT, _DEVBOX, _EXECUTION_OUTPUT))
+    except ValueError:
+        return False
