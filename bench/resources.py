@@ -28,16 +28,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
-import apsw
-from mcp import Client
-from mcp.client.subscriptions import ResourceUpdated
-from mcp.types import ResourceUpdatedNotification
+# bench/mcp.py is named like the `mcp` package and this folder comes first on sys.path when a
+# script here runs: drop the folder so `import mcp` finds the SDK.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from mcp_server.local.axon_log import EVENTS_TABLE, SCHEMA
-from mcp_server.local.server import start_in_thread
-from mcp_server.runloop import RunloopClient
-from mcp_server.server import build_server
+import anyio  # noqa: E402
+import apsw  # noqa: E402
+from mcp import Client  # noqa: E402
+from mcp.client.subscriptions import ResourceUpdated  # noqa: E402
+from mcp.types import ResourceUpdatedNotification  # noqa: E402
+
+from mcp_server.local.axon_log import EVENTS_TABLE, SCHEMA  # noqa: E402
+from mcp_server.local.server import start_in_thread  # noqa: E402
+from mcp_server.runloop import RunloopClient  # noqa: E402
+from mcp_server.server import build_server  # noqa: E402
 
 ROUNDS = 3
 PUBLISHES = 100
