@@ -290,3 +290,16 @@ async def test_completions_suggest_axon_devbox_and_execution_ids(mcp: Client, ax
     assert streams.completion.values == ["stdout", "stderr"]
     none = await mcp.complete(ref, {"name": "execution_id", "value": ""})
     assert none.completion.values == []
+
+
+async def test_reading_a_running_commands_output_returns_what_exists_so_far(mcp: Client, devbox_id: str) -> None:
+    # A command that never goes quiet: the read must still return (the output so far).
+    started = structured(await call_ok(mcp, "execute", {
+        "devbox_id": devbox_id, "wait_seconds": 0, "command": "while true; do echo tick; done"}))
+    execution = started["execution_id"]
+    try:
+        with anyio.fail_after(30):
+            text = await read_text(mcp, f"devbox://{devbox_id}/executions/{execution}/stdout")
+        assert text.startswith("tick\ntick\n")
+    finally:
+        await call_ok(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": execution})

@@ -24,8 +24,10 @@ from .uris import STREAMS, Stream, axon_event_uri, axon_events_uri, output_uri
 
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
-# A read of a running execution's output returns once no new output came for this long.
+# A read of a running execution's output returns once no new output came for this long, and
+# at the latest after RUNNING_READ_SECONDS (a command that prints without pause never goes quiet).
 SETTLE_SECONDS = 0.25
+RUNNING_READ_SECONDS = 2.0
 
 
 @contextmanager
@@ -198,8 +200,11 @@ async def _collect(
     position = start
     ended = False
     chunks = client.stream_output(devbox_id, execution_id, stream, offset=start)
+    deadline = anyio.current_time() + RUNNING_READ_SECONDS
     try:
         while cap is None or position - start < cap:
+            if not completed and anyio.current_time() >= deadline:
+                break
             with anyio.move_on_after(None if completed else settle) as quiet:
                 try:
                     chunk = await anext(chunks)
