@@ -175,18 +175,26 @@ class RssSampler:
 
 
 def _stream_events(client: httpx.Client, path: str) -> tuple[int, list[dict[str, object]]]:
-    """Reads an SSE response to its end: the output bytes it carried, and its last event."""
-    total, last, buffer = 0, None, b""
+    """Reads an SSE response to its end: the output bytes it carried, and its last event.
+
+    A light client, so that the figure is the backend's: it reads each event's `offset` (the
+    last field) and checks they only grow; only the last event is decoded in full.
+    """
+    last_event, previous, buffer = b"", -1, b""
     with client.stream("GET", path) as response:
         response.raise_for_status()
         for block in response.iter_raw(1 << 20):
-            buffer += block
-            *events, buffer = buffer.split(b"\n\n")
+            *events, buffer = (buffer + block).split(b"\n\n")
             for event in events:
                 if event.startswith(b"data: "):
-                    last = json.loads(event[6:])
-                    total += len(last["output"].encode())
-    return total, [last] if last else []
+                    offset = int(event[event.rindex(b":") + 1 : -1])
+                    if offset <= previous:
+                        raise SystemExit(f"chunk offsets went back: {offset} after {previous}")
+                    previous, last_event = offset, event
+    if not last_event:
+        return 0, []
+    last = json.loads(last_event[6:])
+    return last["offset"] + len(last["output"].encode()), [last]
 
 
 def start_backend_process(data_dir: Path) -> tuple[subprocess.Popen[bytes], RunningBackend]:

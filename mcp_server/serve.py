@@ -63,7 +63,10 @@ def main(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, da
     with api_config(data_dir or default_data_dir()) as config:
         factory = server_factory(config, settings)
         if transport == "stdio":
-            factory().run("stdio")
+            try:
+                factory().run("stdio")
+            except KeyboardInterrupt:
+                return 130
             return 0
         if transport == "http":
             return serve_http(factory, host, port)

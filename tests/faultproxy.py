@@ -77,7 +77,7 @@ class FaultProxy:
     url: str = ""
     requests: list[SeenRequest] = field(default_factory=list)
     _rules: list[Rule] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Condition = field(default_factory=threading.Condition)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.base_events.Server | None = None
     _thread: threading.Thread | None = None
@@ -134,6 +134,17 @@ class FaultProxy:
         rx = re.compile(path)
         with self._lock:
             return [r for r in self.requests if rx.search(r.target) and (method is None or r.method == method)]
+
+    def wait_seen(self, path: str, count: int, timeout: float = 30.0) -> list[SeenRequest]:
+        """Block until `count` requests matching `path` were seen (TimeoutError after `timeout`).
+
+        Blocking: from async code call it as `await anyio.to_thread.run_sync(proxy.wait_seen, ...)`.
+        """
+        rx = re.compile(path)
+        with self._lock:
+            if not self._lock.wait_for(lambda: sum(1 for r in self.requests if rx.search(r.target)) >= count, timeout):
+                raise TimeoutError(f"saw fewer than {count} requests matching {path!r} within {timeout:g} s")
+            return [r for r in self.requests if rx.search(r.target)]
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -219,6 +230,7 @@ class FaultProxy:
         body = await self._read_body(reader, headers)
         with self._lock:
             self.requests.append(SeenRequest(method, target, headers, body))
+            self._lock.notify_all()
         rules = {r.action: r for r in self._take(method, target)}
 
         if "delay" in rules:

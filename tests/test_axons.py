@@ -190,6 +190,7 @@ def test_sdk_retry_after_lost_response_stores_once(backend: RunningBackend, sdk:
 def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, sdk: Runloop, axon) -> None:
     per_client, clients = 40, 8
     acked: list[tuple[int, str]] = []
+    failures: list[str] = []
     lock = threading.Lock()
 
     def publisher(c: int) -> None:
@@ -200,8 +201,10 @@ def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, s
                     f"/v1/axons/{axon.id}/publish",
                     json={"event_type": "t", "origin": "EXTERNAL_EVENT", "payload": payload, "source": f"c{c}"},
                 )
-                assert r.status_code == 200, r.text
                 with lock:
+                    if r.status_code != 200:
+                        failures.append(r.text)
+                        return
                     acked.append((r.json()["sequence"], payload))
 
     threads = [threading.Thread(target=publisher, args=(c,)) for c in range(clients)]
@@ -210,6 +213,7 @@ def test_concurrent_publishers_get_a_gapless_sequence(backend: RunningBackend, s
     for t in threads:
         t.join()
     total = per_client * clients
+    assert failures == []
     assert sorted(seq for seq, _ in acked) == list(range(1, total + 1))
     stored = sdk.axons.sql.query(axon.id, sql="SELECT sequence, payload FROM rl_axon_events ORDER BY sequence")
     assert [tuple(row) for row in stored.rows] == sorted(acked)
@@ -398,6 +402,18 @@ def test_lone_surrogate_payload_is_400_and_harms_no_one(backend: RunningBackend,
     )
     assert r.status_code == 400 and "surrogate" in r.json()["message"]
     assert _publish(sdk, axon.id, 1).sequence == 1
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons",
+        content=b'{"name": "ok", "metadata": {"k": "\\udc00"}}',
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "surrogate" in r.json()["message"]
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons",
+        content=b'{"name": "\\udc00"}',
+        headers={**_headers(backend), "content-type": "application/json"},
+    )
+    assert r.status_code == 422 and "unicode" in r.json()["message"]
 
 
 def test_malformed_json_is_400(backend: RunningBackend, axon) -> None:

@@ -107,6 +107,7 @@ def test_user_trigger_cannot_reach_history(backend: RunningBackend, sdk: Runloop
     ("sql", "fragment"),
     [
         ("SELECT * FROM rl_private_publish_requests", "internal"),
+        ("CREATE TABLE rl_private_mine (a)", "internal"),
         ("ATTACH DATABASE '/tmp/evil.db' AS evil", "ATTACH"),
         ("VACUUM INTO '/tmp/copy.db'", "VACUUM"),
         ("PRAGMA journal_mode = DELETE", "PRAGMA"),
@@ -133,6 +134,8 @@ def test_sql_errors_are_400_with_sqlite_message(backend: RunningBackend, axon) -
     assert status == 400 and "bindings" in message
     status, message = _error(backend, axon.id, "SELECT ?", [{"a": 1}])
     assert status == 400 and "JSON-encode" in message
+    status, message = _error(backend, axon.id, "SELECT CAST(X'FF41' AS TEXT)")
+    assert status == 400 and "not valid UTF-8" in message
     status, message = _error(backend, axon.id, "  -- only a comment")
     assert status == 400 and "no statement" in message
 

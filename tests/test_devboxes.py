@@ -268,6 +268,9 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"metadata": ["a"]}).encode(), 422, "metadata"),
         (json.dumps({"blueprint_id": "bpt_x"}).encode(), 400, "blueprint_id"),
         (json.dumps({"file_mounts": {"/etc/passwd": "x"}}).encode(), 400, "/home/user"),
+        (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
+        (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
+        (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
     ],
 )
 def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, fragment: str) -> None:
@@ -322,6 +325,12 @@ def test_registry_survives_a_restart(tmp_path: Path) -> None:
     assert json.loads(crashed_record)["status"] == "running"
     first.stop()
     record_path.write_text(crashed_record)
+    # And one that was still setting up when the backend died: its setup never finished.
+    booting = json.loads(crashed_record) | {"id": "dbx_wasbooting", "status": "initializing"}
+    (tmp_path / "devboxes" / "dbx_wasbooting").mkdir()
+    (tmp_path / "devboxes" / "dbx_wasbooting" / "devbox.json").write_text(json.dumps(booting))
+    (tmp_path / "devboxes" / "garbage").mkdir()
+    (tmp_path / "devboxes" / "garbage" / "devbox.json").write_text("{half a record")
 
     second = start_in_thread(tmp_path)
     headers = {"Authorization": f"Bearer {second.api_key}"}
@@ -330,6 +339,11 @@ def test_registry_survives_a_restart(tmp_path: Path) -> None:
             view = c.get(f"/v1/devboxes/{created['id']}").json()
             assert view["status"] == "suspended" and view["name"] == "survivor"
             assert c.get(f"/v1/devboxes/{shut['id']}").json()["status"] == "shutdown"
+            was_booting = c.get("/v1/devboxes/dbx_wasbooting").json()
+            assert was_booting["status"] == "failure" and was_booting["failure_reason"] == "execution_failed"
+            assert (
+                c.get("/v1/devboxes/garbage").status_code == 404
+            )  # an unreadable record is skipped, not fatal
             assert c.post(f"/v1/devboxes/{created['id']}/resume").status_code == 200
             running = c.post(
                 f"/v1/devboxes/{created['id']}/wait_for_status",
@@ -432,5 +446,33 @@ def test_sandbox_dying_on_its_own_leaves_the_devbox_resumable(
         sdk.devboxes.resume(view.id)
         assert sdk.devboxes.await_running(view.id).status == "running"
         assert sdk.devboxes.read_file_contents(view.id, file_path="still-here.txt") == "yes"
+    finally:
+        sdk.devboxes.shutdown(view.id)
+
+
+def test_shutdown_while_booting_stops_cleanly(http: httpx.Client) -> None:
+    # Regression: a shutdown that cancelled a sandbox mid-start hung forever.
+    for _ in range(15):
+        created = http.post("/v1/devboxes", json={}).json()
+        down = http.post(f"/v1/devboxes/{created['id']}/shutdown", timeout=20)
+        assert down.status_code == 200 and down.json()["status"] == "shutdown"
+        assert http.get(f"/v1/devboxes/{created['id']}").json()["status"] == "shutdown"
+
+
+def test_entrypoint_runs_in_the_background_and_its_exit_is_logged(sdk) -> None:  # noqa: ANN001
+    view = sdk.devboxes.create_and_await_running(
+        entrypoint="echo serving > entry.txt; read line < /tmp/go-fifo; echo done-$line; exit 4",
+        launch_parameters={"launch_commands": ["mkfifo /tmp/go-fifo"]},
+    )
+    try:
+        assert view.status == "running"  # not held up by the entrypoint, which waits on the fifo
+        assert sdk.devboxes.read_file_contents(view.id, file_path="entry.txt") == "serving\n"
+        assert not [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]
+        sdk.devboxes.execute_and_await_completion(view.id, command="echo now > /tmp/go-fifo")
+        deadline = time.monotonic() + 20
+        while not (entries := [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]):
+            assert time.monotonic() < deadline, "the entrypoint's exit was never logged"
+            time.sleep(0.02)
+        assert entries[0].exit_code == 4 and entries[0].message.endswith("done-now\n")
     finally:
         sdk.devboxes.shutdown(view.id)

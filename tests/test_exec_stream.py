@@ -201,3 +201,17 @@ def test_a_silent_command_gets_keepalive_comments(sdk, devbox, http, monkeypatch
         assert json.loads(data[6:]) == {"output": "after the silence\n", "offset": 0}
         sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, signal="EOF")
         assert all(not line.startswith("data: ") for line in lines)  # and then the stream ends
+
+
+def test_live_streams_work_without_inotify(sdk, devbox, http, monkeypatch):
+    import mcp_server.local.output as output
+
+    monkeypatch.setattr(output.FileWatcher, "subscribe", lambda self, path, event: False)  # as if inotify failed
+    ex = sdk.devboxes.execute_async(devbox, command="cat", attach_stdin=True)
+    with http.stream("GET", stream_path(devbox, ex.execution_id)) as response:
+        events = (json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: "))
+        for n, text in enumerate(["polled 1\n", "polled ✓\n"]):
+            sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, text=text)
+            assert next(events)["output"] == text, f"piece {n}"
+        sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, signal="EOF")
+        assert list(events) == []

@@ -118,6 +118,15 @@ def test_x_request_id_makes_execute_async_idempotent(http, devbox, sdk):
     assert run(sdk, devbox, "wc -l < async_counter").stdout.strip() == "1"
 
 
+def test_x_request_id_guards_execute_without_command_id(http, devbox, sdk):
+    headers = {"x-request-id": f"retry-{uuid.uuid4()}"}
+    body = {"command": "echo w >> plain_counter"}
+    first = http.post(f"/v1/devboxes/{devbox}/execute", json=body, headers=headers).json()
+    second = http.post(f"/v1/devboxes/{devbox}/execute", json=body, headers=headers).json()
+    assert first["execution_id"] == second["execution_id"] and second["status"] == "completed"
+    assert run(sdk, devbox, "wc -l < plain_counter").stdout.strip() == "1"
+
+
 def test_x_request_id_makes_execute_sync_idempotent(http, devbox, sdk):
     headers = {"x-request-id": f"stainless-python-retry-{uuid.uuid4()}"}
     body = {"command": "echo z >> sync_counter; echo done"}
@@ -265,6 +274,8 @@ def test_unknown_devbox_and_execution_are_404(sdk, devbox):
 
 def test_executing_on_a_suspended_or_shut_down_devbox_says_so(sdk):
     view = sdk.devboxes.create_and_await_running()
+    command_id = str(uuid.uuid4())
+    before = sdk.devboxes.execute(view.id, command="echo before", command_id=command_id)
     ex = sdk.devboxes.execute_async(view.id, command="cat", attach_stdin=True)
     sdk.devboxes.suspend(view.id)
     # The running command died with the sandbox: its execution is completed, killed.
@@ -273,6 +284,8 @@ def test_executing_on_a_suspended_or_shut_down_devbox_says_so(sdk):
     sdk.devboxes.await_suspended(view.id)
     with pytest.raises(BadRequestError, match="suspended; resume it"):
         sdk.devboxes.execute(view.id, command="true", command_id=str(uuid.uuid4()))
+    # A retry of a command that ran before the suspension still gets its execution.
+    assert sdk.devboxes.execute(view.id, command="cat", command_id=command_id).execution_id == before.execution_id
     sdk.devboxes.shutdown(view.id)
     with pytest.raises(BadRequestError, match="shutdown"):
         sdk.devboxes.execute_async(view.id, command="true")
@@ -303,10 +316,15 @@ def test_bad_execute_bodies(http, devbox, endpoint, body, status, message):
     assert message in response.json()["message"]
 
 
-def test_bad_last_n_query(http, devbox):
-    for value in ("-1", "many"):
-        response = http.post(f"/v1/devboxes/{devbox}/execute", params={"last_n": value}, json={"command": "true"})
-        assert response.status_code == 400 and "last_n" in response.json()["message"]
+def test_bad_last_n_query(http, devbox, sdk):
+    done = run(sdk, devbox, "echo ok")
+    for value in ("-1", "many", "99999999999"):
+        for response in (
+            http.post(f"/v1/devboxes/{devbox}/execute", params={"last_n": value}, json={"command": "true"}),
+            http.post(f"/v1/devboxes/{devbox}/execute_async", params={"last_n": value}, json={"command": "true"}),
+            http.get(f"/v1/devboxes/{devbox}/executions/{done.execution_id}", params={"last_n": value}),
+        ):
+            assert response.status_code == 400 and "last_n" in response.json()["message"]
 
 
 @pytest.fixture(scope="module")

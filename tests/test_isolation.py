@@ -136,6 +136,12 @@ def test_system_directories_are_read_only(boxes: tuple[Box, Box]) -> None:
         code, out = a.run(f"touch {path}")
         assert code != 0 and "Read-only file system" in out, (path, out)
     assert a.run("echo x > /proc/sys/kernel/hostname")[0] != 0
+    # No kernel knob in /proc is writable (the sandbox user owns only its own processes' files).
+    code, out = a.run(
+        "find /proc -maxdepth 4 -type f -writable ! -path '/proc/[0-9]*' ! -path '/proc/self/*' "
+        "! -path '/proc/thread-self/*' 2>/dev/null"
+    )
+    assert out.strip() == "", out
 
 
 def test_devboxes_do_not_see_each_others_files_or_processes(boxes: tuple[Box, Box]) -> None:

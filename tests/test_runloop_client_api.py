@@ -273,13 +273,15 @@ async def test_unknown_execution_is_not_found(client: RunloopClient, devbox_id: 
     assert "exe_missing" in info.value.message
 
 
-async def test_devbox_logs(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
+async def test_devbox_logs_and_keep_alive(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
     _require_exec(backend)
-    require(backend, "GET /v1/devboxes/{id}/logs")
+    require(backend, "GET /v1/devboxes/{id}/logs", "POST /v1/devboxes/{id}/keep_alive")
     view = await client.execute(devbox_id, "echo logged", optimistic_timeout=20)
     await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
-    logs = await client.get_devbox_logs(devbox_id)
-    assert isinstance(logs, list)
+    await client.keep_alive_devbox(devbox_id)
+    logs = await client.get_devbox_logs(devbox_id, execution_id=view.execution_id)
+    assert logs and all(entry.cmd_id == view.execution_id for entry in logs)
+    assert logs[-1].source == "exec" and logs[-1].exit_code == 0 and logs[-1].cmd == "echo logged"
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -336,6 +338,11 @@ async def test_axon_create_get_list_publish_events_sql(client: RunloopClient, ba
     payloads = [{"n": 1, "text": "ä"}, [1, 2], "plain", 7, None]
     results = [await client.publish(axon.id, event_type="note", payload=p) for p in payloads]
     assert [r.sequence for r in results] == [1, 2, 3, 4, 5]
+
+    first_two = await client.list_events(axon.id, limit=2)
+    assert [e.sequence for e in first_two.events] == [5, 4] and first_two.has_more and first_two.total_count == 5
+    next_two = await client.list_events(axon.id, limit=2, starting_after=first_two.events[-1].sequence)
+    assert [e.sequence for e in next_two.events] == [3, 2]
 
     page = await client.list_events(axon.id, limit=10)
     assert [e.sequence for e in page.events] == [5, 4, 3, 2, 1], "newest first"

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
-from runloop_support import client_for, require
+from faultproxy import FaultProxy, fault_proxy_fixture, running_proxy  # noqa: F401
+from runloop_support import FAST, client_for, require
 
+from mcp_server.local.server import start_in_thread
 from mcp_server.runloop import (
     Authentication,
     AxonEventView,
@@ -181,6 +182,39 @@ async def test_subscription_resumes_after_408_and_5xx(fault_proxy: FaultProxy, b
         await stream.aclose()
     assert [e.sequence for e in got] == [1, 2]
     assert len(fault_proxy.seen(r"/subscribe/sse")) == 3
+
+
+async def test_subscription_outlives_the_servers_idle_closes(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A backend that ends idle subscriptions after 0.2 s with `event: error` 408: the client
+    re-subscribes after the last sequence again and again, and still gets the next event."""
+    monkeypatch.setenv("DEVBOX_AXON_SSE_IDLE_SECONDS", "0.2")
+    quick = start_in_thread(tmp_path)
+    try:
+        _require_axon_sse(quick)
+        with running_proxy(quick.base_url) as proxy:
+            async with client_for(proxy.url, quick.api_key) as client:
+                axon = await client.create_axon()
+                await client.publish(axon.id, event_type="e", payload="first")
+                send, receive = anyio.create_memory_object_stream[AxonEventView](10)
+
+                async def pump() -> None:
+                    async for event in client.subscribe_axon(axon.id):
+                        await send.send(event)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pump)
+                    with anyio.fail_after(30):
+                        first = await receive.receive()
+                        # More idle closes than the retry policy's max_attempts, all survived:
+                        await anyio.to_thread.run_sync(proxy.wait_seen, r"/subscribe/sse", FAST.max_attempts + 3)
+                        await client.publish(axon.id, event_type="e", payload="second")
+                        second = await receive.receive()
+                    tg.cancel_scope.cancel()
+        resumed = [c.target for c in proxy.seen(r"/subscribe/sse")][1:]
+    finally:
+        quick.stop()
+    assert (first.sequence, second.sequence) == (1, 2)
+    assert all(t.endswith("after_sequence=1") for t in resumed)
 
 
 async def test_subscription_after_a_sequence(backend) -> None:  # noqa: ANN001

@@ -51,6 +51,7 @@ def test_annotations_are_true_to_what_tools_do() -> None:
     read_only = {n for n, d in docs.items() if d["annotations"]["readOnlyHint"]}
     assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons"}
     destructive = {n for n, d in docs.items() if d["annotations"]["destructiveHint"]}
-    assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch"} <= destructive
+    assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch", "sql_query", "execute", "send_stdin"} <= destructive
+    assert not {"create_devbox", "create_axon", "publish_event", "suspend_devbox", "resume_devbox"} & destructive
     assert not destructive & read_only
     assert docs["execute"]["annotations"]["openWorldHint"] is True

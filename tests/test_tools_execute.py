@@ -89,8 +89,11 @@ async def test_output_printed_just_before_exit_is_not_lost(mcp: Client, devbox_i
 
 
 async def test_big_output_is_shaped_and_the_marker_offset_reads_the_omitted_part(backend: RunningBackend, devbox_id: str) -> None:
+    progress = Progress()
     async with Client(make_server(backend, Settings(output_budget=4096)), mode="auto") as client:
-        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": "seq 1 20000"})
+        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": "seq 1 20000"},
+                               progress_callback=progress)
+        assert progress.messages and all(len(m.encode()) <= 1024 for m in progress.messages)
         text = text_of(result)
         envelope = structured(result)
         full = "".join(f"{i}\n" for i in range(1, 20001))
@@ -247,3 +250,5 @@ async def test_execute_bad_input_gives_clear_errors(mcp: Client, devbox_id: str)
     assert "exe_nope" in message
     message = await call_error(mcp, "send_stdin", {"devbox_id": devbox_id, "execution_id": "exe_nope"})
     assert "exactly one of text or signal" in message
+    message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "cat", "attach_stdin": True, "command_id": "x"})
+    assert "command_id" in message and "attach_stdin" in message

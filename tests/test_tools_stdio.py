@@ -75,6 +75,40 @@ async def test_tools_over_stdio_with_progress_and_no_key_anywhere(
         assert backend.api_key not in text
 
 
+async def test_cancelling_execute_over_stdio_kills_the_command(backend: RunningBackend, devbox_id: str, tmp_path: Path) -> None:
+    params = StdioServerParameters(
+        command=EXE, args=["serve"],
+        env=server_env(RUNLOOP_BASE_URL=backend.base_url, RUNLOOP_API_KEY=backend.api_key),
+    )
+    tag = tmp_path.name[-12:]
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if "started" in (message or ""):
+            started.set()
+
+    command = f"echo $$ > /tmp/stdio-{tag}; echo started; exec sleep 300"
+    with (tmp_path / "stderr.log").open("w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+
+                    async def run() -> None:
+                        await client.call_tool("execute", {"devbox_id": devbox_id, "command": command},
+                                               progress_callback=on_progress)
+
+                    tg.start_soon(run)
+                    await started.wait()
+                    tg.cancel_scope.cancel()
+            check = f"kill -0 $(cat /tmp/stdio-{tag}) 2>/dev/null && echo alive || echo gone"
+            with anyio.fail_after(20):
+                while True:
+                    result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": check})
+                    if "gone" in text_of(result):
+                        break
+                    await anyio.sleep(0.1)
+
+
 async def test_wrong_key_error_is_clear_and_does_not_echo_the_key(backend: RunningBackend, tmp_path: Path) -> None:
     wrong = "rl_wrong_key_" + "x" * 24
     params = StdioServerParameters(command=EXE, args=["serve"], env=server_env(RUNLOOP_BASE_URL=backend.base_url, RUNLOOP_API_KEY=wrong))

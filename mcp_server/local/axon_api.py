@@ -110,6 +110,13 @@ def _utf8(name: str, value: str) -> bytes:
         raise ApiError(400, f"{name} is not valid Unicode (it holds a lone surrogate escape); send UTF-8 text") from None
 
 
+def _check_labels(name: str | None, metadata: dict[str, str] | None) -> None:
+    if name is not None:
+        _utf8("name", name)
+    for key, value in (metadata or {}).items():
+        _utf8(f"metadata[{key!a}]", key + value)
+
+
 _METADATA_PARAM = re.compile(r"^metadata\[(.+?)\](\[in\])?$")
 
 
@@ -141,6 +148,7 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
     async def create_axon(request: Request) -> Response:
         """Create an axon (`name`, `metadata`); retries with the same `x-request-id` return the same axon."""
         body = await parse_body(request, CreateAxon)
+        _check_labels(body.name, body.metadata)
 
         async def create() -> dict[str, Any]:
             return (await store.create(body.name, body.metadata or {})).view()
@@ -160,6 +168,7 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
     async def update_axon(request: Request) -> Response:
         """Replace the axon's metadata (`{}` clears it; absent leaves it)."""
         body = await parse_body(request, UpdateAxon)
+        _check_labels(None, body.metadata)
         if body.metadata is None:
             return JSONResponse(store.get(axon_id(request)).view())
         return JSONResponse((await store.update_metadata(axon_id(request), body.metadata)).view())

@@ -60,8 +60,21 @@ _READ_ONLY_PRAGMAS = frozenset(
     }
 )
 _REFUSED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
-_TABLE_WRITES = {apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE, apsw.SQLITE_DROP_TABLE}
-_TABLE_SECOND = {
+# Operations whose first argument names the table (or view) they touch ...
+_NAME_FIRST = {
+    apsw.SQLITE_READ,
+    apsw.SQLITE_INSERT,
+    apsw.SQLITE_UPDATE,
+    apsw.SQLITE_DELETE,
+    apsw.SQLITE_DROP_TABLE,
+    apsw.SQLITE_CREATE_TABLE,
+    apsw.SQLITE_CREATE_VIEW,
+    apsw.SQLITE_DROP_VIEW,
+    apsw.SQLITE_CREATE_VTABLE,
+    apsw.SQLITE_DROP_VTABLE,
+}
+# ... and those whose second argument does.
+_NAME_SECOND = {
     apsw.SQLITE_ALTER_TABLE,
     apsw.SQLITE_CREATE_INDEX,
     apsw.SQLITE_DROP_INDEX,
@@ -105,7 +118,7 @@ class _Guard:
     def authorize(self, op: int, one: str | None, two: str | None, db: str | None, trigger: str | None) -> int:
         if self.trusted:
             return apsw.SQLITE_OK
-        table = one if op in _TABLE_WRITES or op == apsw.SQLITE_READ else two if op in _TABLE_SECOND else None
+        table = one if op in _NAME_FIRST else two if op in _NAME_SECOND else None
         if table is not None:
             lowered = table.lower()
             if lowered.startswith(PRIVATE_PREFIX):
@@ -127,8 +140,6 @@ class _Guard:
             )
         elif op in _TEMP_OBJECTS:
             return self.refuse("temporary tables, views, indexes and triggers are not supported; create regular ones")
-        elif op == apsw.SQLITE_CREATE_TABLE and (one or "").lower() == EVENTS_TABLE:
-            return self.refuse(_HISTORY_HINT)
         return apsw.SQLITE_OK
 
     def over_time(self) -> bool:
@@ -210,6 +221,8 @@ def _message(exc: BaseException, guard: _Guard) -> str:
         )
     if isinstance(exc, apsw.AuthError | apsw.ExecTraceAbort) and guard.refusal:
         return guard.refusal
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a TEXT value is not valid UTF-8 ({exc.reason}); select it as a BLOB, e.g. CAST(x AS BLOB)"
     text = str(exc.args[0]) if exc.args else str(exc)
     return text or type(exc).__name__
 

@@ -39,6 +39,9 @@ class CreateBody(BaseModel):
     launch_parameters: LaunchParameters | None = None
     metadata: dict[str, str] | None = None
     file_mounts: dict[str, str] | None = None
+    entrypoint: str | None = None
+    secrets: dict[str, str] | None = None
+    code_mounts: list[Any] | None = None
     blueprint_id: str | None = None
     blueprint_name: str | None = None
     snapshot_id: str | None = None
@@ -121,6 +124,18 @@ class DevboxRoutes:
                     f"{key} is not supported by the embedded backend (no blueprints or snapshots); "
                     "create a devbox without it and use launch_parameters.launch_commands to set it up",
                 )
+        if body.secrets:
+            raise ApiError(
+                400,
+                "secrets are not supported by the embedded backend (it has no secret store); "
+                "pass the values in environment_variables instead",
+            )
+        if body.code_mounts:
+            raise ApiError(
+                400,
+                "code_mounts are not supported by the embedded backend; clone the repository with a "
+                "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
+            )
         for path in body.file_mounts or {}:
             files.home_relative(path, "file_mounts path")
         params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
@@ -130,6 +145,7 @@ class DevboxRoutes:
             launch_parameters=params,
             metadata=body.metadata or {},
             file_mounts=body.file_mounts or {},
+            entrypoint=body.entrypoint,
         )
         return devbox.view()
 

@@ -25,7 +25,7 @@ from typing import Any
 from .config import LocalConfig
 from .errors import ApiError
 from .ids import new_id
-from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason
+from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -64,6 +64,7 @@ class Devbox:
     launch_parameters: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     file_mounts: dict[str, str] = field(default_factory=dict)
+    entrypoint: str | None = None  # runs in the background once the devbox is up (again after resume)
     state_transitions: list[dict[str, Any]] = field(default_factory=list)
     failure_reason: str | None = None
     shutdown_reason: str | None = None
@@ -130,7 +131,10 @@ class DevboxManager:
 
     async def startup(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # Only root (the backend) may enter: homes hold files the sandbox user (host uid) made,
+        # setuid bits included, which must not be reachable by other host users.
         os.chmod(self.root, 0o700)
+        await asyncio.to_thread(warm_up)
         for path in sorted(self.root.glob("*/devbox.json")):
             try:
                 devbox = self._load(path)
@@ -171,9 +175,8 @@ class DevboxManager:
     def _load(self, path: Path) -> Devbox:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["state_dir"] = path.parent
-        data.pop("sandbox", None)
-        data.pop("logs", None)
-        devbox = Devbox(**data)
+        known = {f.name for f in fields(Devbox)} - {"sandbox", "logs"}
+        devbox = Devbox(**{k: v for k, v in data.items() if k in known})
         logs_path = path.parent / "logs.jsonl"
         if logs_path.exists():
             lines = logs_path.read_text(encoding="utf-8", errors="replace").splitlines()[-MAX_LOG_ENTRIES:]
@@ -269,6 +272,7 @@ class DevboxManager:
         launch_parameters: dict[str, Any],
         metadata: dict[str, str],
         file_mounts: dict[str, str] | None = None,
+        entrypoint: str | None = None,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -297,6 +301,7 @@ class DevboxManager:
             launch_parameters=params,
             metadata=dict(metadata),
             file_mounts=dict(file_mounts or {}),
+            entrypoint=entrypoint or None,
             unsafe=unsafe,
         )
         devbox.state_dir.mkdir(mode=0o700)
@@ -325,6 +330,7 @@ class DevboxManager:
                 await self._stop_sandbox(devbox)
                 self._transition(devbox, "failure")
                 return
+            await self._start_entrypoint(devbox)
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
@@ -447,6 +453,45 @@ class DevboxManager:
                 return False
         return True
 
+    async def _start_entrypoint(self, devbox: Devbox) -> None:
+        """Start the entrypoint in the background; its end (not caused by a stop) is logged."""
+        if not devbox.entrypoint or devbox.sandbox is None:
+            return
+        sandbox = devbox.sandbox
+        output_path = devbox.state_dir / "entrypoint.log"
+        output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            proc = await sandbox.spawn(
+                devbox.entrypoint,
+                env=devbox.environment_variables,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            os.close(output)
+        start = output_path.stat().st_size
+
+        async def watch() -> None:
+            code = await proc.wait()
+            if devbox.sandbox is not sandbox:
+                return  # stopped with its devbox
+            text = _read_tail_from(output_path, start, SETUP_OUTPUT_LIMIT).decode("utf-8", errors="replace")
+            self.add_log(
+                devbox.id,
+                {
+                    "level": "info" if code == 0 else "error",
+                    "source": "entrypoint",
+                    "cmd": devbox.entrypoint,
+                    "exit_code": code,
+                    "message": text,
+                },
+            )
+
+        watcher = asyncio.ensure_future(watch())
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
     async def suspend(self, devbox_id: str) -> Devbox:
         async with self._lock(devbox_id):
             devbox = self.get(devbox_id)
@@ -478,6 +523,7 @@ class DevboxManager:
                 raise SandboxError(sandbox_unavailable_reason() or "")
             await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
             await self._start_sandbox(devbox)
+            await self._start_entrypoint(devbox)
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
@@ -538,6 +584,14 @@ def not_running_message(devbox: Devbox) -> str:
             return f"devbox {ident} is still {devbox.status}; wait until it is running (wait_for_status)"
         case _:
             return f"devbox {ident} is {devbox.status}, not running"
+
+
+def _read_tail_from(path: Path, start: int, limit: int) -> bytes:
+    """Up to the last `limit` bytes written after offset `start`."""
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        fh.seek(max(start, end - limit))
+        return fh.read(limit)
 
 
 def _read_head(path: Path, limit: int) -> bytes:

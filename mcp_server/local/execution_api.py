@@ -112,7 +112,14 @@ def routes(manager: ExecutionManager) -> list[Route]:
         optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
         if body.command_id is not None and not body.command_id.strip():
             raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
-        ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        if body.command_id is not None:
+            ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        else:  # no command_id (not the SDK's way): the idempotency header still guards retries
+
+            async def start():
+                return await manager.start(devbox_id, command)
+
+            ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
         await wait_or_timeout(ex.done.wait, optimistic)
         return JSONResponse(manager.view(ex, last_n))
 

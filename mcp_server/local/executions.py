@@ -210,6 +210,8 @@ class ExecutionManager:
                     log.warning("skipping unreadable execution record in %s: %s", directory, exc)
                     continue
                 ex = Execution(record, directory)
+                for stream in ("stdout", "stderr"):  # streams and views expect both files
+                    ex.path(stream).touch(mode=0o600, exist_ok=True)
                 if record.status != "completed":
                     with open(ex.path("stderr"), "a") as f:
                         f.write(RESTART_NOTE)
@@ -236,10 +238,10 @@ class ExecutionManager:
         """Run `command` in the devbox; with a `command_id` already used on this devbox, return that execution."""
         lock = self._start_locks.setdefault(devbox_id, asyncio.Lock())
         async with lock:
+            table = self._table(self.devboxes.get(devbox_id))
+            if command_id and (existing := self._by_command_id.get((devbox_id, command_id))):
+                return existing  # even when the devbox has stopped since: a retry gets what the first call got
             devbox = self.devboxes.require_running(devbox_id)
-            table = self._table(devbox)
-            if command_id and (existing := self._by_command_id.get((devbox.id, command_id))):
-                return existing
             execution_id = new_id("exe")
             directory = devbox.state_dir / "executions" / execution_id
             directory.mkdir(parents=True)

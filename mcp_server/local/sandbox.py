@@ -69,10 +69,6 @@ _SECRET_FILES = (
     "/etc/security/opasswd",
 )
 _SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
-_PROC_READ_ONLY = (
-    "/proc/sys", "/proc/sysrq-trigger", "/proc/mtrr", "/proc/pressure", "/proc/irq", "/proc/bus",
-    "/proc/acpi", "/proc/scsi", "/proc/fs", "/proc/driver", "/proc/tty", "/proc/sysvipc",
-)  # fmt: skip
 # Generated per sandbox (a `user` account, the devbox's own identity and DNS).
 _GENERATED = (
     "/etc/passwd",
@@ -129,6 +125,13 @@ def sandbox_unavailable_reason() -> str | None:
     return None
 
 
+def warm_up() -> None:
+    """Look up the tools and scan /etc and /proc now, so the first devbox starts as fast as the rest."""
+    if sandbox_unavailable_reason() is None:
+        _etc_masks()
+        _proc_read_only()
+
+
 @functools.cache
 def _etc_masks() -> tuple[list[str], list[str]]:
     """Files and directories under /etc to hide: the known secrets plus anything not world-readable."""
@@ -152,6 +155,38 @@ def _etc_masks() -> tuple[list[str], list[str]]:
     files -= set(_GENERATED)
     files = {f for f in files if not any(f.startswith(d + "/") for d in dirs)}
     return sorted(files), sorted(dirs)
+
+
+@functools.cache
+def _proc_read_only() -> list[str]:
+    """/proc/sys, plus every other top-level /proc entry (not a process) holding a writable file.
+
+    Found by looking rather than listed, so a kernel with other knobs is covered too.
+    """
+    found = ["/proc/sys", "/proc/sysrq-trigger"]
+    for name in sorted(os.listdir("/proc")):
+        path = f"/proc/{name}"
+        if name.isdigit() or name in ("self", "thread-self", "sys", "sysrq-trigger"):
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_mode & 0o222
+                or stat.S_ISDIR(st.st_mode)
+                and _has_writable(path)
+            ):
+                found.append(path)
+    return found
+
+
+def _has_writable(directory: str) -> bool:
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_mode & 0o222:
+                    return True
+    return False
 
 
 def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
@@ -225,11 +260,17 @@ class Sandbox:
         reason = sandbox_unavailable_reason()
         if reason:
             raise SandboxError(reason)
+        starting = asyncio.ensure_future(self._start_bwrap())
         try:
-            await self._start_bwrap()
+            # Shielded: asyncio cannot clean up a subprocess cancelled while it is being created
+            # (it waits for it to exit, and a sandbox never does), so a cancelled start finishes
+            # starting first and is then stopped.
+            await asyncio.shield(starting)
             if self.spec.network == "isolated" and tools()["slirp4netns"]:
                 self._network = asyncio.ensure_future(self._start_slirp())
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await starting
             await self.stop()
             raise
 
@@ -248,7 +289,7 @@ class Sandbox:
         ]  # fmt: skip
         # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
         # check the owner (sysctls, pressure triggers) must be read-only.
-        for path in _PROC_READ_ONLY:
+        for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
         args += [
             "--ro-bind", "/etc", "/etc",
@@ -391,7 +432,29 @@ class Sandbox:
             raise SandboxError("the devbox's sandbox is not running")
         if self._network is not None and not self._network.done():
             await asyncio.shield(self._network)
-        full_env = self.command_env(env)
+        creating = asyncio.ensure_future(
+            self._create_process(command, args, self.command_env(env), stdin, stdout, stderr)
+        )
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            # Same reason as in `start`: let the creation finish, then kill what it made.
+            with contextlib.suppress(BaseException):
+                proc = await creating
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            raise
+
+    async def _create_process(
+        self,
+        command: str,
+        args: Sequence[str],
+        full_env: dict[str, str],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+    ) -> asyncio.subprocess.Process:
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
                 tools()["bash"] or "/bin/bash", "-c", command, "bash", *args,

@@ -8,7 +8,8 @@ Both loop over connections: when one drops (cut, reset, client read timeout, HTT
 
 A partly received event is never delivered (the SSE decoder dispatches only on the blank line
 that ends an event), so counting bytes of delivered chunks is exact. Consecutive failures without
-progress are bounded by the retry policy; a permanent error (401, 404, ...) is raised at once.
+progress are bounded by the retry policy; idle closes (408, read timeout) are the protocol's
+normal rhythm and never end a stream; a permanent error (401, 404, ...) is raised at once.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ log = logging.getLogger("devbox_mcp.runloop")
 # Opens one SSE connection: (path, query params) → events. Raises ApiStatusError for an error status.
 Connect = Callable[[str, dict[str, str]], AbstractAsyncContextManager[AsyncIterator[ServerSentEvent]]]
 
-# A connection that lived this long before an idle-type drop was healthy: reconnecting is routine.
+# An idle close sooner than this after connecting is paced with backoff before reconnecting.
 HEALTHY_CONNECTION_SECONDS = 1.0
 
 
@@ -83,7 +84,8 @@ async def _resumable(
     end_on_close: bool,
 ) -> AsyncIterator[Any]:
     """Yield `handle(event)` results (None results skipped) across reconnects."""
-    failures = 0
+    failures = 0  # consecutive drops without data, idle closes excluded
+    idles = 0  # consecutive quick idle closes: paced, never fatal
     while True:
         progressed = False
         started = time.monotonic()
@@ -93,13 +95,13 @@ async def _resumable(
                     async for sse in events:
                         if sse.event == "error":
                             raise _event_error(sse, path)
-                        if sse.event not in ("", "message"):
+                        if sse.event not in ("", "message") or not sse.data.strip():
                             continue
                         item = handle(sse)
                         if item is None:
                             continue
                         progressed = True
-                        failures = 0
+                        failures = idles = 0
                         yield item
                 if end_on_close:
                     return
@@ -110,10 +112,15 @@ async def _resumable(
                     raise
                 raise transient from None
         except _Transient as drop:
-            healthy = drop.idle and time.monotonic() - started >= HEALTHY_CONNECTION_SECONDS
-            if progressed or healthy:
-                failures = 0
+            if progressed:
                 log.debug("stream %s dropped (%s); resuming", path, drop.reason)
+                continue
+            if drop.idle:
+                # "Nothing new, ask again": the protocol's normal rhythm, not a failure. Only a
+                # server that idles out at once is paced, so it cannot make us spin.
+                if time.monotonic() - started < HEALTHY_CONNECTION_SECONDS:
+                    idles += 1
+                    await anyio.sleep(policy.backoff(idles))
                 continue
             failures += 1
             if failures >= policy.max_attempts:

@@ -109,7 +109,7 @@ def register(server: MCPServer) -> None:
         metadata: Annotated[dict[str, str] | None, Field(description="string labels")] = None,
     ) -> AxonInfo:
         """Create an axon: an event stream with a SQL-queryable history."""
-        with api_errors("create_axon"):
+        with api_errors():
             view = await state(ctx).client.create_axon(name=name, metadata=metadata)
         await resources_list_changed(ctx.mcp_server)
         return axon_info(view)
@@ -122,7 +122,7 @@ def register(server: MCPServer) -> None:
         starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
     ) -> AxonList:
         """List axons."""
-        with api_errors("list_axons"):
+        with api_errors():
             page = await state(ctx).client.list_axons(name=name, limit=limit, starting_after=starting_after)
         return AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
 
@@ -136,7 +136,7 @@ def register(server: MCPServer) -> None:
         origin: Literal["AGENT_EVENT", "USER_EVENT", "EXTERNAL_EVENT"] = "AGENT_EVENT",
     ) -> Published:
         """Publish an event to an axon. Returns its sequence number and timestamp."""
-        with api_errors("publish_event"):
+        with api_errors():
             done = await state(ctx).client.publish(
                 axon_id, event_type=event_type, payload=payload, source=source, origin=origin
             )
@@ -159,7 +159,7 @@ def register(server: MCPServer) -> None:
             except SqlRefused as exc:
                 raise ToolError(str(exc)) from None
         st = state(ctx)
-        with api_errors("sql_query"):
+        with api_errors():
             res = await st.client.sql_query(axon_id, sql, params)
         rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
         envelope = QueryEnvelope(
@@ -188,7 +188,7 @@ def register(server: MCPServer) -> None:
         """Run SQL statements atomically (one transaction) on an axon's database; may write.
         If one fails, none is applied."""
         st = state(ctx)
-        with api_errors("sql_batch"):
+        with api_errors():
             res = await st.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
         for n, item in enumerate(res.results, 1):
             if item.error is not None or item.success is None:

@@ -29,16 +29,17 @@ def state(ctx: Context) -> AppState:
 
 
 @contextmanager
-def api_errors(action: str) -> Iterator[None]:
+def api_errors(context: str | None = None) -> Iterator[None]:
     """Turn a client error into a tool error (an `isError` result) that says what failed and why.
 
     The client's messages are already one actionable line without the API key; no traceback
-    or chained exception reaches the caller.
+    or chained exception reaches the caller. The SDK prefixes the tool's name; `context` says
+    which step failed when a tool takes several.
     """
     try:
         yield
     except RunloopError as exc:
-        raise ToolError(f"{action} failed: {exc}") from None
+        raise ToolError(f"{context}: {exc}" if context else str(exc)) from None
 
 
 def result(structured: BaseModel, text: str) -> CallToolResult:

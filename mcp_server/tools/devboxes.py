@@ -44,7 +44,7 @@ def info(view: DevboxView) -> DevboxInfo:
     )
 
 
-async def wait_running(ctx: Context, view: DevboxView, action: str) -> DevboxView:
+async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     """Follow the devbox to running (or failure/shutdown), reporting each new status as progress."""
     st = state(ctx)
     start = time.monotonic()
@@ -54,7 +54,7 @@ async def wait_running(ctx: Context, view: DevboxView, action: str) -> DevboxVie
         return view
     last_status = view.status
     devbox_id = view.id
-    with api_errors(action):
+    with api_errors("waiting for the devbox to run"):
         async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=st.settings.boot_timeout):
             if view.status != last_status:
                 steps += 1
@@ -82,14 +82,14 @@ def register(server: MCPServer) -> None:
     ) -> DevboxInfo:
         """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress."""
         st = state(ctx)
-        with api_errors("create_devbox"):
+        with api_errors():
             view = await st.client.create_devbox(
                 name=name,
                 environment_variables=environment_variables,
                 launch_commands=launch_commands,
                 network_mode=network_mode,
             )
-        view = await wait_running(ctx, view, "create_devbox")
+        view = await wait_running(ctx, view)
         if view.status != "running":
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
@@ -108,20 +108,20 @@ def register(server: MCPServer) -> None:
         starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
     ) -> DevboxList:
         """List devboxes, newest first."""
-        with api_errors("list_devboxes"):
+        with api_errors():
             page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
         return DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
     async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Get a devbox's status and details."""
-        with api_errors("get_devbox"):
+        with api_errors():
             return info(await state(ctx).client.get_devbox(devbox_id))
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Shut down devbox"))
     async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Shut a devbox down for good: its processes stop and its files are gone."""
-        with api_errors("shutdown_devbox"):
+        with api_errors():
             view = await state(ctx).client.shutdown_devbox(devbox_id)
         await resources_list_changed(ctx.mcp_server)
         return info(view)
@@ -129,13 +129,13 @@ def register(server: MCPServer) -> None:
     @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
     async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Suspend a running devbox (its processes pause; resume_devbox continues them)."""
-        with api_errors("suspend_devbox"):
+        with api_errors():
             return info(await state(ctx).client.suspend_devbox(devbox_id))
 
     @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
     async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Resume a suspended devbox and wait until it is running."""
-        with api_errors("resume_devbox"):
+        with api_errors():
             view = await state(ctx).client.resume_devbox(devbox_id)
-        view = await wait_running(ctx, view, "resume_devbox")
+        view = await wait_running(ctx, view)
         return info(view)

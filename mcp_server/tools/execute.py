@@ -51,7 +51,7 @@ class OutputEnvelope(BaseModel):
 
 
 class ExecuteResult(OutputEnvelope):
-    command_id: str
+    command_id: str | None = Field(description="retry with it: never runs twice")
     duration_seconds: float
 
 
@@ -210,7 +210,8 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
 
 
 def register(server: MCPServer) -> None:
-    @server.tool(annotations=annotations(open_world=True, title="Execute command"))
+    # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Execute command"))
     async def execute(
         ctx: Context,
         devbox_id: DevboxId,
@@ -232,12 +233,14 @@ def register(server: MCPServer) -> None:
         duration, stdout and stderr. If still running after wait_seconds, returns status running
         and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
         st = state(ctx)
+        if attach_stdin and command_id is not None:
+            raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
         wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
-        cid = command_id or new_command_id()
+        cid = None if attach_stdin else command_id or new_command_id()
         started = time.monotonic()
         execution_id: str | None = None
         try:
-            with api_errors("execute"):
+            with api_errors():
                 if attach_stdin:
                     # The idempotent endpoint has no stdin option; this call is sent once.
                     view = await st.client.execute_async(devbox_id, command, attach_stdin=True)
@@ -245,10 +248,11 @@ def register(server: MCPServer) -> None:
                     view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
             execution_id = view.execution_id
             got = await follow(ctx, st, devbox_id, execution_id, wait=wait)
-            with api_errors("execute"):
+            with api_errors():
                 final = await final_state(st.client, devbox_id, execution_id, got.complete)
         except anyio.get_cancelled_exc_class():
-            await _kill_cancelled(st, devbox_id, command, cid, execution_id)
+            if execution_id is not None or cid is not None:
+                await _kill_cancelled(st, devbox_id, command, cid, execution_id)
             raise
         duration = time.monotonic() - started
         return _execute_result(st, devbox_id, execution_id, cid, got, final, duration, wait)
@@ -282,7 +286,7 @@ def register(server: MCPServer) -> None:
             ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
             wait=wait, until=pattern,
         )
-        with api_errors("stream_logs"):
+        with api_errors():
             final = await final_state(st.client, devbox_id, execution_id, got.complete)
         shaped = shape_streams(got, st.settings)
         reason: Literal["completed", "matched", "wait_ended"] = (
@@ -311,13 +315,13 @@ def register(server: MCPServer) -> None:
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
     async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
         """Kill a running command and its child processes (the whole process group)."""
-        with api_errors("kill_execution"):
+        with api_errors():
             view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
         return ExecutionState(
             devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
         )
 
-    @server.tool(annotations=annotations(open_world=True, title="Send stdin"))
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
     async def send_stdin(
         ctx: Context,
         devbox_id: DevboxId,
@@ -330,13 +334,13 @@ def register(server: MCPServer) -> None:
         """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
         if (text is None) == (signal is None):
             raise ToolError("send_stdin needs exactly one of text or signal")
-        with api_errors("send_stdin"):
+        with api_errors():
             sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
         return StdinResult(execution_id=execution_id, success=sent.success)
 
 
 async def _kill_cancelled(
-    st: AppState, devbox_id: str, command: str, command_id: str, execution_id: str | None
+    st: AppState, devbox_id: str, command: str, command_id: str | None, execution_id: str | None
 ) -> None:
     """The caller cancelled: kill the command so it leaves no orphan.
 
@@ -372,7 +376,7 @@ def _envelope_fields(devbox_id, execution_id, got: Followed, final, shaped: dict
 
 
 def _execute_result(
-    st: AppState, devbox_id: str, execution_id: str, command_id: str, got: Followed, final, duration: float,
+    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final, duration: float,
     wait: float,
 ) -> CallToolResult:
     shaped = shape_streams(got, st.settings)

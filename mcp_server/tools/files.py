@@ -108,7 +108,7 @@ def register(server: MCPServer) -> None:
             raise ToolError("use either tail_lines or start_line/end_line, not both")
         st = state(ctx)
         cap = max(TEXT_SCAN_BYTES, st.settings.binary_cap)
-        with api_errors("read_file"):
+        with api_errors():
             got = await st.client.download_file(devbox_id, path, max_bytes=cap)
         data = got.data
         mime, is_binary = sniff_type(path, data)
@@ -166,7 +166,7 @@ def register(server: MCPServer) -> None:
         contents: Annotated[str, Field(max_length=5_000_000, description="the whole new content (UTF-8 text)")],
     ) -> FileWritten:
         """Write a text file in a devbox, replacing it if it exists."""
-        with api_errors("write_file"):
+        with api_errors():
             done = await state(ctx).client.write_file_contents(devbox_id, path, contents)
         if done.exit_status not in (None, 0):
             raise ToolError(f"write_file {path} failed: {(done.stderr or done.stdout).strip() or f'exit {done.exit_status}'}")
