@@ -386,7 +386,11 @@ def _execute_result(
         hint = None
     else:
         hint = continue_hint(devbox_id, execution_id, got)
-        head = f"still {final.status} after {wait:g} s · execution {execution_id}; the command keeps running.\n{hint}"
+        if final.status == "completed":
+            state_line = f"exit {final.exit_status}, but not all output was read within {wait:g} s"
+        else:
+            state_line = f"still {final.status} after {wait:g} s; the command keeps running"
+        head = f"{state_line} · execution {execution_id}\n{hint}"
     envelope = ExecuteResult(**fields, hint=hint, command_id=command_id, duration_seconds=round(duration, 3))
     return _with_links(result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
 
