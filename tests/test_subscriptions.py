@@ -368,3 +368,21 @@ async def test_devbox_subscription_follows_status_changes_until_shutdown(backend
 
 async def _is(status: Callable[[], Awaitable[str]], wanted: str) -> bool:
     return await status() == wanted
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_deleting_the_axon_sends_a_last_update_and_stops_its_upstream(backend: RunningBackend, mode: str) -> None:
+    server = make_server(backend)
+    axon = await new_axon(backend)
+    uri = f"axon://{axon}/events"
+    async with subscribed(server, mode, [uri]) as (client, updates):
+        assert hub_stats(server).followers == 1
+        async with httpx.AsyncClient(base_url=backend.base_url,
+                                     headers={"Authorization": f"Bearer {backend.api_key}"}) as http:
+            (await http.delete(f"/v1/axons/{axon}")).raise_for_status()
+        await updates.until(lambda: updates.uris == [uri])
+        await wait_for(lambda: hub_stats(server).followers == 0, "the follower to stop")
+        with pytest.raises(MCPError) as err:
+            await client.read_resource(uri)
+        assert err.value.error.code == -32602 and "was deleted" in err.value.error.message
+    await wait_for(lambda: backend_streams(backend, axon) == 0, "the backend to serve no stream")

@@ -35,7 +35,10 @@ def resource_errors(what: str, hint: str) -> Iterator[None]:
     """Client errors as resource errors: 404 and bad ids → not found (with `hint`), others → error."""
     try:
         yield
-    except (NotFound, InvalidArgument):
+    except NotFound as exc:
+        why = f" (the API says: {exc.message})" if exc.message else ""
+        raise ResourceNotFoundError(f"{what} not found{why}; {hint}") from None
+    except InvalidArgument:
         raise ResourceNotFoundError(f"{what} not found; {hint}") from None
     except RunloopError as exc:
         raise ResourceError(f"reading {what} failed: {exc}") from None
