@@ -110,7 +110,10 @@ async def read_history(
             page = await client.list_events(axon_id, limit=count, starting_after=after + count + 1)
             events = [e for e in reversed(page.events) if e.sequence > after]
             newest = page.total_count if page.total_count is not None else (page.events[0].sequence if page.events else 0)
-            last = events[-1].sequence if events else after
+            if events:
+                last = events[-1].sequence
+            else:  # nothing in (after, after + count]: a gap in sequences, or up to date
+                last = min(after + count, newest) if newest > after else after
             has_more = newest > last
             next_page = axon_events_uri(axon_id, after_sequence=last, limit=count)
             order = "oldest_first"
