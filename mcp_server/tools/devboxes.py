@@ -130,7 +130,9 @@ def register(server: MCPServer) -> None:
     async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Suspend a running devbox (its processes pause; resume_devbox continues them)."""
         with api_errors():
-            return info(await state(ctx).client.suspend_devbox(devbox_id))
+            view = await state(ctx).client.suspend_devbox(devbox_id)
+        await resources_list_changed(ctx.mcp_server)
+        return info(view)
 
     @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
     async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
@@ -138,4 +140,5 @@ def register(server: MCPServer) -> None:
         with api_errors():
             view = await state(ctx).client.resume_devbox(devbox_id)
         view = await wait_running(ctx, view)
+        await resources_list_changed(ctx.mcp_server)
         return info(view)
