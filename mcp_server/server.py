@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__
+from .resources import register_resources
 from .runloop import RunloopClient
 from .settings import Settings
 from .tools import register_all
@@ -48,6 +49,7 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
+    register_resources(server, client, settings)
     compact_schemas(server)
     return server
 

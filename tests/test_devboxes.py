@@ -476,3 +476,27 @@ def test_entrypoint_runs_in_the_background_and_its_exit_is_logged(sdk) -> None: 
         assert entries[0].exit_code == 4 and entries[0].message.endswith("done-now\n")
     finally:
         sdk.devboxes.shutdown(view.id)
+
+
+def test_bubblewrap_that_cannot_sandbox_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_server.local import sandbox
+
+    # Fault injection: a bubblewrap that fails the way it does in a container without user namespaces.
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    found = dict(sandbox.tools()) | {"bwrap": str(fake)}
+    monkeypatch.setattr(sandbox, "tools", lambda: found)
+    running = start_in_thread(tmp_path / "data")
+    try:
+        r = httpx.post(
+            f"{running.base_url}/v1/devboxes", json={}, headers={"Authorization": f"Bearer {running.api_key}"}
+        )
+        assert r.status_code == 400
+        message = r.json()["message"]
+        assert "cannot create a sandbox here" in message and "No permissions" in message
+        assert "--unsafe-no-sandbox" in message
+    finally:
+        running.stop()

@@ -283,3 +283,57 @@ def test_sandbox_start_failure_is_clear(loop: asyncio.AbstractEventLoop, tmp_pat
     with pytest.raises((SandboxError, OSError)):
         loop.run_until_complete(sandbox.start())
     assert not sandbox.alive
+
+
+NON_ROOT_SCRIPT = r"""
+import asyncio, importlib.util, subprocess, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+
+async def main():
+    base = Path(sys.argv[2])
+    (base / "home").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    box = module.Sandbox(module.SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="nonroot", network="none"))
+    await box.start()
+    proc = await box.spawn(
+        "id -u; grep CapEff /proc/self/status; echo made > ~/made.txt; cat /etc/shadow 2>&1; echo out > /dev/stdout",
+        env={}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    print((await proc.communicate())[0].decode(), end="")
+    await box.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to switch user"
+)
+def test_sandbox_works_for_a_backend_without_root() -> None:
+    """On a laptop the backend runs as its user: bubblewrap is then unprivileged and nests differently."""
+    import shutil
+    import tempfile
+
+    uid = 4242
+    base = Path(tempfile.mkdtemp(prefix="nonroot-", dir="/tmp"))
+    try:
+        os.chown(base, uid, uid)
+        script = base / "run.py"
+        script.write_text(NON_ROOT_SCRIPT)
+        sandbox_py = Path(__file__).resolve().parent.parent / "mcp_server" / "local" / "sandbox.py"
+        result = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", str(script), str(sandbox_py), str(base / "box")],
+            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(base)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "1000" and lines[1] == "CapEff:\t0000000000000000"
+        assert "Permission denied" in lines[2] and lines[3] == "out"
+        made = base / "box" / "home" / "made.txt"
+        assert made.read_text() == "made\n" and made.stat().st_uid == uid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

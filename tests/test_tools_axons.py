@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp import Client
 from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
 
@@ -125,3 +126,15 @@ async def test_sql_batch_reports_each_statement_and_is_atomic(mcp: Client) -> No
         {"sql": "SELECT k FROM kv"},
     ]}))
     assert done["results"][0]["changes"] == 1 and done["results"][1]["rows"] == [{"k": "b"}]
+
+
+async def test_publish_retried_after_a_lost_response_stores_one_event(fault_proxy: FaultProxy, backend: RunningBackend) -> None:
+    async with Client(make_server(backend, base_url=fault_proxy.url), mode="auto") as client:
+        axon = await new_axon(client)
+        fault_proxy.fail(r"/publish$", status=503, times=1, forward=True, retry_after=0)
+        fault_proxy.fail(r"/publish$", status=429, times=1, forward=True, retry_after=0)
+        done = structured(await call_ok(client, "publish_event", {"axon_id": axon, "event_type": "once", "payload": {"n": 1}}))
+        attempts = fault_proxy.seen(r"/publish$")
+        assert len(attempts) == 3 and len({a.headers.get("x-request-id") for a in attempts}) == 1
+        rows = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence FROM rl_axon_events WHERE event_type = 'once'"})
+    assert text_of(rows).splitlines()[1:] == [json.dumps({"sequence": done["sequence"]})]

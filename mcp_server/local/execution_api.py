@@ -6,7 +6,6 @@ Request parsing and rules live here; `executions.ExecutionManager` does the work
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
@@ -14,12 +13,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import ApiError
+from .executions import STATUSES, ExecutionManager
 from .http import idempotency_key, parse_body, query_int
 from .output import stream_output
 from .sse import sse_response, wait_or_timeout
-
-if TYPE_CHECKING:
-    from .executions import ExecutionManager
 
 MAX_WAIT_SECONDS = 25.0  # the long-poll limit of executions (the SDK's EXEC_LONG_POLL_SERVER_MAX_SECONDS)
 MAX_LAST_N = 10_000_000
@@ -148,7 +145,7 @@ def routes(manager: ExecutionManager) -> list[Route]:
         last_n = _last_n(request)
         if not body.statuses:
             raise ApiError(400, "statuses must name at least one of: queued, running, completed")
-        unknown = [s for s in body.statuses if s not in ("queued", "running", "completed")]
+        unknown = [s for s in body.statuses if s not in STATUSES]
         if unknown:
             raise ApiError(400, f"unknown execution status {unknown[0]!r}; use queued, running or completed")
         timeout = _seconds("timeout_seconds", body.timeout_seconds, MAX_WAIT_SECONDS)

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("devbox_mcp.local")
 
-Status = Literal["queued", "running", "completed"]
 STATUSES: tuple[str, ...] = ("queued", "running", "completed")
 Stream = Literal["stdout", "stderr"]
 
@@ -98,7 +97,12 @@ class Execution:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` so a reader (or a crash) sees the old or the new contents, never half of one."""
+    """Replace `path` so a reader (or a crash) sees the old or the new contents, never half of one.
+
+    Unlike the devbox registry's writer this does not fsync: it runs twice per execution on the
+    latency path, and what it must survive is the backend process dying (the page cache keeps
+    the file); a machine crash takes the devboxes' processes with it anyway.
+    """
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, separators=(",", ":")))
     os.replace(tmp, path)

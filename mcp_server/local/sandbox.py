@@ -122,6 +122,34 @@ def sandbox_unavailable_reason() -> str | None:
         return "bubblewrap is not installed. " + INSTALL_HINT
     if not found["nsenter"]:
         return "nsenter (util-linux) is not installed; install it with `apt-get install util-linux`"
+    failure = _probe(found["bwrap"])
+    if failure:
+        return (
+            f"bubblewrap is installed but cannot create a sandbox here ({failure}); allow user namespaces "
+            "(e.g. sysctl kernel.unprivileged_userns_clone=1, or run the container with --privileged), "
+            "or start the backend with --unsafe-no-sandbox to run commands as plain host processes"
+        )
+    return None
+
+
+@functools.cache
+def _probe(bwrap: str) -> str | None:
+    """Whether bubblewrap can create the namespaces a devbox needs (it cannot in some containers)."""
+    try:
+        result = subprocess.run(
+            [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+             "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--", "/bin/true"],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (
+            result.stderr.decode(errors="replace").strip().splitlines()[-1:][0]
+            if result.stderr
+            else f"exit {result.returncode}"
+        )
     return None
 
 
@@ -229,6 +257,7 @@ class Sandbox:
         self._slirp_exit: int | None = None  # closing it makes slirp4netns exit
         self._network: asyncio.Future[None] | None = None  # slirp4netns coming up
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
+        self._ns_flags: list[str] = []  # nsenter flags of the namespaces the sandbox has of its own
         self._unsafe_groups: set[int] = set()
         self._stopped = False
         self._stop_event = asyncio.Event()
@@ -278,14 +307,13 @@ class Sandbox:
         spec = self.spec
         args = [
             "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--disable-userns",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.hostname,
             "--die-with-parent",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-            "--proc", "/proc", "--dev", "/dev",
+            "--proc", "/proc",
         ]  # fmt: skip
         # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
         # check the owner (sysctls, pressure triggers) must be read-only.
@@ -296,6 +324,12 @@ class Sandbox:
         ]  # fmt: skip
         if spec.network != "host":
             args.append("--unshare-net")
+        if os.geteuid() == 0:
+            args += ["--dev", "/dev", "--disable-userns"]  # no user namespaces inside
+        else:
+            # Without root, `--dev` and `--disable-userns` make bubblewrap nest the sandbox's user
+            # namespace, and an unprivileged nsenter could then not enter the other namespaces.
+            args += _MINIMAL_DEV
         # Masks read as "Permission denied": an empty mode-000 file or directory on a read-only mount.
         files, dirs = _etc_masks()
         for path in files:
@@ -361,6 +395,7 @@ class Sandbox:
                 )
             info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
+            self._ns_flags = _namespace_flags(self.init_pid)
         finally:
             os.close(info_r)
 
@@ -383,9 +418,7 @@ class Sandbox:
                 str(ready_w),
                 "--exit-fd",
                 str(exit_r),
-                # By path: joining the sandbox's user namespace first would cost the right to enter its netns.
-                "--netns-type=path",
-                f"/proc/{self.init_pid}/ns/net",
+                *_slirp_target(self.init_pid),
                 "tap0",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -467,8 +500,10 @@ class Sandbox:
         return await asyncio.create_subprocess_exec(
             tools()["nsenter"] or "nsenter",
             "-t", str(self.init_pid),
-            "-U", "-m", "-p", "-i", "-u", "-n", "-C", "-r", "-w",
-            "-S", str(SANDBOX_UID), "-G", str(SANDBOX_UID),
+            *self._ns_flags, "-r", "-w",
+            # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
+            # which an unprivileged user namespace forbids). Capabilities go at the exec.
+            "--preserve-credentials",
             "--", "/bin/bash", "-c", command, "bash", *args,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
             start_new_session=True,
@@ -507,6 +542,52 @@ class Sandbox:
                     proc.kill()
                 with contextlib.suppress(Exception):
                     await proc.communicate()
+
+
+def _slirp_target(pid: int) -> list[str]:
+    if os.geteuid() == 0:
+        # By path, as root: joining the sandbox's (nested) user namespace first would cost the
+        # right to enter its network namespace.
+        return ["--netns-type=path", f"/proc/{pid}/ns/net"]
+    return [
+        str(pid)
+    ]  # joins the sandbox's user namespace, which is what gives an unprivileged user the right
+
+
+_MINIMAL_DEV = [
+    "--tmpfs", "/dev",
+    *[arg for node in ("null", "zero", "full", "random", "urandom", "tty") for arg in ("--dev-bind", f"/dev/{node}", f"/dev/{node}")],
+    "--symlink", "/proc/self/fd", "/dev/fd",
+    "--symlink", "/proc/self/fd/0", "/dev/stdin",
+    "--symlink", "/proc/self/fd/1", "/dev/stdout",
+    "--symlink", "/proc/self/fd/2", "/dev/stderr",
+    "--tmpfs", "/dev/shm",
+]  # fmt: skip
+
+_NAMESPACES = (
+    ("-U", "user"),
+    ("-m", "mnt"),
+    ("-p", "pid"),
+    ("-i", "ipc"),
+    ("-u", "uts"),
+    ("-n", "net"),
+    ("-C", "cgroup"),
+)
+
+
+def _namespace_flags(pid: int) -> list[str]:
+    """Enter only the namespaces that differ from ours: re-entering a shared one (the host's network
+    in `host` mode, a cgroup namespace bubblewrap could not unshare) needs privileges we may lack."""
+    flags = []
+    for flag, name in _NAMESPACES:
+        try:
+            if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
+                flags.append(flag)
+        except FileNotFoundError:
+            continue
+    if "-U" not in flags:
+        raise SandboxError("the sandbox has no user namespace of its own")
+    return flags
 
 
 async def _read_some(fd: int, seconds: float) -> bytes:
