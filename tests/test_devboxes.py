@@ -271,6 +271,11 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
         (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
         (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
+        (
+            json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "root"}}}).encode(),
+            400,
+            "uid 1000",
+        ),
     ],
 )
 def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, fragment: str) -> None:

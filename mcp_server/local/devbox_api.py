@@ -136,6 +136,19 @@ class DevboxRoutes:
                 "code_mounts are not supported by the embedded backend; clone the repository with a "
                 "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
             )
+        user = (
+            (body.launch_parameters.model_extra or {}).get("user_parameters")
+            if body.launch_parameters
+            else None
+        )
+        if isinstance(user, dict) and (
+            user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
+        ):
+            raise ApiError(
+                400,
+                "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
+                "`user` (uid 1000), never as root; leave user_parameters out",
+            )
         for path in body.file_mounts or {}:
             files.home_relative(path, "file_mounts path")
         params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
