@@ -56,6 +56,8 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "PAGER": "cat",
     "GIT_PAGER": "cat",
     "PIP_NO_INPUT": "1",
+    # /usr is read-only, so a plain `pip install` can only land in ~/.local: let it, PEP 668 or not.
+    "PIP_BREAK_SYSTEM_PACKAGES": "1",
     "NPM_CONFIG_YES": "true",
     "CI": "true",
 }
