@@ -238,6 +238,7 @@ def test_non_interactive_environment(boxes: tuple[Box, Box]) -> None:
     assert out.split() == ["noninteractive", "0", "cat", "true", "dumb", "bar", "read=1"]
     # The caller's variables win over the defaults.
     assert a.run("echo $PAGER", env={"PAGER": "less"})[1].strip() == "less"
+    assert a.run("echo $PIP_BREAK_SYSTEM_PACKAGES $PIP_NO_INPUT $GIT_EDITOR")[1].split() == ["1", "1", "true"]
 
 
 def test_kill_process_group_reaches_background_jobs(
