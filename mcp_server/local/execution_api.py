@@ -6,7 +6,6 @@ Request parsing and rules live here; `executions.ExecutionManager` does the work
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
@@ -14,12 +13,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import ApiError
+from .executions import STATUSES, ExecutionManager
 from .http import idempotency_key, parse_body, query_int
 from .output import stream_output
 from .sse import sse_response, wait_or_timeout
-
-if TYPE_CHECKING:
-    from .executions import ExecutionManager
 
 MAX_WAIT_SECONDS = 25.0  # the long-poll limit of executions (the SDK's EXEC_LONG_POLL_SERVER_MAX_SECONDS)
 MAX_LAST_N = 10_000_000
@@ -96,12 +93,13 @@ def routes(manager: ExecutionManager) -> list[Route]:
         devbox_id = request.path_params["id"]
         body = await parse_body(request, ExecuteAsyncBody)
         command = _check_command(body.command)
+        last_n = _last_n(request)
 
         async def start():
             return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        return JSONResponse(manager.view(ex, last_n))
 
     async def execute(request: Request) -> Response:
         devbox_id = request.path_params["id"]
@@ -111,7 +109,14 @@ def routes(manager: ExecutionManager) -> list[Route]:
         optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
         if body.command_id is not None and not body.command_id.strip():
             raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
-        ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        if body.command_id is not None:
+            ex = await manager.start(devbox_id, command, command_id=body.command_id)
+        else:  # no command_id (not the SDK's way): the idempotency header still guards retries
+
+            async def start():
+                return await manager.start(devbox_id, command)
+
+            ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
         await wait_or_timeout(ex.done.wait, optimistic)
         return JSONResponse(manager.view(ex, last_n))
 
@@ -131,8 +136,8 @@ def routes(manager: ExecutionManager) -> list[Route]:
         return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
 
     async def get_execution(request: Request) -> Response:
-        ex = lookup(request)
-        return JSONResponse(manager.view(ex, _last_n(request)))
+        last_n = _last_n(request)
+        return JSONResponse(manager.view(lookup(request), last_n))
 
     async def wait_for_status(request: Request) -> Response:
         ex = lookup(request)
@@ -140,7 +145,7 @@ def routes(manager: ExecutionManager) -> list[Route]:
         last_n = _last_n(request)
         if not body.statuses:
             raise ApiError(400, "statuses must name at least one of: queued, running, completed")
-        unknown = [s for s in body.statuses if s not in ("queued", "running", "completed")]
+        unknown = [s for s in body.statuses if s not in STATUSES]
         if unknown:
             raise ApiError(400, f"unknown execution status {unknown[0]!r}; use queued, running or completed")
         timeout = _seconds("timeout_seconds", body.timeout_seconds, MAX_WAIT_SECONDS)
