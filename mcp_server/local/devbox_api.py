@@ -292,7 +292,9 @@ class DevboxRoutes:
 def _execution_manager(manager: DevboxManager) -> Any | None:
     try:
         from .executions import ExecutionManager  # built on the executions branch
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.executions":
+            raise  # a dependency of executions is missing: that must not hide the routes silently
         return None
     return ExecutionManager(manager)
 
