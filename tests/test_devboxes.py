@@ -416,17 +416,7 @@ def test_missing_bubblewrap_is_a_clear_error_unless_unsafe(
         unsafe.stop()
 
 
-def test_demo_drives_one_devbox_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
-    from mcp_server.demo import main
-
-    assert main() == 0
-    out = capsys.readouterr().out
-    assert (
-        "is running after" in out
-        and "exit status 0" in out
-        and "hello, devbox" in out
-        and "is shutdown" in out
-    )
+# The placeholder demo this file tested is replaced by the MCP demo: see tests/test_demo.py.
 
 
 def test_background_process_in_launch_command_does_not_hold_up_boot(sdk) -> None:  # noqa: ANN001
