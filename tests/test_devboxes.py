@@ -505,3 +505,20 @@ def test_bubblewrap_that_cannot_sandbox_is_a_clear_error(
         assert "--unsafe-no-sandbox" in message
     finally:
         running.stop()
+
+
+def test_keep_alive_time_seconds_shuts_an_unattended_devbox_down(sdk, http: httpx.Client) -> None:  # noqa: ANN001
+    view = sdk.devboxes.create_and_await_running(launch_parameters={"keep_alive_time_seconds": 1})
+    # Kept alive well past its 1 s window, it stays up...
+    until = time.monotonic() + 2.5
+    while time.monotonic() < until:
+        assert http.post(f"/v1/devboxes/{view.id}/keep_alive").json() == {}
+        time.sleep(0.1)
+    assert sdk.devboxes.retrieve(view.id).status == "running"
+    # ...and left alone, it shuts itself down.
+    r = http.post(
+        f"/v1/devboxes/{view.id}/wait_for_status", json={"statuses": ["shutdown"], "timeout_seconds": 20}
+    )
+    assert r.status_code == 200
+    assert r.json()["shutdown_reason"] == "keep_alive_timeout"
+    assert any("no keep_alive within 1 s" in (e.message or "") for e in sdk.devboxes.logs.list(view.id).logs)

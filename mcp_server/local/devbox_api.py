@@ -29,6 +29,8 @@ class LaunchParameters(BaseModel):
     launch_commands: list[str] | None = None
     # Our extension: isolated (own network namespace, outbound via slirp4netns), none, or host.
     network_mode: Literal["isolated", "none", "host"] | None = None
+    # Shut down after this long without a keep_alive (only when given: a local devbox lives until shut down).
+    keep_alive_time_seconds: int | None = Field(default=None, ge=1, le=172800)
 
 
 class CreateBody(BaseModel):
@@ -221,7 +223,7 @@ class DevboxRoutes:
         return JSONResponse((await self.manager.resume(request.path_params["id"])).view())
 
     async def keep_alive(self, request: Request) -> Response:
-        self.manager.get(request.path_params["id"])
+        self.manager.keep_alive(request.path_params["id"])
         return JSONResponse({})
 
     async def logs(self, request: Request) -> Response:
