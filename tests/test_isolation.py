@@ -312,7 +312,8 @@ asyncio.run(main())
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to switch user"
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root (to switch to another uid), setpriv and a system python3",
 )
 def test_sandbox_works_for_a_backend_without_root() -> None:
     """On a laptop the backend runs as its user: bubblewrap is then unprivileged and nests differently."""
