@@ -339,3 +339,56 @@ def test_sandbox_works_for_a_backend_without_root() -> None:
         assert made.read_text() == "made\n" and made.stat().st_uid == uid
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+CRASH_SCRIPT = r"""
+import asyncio, os, signal, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from mcp_server.local.sandbox import Sandbox, SandboxSpec
+
+async def main():
+    base = Path(sys.argv[2])
+    (base / "home").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    box = Sandbox(SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="crash"))
+    await box.start()
+    proc = await box.spawn("(exec -a crash-marker sleep 600) >/dev/null 2>&1 & echo $!", env={},
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    await proc.communicate()
+    print(box.init_pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the backend dies without stopping anything
+
+asyncio.run(main())
+"""
+
+
+def test_sandbox_dies_with_a_crashed_backend(tmp_path: Path) -> None:
+    """A backend killed outright must not leave its sandboxes (and their processes) running."""
+    import sys
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "box")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == -9, result.stderr
+    init_pid = int(result.stdout.strip())
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{init_pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    poll_until(gone, "the orphaned sandbox to end")
+    poll_until(
+        lambda: (
+            "crash-marker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ),
+        "the sandbox's processes to end",
+    )
