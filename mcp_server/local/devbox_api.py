@@ -109,6 +109,7 @@ class DevboxRoutes:
             Route(p + "/{id}/resume", self.resume, methods=["POST"]),
             Route(p + "/{id}/keep_alive", self.keep_alive, methods=["POST"]),
             Route(p + "/{id}/logs", self.logs, methods=["GET"]),
+            Route(p + "/{id}/usage", self.usage, methods=["GET"]),
             Route(p + "/{id}/read_file_contents", self.read_file_contents, methods=["POST"]),
             Route(p + "/{id}/write_file_contents", self.write_file_contents, methods=["POST"]),
             Route(p + "/{id}/upload_file", self.upload_file, methods=["POST"]),
@@ -225,6 +226,9 @@ class DevboxRoutes:
     async def keep_alive(self, request: Request) -> Response:
         self.manager.keep_alive(request.path_params["id"])
         return JSONResponse({})
+
+    async def usage(self, request: Request) -> Response:
+        return JSONResponse(self.manager.get(request.path_params["id"]).usage())
 
     async def logs(self, request: Request) -> Response:
         entries = self.manager.logs(request.path_params["id"], request.query_params.get("execution_id"))

@@ -106,6 +106,35 @@ class Devbox:
                 view[key] = value
         return view
 
+    def usage(self) -> dict[str, Any]:
+        """DevboxResourceUsageView: times from the state transitions. Resources are not metered
+        (devboxes have no size here), so the vCPU, memory and disk figures are 0."""
+        end = self.end_time_ms or now_ms()
+        active_ms = 0
+        running_since: int | None = None
+        for transition in self.state_transitions:
+            at = int(transition["transition_time_ms"])
+            if transition["status"] == "running" and running_since is None:
+                running_since = at
+            elif transition["status"] != "running" and running_since is not None:
+                active_ms += at - running_since
+                running_since = None
+        if running_since is not None:
+            active_ms += end - running_since
+        view: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "start_time_ms": self.create_time_ms,
+            "total_active_seconds": active_ms // 1000,
+            "total_elapsed_seconds": (end - self.create_time_ms) // 1000,
+            "vcpu_seconds": 0,
+            "memory_gb_seconds": 0,
+            "disk_gb_seconds": 0,
+        }
+        if self.end_time_ms is not None:
+            view["end_time_ms"] = self.end_time_ms
+        return view
+
     def record(self) -> dict[str, Any]:
         """What devbox.json holds: every field but the live sandbox and the logs (kept in logs.jsonl)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sandbox", "logs")}
