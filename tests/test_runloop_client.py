@@ -7,6 +7,7 @@ path (`_send`), so they hold whatever API areas exist.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import traceback
@@ -276,3 +277,57 @@ def test_a_malformed_key_or_url_is_refused_without_echoing_the_key() -> None:
         assert bad.strip() not in _all_text(info.value) and "RUNLOOP_API_KEY" in str(info.value)
     with pytest.raises(InvalidArgument):
         RunloopClient("api.runloop.ai", "k")
+
+
+async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_proxy: FaultProxy, backend) -> None:
+    """Every public call, against a server answering 503 to everything: the ones retried are
+    GETs or carry one idempotency key across attempts; the rest are sent exactly once."""
+    fault_proxy.fail(".*", status=503, times=None, retry_after=0)
+    d, e, a = "dbx_d", "exe_e", "axn_a"
+    calls = {
+        "create_devbox": lambda c: c.create_devbox(name="n"),
+        "get_devbox": lambda c: c.get_devbox(d),
+        "list_devboxes": lambda c: c.list_devboxes(),
+        "update_devbox": lambda c: c.update_devbox(d, name="n"),
+        "wait_for_devbox_status": lambda c: c.wait_for_devbox_status(d, ["running"], timeout_seconds=5),
+        "shutdown_devbox": lambda c: c.shutdown_devbox(d),
+        "suspend_devbox": lambda c: c.suspend_devbox(d),
+        "resume_devbox": lambda c: c.resume_devbox(d),
+        "keep_alive_devbox": lambda c: c.keep_alive_devbox(d),
+        "get_devbox_logs": lambda c: c.get_devbox_logs(d),
+        "read_file_contents": lambda c: c.read_file_contents(d, "f"),
+        "write_file_contents": lambda c: c.write_file_contents(d, "f", "x"),
+        "upload_file": lambda c: c.upload_file(d, "f", b"x"),
+        "download_file": lambda c: c.download_file(d, "f"),
+        "execute": lambda c: c.execute(d, "true"),
+        "execute_async": lambda c: c.execute_async(d, "true"),
+        "execute_sync": lambda c: c.execute_sync(d, "true"),
+        "get_execution": lambda c: c.get_execution(d, e),
+        "wait_for_execution": lambda c: c.wait_for_execution(d, e, timeout_seconds=5),
+        "kill_execution": lambda c: c.kill_execution(d, e),
+        "send_stdin": lambda c: c.send_stdin(d, e, text="x"),
+        "create_axon": lambda c: c.create_axon(),
+        "list_axons": lambda c: c.list_axons(),
+        "get_axon": lambda c: c.get_axon(a),
+        "publish": lambda c: c.publish(a, event_type="t", payload=1),
+        "list_events": lambda c: c.list_events(a),
+        "sql_query": lambda c: c.sql_query(a, "INSERT INTO t VALUES (1)"),
+        "sql_query read_only": lambda c: c.sql_query(a, "SELECT 1", read_only=True),
+        "sql_batch": lambda c: c.sql_batch(a, [{"sql": "INSERT INTO t VALUES (1)"}]),
+    }
+    sent_once: set[str] = set()
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        for name, call in calls.items():
+            fault_proxy.requests.clear()
+            with pytest.raises(ServerError):
+                await call(client)
+            attempts = list(fault_proxy.requests)
+            if len(attempts) == 1:
+                sent_once.add(name)
+                continue
+            assert len(attempts) == FAST.max_attempts, name
+            keys = {r.headers.get("x-request-id") for r in attempts}
+            assert all(r.method == "GET" for r in attempts) or (len(keys) == 1 and None not in keys), name
+            if name == "execute":
+                assert len({json.loads(r.body)["command_id"] for r in attempts}) == 1
+    assert sent_once == {"send_stdin", "sql_query", "sql_batch"}

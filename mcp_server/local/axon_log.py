@@ -230,6 +230,7 @@ class EventLog:
         # the store closes logs nobody used for a while (see AxonStore.lease).
         self.users = 0
         self.last_used = time.monotonic()
+        self.commits = 0  # transactions the writer committed (observability: group commit at work)
         self._tail: deque[StoredEvent] = deque()
         self._tail_bytes = 0
         self._changed = asyncio.Event()
@@ -279,6 +280,7 @@ class EventLog:
                 log.exception("axon %s: could not store %d events", self.axon_id, len(batch))
                 self._call_on_loop(self._fail, batch, f"could not store the event ({exc}); it was not published, retry")
             else:
+                self.commits += 1
                 self._call_on_loop(self._deliver, batch, outcomes, new_events)
             last_commit = time.monotonic() - started
             last_group = len(batch)
