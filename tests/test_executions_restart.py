@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -85,3 +86,36 @@ def test_a_backend_crash_loses_no_output_and_keeps_command_ids(tmp_path: Path):
         sdk.close()
     finally:
         backend.stop()
+
+
+def test_the_journal_survives_a_torn_line_and_keeps_spares_apart(tmp_path: Path):
+    from dataclasses import asdict
+
+    from mcp_server.local.executions import JOURNAL, ExecutionRecord, ExecutionStore
+
+    store = ExecutionStore(tmp_path)
+    spare = store.take()  # made on the spot: nothing spare yet
+    used = store.take()
+    record = ExecutionRecord(used, "dbx_x", "echo hi", None, False, "running", None, 1)
+    store.append(record)
+    record.status, record.exit_status = "completed", 0
+    store.append(record)
+    (tmp_path / used / "stdout").write_text("hi\n")
+    orphan = store.take()
+    (tmp_path / orphan / "stdout").write_text("output of a command whose record was never written\n")
+    with open(tmp_path / JOURNAL, "a") as f:
+        f.write('{"execution_id": "exe_torn", "devb')  # a power cut mid-line
+
+    reloaded = ExecutionStore(tmp_path)
+    assert reloaded.load() == [record]
+    assert reloaded.spares == [spare]  # the empty directory is reused, the orphan is not
+    assert reloaded.take() == spare
+    later = ExecutionRecord(spare, "dbx_x", "true", "cmd-1", False, "completed", 0, 2)
+    reloaded.append(later)  # lands on a line of its own, not glued to the torn one
+    assert ExecutionStore(tmp_path).load() == [record, later]
+
+    for _ in range(100):
+        reloaded.append(record)
+    assert ExecutionStore(tmp_path).load() == [record, later]
+    compacted = (tmp_path / JOURNAL).read_text().splitlines()
+    assert compacted == [json.dumps(asdict(r), separators=(",", ":")) for r in (record, later)]

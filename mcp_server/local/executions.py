@@ -1,11 +1,16 @@
 """Executions: commands run in a devbox's sandbox, their records, processes and output files.
 
-Each execution lives in `<devbox state_dir>/executions/<execution_id>/`: `record.json` (status,
-exit status, command, command_id, times; replaced atomically on every change) and the
-`stdout` / `stderr` files the command writes into directly. The backend never pipes output
-through itself: a command's output costs it no memory, a background `cmd &` that keeps the
-files open cannot hold the execution open (it completes when its shell exits), and a restart
-of the backend loses nothing already written.
+On disk, under `<devbox state_dir>/executions/`: one directory per execution holding the
+`stdout` and `stderr` files the command writes into directly, and `journal.jsonl`, where each
+change of an execution's record (status, exit status, command, command_id, times) is appended
+as one JSON line; the last line of an execution wins. The backend never pipes output through
+itself: a command's output costs it no memory, a background `cmd &` that keeps the files open
+cannot hold the execution open (it completes when its shell exits), and a restart of the
+backend loses nothing already written.
+
+Creating a file costs 0.2-0.8 ms on ext4 here, appending a line a few microseconds, so nothing
+is created while a command starts: the journal only grows, and each devbox keeps a few spare
+execution directories (output files included) made ahead of time in a worker thread.
 
 Exit statuses the backend assigns (a command killed by signal N reports 128 + N, as a shell does):
 - `kill`: 137 (SIGKILL), or 143 when the command exits on the SIGTERM of `kill_process_group`.
@@ -24,6 +29,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,7 +65,7 @@ def now_ms() -> int:
 
 @dataclass
 class ExecutionRecord:
-    """What survives a restart: the contents of `record.json`."""
+    """What survives a restart: one line of the journal."""
 
     execution_id: str
     devbox_id: str
@@ -96,16 +102,96 @@ class Execution:
         return OutputSource(self.path(stream), lambda: self.finished, self.waiters)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Replace `path` so a reader (or a crash) sees the old or the new contents, never half of one.
+JOURNAL = "journal.jsonl"
+SPARE_DIRS = 4  # execution directories kept ready per devbox
 
-    Unlike the devbox registry's writer this does not fsync: it runs twice per execution on the
-    latency path, and what it must survive is the backend process dying (the page cache keeps
-    the file); a machine crash takes the devboxes' processes with it anyway.
+
+def _make_spare(root: Path) -> str:
+    """A new execution id with its directory and empty output files."""
+    execution_id = new_id("exe")
+    directory = root / execution_id
+    directory.mkdir(parents=True, mode=0o700)
+    for stream in ("stdout", "stderr"):
+        os.close(os.open(directory / stream, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    return execution_id
+
+
+class ExecutionStore:
+    """One devbox's executions on disk: the record journal, and spare directories made ahead.
+
+    Journal lines are appended with one `write` each, so a backend that dies leaves every line
+    whole (a power cut may leave a torn last line, which loading skips).
     """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(tmp, path)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.spares: list[str] = []
+        self._refilling = False
+
+    def load(self) -> list[ExecutionRecord]:
+        """The records in the journal (compacted when mostly superseded); spare directories are adopted."""
+        records: dict[str, ExecutionRecord] = {}
+        if not self.root.is_dir():
+            return []
+        journal = self.root / JOURNAL
+        try:
+            data = journal.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        whole = data[: data.rfind(b"\n") + 1]
+        if len(whole) < len(data):  # a torn last line: cut it, or the next append would join it
+            os.truncate(journal, len(whole))
+        lines = whole.splitlines()
+        for line in lines:
+            try:
+                record = ExecutionRecord(**json.loads(line))
+            except (ValueError, TypeError) as exc:
+                log.warning("skipping an unreadable line of %s: %s", journal, exc)
+                continue
+            records[record.execution_id] = record
+        if len(lines) > 2 * len(records) + 64:
+            self._rewrite(records.values())
+        for directory in self.root.iterdir():
+            if directory.name in records or not directory.is_dir():
+                continue
+            outputs = [directory / "stdout", directory / "stderr"]
+            if all(p.is_file() and p.stat().st_size == 0 for p in outputs) and len(list(directory.iterdir())) == 2:
+                self.spares.append(directory.name)
+            else:  # a command started just as the backend died, before its record was written
+                log.warning("ignoring %s: output without a record", directory)
+        return sorted(records.values(), key=lambda r: (r.create_time_ms, r.execution_id))
+
+    def _rewrite(self, records: Iterable[ExecutionRecord]) -> None:
+        tmp = self.root / (JOURNAL + ".tmp")
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / JOURNAL)
+
+    def append(self, record: ExecutionRecord) -> None:
+        line = (json.dumps(asdict(record), separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.root / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def take(self) -> str:
+        """An execution id whose directory and empty output files exist (made now if none is spare)."""
+        return self.spares.pop() if self.spares else _make_spare(self.root)
+
+    async def refill(self) -> None:
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while len(self.spares) < SPARE_DIRS:
+                self.spares.append(await asyncio.to_thread(_make_spare, self.root))
+        except OSError as exc:
+            log.warning("could not prepare execution directories in %s: %s", self.root, exc)
+        finally:
+            self._refilling = False
 
 
 def exit_status_of(returncode: int) -> int:
@@ -172,6 +258,7 @@ class ExecutionManager:
         self.watcher = FileWatcher()
         self.idempotency = IdempotencyCache()
         self._tables: dict[str, dict[str, Execution]] = {}
+        self._stores: dict[str, ExecutionStore] = {}
         self._by_command_id: dict[tuple[str, str], Execution] = {}
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,32 +289,34 @@ class ExecutionManager:
             table = self._tables[devbox.id] = self._load(devbox)
         return table
 
+    def _store(self, devbox_id: str) -> ExecutionStore:
+        return self._stores[devbox_id]
+
     def _load(self, devbox: Devbox) -> dict[str, Execution]:
         """The devbox's executions on disk; any still marked running died with the previous backend."""
         root = devbox.state_dir / "executions"
-        found: list[Execution] = []
-        if root.is_dir():
-            for directory in root.iterdir():
-                try:
-                    record = ExecutionRecord(**json.loads((directory / "record.json").read_text()))
-                except (OSError, ValueError, TypeError) as exc:
-                    log.warning("skipping unreadable execution record in %s: %s", directory, exc)
-                    continue
-                ex = Execution(record, directory)
-                for stream in ("stdout", "stderr"):  # streams and views expect both files
-                    ex.path(stream).touch(mode=0o600, exist_ok=True)
-                if record.status != "completed":
-                    with open(ex.path("stderr"), "a") as f:
-                        f.write(RESTART_NOTE)
-                    record.status, record.exit_status, record.end_time_ms = "completed", EXIT_KILLED, now_ms()
-                    write_json_atomic(directory / "record.json", asdict(record))
-                ex.done.set()
-                found.append(ex)
-        found.sort(key=lambda ex: (ex.record.create_time_ms, ex.id))
-        for ex in found:
-            if ex.record.command_id:
-                self._by_command_id[(devbox.id, ex.record.command_id)] = ex
-        return {ex.id: ex for ex in found}
+        store = self._stores[devbox.id] = ExecutionStore(root)
+        table: dict[str, Execution] = {}
+        for record in store.load():
+            ex = Execution(record, root / record.execution_id)
+            for stream in ("stdout", "stderr"):  # streams and views expect both files
+                ex.path(stream).parent.mkdir(parents=True, exist_ok=True)
+                ex.path(stream).touch(mode=0o600, exist_ok=True)
+            if record.status != "completed":
+                with open(ex.path("stderr"), "a") as f:
+                    f.write(RESTART_NOTE)
+                record.status, record.exit_status, record.end_time_ms = "completed", EXIT_KILLED, now_ms()
+                store.append(record)
+            ex.done.set()
+            table[ex.id] = ex
+            if record.command_id:
+                self._by_command_id[(devbox.id, record.command_id)] = ex
+        return table
+
+    def _spawn_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def get(self, devbox_id: str, execution_id: str) -> Execution:
         devbox = self.devboxes.get(devbox_id)
@@ -246,9 +335,10 @@ class ExecutionManager:
             if command_id and (existing := self._by_command_id.get((devbox_id, command_id))):
                 return existing  # even when the devbox has stopped since: a retry gets what the first call got
             devbox = self.devboxes.require_running(devbox_id)
-            execution_id = new_id("exe")
-            directory = devbox.state_dir / "executions" / execution_id
-            directory.mkdir(parents=True)
+            store = self._store(devbox_id)
+            execution_id = store.take()
+            self._spawn_background(store.refill())
+            directory = store.root / execution_id
             record = ExecutionRecord(
                 execution_id=execution_id,
                 devbox_id=devbox.id,
@@ -260,9 +350,9 @@ class ExecutionManager:
                 create_time_ms=now_ms(),
             )
             ex = Execution(record, directory)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-            out_fd = os.open(ex.path("stdout"), flags, 0o600)
-            err_fd = os.open(ex.path("stderr"), flags, 0o600)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+            out_fd = os.open(ex.path("stdout"), flags)
+            err_fd = os.open(ex.path("stderr"), flags)
             try:
                 ex.process = await devbox.sandbox.spawn(
                     command,
@@ -272,15 +362,13 @@ class ExecutionManager:
                     stderr=err_fd,
                 )
             except Exception as exc:
-                for path in directory.iterdir():
-                    path.unlink()
-                directory.rmdir()
+                store.spares.append(execution_id)  # nothing was written: the directory stays spare
                 self.devboxes.require_running(devbox_id)  # the devbox stopped meanwhile: say so
                 raise ApiError(503, f"could not start the command in devbox {devbox_id}: {exc}; try again") from None
             finally:
                 os.close(out_fd)
                 os.close(err_fd)
-            write_json_atomic(directory / "record.json", asdict(record))
+            store.append(record)
             table[execution_id] = ex
             if command_id:
                 self._by_command_id[(devbox.id, command_id)] = ex
@@ -288,9 +376,7 @@ class ExecutionManager:
             devbox.id,
             {"level": "info", "source": "exec", "timestamp_ms": record.create_time_ms, "cmd": command, "cmd_id": execution_id},
         )
-        task = asyncio.get_running_loop().create_task(self._await_exit(ex))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn_background(self._await_exit(ex))
         return ex
 
     async def _await_exit(self, ex: Execution) -> None:
@@ -304,7 +390,7 @@ class ExecutionManager:
             return
         record = ex.record
         record.status, record.exit_status, record.end_time_ms = "completed", exit_status, now_ms()
-        write_json_atomic(ex.directory / "record.json", asdict(record))
+        self._store(record.devbox_id).append(record)
         if ex.process is not None and ex.process.stdin is not None and not ex.stdin_closed:
             ex.stdin_closed = True
             ex.process.stdin.close()
