@@ -252,3 +252,46 @@ async def test_execute_bad_input_gives_clear_errors(mcp: Client, devbox_id: str)
     assert "exactly one of text or signal" in message
     message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "cat", "attach_stdin": True, "command_id": "x"})
     assert "command_id" in message and "attach_stdin" in message
+
+
+async def test_cut_mid_event_on_bursty_output_loses_and_repeats_nothing(
+    fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str
+) -> None:
+    fault_proxy.cut(r"/stream_std(out|err)_updates", after_bytes=2048, after_first_event=True)
+    server = make_server(backend, Settings(output_budget=1 << 21), base_url=fault_proxy.url)
+    command = "seq 1 50000; seq 1 20000 >&2; sleep 0.2; seq 50001 60000"
+    async with Client(server, mode="legacy") as client:
+        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": command})
+    text = text_of(result)
+    assert stdout_section(text) == "".join(f"{i}\n" for i in range(1, 60001))
+    assert text.split("--- stderr ---\n", 1)[1] == "".join(f"{i}\n" for i in range(1, 20001))
+    assert len(fault_proxy.seen(r"/stream_stdout_updates")) > 1
+
+
+async def test_cancel_while_the_execute_request_is_in_flight_leaves_no_orphan(
+    fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str
+) -> None:
+    """The cancel lands before the execution id is known: the tool asks again with the same
+    command_id (which never starts a second run) and kills what that returns."""
+    from mcp_server.runloop import RunloopClient
+
+    fault_proxy.delay(r"/execute$", seconds=1.5, times=1)
+    command_id = f"inflight-{uuid.uuid4().hex[:8]}"
+    command = "sleep 300"
+    async with Client(make_server(backend, base_url=fault_proxy.url), mode="auto") as client:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    await client.call_tool("execute", {"devbox_id": devbox_id, "command": command, "command_id": command_id})
+
+                tg.start_soon(run)
+                while True:  # the proxy runs on its own thread: poll its request log
+                    if fault_proxy.seen(r"/execute$"):
+                        break
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    async with RunloopClient(backend.base_url, backend.api_key) as direct:
+        same = await direct.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
+        done = await direct.wait_for_execution(devbox_id, same.execution_id, timeout_seconds=20)
+    assert done.status == "completed"  # killed, not left sleeping for 300 s

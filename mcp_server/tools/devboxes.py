@@ -107,7 +107,7 @@ def register(server: MCPServer) -> None:
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
     ) -> DevboxList:
-        """List devboxes, newest first."""
+        """List devboxes (a page at a time)."""
         with api_errors():
             page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
         return DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from ..progress import output_progress
 from ..resources import output_resource_links
-from ..runloop import RunloopClient, RunloopError, new_command_id
+from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
 from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, result, state
@@ -202,7 +202,7 @@ def continue_hint(devbox_id: str, execution_id: str, got: Followed) -> str:
     )
 
 
-async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, complete: bool):
+async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, complete: bool) -> ExecutionView:
     """The execution's status and exit code. After the streams ended it is (about to be) completed."""
     if complete:
         return await client.wait_for_execution(devbox_id, execution_id, statuses=("completed",), timeout_seconds=30)
@@ -360,7 +360,9 @@ async def _kill_cancelled(
             pass  # already finished, or the devbox is gone: nothing left to kill
 
 
-def _envelope_fields(devbox_id, execution_id, got: Followed, final, shaped: dict[str, Shaped]) -> dict:
+def _envelope_fields(
+    devbox_id: str, execution_id: str, got: Followed, final: ExecutionView, shaped: dict[str, Shaped]
+) -> dict[str, object]:
     return {
         "devbox_id": devbox_id,
         "execution_id": execution_id,
@@ -376,7 +378,7 @@ def _envelope_fields(devbox_id, execution_id, got: Followed, final, shaped: dict
 
 
 def _execute_result(
-    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final, duration: float,
+    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
     wait: float,
 ) -> CallToolResult:
     shaped = shape_streams(got, st.settings)
