@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test lint bench clean
 
 install: $(STAMP)
+	@./.ci/node-tools
 
 $(STAMP): pyproject.toml Makefile
 	@./.ci/ensure-system-packages

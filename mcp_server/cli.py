@@ -26,6 +26,46 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--data-dir", type=Path, default=None, help="embedded backend data (when no RUNLOOP_API_KEY)")
+    http = serve.add_argument_group("HTTP transport")
+    http.add_argument(
+        "--stateless", action="store_true", help="no sessions: any replica can serve any request"
+    )
+    http.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without a bearer token (refused unless --host is loopback)",
+    )
+    http.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="accept this Host header too (repeatable; NAME:* for any port, * for any host)",
+    )
+    http.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="accept requests from this browser Origin (repeatable), e.g. https://app.example.com",
+    )
+
+    install = sub.add_parser("install", help="add devbox-mcp to an MCP client's configuration")
+    install.add_argument("client", choices=["claude-desktop", "claude-code", "cursor", "vscode"])
+    install.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
+    install.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="pass an environment variable to the server, e.g. RUNLOOP_API_KEY (a bare KEY copies its current value)",
+    )
+    install.add_argument(
+        "--config-path", type=Path, default=None, help="write this file instead of the client's own"
+    )
+    install.add_argument(
+        "--name", default="devbox", help="server name in the client's config (default: devbox)"
+    )
 
     local = sub.add_parser("local-api", help="serve the embedded Runloop-compatible API alone")
     local.add_argument("--host", default="127.0.0.1")
@@ -55,17 +95,44 @@ def main(argv: list[str] | None = None) -> int:
         from .schemas import main as schemas_main
 
         return schemas_main(write=args.write, directory=args.dir)
+    if command == "install":
+        from .install import main as install_main
+
+        return install_main(
+            args.client,
+            env_pairs=args.env,
+            dry_run=args.dry_run,
+            config_path=args.config_path,
+            name=args.name,
+        )
     if command == "demo":
         from .demo import main as demo_main
 
         return demo_main()
     from .serve import main as serve_main
 
+    transport = getattr(args, "transport", "stdio")
+    http_options = {}
+    if transport == "http":
+        from .http_app import HttpConfigError, check_no_auth
+
+        try:
+            check_no_auth(args.no_auth, args.host)
+        except HttpConfigError as exc:
+            print(f"devbox-mcp: {exc}", file=sys.stderr)
+            return 2
+        http_options = {
+            "stateless": args.stateless,
+            "no_auth": args.no_auth,
+            "allowed_hosts": args.allowed_host,
+            "allowed_origins": args.allowed_origin,
+        }
     return serve_main(
-        transport=getattr(args, "transport", "stdio"),
+        transport=transport,
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", 8765),
         data_dir=getattr(args, "data_dir", None) or default_data_dir(),
+        **http_options,
     )
 
 

@@ -50,7 +50,9 @@ def server_factory(config: ClientConfig, settings: Settings | None = None) -> Ca
     return factory
 
 
-def main(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, data_dir: Path | None = None) -> int:
+def main(
+    transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, data_dir: Path | None = None, **http_options
+) -> int:
     from .cli import default_data_dir
 
     # One line per HTTP request would bury the messages that matter.
@@ -69,12 +71,13 @@ def main(transport: str = "stdio", host: str = "127.0.0.1", port: int = 8765, da
                 return 130
             return 0
         if transport == "http":
-            return serve_http(factory, host, port)
+            return serve_http(factory, host, port, **http_options)
         log.error("unknown transport %r (use stdio or http)", transport)
         return 2
 
 
-def serve_http(factory: Callable[[], MCPServer], host: str, port: int) -> int:
-    """Hook for the streamable HTTP transport (`mcp_server/http_app.py`), wired by that module's owner."""
-    log.error("the HTTP transport is not available in this build; use --transport stdio")
-    return 2
+def serve_http(factory: Callable[[], MCPServer], host: str, port: int, **options) -> int:
+    """Streamable HTTP (`http_app.run_http`); options: stateless, no_auth, allowed_hosts, allowed_origins."""
+    from .http_app import run_http
+
+    return run_http(factory, host=host, port=port, **options)

@@ -1,0 +1,215 @@
+"""Streamable HTTP for any `MCPServer`: `/mcp` behind Host/Origin checks, a bearer token and a body limit.
+
+The SDK's transport serves both protocol eras on one endpoint, with progress and cancellation
+as over stdio, as long as it streams SSE (`json_response=False`: the JSON mode drops progress).
+This module adds what a server reachable over a network needs around it: authentication by
+default, DNS-rebinding protection that answers before anything else, resumable handshake-era
+streams through a bounded event store, a stateless mode for replicas, and `/healthz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import http_guard as guard
+from .event_store import BoundedEventStore, SessionScope, session_scope
+
+log = logging.getLogger("devbox_mcp.http")
+
+MCP_PATH = "/mcp"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+TOKEN_ENV = "DEVBOX_MCP_TOKEN"
+
+
+class HttpConfigError(Exception):
+    """A refused combination of options (e.g. no auth on a public address); the message says why."""
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    host: str = "127.0.0.1"
+    token: str | None = None  # None: authentication is off (only allowed on loopback)
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    stateless: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    retry_interval_ms: int = 1000
+    max_events: int = 10_000
+    max_event_bytes: int = 64 * 1024 * 1024
+
+
+def check_no_auth(no_auth: bool, host: str) -> None:
+    if no_auth and not guard.is_loopback(host):
+        raise HttpConfigError(
+            f"refusing --no-auth on {host}: without a token anyone who can reach that address can run "
+            "commands in your devboxes; bind to 127.0.0.1 or drop --no-auth"
+        )
+
+
+def resolve_token(no_auth: bool, host: str, environ: dict[str, str] | None = None) -> tuple[str | None, bool]:
+    """The bearer token to require and whether it was generated here (and so must be shown once)."""
+    environ = os.environ if environ is None else environ
+    check_no_auth(no_auth, host)
+    if no_auth:
+        return None, False
+    token = environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token, False
+    return secrets.token_urlsafe(32), True
+
+
+def build_http_app(factory: Callable[[], MCPServer], options: HttpOptions) -> ASGIApp:
+    server = factory()
+    store = None if options.stateless else BoundedEventStore(options.max_events, options.max_event_bytes)
+    mcp_app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        json_response=False,
+        stateless_http=options.stateless,
+        event_store=store,
+        retry_interval=options.retry_interval_ms if store is not None else None,
+        max_request_body_size=options.max_body_bytes,
+        # Host/Origin are checked in front (below) so they answer before auth; the SDK's
+        # own check would only repeat ours.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        host=options.host,
+    )
+    policy = guard.OriginPolicy.for_bind(options.host, options.allowed_hosts, options.allowed_origins)
+    metadata_paths = {guard.RESOURCE_METADATA_PATH, guard.RESOURCE_METADATA_PATH + MCP_PATH}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await mcp_app(scope, receive, send)  # lifespan: starts the SDK's session manager
+            return
+        # RFC 9110: surrounding whitespace is not part of a field value. h11 strips it, httptools
+        # (uvicorn's faster parser) does not, and the SDK compares Mcp-Method/Mcp-Name verbatim.
+        scope["headers"] = [(key, value.strip(b" \t")) for key, value in scope["headers"]]
+        path = scope["path"]
+        if path == "/healthz":
+            await guard.send_json(send, 200, {"status": "ok"})
+            return
+        if await guard.refuse_origin(scope, send, policy):
+            return
+        if path in metadata_paths:
+            await guard.send_json(send, 200, guard.resource_metadata(scope, MCP_PATH))
+            return
+        if options.token is not None and await guard.refuse_unauthenticated(
+            scope, send, options.token, MCP_PATH
+        ):
+            return
+        if scope["method"] == "POST":
+            try:
+                body = await guard.read_limited_body(scope, receive, options.max_body_bytes)
+            except guard.BodyTooLarge as exc:
+                await guard.send_rpc_error(
+                    send,
+                    413,
+                    f"request body is {exc.args[0]} bytes; this server accepts at most {options.max_body_bytes} "
+                    "bytes per request: send large files in parts or with the upload tool",
+                )
+                return
+            receive = guard.replay_body(body, receive)
+        await _with_session_scope(mcp_app, scope, receive, send)
+
+    return app
+
+
+async def _with_session_scope(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run the request with its MCP session recorded for the event store (see `event_store`)."""
+    current = SessionScope(guard.header(scope, b"mcp-session-id"))
+
+    async def send_and_learn_session(message: Message) -> None:
+        if message["type"] == "http.response.start" and current.session_id is None:
+            for key, value in message.get("headers", []):
+                if key.lower() == b"mcp-session-id":
+                    current.session_id = value.decode("latin-1")
+        await send(message)
+
+    reset = session_scope.set(current)
+    try:
+        await app(scope, receive, send_and_learn_session)
+    finally:
+        session_scope.reset(reset)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
+
+
+def endpoint_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{guard.url_host(host)}:{port}{MCP_PATH}"
+
+
+def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
+    # access_log off: request lines are not ours to keep, and a mistaken client may put a
+    # token in the URL.
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3
+    )
+    return uvicorn.Server(config)
+
+
+def run_http(
+    factory: Callable[[], MCPServer],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    no_auth: bool = False,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
+    stateless: bool = False,
+) -> int:
+    """Serve until interrupted. Prints the endpoint and, when generated here, the token (once, to stderr)."""
+    try:
+        token, generated = resolve_token(no_auth, host)
+    except HttpConfigError as exc:
+        print(f"devbox-mcp: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # per-session chatter
+    options = HttpOptions(
+        host=host,
+        token=token,
+        allowed_hosts=tuple(allowed_hosts),
+        allowed_origins=tuple(allowed_origins),
+        stateless=stateless,
+    )
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        print(
+            f"devbox-mcp: cannot listen on {host}:{port}: {exc.strerror}; pick another --port",
+            file=sys.stderr,
+        )
+        return 2
+    server = uvicorn_server(build_http_app(factory, options))
+    lines = [
+        f"devbox-mcp: MCP over streamable HTTP at {endpoint_url(sock)}"
+        + (" (stateless)" if stateless else "")
+    ]
+    if token is None:
+        lines.append("devbox-mcp: authentication is OFF (--no-auth); only this machine can connect")
+    elif generated:
+        lines.append(f"devbox-mcp: bearer token (set {TOKEN_ENV} to choose it): {token}")
+    else:
+        lines.append(f"devbox-mcp: bearer token from {TOKEN_ENV}")
+    if host in ("0.0.0.0", "::") and not allowed_hosts:
+        lines.append("devbox-mcp: only loopback Host names are accepted; add --allowed-host NAME for yours")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    except KeyboardInterrupt:
+        pass
+    return 0
