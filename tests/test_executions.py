@@ -103,6 +103,8 @@ def test_command_id_returns_the_running_execution(sdk, devbox):
     again = sdk.devboxes.execute(devbox, command=command, command_id=command_id, optimistic_timeout=0)
     assert first.status == again.status == "running"
     assert again.execution_id == first.execution_id
+    # Wait (inside the devbox) until the command has written, so the kill cannot come first.
+    run(sdk, devbox, "until [ -s once.txt ]; do sleep 0.01; done")
     sdk.devboxes.executions.kill(first.execution_id, devbox_id=devbox)
     assert run(sdk, devbox, "cat once.txt").stdout == "once\n"
 
