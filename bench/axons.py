@@ -1,6 +1,6 @@
 """Axon benchmark: publish throughput, publish→subscriber latency, SQL over a large history.
 
-Run: `.venv/bin/python bench/axons.py` (about a minute). It starts `devbox-mcp local-api` as a
+Run: `.venv/bin/python -m bench.axons` (about a minute). It starts `devbox-mcp local-api` as a
 subprocess on a temporary data dir, so the backend has its own interpreter, and drives it
 over loopback HTTP from this process with a minimal keep-alive HTTP/1.1 client (on a
 2-core machine a heavier client would measure itself more than the backend). Every figure

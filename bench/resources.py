@@ -13,7 +13,7 @@ The million events are written straight into the axon's SQLite file before the b
 opens it (publishing them over HTTP would take over an hour on this machine); the backend then
 serves that file as it would any axon.
 
-Run: .venv/bin/python bench/resources.py [--events N]
+Run: .venv/bin/python -m bench.resources [--events N]
 """
 
 from __future__ import annotations
