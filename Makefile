@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/local_api.py
+	$(BIN)/python bench/mcp.py
 
 clean:
 	rm -rf $(VENV)

@@ -1,111 +1,152 @@
-"""`devbox-mcp demo` (placeholder until the MCP tools exist): one devbox driven through the HTTP API.
+"""`devbox-mcp demo` (`make demo`): the product end to end, as an agent would use it.
 
-Starts the embedded backend on a loopback port, creates a devbox, runs a command in it,
-moves a file in and out, and shuts everything down, printing each step.
+A real MCP client starts `devbox-mcp serve` as a stdio subprocess on the embedded backend
+(no Runloop key needed) and, printing each step: creates a devbox, runs a command whose output
+streams in live as progress, starts a web server in the background and fetches from it in a
+second execution, writes and reads a file, publishes events to an axon and queries them with
+SQL, then shuts the devbox down.
 """
 
 from __future__ import annotations
 
-import logging
+import json
+import os
+import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
+import anyio
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.types import CallToolResult
 
-from .local.server import start_in_thread
+BOLD, DIM, GREEN, RED, RESET = ("\x1b[1m", "\x1b[2m", "\x1b[32m", "\x1b[31m", "\x1b[0m")
+if not sys.stdout.isatty():
+    BOLD = DIM = GREEN = RED = RESET = ""
 
-
-def _step(text: str) -> None:
-    print(f"==> {text}", flush=True)
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url.path} -> {response.status_code}: {response.text}"
-        )
-    return (
-        response.json()
-        if response.headers.get("content-type", "").startswith("application/json")
-        else response.text
-    )
+BUILD = (
+    "for step in fetch configure compile link test; do "
+    "echo \"[$(date +%T)] $step ...\"; sleep 0.4; done; echo 'build OK'"
+)
+SERVE = "mkdir -p ~/site && cd ~/site && echo '<h1>hello from the devbox</h1>' > index.html && exec python3 -u -m http.server 8080 --bind 127.0.0.1"
+FETCH = "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/').read().decode())\""
 
 
-def _run(client: httpx.Client, devbox_id: str, command: str) -> None:
-    """Run a command with `execute` (waits up to 20 s), then long-poll until it completes."""
-    body = {"command": command, "command_id": str(uuid.uuid4()), "optimistic_timeout": 20}
-    result = _check(client.post(f"/v1/devboxes/{devbox_id}/execute", json=body))
-    while result.get("status") != "completed":
-        result = _check(
-            client.post(
-                f"/v1/devboxes/{devbox_id}/executions/{result['execution_id']}/wait_for_status",
-                json={"statuses": ["completed"], "timeout_seconds": 25},
-            )
-        )
-    print(f"    $ {command}")
-    for line in (result.get("stdout") or "").splitlines():
-        print(f"    {line}")
-    print(f"    exit status {result.get('exit_status')}")
+class DemoFailed(Exception):
+    pass
+
+
+def step(title: str) -> None:
+    print(f"\n{BOLD}▶ {title}{RESET}", flush=True)
+
+
+def show(text: str, prefix: str = "  ") -> None:
+    for line in text.rstrip("\n").splitlines():
+        print(f"{prefix}{line}", flush=True)
+
+
+async def live(progress: float, total: float | None, message: str | None) -> None:
+    """Progress notifications as they arrive: the command's output, live."""
+    if message:
+        show(message, prefix=f"  {DIM}│{RESET} ")
+
+
+def text_of(result: CallToolResult) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def call(client: Client, tool: str, args: dict[str, Any], **kw: Any) -> CallToolResult:
+    result = await client.call_tool(tool, args, **kw)
+    if result.is_error:
+        raise DemoFailed(f"{tool} failed: {text_of(result)}")
+    return result
+
+
+async def run_demo(data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNLOOP_")}
+    exe = shutil.which("devbox-mcp") or str(Path(sys.executable).with_name("devbox-mcp"))
+    params = StdioServerParameters(command=exe, args=["serve", "--data-dir", str(data_dir)], env=env)
+    step("Start devbox-mcp over stdio (embedded backend: no RUNLOOP_API_KEY)")
+    # The server's stderr (its log) goes to a file; its start-up line says which API it uses.
+    with tempfile.TemporaryFile("w+") as errlog:
+        async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+            errlog.seek(0)
+            show(f"{DIM}{errlog.read().strip()}{RESET}")
+            await drive(client)
+    print(f"\n{GREEN}{BOLD}demo complete{RESET}")
+
+
+async def drive(client: Client) -> None:
+    tools = await client.list_tools()
+    size = len(tools.model_dump_json(by_alias=True, exclude_none=True))
+    show(f"protocol {client.protocol_version}; {len(tools.tools)} tools ({size / 1024:.1f} KB of tools/list)")
+
+    step("create_devbox: waits until running, each status as progress")
+    started = time.monotonic()
+    box = (await call(client, "create_devbox", {"name": "demo"}, progress_callback=live)).structured_content
+    devbox = box["id"]
+    show(f"{GREEN}{devbox} is {box['status']}{RESET} ({time.monotonic() - started:.1f} s)")
+
+    try:
+        step("execute: a 'build' whose output streams in live")
+        result = await call(client, "execute", {"devbox_id": devbox, "command": BUILD}, progress_callback=live)
+        meta = result.structured_content
+        show(f"{GREEN}exit {meta['exit_status']} in {meta['duration_seconds']:.2f} s{RESET}, "
+             f"{meta['stdout_bytes']} bytes of stdout")
+
+        step("execute in the background: a web server (hands off at once, the command keeps running)")
+        server = (await call(client, "execute", {"devbox_id": devbox, "command": SERVE, "wait_seconds": 0})).structured_content
+        show(f"status {server['status']}, execution {server['execution_id']}")
+        step("stream_logs until the server says it is serving")
+        ready = await call(client, "stream_logs", {
+            "devbox_id": devbox, "execution_id": server["execution_id"], "until": "Serving HTTP",
+            "wait_seconds": 30,
+        }, progress_callback=live)
+        show(f"stopped because: {ready.structured_content['stopped_because']} → "
+             f"{ready.structured_content['matches']}")
+
+        step("execute: fetch from the web server in a second execution")
+        fetched = await call(client, "execute", {"devbox_id": devbox, "command": FETCH})
+        show(text_of(fetched))
+        await call(client, "kill_execution", {"devbox_id": devbox, "execution_id": server["execution_id"]})
+        show("web server stopped (kill_execution)")
+
+        step("write_file, then read_file (last 2 lines)")
+        notes = "".join(f"note {i}: all good\n" for i in range(1, 6))
+        await call(client, "write_file", {"devbox_id": devbox, "path": "notes.txt", "contents": notes})
+        read = await call(client, "read_file", {"devbox_id": devbox, "path": "notes.txt", "tail_lines": 2})
+        show(text_of(read))
+
+        step("create_axon, publish_event ×3, then sql_query over the history")
+        axon = (await call(client, "create_axon", {"name": "demo-events"})).structured_content["id"]
+        for i, status in enumerate(["started", "built", "served"], 1):
+            done = await call(client, "publish_event", {
+                "axon_id": axon, "event_type": "build.status", "payload": {"step": i, "status": status},
+            })
+            show(f"published sequence {done.structured_content['sequence']}: {status}")
+        query = await call(client, "sql_query", {
+            "axon_id": axon,
+            "sql": "SELECT sequence, event_type, json_extract(payload, '$.status') AS status "
+                   "FROM rl_axon_events WHERE source = ? ORDER BY sequence",
+            "params": ["devbox-mcp"],
+        })
+        show(text_of(query))
+        refused = await client.call_tool("sql_query", {"axon_id": axon, "sql": "DELETE FROM rl_axon_events"})
+        show(f"a DELETE without allow_writes is refused: {RED}{text_of(refused)[:90]}…{RESET}")
+    finally:
+        step("shutdown_devbox")
+        down = await call(client, "shutdown_devbox", {"devbox_id": devbox})
+        show(json.dumps(down.structured_content))
 
 
 def main() -> int:
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the steps below say what happens
-    with tempfile.TemporaryDirectory(prefix="devbox-mcp-demo-") as data_dir:
-        _step(f"starting the embedded backend (data in {data_dir})")
-        backend = start_in_thread(Path(data_dir))
-        print(f"    listening on {backend.base_url}")
-        headers = {"Authorization": f"Bearer {backend.api_key}"}
+    with tempfile.TemporaryDirectory(prefix="devbox-mcp-demo-") as tmp:
         try:
-            with httpx.Client(base_url=backend.base_url, headers=headers, timeout=60) as client:
-                _step("creating a devbox and waiting until it is running")
-                started = time.perf_counter()
-                devbox = _check(client.post("/v1/devboxes/create_and_await_running", json={"name": "demo"}))
-                print(
-                    f"    {devbox['id']} is {devbox['status']} after {(time.perf_counter() - started) * 1000:.0f} ms"
-                )
-                print(
-                    f"    sandbox: {devbox['launch_parameters'].get('sandbox')}, network: {devbox['launch_parameters'].get('network_mode')}"
-                )
-                if devbox["status"] != "running":
-                    print(
-                        "    the devbox did not start; see its logs:",
-                        _check(client.get(f"/v1/devboxes/{devbox['id']}/logs")),
-                    )
-                    return 1
-
-                _step("running a command inside it")
-                _run(client, devbox["id"], "whoami && uname -sr && echo hello from $(hostname)")
-
-                _step("writing a file and reading it back")
-                _check(
-                    client.post(
-                        f"/v1/devboxes/{devbox['id']}/write_file_contents",
-                        json={"file_path": "hello.txt", "contents": "hello, devbox\n"},
-                    )
-                )
-                text = _check(
-                    client.post(
-                        f"/v1/devboxes/{devbox['id']}/read_file_contents", json={"file_path": "hello.txt"}
-                    )
-                )
-                print(f"    /home/user/hello.txt: {text!r}")
-
-                _step("shutting the devbox down")
-                down = _check(client.post(f"/v1/devboxes/{devbox['id']}/shutdown"))
-                print(f"    {down['id']} is {down['status']}")
-        except (RuntimeError, httpx.HTTPError) as exc:
-            print(f"demo failed: {exc}", file=sys.stderr)
+            anyio.run(run_demo, Path(tmp))
+        except DemoFailed as exc:
+            print(f"{RED}demo failed: {exc}{RESET}", file=sys.stderr)
             return 1
-        finally:
-            _step("stopping the backend")
-            backend.stop()
-    print("done")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

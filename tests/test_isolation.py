@@ -136,6 +136,12 @@ def test_system_directories_are_read_only(boxes: tuple[Box, Box]) -> None:
         code, out = a.run(f"touch {path}")
         assert code != 0 and "Read-only file system" in out, (path, out)
     assert a.run("echo x > /proc/sys/kernel/hostname")[0] != 0
+    # No kernel knob in /proc is writable (the sandbox user owns only its own processes' files).
+    code, out = a.run(
+        "find /proc -maxdepth 4 -type f -writable ! -path '/proc/[0-9]*' ! -path '/proc/self/*' "
+        "! -path '/proc/thread-self/*' 2>/dev/null"
+    )
+    assert out.strip() == "", out
 
 
 def test_devboxes_do_not_see_each_others_files_or_processes(boxes: tuple[Box, Box]) -> None:
@@ -232,6 +238,7 @@ def test_non_interactive_environment(boxes: tuple[Box, Box]) -> None:
     assert out.split() == ["noninteractive", "0", "cat", "true", "dumb", "bar", "read=1"]
     # The caller's variables win over the defaults.
     assert a.run("echo $PAGER", env={"PAGER": "less"})[1].strip() == "less"
+    assert a.run("echo $PIP_BREAK_SYSTEM_PACKAGES $PIP_NO_INPUT $GIT_EDITOR")[1].split() == ["1", "1", "true"]
 
 
 def test_kill_process_group_reaches_background_jobs(
@@ -277,3 +284,111 @@ def test_sandbox_start_failure_is_clear(loop: asyncio.AbstractEventLoop, tmp_pat
     with pytest.raises((SandboxError, OSError)):
         loop.run_until_complete(sandbox.start())
     assert not sandbox.alive
+
+
+NON_ROOT_SCRIPT = r"""
+import asyncio, importlib.util, subprocess, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+
+async def main():
+    base = Path(sys.argv[2])
+    (base / "home").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    box = module.Sandbox(module.SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="nonroot", network="none"))
+    await box.start()
+    proc = await box.spawn(
+        "id -u; grep CapEff /proc/self/status; echo made > ~/made.txt; cat /etc/shadow 2>&1; echo out > /dev/stdout",
+        env={}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    print((await proc.communicate())[0].decode(), end="")
+    await box.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root (to switch to another uid), setpriv and a system python3",
+)
+def test_sandbox_works_for_a_backend_without_root() -> None:
+    """On a laptop the backend runs as its user: bubblewrap is then unprivileged and nests differently."""
+    import shutil
+    import tempfile
+
+    uid = 4242
+    base = Path(tempfile.mkdtemp(prefix="nonroot-", dir="/tmp"))
+    try:
+        os.chown(base, uid, uid)
+        script = base / "run.py"
+        script.write_text(NON_ROOT_SCRIPT)
+        sandbox_py = Path(__file__).resolve().parent.parent / "mcp_server" / "local" / "sandbox.py"
+        result = subprocess.run(
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", str(script), str(sandbox_py), str(base / "box")],
+            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(base)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == "1000" and lines[1] == "CapEff:\t0000000000000000"
+        assert "Permission denied" in lines[2] and lines[3] == "out"
+        made = base / "box" / "home" / "made.txt"
+        assert made.read_text() == "made\n" and made.stat().st_uid == uid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+CRASH_SCRIPT = r"""
+import asyncio, os, signal, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from mcp_server.local.sandbox import Sandbox, SandboxSpec
+
+async def main():
+    base = Path(sys.argv[2])
+    (base / "home").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    box = Sandbox(SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="crash"))
+    await box.start()
+    proc = await box.spawn("(exec -a crash-marker sleep 600) >/dev/null 2>&1 & echo $!", env={},
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    await proc.communicate()
+    print(box.init_pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the backend dies without stopping anything
+
+asyncio.run(main())
+"""
+
+
+def test_sandbox_dies_with_a_crashed_backend(tmp_path: Path) -> None:
+    """A backend killed outright must not leave its sandboxes (and their processes) running."""
+    import sys
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "box")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == -9, result.stderr
+    init_pid = int(result.stdout.strip())
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{init_pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    poll_until(gone, "the orphaned sandbox to end")
+    poll_until(
+        lambda: (
+            "crash-marker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ),
+        "the sandbox's processes to end",
+    )

@@ -4,11 +4,12 @@ Executions do not get a sandbox of their own: they `nsenter` the devbox's namesp
 files, processes and servers persist between them as on a real devbox, and each one costs
 a process spawn instead of a container start.
 
-Inside, the user is uid 1000 `user` with no capabilities; on the host it is the backend's own
-uid (bubblewrap can only map that one without a setuid helper, and an unprivileged bubblewrap
-could not reach a data directory under a private home). So the mount list is the boundary:
-system directories read-only, host secrets masked (including anything in /etc that is not
-world-readable), /proc/sys read-only (bubblewrap), nothing else of the host mounted.
+Inside, the user is uid 1000 `user` with no capabilities. On the host it is the backend's own
+uid: bubblewrap can only map that one without a setuid helper, and a bubblewrap running as
+another uid could not reach a data directory under a private home. When the backend is root,
+the sandbox user therefore owns root's files, so the mount list is the boundary: system
+directories read-only, host secrets masked (the known ones and anything in /etc that is not
+world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "PAGER": "cat",
     "GIT_PAGER": "cat",
     "PIP_NO_INPUT": "1",
+    # /usr is read-only, so a plain `pip install` can only land in ~/.local: let it, PEP 668 or not.
+    "PIP_BREAK_SYSTEM_PACKAGES": "1",
     "NPM_CONFIG_YES": "true",
     "CI": "true",
 }
 
-# Host files a sandbox must never read, masked even though permissions already guard them.
+# Host files a sandbox must never read (for a root backend the sandbox user owns them: masks, not permissions, guard them).
 _SECRET_FILES = (
     "/etc/shadow",
     "/etc/shadow-",
@@ -69,10 +72,6 @@ _SECRET_FILES = (
     "/etc/security/opasswd",
 )
 _SECRET_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
-_PROC_READ_ONLY = (
-    "/proc/sys", "/proc/sysrq-trigger", "/proc/mtrr", "/proc/pressure", "/proc/irq", "/proc/bus",
-    "/proc/acpi", "/proc/scsi", "/proc/fs", "/proc/driver", "/proc/tty", "/proc/sysvipc",
-)  # fmt: skip
 # Generated per sandbox (a `user` account, the devbox's own identity and DNS).
 _GENERATED = (
     "/etc/passwd",
@@ -83,8 +82,10 @@ _GENERATED = (
     "/etc/hosts",
 )
 
-# The sandbox's resident process; bwrap is pid 1 and reaps orphans. "ready" means the mounts are done.
-_INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec sleep infinity </dev/null >/dev/null 2>&1")
+# The sandbox's resident process; bwrap is pid 1 and reaps orphans. "ready" means the mounts are
+# done. It lives until its stdin, a pipe only the backend can write to, ends: when the backend
+# dies, however it dies, the resident exits, so does bwrap, and with it everything in the sandbox.
+_INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec >/dev/null 2>&1; read -r _; exit 0")
 
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
@@ -126,7 +127,42 @@ def sandbox_unavailable_reason() -> str | None:
         return "bubblewrap is not installed. " + INSTALL_HINT
     if not found["nsenter"]:
         return "nsenter (util-linux) is not installed; install it with `apt-get install util-linux`"
+    failure = _probe(found["bwrap"])
+    if failure:
+        return (
+            f"bubblewrap is installed but cannot create a sandbox here ({failure}); allow user namespaces "
+            "(e.g. sysctl kernel.unprivileged_userns_clone=1, or run the container with --privileged), "
+            "or start the backend with --unsafe-no-sandbox to run commands as plain host processes"
+        )
     return None
+
+
+@functools.cache
+def _probe(bwrap: str) -> str | None:
+    """Whether bubblewrap can create the namespaces a devbox needs (it cannot in some containers)."""
+    try:
+        result = subprocess.run(
+            [bwrap, "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+             "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--", "/bin/true"],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        return (
+            result.stderr.decode(errors="replace").strip().splitlines()[-1:][0]
+            if result.stderr
+            else f"exit {result.returncode}"
+        )
+    return None
+
+
+def warm_up() -> None:
+    """Look up the tools and scan /etc and /proc now, so the first devbox starts as fast as the rest."""
+    if sandbox_unavailable_reason() is None:
+        _etc_masks()
+        _proc_read_only()
 
 
 @functools.cache
@@ -152,6 +188,38 @@ def _etc_masks() -> tuple[list[str], list[str]]:
     files -= set(_GENERATED)
     files = {f for f in files if not any(f.startswith(d + "/") for d in dirs)}
     return sorted(files), sorted(dirs)
+
+
+@functools.cache
+def _proc_read_only() -> list[str]:
+    """/proc/sys, plus every other top-level /proc entry (not a process) holding a writable file.
+
+    Found by looking rather than listed, so a kernel with other knobs is covered too.
+    """
+    found = ["/proc/sys", "/proc/sysrq-trigger"]
+    for name in sorted(os.listdir("/proc")):
+        path = f"/proc/{name}"
+        if name.isdigit() or name in ("self", "thread-self", "sys", "sysrq-trigger"):
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if (
+                stat.S_ISREG(st.st_mode)
+                and st.st_mode & 0o222
+                or stat.S_ISDIR(st.st_mode)
+                and _has_writable(path)
+            ):
+                found.append(path)
+    return found
+
+
+def _has_writable(directory: str) -> bool:
+    for root, _dirs, names in os.walk(directory):
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(root, name)).st_mode & 0o222:
+                    return True
+    return False
 
 
 def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
@@ -192,8 +260,10 @@ class Sandbox:
         self._bwrap: asyncio.subprocess.Process | None = None
         self._slirp: asyncio.subprocess.Process | None = None
         self._slirp_exit: int | None = None  # closing it makes slirp4netns exit
+        self._lifeline: int | None = None  # closing it (or the backend dying) ends the sandbox
         self._network: asyncio.Future[None] | None = None  # slirp4netns coming up
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
+        self._ns_flags: list[str] = []  # nsenter flags of the namespaces the sandbox has of its own
         self._unsafe_groups: set[int] = set()
         self._stopped = False
         self._stop_event = asyncio.Event()
@@ -243,24 +313,29 @@ class Sandbox:
         spec = self.spec
         args = [
             "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--disable-userns",
-            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.hostname,
             "--die-with-parent",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-            "--proc", "/proc", "--dev", "/dev",
+            "--proc", "/proc",
         ]  # fmt: skip
         # The sandbox user is the host's uid without capabilities: kernel knobs in /proc that only
         # check the owner (sysctls, pressure triggers) must be read-only.
-        for path in _PROC_READ_ONLY:
+        for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
         args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
         if spec.network != "host":
             args.append("--unshare-net")
+        if os.geteuid() == 0:
+            args += ["--dev", "/dev", "--disable-userns"]  # no user namespaces inside
+        else:
+            # Without root, `--dev` and `--disable-userns` make bubblewrap nest the sandbox's user
+            # namespace, and an unprivileged nsenter could then not enter the other namespaces.
+            args += _MINIMAL_DEV
         # Masks read as "Permission denied": an empty mode-000 file or directory on a read-only mount.
         files, dirs = _etc_masks()
         for path in files:
@@ -301,13 +376,15 @@ class Sandbox:
             # Arguments through a memfd: the host paths stay out of the sandbox's /proc/1/cmdline.
             args_fd = _memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
             fds["args"] = args_fd
+            lifeline_r, self._lifeline = os.pipe()  # both ends close-on-exec: no other child holds it
+            fds["lifeline"] = lifeline_r
             self._bwrap = await asyncio.create_subprocess_exec(
                 tools()["bwrap"] or "bwrap",
                 "--args",
                 str(args_fd),
                 "--",
                 *_INIT_COMMAND,
-                stdin=subprocess.DEVNULL,
+                stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 pass_fds=list(fds.values()),
@@ -326,6 +403,7 @@ class Sandbox:
                 )
             info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
+            self._ns_flags = _namespace_flags(self.init_pid)
         finally:
             os.close(info_r)
 
@@ -348,9 +426,7 @@ class Sandbox:
                 str(ready_w),
                 "--exit-fd",
                 str(exit_r),
-                # By path: joining the sandbox's user namespace first would cost the right to enter its netns.
-                "--netns-type=path",
-                f"/proc/{self.init_pid}/ns/net",
+                *_slirp_target(self.init_pid),
                 "tap0",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -396,7 +472,7 @@ class Sandbox:
         if not self.alive:
             raise SandboxError("the devbox's sandbox is not running")
         if self._network is not None and not self._network.done():
-            await asyncio.shield(self._network)
+            await asyncio.wait({self._network})  # neither cancels it nor raises its failure
         creating = asyncio.ensure_future(
             self._create_process(command, args, self.command_env(env), stdin, stdout, stderr)
         )
@@ -432,8 +508,10 @@ class Sandbox:
         return await asyncio.create_subprocess_exec(
             tools()["nsenter"] or "nsenter",
             "-t", str(self.init_pid),
-            "-U", "-m", "-p", "-i", "-u", "-n", "-C", "-r", "-w",
-            "-S", str(SANDBOX_UID), "-G", str(SANDBOX_UID),
+            *self._ns_flags, "-r", "-w",
+            # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
+            # which an unprivileged user namespace forbids). Capabilities go at the exec.
+            "--preserve-credentials",
             "--", "/bin/bash", "-c", command, "bash", *args,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
             start_new_session=True,
@@ -453,6 +531,9 @@ class Sandbox:
             # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._network is not None and not self._network.done():
             self._network.cancel()
             with contextlib.suppress(BaseException):
@@ -472,6 +553,52 @@ class Sandbox:
                     proc.kill()
                 with contextlib.suppress(Exception):
                     await proc.communicate()
+
+
+def _slirp_target(pid: int) -> list[str]:
+    if os.geteuid() == 0:
+        # By path, as root: joining the sandbox's (nested) user namespace first would cost the
+        # right to enter its network namespace.
+        return ["--netns-type=path", f"/proc/{pid}/ns/net"]
+    return [
+        str(pid)
+    ]  # joins the sandbox's user namespace, which is what gives an unprivileged user the right
+
+
+_MINIMAL_DEV = [
+    "--tmpfs", "/dev",
+    *[arg for node in ("null", "zero", "full", "random", "urandom", "tty") for arg in ("--dev-bind", f"/dev/{node}", f"/dev/{node}")],
+    "--symlink", "/proc/self/fd", "/dev/fd",
+    "--symlink", "/proc/self/fd/0", "/dev/stdin",
+    "--symlink", "/proc/self/fd/1", "/dev/stdout",
+    "--symlink", "/proc/self/fd/2", "/dev/stderr",
+    "--tmpfs", "/dev/shm",
+]  # fmt: skip
+
+_NAMESPACES = (
+    ("-U", "user"),
+    ("-m", "mnt"),
+    ("-p", "pid"),
+    ("-i", "ipc"),
+    ("-u", "uts"),
+    ("-n", "net"),
+    ("-C", "cgroup"),
+)
+
+
+def _namespace_flags(pid: int) -> list[str]:
+    """Enter only the namespaces that differ from ours: re-entering a shared one (the host's network
+    in `host` mode, a cgroup namespace bubblewrap could not unshare) needs privileges we may lack."""
+    flags = []
+    for flag, name in _NAMESPACES:
+        try:
+            if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
+                flags.append(flag)
+        except FileNotFoundError:
+            continue
+    if "-U" not in flags:
+        raise SandboxError("the sandbox has no user namespace of its own")
+    return flags
 
 
 async def _read_some(fd: int, seconds: float) -> bytes:

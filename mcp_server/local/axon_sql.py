@@ -1,0 +1,363 @@
+"""The user SQL surface of an axon: guards, limits, and the shape of results.
+
+Users get a read/write SQLite connection to the axon's database so they can keep their own
+tables next to the history. What keeps that safe:
+
+- An authorizer on every user connection: `rl_axon_events` may be read but not written,
+  dropped, altered, indexed or given triggers (the history is append-only and only the
+  writer thread appends); `rl_private_*` tables are invisible; ATTACH (and so VACUUM),
+  PRAGMAs other than read-only introspection, temporary objects, explicit transactions
+  and `load_extension` are refused.
+- A time limit (`TIME_LIMIT_SECONDS`, enforced by a progress handler that aborts the
+  statement) and a row limit (`ROW_LIMIT` rows or `RESULT_BYTES_LIMIT` bytes returned,
+  reported as `rows_read_limit_reached: true`), so one bad query cannot stall the backend.
+- Each call runs in its own transaction: a query commits or leaves nothing; a batch is all
+  or nothing.
+
+Values come back as JSON: INTEGER as numbers, REAL as numbers (non-finite ones as the
+strings "Infinity", "-Infinity"), TEXT as strings, NULL as null, BLOB as base64 strings.
+Column types are the declared types reduced to SQLite's affinities (TEXT, INTEGER, REAL,
+BLOB) and "" for expressions, untyped and NUMERIC columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from .axon_log import EVENTS_TABLE, PRIVATE_PREFIX, open_database
+
+ROW_LIMIT = 10_000
+RESULT_BYTES_LIMIT = 16 * 1024 * 1024
+TIME_LIMIT_SECONDS = 5.0
+MAX_STATEMENTS = 1_000
+
+_HISTORY_HINT = (
+    f"{EVENTS_TABLE} is the append-only event history: SQL may read it but not insert, update, delete, "
+    "drop, alter, index or add triggers to it; publish events through POST /v1/axons/{id}/publish"
+)
+
+# PRAGMAs that only describe the schema; anything else (and any PRAGMA assignment) is refused.
+_READ_ONLY_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "collation_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+    }
+)
+_REFUSED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer"})
+# Operations whose first argument names the table (or view) they touch ...
+_NAME_FIRST = {
+    apsw.SQLITE_READ,
+    apsw.SQLITE_INSERT,
+    apsw.SQLITE_UPDATE,
+    apsw.SQLITE_DELETE,
+    apsw.SQLITE_DROP_TABLE,
+    apsw.SQLITE_CREATE_TABLE,
+    apsw.SQLITE_CREATE_VIEW,
+    apsw.SQLITE_DROP_VIEW,
+    apsw.SQLITE_CREATE_VTABLE,
+    apsw.SQLITE_DROP_VTABLE,
+}
+# ... and those whose second argument does.
+_NAME_SECOND = {
+    apsw.SQLITE_ALTER_TABLE,
+    apsw.SQLITE_CREATE_INDEX,
+    apsw.SQLITE_DROP_INDEX,
+    apsw.SQLITE_CREATE_TRIGGER,
+    apsw.SQLITE_DROP_TRIGGER,
+}
+_TEMP_OBJECTS = {
+    apsw.SQLITE_CREATE_TEMP_INDEX,
+    apsw.SQLITE_CREATE_TEMP_TABLE,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER,
+    apsw.SQLITE_CREATE_TEMP_VIEW,
+}
+
+
+class SqlError(Exception):
+    """A statement the user sent failed; the message is SQLite's (or our guard's) explanation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class Statement:
+    sql: str
+    params: list[Any]
+
+
+@dataclass
+class _Guard:
+    """Per-connection state the authorizer and progress handler consult."""
+
+    deadline: float = math.inf
+    trusted: bool = False
+    refusal: str | None = None
+
+    def refuse(self, why: str) -> int:
+        self.refusal = why
+        return apsw.SQLITE_DENY
+
+    def authorize(self, op: int, one: str | None, two: str | None, db: str | None, trigger: str | None) -> int:
+        if self.trusted:
+            return apsw.SQLITE_OK
+        table = one if op in _NAME_FIRST else two if op in _NAME_SECOND else None
+        if table is not None:
+            lowered = table.lower()
+            if lowered.startswith(PRIVATE_PREFIX):
+                return self.refuse(f"{table} is internal to the backend and cannot be used")
+            if lowered == EVENTS_TABLE and op != apsw.SQLITE_READ:
+                return self.refuse(_HISTORY_HINT)
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return self.refuse("ATTACH, DETACH and VACUUM are not allowed: an axon's SQL sees only its own database")
+        if op == apsw.SQLITE_PRAGMA:
+            if (one or "").lower() not in _READ_ONLY_PRAGMAS:
+                allowed = ", ".join(sorted(_READ_ONLY_PRAGMAS))
+                return self.refuse(f"PRAGMA {one} is not allowed; only schema introspection is: {allowed}")
+        elif op == apsw.SQLITE_FUNCTION and (two or "").lower() in _REFUSED_FUNCTIONS:
+            return self.refuse(f"the function {two}() is not allowed")
+        elif op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            return self.refuse(
+                "transaction statements are not allowed: each query runs in its own transaction, "
+                "and /sql/batch runs its statements in one transaction"
+            )
+        elif op in _TEMP_OBJECTS:
+            return self.refuse("temporary tables, views, indexes and triggers are not supported; create regular ones")
+        return apsw.SQLITE_OK
+
+    def over_time(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+@dataclass
+class UserConnection:
+    """A read/write connection for user SQL with its guard installed."""
+
+    conn: apsw.Connection
+    guard: _Guard
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_user_connection(path: Path) -> UserConnection:
+    conn = open_database(path)
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+    guard = _Guard()
+    conn.authorizer = guard.authorize
+    conn.set_progress_handler(guard.over_time, 1_000)
+    return UserConnection(conn, guard)
+
+
+def _affinity(decltype: str | None) -> str:
+    """SQLite's type affinity rules (datatype3 §3.1), without NUMERIC which the API has no name for."""
+    if not decltype:
+        return ""
+    t = decltype.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return ""
+
+
+def _render(value: Any) -> tuple[Any, int]:
+    """A SQLite value as JSON, and roughly how many bytes it costs."""
+    if isinstance(value, bytes):
+        text = base64.b64encode(value).decode()
+        return text, len(text)
+    if isinstance(value, str):
+        return value, len(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return ("Infinity" if value > 0 else "-Infinity"), 9
+    return value, 8
+
+
+def _check_params(params: list[Any]) -> tuple[Any, ...]:
+    for i, value in enumerate(params):
+        if value is None or isinstance(value, str | float | bool):
+            continue
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:
+                raise SqlError(f"params[{i}] is outside SQLite's 64-bit integer range")
+            continue
+        raise SqlError(
+            f"params[{i}] is a {type(value).__name__}; parameters must be strings, numbers, booleans "
+            "or null (JSON-encode objects and arrays into a string)"
+        )
+    return tuple(params)
+
+
+def _message(exc: BaseException, guard: _Guard) -> str:
+    if isinstance(exc, apsw.InterruptError):
+        return (
+            f"the statement ran longer than the {TIME_LIMIT_SECONDS:g} s limit and was stopped; "
+            "narrow it (WHERE, LIMIT, an index on your own tables)"
+        )
+    if isinstance(exc, apsw.AuthError | apsw.ExecTraceAbort) and guard.refusal:
+        return guard.refusal
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a TEXT value is not valid UTF-8 ({exc.reason}); select it as a BLOB, e.g. CAST(x AS BLOB)"
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text or type(exc).__name__
+
+
+def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str, Any]:
+    """Run one statement inside the caller's transaction and shape its result."""
+    params = _check_params(stmt.params)
+    seen: list[tuple[tuple[tuple[str, str | None], ...], bool]] = []
+
+    def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        if not cursor.has_vdbe:  # only a comment or whitespace
+            return True
+        if seen:
+            guard.refusal = "send one statement per query; use /sql/batch to run several in one transaction"
+            return False
+        seen.append((cursor.get_description(), cursor.is_readonly))
+        return True
+
+    cursor = conn.cursor()
+    cursor.exec_trace = trace
+    changes_before = conn.total_changes()
+    started = time.perf_counter()
+    guard.deadline = time.monotonic() + TIME_LIMIT_SECONDS
+    guard.refusal = None
+    rows: list[list[Any]] = []
+    limited = False
+    size = 0
+    try:
+        for row in cursor.execute(stmt.sql, params):
+            if len(rows) >= ROW_LIMIT or size >= RESULT_BYTES_LIMIT:
+                limited = True
+                break
+            out = []
+            for value in row:
+                rendered, cost = _render(value)
+                out.append(rendered)
+                size += cost
+            rows.append(out)
+    except apsw.BusyError:
+        raise
+    except (apsw.Error, OverflowError, TypeError, ValueError) as exc:
+        raise SqlError(_message(exc, guard)) from None
+    finally:
+        guard.deadline = math.inf
+        cursor.close(force=True)
+    if not seen:
+        raise SqlError("the SQL text contains no statement")
+    description, _readonly = seen[0]
+    return {
+        "columns": [{"name": name, "type": _affinity(decl)} for name, decl in description],
+        "rows": rows,
+        "meta": {
+            "changes": conn.total_changes() - changes_before,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "rows_read_limit_reached": limited,
+        },
+    }
+
+
+def _begin(conn: apsw.Connection, guard: _Guard, mode: str) -> None:
+    guard.trusted = True
+    try:
+        conn.execute(f"BEGIN {mode}")
+    finally:
+        guard.trusted = False
+
+
+def _end(conn: apsw.Connection, guard: _Guard, commit: bool) -> None:
+    guard.trusted = True
+    try:
+        if conn.in_transaction:
+            conn.execute("COMMIT" if commit else "ROLLBACK")
+    finally:
+        guard.trusted = False
+
+
+def run_query(user: UserConnection, stmt: Statement) -> dict[str, Any]:
+    """One statement in its own transaction; raises SqlError (nothing applied) on failure.
+
+    apsw.BusyError passes through: the database stayed locked for the busy timeout.
+    """
+    conn, guard = user.conn, user.guard
+    _begin(conn, guard, "DEFERRED")
+    try:
+        result = _execute(conn, guard, stmt)
+        _end(conn, guard, commit=True)
+    except apsw.BusyError:
+        _end(conn, guard, commit=False)
+        raise
+    except apsw.Error as exc:  # the COMMIT itself failed
+        _end(conn, guard, commit=False)
+        raise SqlError(_message(exc, guard)) from None
+    except BaseException:
+        _end(conn, guard, commit=False)
+        raise
+    return result
+
+
+def run_batch(user: UserConnection, statements: list[Statement]) -> list[dict[str, Any]]:
+    """All statements in one transaction: all applied, or (on the first failure) none.
+
+    Returns one step per statement: `{"success": result}` for those that ran, `{"error":
+    {"message"}}` for the one that failed and for each one after it (not run).
+    """
+    # Deferred first so read-only batches never take the write lock; if another writer got in
+    # between our first read and first write (SQLITE_BUSY), rerun holding the lock from the start.
+    try:
+        return _run_batch_once(user, statements, "DEFERRED")
+    except apsw.BusyError:
+        return _run_batch_once(user, statements, "IMMEDIATE")
+
+
+def _run_batch_once(user: UserConnection, statements: list[Statement], mode: str) -> list[dict[str, Any]]:
+    conn, guard = user.conn, user.guard
+    _begin(conn, guard, mode)
+    steps: list[dict[str, Any]] = []
+    failed: int | None = None
+    try:
+        for index, stmt in enumerate(statements):
+            if failed is not None:
+                steps.append({"error": {"message": f"not run: statements[{failed}] failed, so the whole batch was rolled back"}})
+                continue
+            try:
+                steps.append({"success": _execute(conn, guard, stmt)})
+            except SqlError as exc:
+                failed = index
+                steps.append({"error": {"message": exc.message}})
+        _end(conn, guard, commit=failed is None)
+    except apsw.BusyError:
+        _end(conn, guard, commit=False)
+        raise
+    except apsw.Error as exc:  # the COMMIT itself failed: report it on the last statement
+        _end(conn, guard, commit=False)
+        steps[-1] = {"error": {"message": f"the batch could not be committed: {_message(exc, guard)}"}}
+    except BaseException:
+        _end(conn, guard, commit=False)
+        raise
+    return steps

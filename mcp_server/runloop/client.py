@@ -1,0 +1,795 @@
+"""`RunloopClient`: the async Runloop API client the MCP tools are built on.
+
+One request path (`_send`) applies auth, the idempotency key, the retry policy and the error
+mapping to every call. Long-polls (`wait_for_*`) treat 408 as "not yet" and loop until their own
+deadline. Streams (`stream_output`, `subscribe_axon`) resume after drops (see `streams.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import anyio
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
+from pydantic import BaseModel, ValidationError
+
+from .config import DEFAULT_BASE_URL, ClientConfig
+from .errors import (
+    ApiStatusError,
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    FileTooLarge,
+    InvalidArgument,
+    UnexpectedResponse,
+    WaitTimeout,
+    error_for_status,
+    redact,
+)
+from .models import (
+    DEVBOX_STATUSES,
+    PUBLISHABLE_ORIGINS,
+    AxonEventListPage,
+    AxonEventView,
+    AxonListPage,
+    AxonView,
+    DevboxListPage,
+    DevboxView,
+    ExecutionDetail,
+    ExecutionView,
+    FileDownload,
+    LogEntry,
+    OutputChunk,
+    PublishResult,
+    SqlBatchResult,
+    SqlResult,
+    SqlStatement,
+    StdinResult,
+)
+from .retry import RetryPolicy, is_retryable_status, parse_retry_after
+from .streams import follow_axon, follow_output
+
+log = logging.getLogger("devbox_mcp.runloop")
+
+M = TypeVar("M", bound=BaseModel)
+
+# Server-side holds of the long-poll endpoints (the API's maxima).
+DEVBOX_LONG_POLL_SECONDS = 30.0
+EXECUTION_LONG_POLL_SECONDS = 25.0
+# The read timeout of a long-poll is its hold plus this margin, as the official SDK does.
+LONG_POLL_MARGIN_SECONDS = 5.0
+DEFAULT_WAIT_SECONDS = 600.0
+# File transfers and execute_sync can legitimately take minutes (the SDK's default is 600 s).
+SLOW_CALL_SECONDS = 600.0
+DEFAULT_DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
+USER_AGENT = "devbox-mcp/0.1"
+
+
+def new_command_id() -> str:
+    """A UUIDv7 (48-bit millisecond time, then random bits): the `command_id` of `execute`."""
+    ms = time.time_ns() // 1_000_000
+    rand_a = secrets.randbits(12)
+    rand_b = secrets.randbits(62)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def new_request_id() -> str:
+    """An idempotency key, generated once per logical call and reused by its retries."""
+    return f"devbox-mcp-{uuid.uuid4()}"
+
+
+class RunloopClient:
+    """Async client for the Runloop API. Use as `async with RunloopClient(...) as client:`.
+
+    `retry` governs request retries and stream reconnects; `stream_idle_timeout` is how long a
+    stream may stay silent (servers send keep-alives) before the client reconnects.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str = "",
+        *,
+        custom_headers: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        stream_idle_timeout: float = 60.0,
+    ) -> None:
+        if api_key and not (api_key.isascii() and api_key.isprintable() and not any(c.isspace() for c in api_key)):
+            # Checked here because an HTTP library's complaint about a bad header quotes the value.
+            raise InvalidArgument(
+                "the API key contains spaces, line breaks or non-ASCII characters; "
+                "check RUNLOOP_API_KEY (a stray newline from a file is common)"
+            )
+        if not base_url.startswith(("http://", "https://")):
+            raise InvalidArgument(f"base URL must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.retry = retry or RetryPolicy()
+        headers = {"User-Agent": USER_AGENT, **(custom_headers or {})}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._connect_timeout = connect_timeout
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+        # Streams and long-polls hold connections for long; their own pool keeps them from
+        # starving ordinary calls.
+        self._stream_http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, read=stream_idle_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=50),
+        )
+
+    @classmethod
+    def from_config(cls, config: ClientConfig, **kwargs: Any) -> RunloopClient:
+        return cls(config.base_url, config.api_key, custom_headers=config.custom_headers, **kwargs)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> RunloopClient:
+        """Configured by `RUNLOOP_BASE_URL`, `RUNLOOP_API_KEY` and `RUNLOOP_CUSTOM_HEADERS`."""
+        return cls.from_config(ClientConfig.from_env(), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RunloopClient(base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._stream_http.aclose()
+
+    async def __aenter__(self) -> RunloopClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- request machinery -------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        files: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        retry: bool | None = None,
+        request_timeout: httpx.Timeout | float | None = None,
+        stream: bool = False,
+        long_poll: bool = False,
+    ) -> httpx.Response:
+        """Send one logical call, retrying only if it cannot act twice.
+
+        Retried on transport errors, 408, 429 and 5xx: GET, and requests carrying an
+        `idempotency_key` (sent as `x-request-id`, the same on every attempt), unless
+        `retry=False` says the server may not honour the key for this call. Any other request
+        is resent only when it provably never left (connection refused, connect timeout).
+        With `long_poll`, a 408 is returned to the caller ("not yet") instead of raised or
+        retried. With `stream`, a successful response is returned unread (the caller closes it).
+        Errors record in `attempts` how many times the request was sent.
+        """
+        retryable = (method == "GET" or idempotency_key is not None) if retry is None else retry
+        all_headers = dict(headers or {})
+        if idempotency_key is not None:
+            all_headers["x-request-id"] = idempotency_key
+        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
+        http = self._stream_http if (stream or long_poll) else self._http
+        attempts = 0
+        while True:
+            attempts += 1
+            request = http.build_request(
+                method,
+                path,
+                json=json_body,
+                params=query,
+                files=files,
+                data=data,
+                headers=all_headers,
+                timeout=request_timeout if request_timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            try:
+                response = await http.send(request, stream=True)
+                status = response.status_code
+                if status < 400 or (long_poll and status == 408):
+                    if not stream:
+                        try:
+                            await response.aread()
+                        finally:
+                            await response.aclose()
+                    return response
+            except httpx.TransportError as exc:
+                reason = self._describe(exc)
+                if not (retryable or _never_sent(exc)) or attempts >= self.retry.max_attempts:
+                    raise ConnectionFailed(method, path, reason, attempts=attempts) from None
+                await self._pause(method, path, reason, attempts, None)
+                continue
+            error = await self._error_from(response, method, path)
+            error.attempts = attempts
+            if not (
+                retryable
+                and is_retryable_status(status)
+                and response.headers.get("x-should-retry", "").lower() != "false"
+                and attempts < self.retry.max_attempts
+            ):
+                raise error
+            await self._pause(method, path, str(status), attempts, error.retry_after)
+
+    async def _pause(self, method: str, path: str, reason: str, attempts: int, retry_after: float | None) -> None:
+        delay = self.retry.backoff(attempts, retry_after)
+        log.info("retrying %s %s after %s (attempt %d of %d, in %.2f s)", method, path, reason,
+                 attempts + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
+        await anyio.sleep(delay)
+
+    async def _error_from(self, response: httpx.Response, method: str, path: str) -> ApiStatusError:
+        """The mapped error of an error response (body read and closed), with the key redacted."""
+        try:
+            raw = await response.aread()
+        except httpx.TransportError:
+            raw = b""
+        finally:
+            await response.aclose()
+        message = ""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("message") is not None:
+            message = str(body["message"])
+        elif raw:
+            message = raw.decode("utf-8", errors="replace")[:500]
+        return error_for_status(
+            response.status_code,
+            redact(message, self._api_key),
+            method=method,
+            path=path,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            text = f"timed out ({type(exc).__name__})"
+        return redact(text, self._api_key)
+
+    def _parse(self, response: httpx.Response, model: type[M]) -> M:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise UnexpectedResponse(
+                f"{response.request.method} {response.request.url.path} returned a body that is not a "
+                f"{model.__name__}: {exc.errors()[0]['msg'] if exc.errors() else exc}"
+            ) from None
+
+    async def _get(self, path: str, model: type[M], *, params: Mapping[str, Any] | None = None) -> M:
+        return self._parse(await self._send("GET", path, params=params), model)
+
+    async def _post(
+        self,
+        path: str,
+        model: type[M],
+        body: Any = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        request_timeout: httpx.Timeout | float | None = None,
+        retry: bool | None = None,
+    ) -> M:
+        """POST with a fresh idempotency key; `retry=False` for calls a server may not dedupe."""
+        response = await self._send(
+            "POST", path, json_body=body, params=params, idempotency_key=new_request_id(),
+            request_timeout=request_timeout, retry=retry,
+        )
+        return self._parse(response, model)
+
+    async def _long_poll(
+        self, path: str, body: dict[str, Any], model: type[M], *, what: str, hold: float, timeout_seconds: float,
+        params: Mapping[str, Any] | None = None,
+    ) -> M:
+        """POST a long-poll repeatedly (each held ≤ `hold` s) until it answers or `timeout` passes."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(what, timeout_seconds)
+            hold_now = max(0.01, round(min(hold, remaining), 3))
+            response = await self._send(
+                "POST",
+                path,
+                json_body={**body, "timeout_seconds": hold_now},
+                params=params,
+                idempotency_key=new_request_id(),
+                request_timeout=httpx.Timeout(hold_now + LONG_POLL_MARGIN_SECONDS, connect=self._connect_timeout),
+                long_poll=True,
+            )
+            if response.status_code != 408:
+                return self._parse(response, model)
+
+    @asynccontextmanager
+    async def _connect_sse(self, path: str, params: dict[str, str]) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+        """One SSE connection; error statuses raise the mapped error (no retry: the stream loop decides)."""
+        response = await self._send_stream_once(path, params)
+        try:
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                raise UnexpectedResponse(f"GET {path} answered {content_type!r} instead of an event stream")
+            yield EventSource(response).aiter_sse()
+        finally:
+            await response.aclose()
+
+    async def _send_stream_once(self, path: str, params: dict[str, str]) -> httpx.Response:
+        request = self._stream_http.build_request(
+            "GET", path, params=params, headers={"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        response = await self._stream_http.send(request, stream=True)
+        if response.status_code >= 400:
+            raise await self._error_from(response, "GET", path)
+        return response
+
+    # --- devboxes ------------------------------------------------------------------------------
+
+    async def create_devbox(
+        self,
+        *,
+        name: str | None = None,
+        environment_variables: Mapping[str, str] | None = None,
+        launch_commands: Sequence[str] | None = None,
+        network_mode: str | None = None,
+        launch_parameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> DevboxView:
+        """Create a devbox (returns at once, normally `provisioning`; see `watch_devbox`).
+
+        `launch_commands` and `network_mode` (our extension, e.g. "none") go into
+        `launch_parameters`; `extra` passes any other create field (blueprint_id, ...) as is.
+        Sent with an idempotency key, so a retry never creates a second devbox.
+        """
+        params: dict[str, Any] = dict(launch_parameters or {})
+        if launch_commands is not None:
+            params["launch_commands"] = list(launch_commands)
+        if network_mode is not None:
+            params["network_mode"] = network_mode
+        body: dict[str, Any] = dict(extra or {})
+        if name is not None:
+            body["name"] = name
+        if environment_variables:
+            body["environment_variables"] = dict(environment_variables)
+        if params:
+            body["launch_parameters"] = params
+        if metadata:
+            body["metadata"] = dict(metadata)
+        return await self._post("/v1/devboxes", DevboxView, body)
+
+    async def get_devbox(self, devbox_id: str) -> DevboxView:
+        return await self._get(f"/v1/devboxes/{_seg(devbox_id)}", DevboxView)
+
+    async def list_devboxes(
+        self, *, status: str | None = None, limit: int | None = None, starting_after: str | None = None
+    ) -> DevboxListPage:
+        params = {"status": status, "limit": limit, "starting_after": starting_after}
+        return await self._get("/v1/devboxes", DevboxListPage, params=params)
+
+    async def update_devbox(
+        self, devbox_id: str, *, name: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> DevboxView:
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}", DevboxView, body)
+
+    async def wait_for_devbox_status(
+        self, devbox_id: str, statuses: Iterable[str], *, timeout_seconds: float = DEFAULT_WAIT_SECONDS
+    ) -> DevboxView:
+        """Long-poll until the devbox is in one of `statuses` (a 408 hold just loops).
+
+        Raises `WaitTimeout` after `timeout_seconds` overall. To wait for "running", include
+        "failure" and "shutdown" too, or a failed devbox makes this wait the whole timeout.
+        """
+        wanted = list(dict.fromkeys(statuses))
+        if not wanted:
+            raise InvalidArgument("statuses must name at least one devbox status")
+        return await self._long_poll(
+            f"/v1/devboxes/{_seg(devbox_id)}/wait_for_status",
+            {"statuses": wanted},
+            DevboxView,
+            what=f"devbox {devbox_id} to be {'/'.join(wanted)}",
+            hold=DEVBOX_LONG_POLL_SECONDS,
+            timeout_seconds=timeout_seconds,
+        )
+
+    async def watch_devbox(
+        self, devbox_id: str, until: Iterable[str], *, timeout_seconds: float = DEFAULT_WAIT_SECONDS
+    ) -> AsyncIterator[DevboxView]:
+        """Yield the devbox view now and at each status change, ending once its status is in `until`.
+
+        Each wait is a long-poll for "any status but the current one", so transitions are seen
+        as they happen without polling. Raises `WaitTimeout` after `timeout_seconds` overall.
+        """
+        targets = set(until)
+        deadline = time.monotonic() + timeout_seconds
+        view = await self.get_devbox(devbox_id)
+        yield view
+        while view.status not in targets:
+            others = [s for s in DEVBOX_STATUSES if s != view.status]
+            remaining = deadline - time.monotonic()
+            try:
+                view = await self.wait_for_devbox_status(devbox_id, others, timeout_seconds=max(remaining, 0.001))
+            except WaitTimeout:
+                raise WaitTimeout(f"devbox {devbox_id} to be {'/'.join(sorted(targets))}", timeout_seconds, view) from None
+            yield view
+
+    async def shutdown_devbox(self, devbox_id: str, *, force: bool = False) -> DevboxView:
+        params = {"force": True} if force else None
+        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/shutdown", DevboxView, params=params)
+
+    async def suspend_devbox(self, devbox_id: str) -> DevboxView:
+        return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})
+
+    async def resume_devbox(self, devbox_id: str) -> DevboxView:
+        return await self._transition(devbox_id, "resume", {"resuming", "running"})
+
+    async def _transition(self, devbox_id: str, action: str, reached: set[str]) -> DevboxView:
+        """POST a state change. If a retry (after the first attempt's answer was lost) is
+        refused because the change already happened, that is success: return the devbox."""
+        try:
+            return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/{action}", DevboxView)
+        except (BadRequest, Conflict) as err:
+            if err.attempts < 2:
+                raise
+            view = await self.get_devbox(devbox_id)
+            if view.status not in reached:
+                raise
+            return view
+
+    async def keep_alive_devbox(self, devbox_id: str) -> None:
+        await self._send("POST", f"/v1/devboxes/{_seg(devbox_id)}/keep_alive", idempotency_key=new_request_id())
+
+    async def get_devbox_logs(self, devbox_id: str, *, execution_id: str | None = None) -> list[LogEntry]:
+        response = await self._send("GET", f"/v1/devboxes/{_seg(devbox_id)}/logs", params={"execution_id": execution_id})
+        return self._parse(response, _LogList).logs
+
+    # --- files ---------------------------------------------------------------------------------
+
+    async def read_file_contents(self, devbox_id: str, file_path: str, *, max_bytes: int | None = None) -> str:
+        """A text file's contents (UTF-8; undecodable bytes replaced). Paths are relative to home.
+
+        With `max_bytes`, raises `FileTooLarge` instead of buffering more than that.
+        """
+        data = await self._read_body(
+            f"/v1/devboxes/{_seg(devbox_id)}/read_file_contents",
+            {"file_path": file_path},
+            accept="text/plain",
+            path_for_errors=file_path,
+            max_bytes=max_bytes,
+            fail_over_cap=True,
+        )
+        return data.data.decode("utf-8", errors="replace")
+
+    async def write_file_contents(self, devbox_id: str, file_path: str, contents: str) -> ExecutionDetail:
+        return await self._post(
+            f"/v1/devboxes/{_seg(devbox_id)}/write_file_contents",
+            ExecutionDetail,
+            {"file_path": file_path, "contents": contents},
+            request_timeout=SLOW_CALL_SECONDS,
+        )
+
+    async def upload_file(self, devbox_id: str, path: str, data: bytes) -> None:
+        """Write bytes to `path` in the devbox (multipart upload)."""
+        filename = path.rsplit("/", 1)[-1] or "file"
+        await self._send(
+            "POST",
+            f"/v1/devboxes/{_seg(devbox_id)}/upload_file",
+            data={"path": path},
+            files={"file": (filename, data, "application/octet-stream")},
+            idempotency_key=new_request_id(),
+            request_timeout=SLOW_CALL_SECONDS,
+        )
+
+    async def download_file(
+        self, devbox_id: str, path: str, *, max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
+    ) -> FileDownload:
+        """Up to `max_bytes` of a file. The body is streamed and reading stops at the cap, so a
+        huge file cannot exhaust memory; `truncated` and `size` report what was left."""
+        return await self._read_body(
+            f"/v1/devboxes/{_seg(devbox_id)}/download_file",
+            {"path": path},
+            accept="application/octet-stream",
+            path_for_errors=path,
+            max_bytes=max_bytes,
+            fail_over_cap=False,
+        )
+
+    async def _read_body(
+        self, api_path: str, body: dict[str, Any], *, accept: str, path_for_errors: str,
+        max_bytes: int | None, fail_over_cap: bool,
+    ) -> FileDownload:
+        response = await self._send(
+            "POST", api_path, json_body=body, headers={"Accept": accept}, idempotency_key=new_request_id(),
+            request_timeout=SLOW_CALL_SECONDS, stream=True,
+        )
+        declared = _content_length(response)
+        chunks: list[bytes] = []
+        received = 0
+        truncated = False
+        try:
+            if max_bytes is not None and declared is not None and declared > max_bytes and fail_over_cap:
+                raise FileTooLarge(path_for_errors, max_bytes, declared)
+            async for piece in response.aiter_bytes():
+                if max_bytes is not None and received + len(piece) > max_bytes:
+                    if fail_over_cap:
+                        raise FileTooLarge(path_for_errors, max_bytes, declared)
+                    chunks.append(piece[: max_bytes - received])
+                    received = max_bytes
+                    truncated = True
+                    break
+                chunks.append(piece)
+                received += len(piece)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed("POST", api_path, self._describe(exc)) from None
+        finally:
+            await response.aclose()
+        size = received if not truncated else declared
+        return FileDownload(path=path_for_errors, data=b"".join(chunks), truncated=truncated, size=size)
+
+    # --- executions ----------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        devbox_id: str,
+        command: str,
+        *,
+        command_id: str | None = None,
+        optimistic_timeout: int | None = None,
+        last_n: int | None = None,
+    ) -> ExecutionView:
+        """Start `command` through the idempotent execute endpoint and wait up to
+        `optimistic_timeout` s (≤ 25) for it to complete.
+
+        `command_id` (a UUIDv7 generated when not given) makes retries safe: the server runs a
+        given id once. The returned view's `execution_id` is the id to stream and wait on.
+        """
+        if optimistic_timeout is not None and not 0 <= optimistic_timeout <= 25:
+            raise InvalidArgument(f"optimistic_timeout must be between 0 and 25 seconds, got {optimistic_timeout}")
+        body: dict[str, Any] = {"command": command, "command_id": command_id or new_command_id()}
+        if optimistic_timeout is not None:
+            body["optimistic_timeout"] = optimistic_timeout
+        wait = float(optimistic_timeout or 0)
+        return await self._post(
+            f"/v1/devboxes/{_seg(devbox_id)}/execute",
+            ExecutionView,
+            body,
+            params={"last_n": last_n},
+            request_timeout=httpx.Timeout(wait + 30.0, connect=self._connect_timeout),
+        )
+
+    async def execute_async(self, devbox_id: str, command: str, *, attach_stdin: bool = False) -> ExecutionView:
+        """Start `command` and return at once (status `queued` or `running`)."""
+        body: dict[str, Any] = {"command": command}
+        if attach_stdin:
+            body["attach_stdin"] = True
+        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/execute_async", ExecutionView, body)
+
+    async def execute_sync(self, devbox_id: str, command: str) -> ExecutionDetail:
+        """Run `command` to completion in one call (deprecated by Runloop; kept for simple uses)."""
+        return await self._post(
+            f"/v1/devboxes/{_seg(devbox_id)}/execute_sync", ExecutionDetail, {"command": command},
+            request_timeout=SLOW_CALL_SECONDS,
+        )
+
+    async def get_execution(self, devbox_id: str, execution_id: str, *, last_n: int | None = None) -> ExecutionView:
+        return await self._get(
+            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}", ExecutionView,
+            params={"last_n": last_n},
+        )
+
+    async def wait_for_execution(
+        self,
+        devbox_id: str,
+        execution_id: str,
+        *,
+        statuses: Iterable[str] = ("completed",),
+        timeout_seconds: float = DEFAULT_WAIT_SECONDS,
+        last_n: int | None = None,
+    ) -> ExecutionView:
+        """Long-poll (≤ 25 s per request; 408 = not yet) until the execution is in `statuses`.
+
+        Raises `WaitTimeout` after `timeout_seconds` overall; the command keeps running.
+        """
+        wanted = list(dict.fromkeys(statuses))
+        return await self._long_poll(
+            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/wait_for_status",
+            {"statuses": wanted},
+            ExecutionView,
+            what=f"execution {execution_id} to be {'/'.join(wanted)}",
+            hold=EXECUTION_LONG_POLL_SECONDS,
+            timeout_seconds=timeout_seconds,
+            params={"last_n": last_n},
+        )
+
+    async def kill_execution(
+        self, devbox_id: str, execution_id: str, *, kill_process_group: bool = True
+    ) -> ExecutionView:
+        """Kill the execution (by default its whole process group, so no child survives)."""
+        return await self._post(
+            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/kill",
+            ExecutionView,
+            {"kill_process_group": kill_process_group},
+        )
+
+    async def send_stdin(
+        self,
+        devbox_id: str,
+        execution_id: str,
+        *,
+        text: str | None = None,
+        signal: Literal["EOF", "INTERRUPT"] | None = None,
+    ) -> StdinResult:
+        """Send text or a signal (EOF, INTERRUPT) to an execution started with `attach_stdin=True`.
+
+        Sends are not ordered by the API: await each before sending the next. Not retried after
+        an ambiguous failure (servers need not dedupe it, and text sent twice would be read twice).
+        """
+        if (text is None) == (signal is None):
+            raise InvalidArgument("send_stdin needs exactly one of text or signal")
+        if text is not None and text == "":
+            raise InvalidArgument("send_stdin text must not be empty (to close stdin, send signal='EOF')")
+        if signal is not None and signal not in ("EOF", "INTERRUPT"):
+            raise InvalidArgument(f"signal must be 'EOF' or 'INTERRUPT', not {signal!r}")
+        body = {"text": text} if text is not None else {"signal": signal}
+        return await self._post(
+            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/send_std_in", StdinResult, body,
+            retry=False,
+        )
+
+    def stream_output(
+        self,
+        devbox_id: str,
+        execution_id: str,
+        stream: Literal["stdout", "stderr"] = "stdout",
+        offset: int = 0,
+    ) -> AsyncIterator[OutputChunk]:
+        """Output chunks of one stream from byte `offset`, resuming across dropped connections,
+        until the server ends the stream (the execution completed and all output was sent).
+
+        Each chunk's `offset` is the byte offset after it, counted from the bytes received.
+        """
+        if offset < 0:
+            raise InvalidArgument(f"offset must be ≥ 0, got {offset}")
+        return follow_output(self._connect_sse, _seg(devbox_id), _seg(execution_id), stream, offset, self.retry)
+
+    # --- axons ---------------------------------------------------------------------------------
+
+    async def create_axon(self, *, name: str | None = None, metadata: Mapping[str, str] | None = None) -> AxonView:
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        return await self._post("/v1/axons", AxonView, body)
+
+    async def list_axons(
+        self,
+        *,
+        name: str | None = None,
+        search: str | None = None,
+        limit: int | None = None,
+        starting_after: str | None = None,
+    ) -> AxonListPage:
+        params = {"name": name, "search": search, "limit": limit, "starting_after": starting_after}
+        return await self._get("/v1/axons", AxonListPage, params=params)
+
+    async def get_axon(self, axon_id: str) -> AxonView:
+        return await self._get(f"/v1/axons/{_seg(axon_id)}", AxonView)
+
+    async def publish(
+        self,
+        axon_id: str,
+        *,
+        event_type: str,
+        payload: Any,
+        source: str = "devbox-mcp",
+        origin: str = "AGENT_EVENT",
+    ) -> PublishResult:
+        """Append an event. `payload` is any JSON value; it is JSON-encoded for the API.
+
+        SYSTEM_EVENT is reserved for the platform and refused here, before anything is sent.
+        Sent with an idempotency key, so a retry never appends the event twice.
+        """
+        if origin == "SYSTEM_EVENT":
+            raise InvalidArgument(
+                "origin SYSTEM_EVENT is reserved for the platform and cannot be published; "
+                f"use one of {', '.join(PUBLISHABLE_ORIGINS)}"
+            )
+        if origin not in PUBLISHABLE_ORIGINS:
+            raise InvalidArgument(f"origin must be one of {', '.join(PUBLISHABLE_ORIGINS)}, not {origin!r}")
+        if not event_type:
+            raise InvalidArgument("event_type must not be empty")
+        try:
+            encoded = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"payload must be a JSON value: {exc}") from None
+        body = {"event_type": event_type, "origin": origin, "payload": encoded, "source": source}
+        return await self._post(f"/v1/axons/{_seg(axon_id)}/publish", PublishResult, body)
+
+    async def list_events(
+        self, axon_id: str, *, limit: int | None = None, starting_after: str | int | None = None
+    ) -> AxonEventListPage:
+        """A page of events, newest first (sequence descending), as the API orders them."""
+        params = {"limit": limit, "starting_after": starting_after}
+        return await self._get(f"/v1/axons/{_seg(axon_id)}/events", AxonEventListPage, params=params)
+
+    async def sql_query(
+        self, axon_id: str, sql: str, params: Sequence[Any] | None = None, *, read_only: bool = False
+    ) -> SqlResult:
+        """Run one SQL statement (`?` placeholders) on the axon's database. Event history is the
+        table `rl_axon_events`. No read-only check here: that policy belongs to the tool.
+
+        A statement may write, and a write retried after a lost response could apply twice, so
+        it is retried only when the caller vouches it is `read_only`.
+        """
+        body: dict[str, Any] = {"sql": sql}
+        if params is not None:
+            body["params"] = list(params)
+        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/query", SqlResult, body, retry=read_only)
+
+    async def sql_batch(
+        self, axon_id: str, statements: Sequence[SqlStatement | Mapping[str, Any]], *, read_only: bool = False
+    ) -> SqlBatchResult:
+        """Run statements atomically in one transaction; one result (success or error) each.
+        Retried only when `read_only` (see `sql_query`)."""
+        items = [s if isinstance(s, SqlStatement) else SqlStatement.model_validate(s) for s in statements]
+        body = {"statements": [s.model_dump(exclude_none=True) for s in items]}
+        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/batch", SqlBatchResult, body, retry=read_only)
+
+    def subscribe_axon(self, axon_id: str, after_sequence: int | None = None) -> AsyncIterator[AxonEventView]:
+        """Events with sequence > `after_sequence` (None: from the first), forever: a dropped or
+        idle-closed connection is resumed after the last sequence seen. Close it with `aclose()`
+        or by leaving the `async for`."""
+        return follow_axon(self._connect_sse, _seg(axon_id), after_sequence, self.retry)
+
+
+class _LogList(BaseModel):
+    logs: list[LogEntry] = []
+
+
+def _seg(value: str) -> str:
+    """An id as one URL path segment: refuse what would change the path (`/`, `..`, empty)."""
+    if not value or "/" in value or value in (".", "..") or "?" in value or "#" in value:
+        raise InvalidArgument(f"{value!r} is not a valid id")
+    return value
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The request never reached the server, so resending it cannot make it act twice."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,43 @@
+"""Tunables of the MCP layer, in one place, with environment overrides for `devbox-mcp serve`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Settings:
+    # How long `execute`/`stream_logs` hold a call by default: under the 60 s at which common clients give up.
+    wait_seconds: float = 50.0
+    # Upper bound a caller may ask for with `wait_seconds` (clients with longer ceilings can use it).
+    max_wait_seconds: float = 600.0
+    # Text budget of one result (command output, file text), in UTF-8 bytes.
+    output_budget: int = 16 * 1024
+    # Progress notifications: at most one per interval, each message at most this many bytes.
+    progress_interval: float = 0.1
+    progress_message_bytes: int = 1024
+    # Binary files returned on request (embedded resource / image content) are capped at this size.
+    binary_cap: int = 512 * 1024
+    # Rows returned by sql_query before the result is cut (with a note).
+    sql_max_rows: int = 200
+    # Time allowed to kill a cancelled command in the devbox.
+    kill_timeout: float = 5.0
+    # How long create_devbox / resume_devbox wait for the devbox to be running.
+    boot_timeout: float = 300.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """`DEVBOX_MCP_<FIELD>` (e.g. DEVBOX_MCP_WAIT_SECONDS=30) overrides a default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"DEVBOX_MCP_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = float if isinstance(f.default, float) else int
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"DEVBOX_MCP_{f.name.upper()}={raw!r} is not a number") from None
+        return cls(**values)

@@ -1,0 +1,209 @@
+"""Axon tools: create/list axons, publish events, and query their history with SQL.
+
+`sql_query` is read-only unless `allow_writes` is set: a statement that could write is refused
+before it is sent (see `sql_guard`). Rows come back as objects, bounded in count and size; the
+text carries them once (one JSON object per line) and the structured content the envelope.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
+from pydantic import BaseModel, Field, JsonValue
+
+from ..runloop import AxonView, SqlResult
+from ..shaping import truncate_utf8
+from .common import AxonId, annotations, api_errors, result, state
+from .sql_guard import SqlRefused, check_read_only
+
+SqlParam = str | int | float | bool | None
+
+
+class AxonInfo(BaseModel):
+    id: str
+    name: str | None = None
+    created_at_ms: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    deleted: bool = False
+
+
+class AxonList(BaseModel):
+    axons: list[AxonInfo]
+    has_more: bool = Field(description="call again with starting_after = the last id")
+
+
+class Published(BaseModel):
+    axon_id: str
+    sequence: int
+    timestamp_ms: int | None = None
+
+
+class Column(BaseModel):
+    name: str
+    type: str | None = None
+
+
+class QueryEnvelope(BaseModel):
+    axon_id: str
+    columns: list[Column]
+    row_count: int = Field(description="rows the statement returned")
+    rows_returned: int
+    rows_cut: bool
+    changes: int | None = None
+    note: str | None = None
+
+
+class Statement(BaseModel):
+    sql: Annotated[str, Field(min_length=1, max_length=100_000)]
+    params: list[SqlParam] = Field(default_factory=list, max_length=1000)
+
+
+class BatchItem(BaseModel):
+    columns: list[str] = Field(default_factory=list)
+    rows: list[dict[str, Any]] = Field(default_factory=list)
+    rows_cut: bool = False
+    changes: int | None = None
+
+
+class BatchResult(BaseModel):
+    axon_id: str
+    results: list[BatchItem]
+
+
+def axon_info(view: AxonView) -> AxonInfo:
+    return AxonInfo(
+        id=view.id, name=view.name, created_at_ms=view.created_at_ms, metadata=view.metadata,
+        deleted=view.deleted_at_ms is not None,
+    )
+
+
+def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut."""
+    records = res.records()
+    out: list[dict[str, Any]] = []
+    used = 0
+    for row in records[:max_rows]:
+        size = len(json.dumps(row, ensure_ascii=False, default=str)) + 1
+        if used + size > budget and out:
+            break
+        out.append(row)
+        used += size
+    if len(out) < len(records):
+        why = f"the first {max_rows}" if len(out) == max_rows else f"{len(out)} (the {budget}-byte budget)"
+        return out, (
+            f"{len(records)} rows; only {why} are returned. Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
+        )
+    return out, None
+
+
+def register(server: MCPServer) -> None:
+    @server.tool(annotations=annotations(title="Create axon"))
+    async def create_axon(
+        ctx: Context,
+        name: Annotated[str | None, Field(max_length=256)] = None,
+        metadata: Annotated[dict[str, str] | None, Field(description="string labels")] = None,
+    ) -> AxonInfo:
+        """Create an axon: an event stream with a SQL-queryable history."""
+        with api_errors():
+            return axon_info(await state(ctx).client.create_axon(name=name, metadata=metadata))
+
+    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List axons"))
+    async def list_axons(
+        ctx: Context,
+        name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
+        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+        starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
+    ) -> AxonList:
+        """List axons."""
+        with api_errors():
+            page = await state(ctx).client.list_axons(name=name, limit=limit, starting_after=starting_after)
+        return AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
+
+    @server.tool(annotations=annotations(title="Publish event"))
+    async def publish_event(
+        ctx: Context,
+        axon_id: AxonId,
+        event_type: Annotated[str, Field(min_length=1, max_length=256)],
+        payload: Annotated[JsonValue, Field(description="any JSON value")],
+        source: Annotated[str, Field(min_length=1, max_length=256)] = "devbox-mcp",
+        origin: Literal["AGENT_EVENT", "USER_EVENT", "EXTERNAL_EVENT"] = "AGENT_EVENT",
+    ) -> Published:
+        """Publish an event to an axon. Returns its sequence number and timestamp."""
+        with api_errors():
+            done = await state(ctx).client.publish(
+                axon_id, event_type=event_type, payload=payload, source=source, origin=origin
+            )
+        return Published(axon_id=axon_id, sequence=done.sequence, timestamp_ms=done.timestamp_ms)
+
+    # It can write when asked (allow_writes), so it is not read-only, and a write may delete.
+    @server.tool(annotations=annotations(destructive=True, title="SQL query"))
+    async def sql_query(
+        ctx: Context,
+        axon_id: AxonId,
+        sql: Annotated[str, Field(min_length=1, max_length=100_000, description="one statement, ? placeholders")],
+        params: Annotated[list[SqlParam], Field(max_length=1000)] | None = None,
+        allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
+    ) -> Annotated[CallToolResult, QueryEnvelope]:
+        """Run one SQL statement on an axon's database (events are in table rl_axon_events).
+        Read-only unless allow_writes. Rows come back as objects, bounded."""
+        if not allow_writes:
+            try:
+                check_read_only(sql)
+            except SqlRefused as exc:
+                raise ToolError(str(exc)) from None
+        st = state(ctx)
+        with api_errors():
+            res = await st.client.sql_query(axon_id, sql, params)
+        rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
+        envelope = QueryEnvelope(
+            axon_id=axon_id,
+            columns=[Column(name=c.name, type=c.type) for c in res.columns],
+            row_count=len(res.rows),
+            rows_returned=len(rows),
+            rows_cut=note is not None,
+            changes=res.meta.changes,
+            note=note,
+        )
+        head = f"{len(res.rows)} row(s); columns: {', '.join(c.name for c in res.columns) or '-'}"
+        if res.meta.changes:
+            head += f"; {res.meta.changes} change(s)"
+        lines = [head] + [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+        if note:
+            lines.append(f"[{note}]")
+        return result(envelope, "\n".join(lines) + "\n")
+
+    @server.tool(annotations=annotations(destructive=True, title="SQL batch"))
+    async def sql_batch(
+        ctx: Context,
+        axon_id: AxonId,
+        statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
+    ) -> BatchResult:
+        """Run SQL statements atomically (one transaction) on an axon's database; may write.
+        If one fails, none is applied."""
+        st = state(ctx)
+        with api_errors():
+            res = await st.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
+        for n, item in enumerate(res.results, 1):
+            if item.error is not None or item.success is None:
+                message = item.error.message if item.error is not None else "no result"
+                raise ToolError(
+                    f"sql_batch rolled back, nothing was written: statement {n} of {len(statements)} failed: "
+                    f"{truncate_utf8(message, 2000, keep='head')}"
+                )
+        budget = st.settings.output_budget // max(len(res.results), 1)
+        items = []
+        for item in res.results:
+            rows, note = bounded_rows(item.success, st.settings.sql_max_rows, budget)
+            items.append(
+                BatchItem(
+                    columns=[c.name for c in item.success.columns],
+                    rows=rows,
+                    rows_cut=note is not None,
+                    changes=item.success.meta.changes,
+                )
+            )
+        return BatchResult(axon_id=axon_id, results=items)

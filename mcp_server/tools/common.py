@@ -1,0 +1,79 @@
+"""What every tool module shares: the per-server state, argument types, and error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from ..runloop import RunloopClient, RunloopError
+from ..settings import Settings
+
+
+@dataclass
+class AppState:
+    """Lives for one server run (the MCP lifespan): the API client and the settings."""
+
+    client: RunloopClient
+    settings: Settings
+
+
+def state(ctx: Context) -> AppState:
+    return ctx.request_context.lifespan_context
+
+
+@contextmanager
+def api_errors(context: str | None = None) -> Iterator[None]:
+    """Turn a client error into a tool error (an `isError` result) that says what failed and why.
+
+    The client's messages are already one actionable line without the API key; no traceback
+    or chained exception reaches the caller. The SDK prefixes the tool's name; `context` says
+    which step failed when a tool takes several.
+    """
+    try:
+        yield
+    except RunloopError as exc:
+        raise ToolError(f"{context}: {exc}" if context else str(exc)) from None
+
+
+def result(structured: BaseModel, text: str) -> CallToolResult:
+    """A result whose text is what the model reads and whose structured content is the envelope.
+
+    Used by tools with big output: the output goes in the text once (shaped), and the structured
+    content carries ids, status, sizes and offsets, never the output a second time.
+    """
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=structured.model_dump(mode="json", exclude_none=False),
+    )
+
+
+# Ids become URL path segments: no slashes, no dots-only names, no spaces.
+_ID = r"^[\w.:-]+$"
+DevboxId = Annotated[str, Field(max_length=200, pattern=_ID)]
+ExecutionId = Annotated[str, Field(max_length=200, pattern=_ID)]
+AxonId = Annotated[str, Field(max_length=200, pattern=_ID)]
+FilePath = Annotated[
+    str,
+    Field(min_length=1, max_length=4096, description="file path in the devbox (relative paths are from home)"),
+]
+
+
+def annotations(
+    *, read_only: bool = False, destructive: bool = False, idempotent: bool = False, open_world: bool = False,
+    title: str | None = None,
+) -> ToolAnnotations:
+    """Every hint spelled out: clients assume the worst (destructive, non-idempotent) when one is missing."""
+    return ToolAnnotations(
+        title=title,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=open_world,
+    )

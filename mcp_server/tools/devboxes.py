@@ -1,0 +1,137 @@
+"""Devbox lifecycle tools: create (waiting until running, with each transition as progress),
+list, get, shutdown, suspend, resume."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel, Field
+
+from ..runloop import DevboxView
+from .common import DevboxId, annotations, api_errors, state
+
+READY = ("running", "failure", "shutdown")
+
+
+class DevboxInfo(BaseModel):
+    id: str
+    status: str
+    name: str | None = None
+    network_mode: str | None = None
+    created_at_ms: int | None = None
+    failure_reason: str | None = None
+    shutdown_reason: str | None = None
+
+
+class DevboxList(BaseModel):
+    devboxes: list[DevboxInfo]
+    has_more: bool = Field(description="call again with starting_after = the last id")
+
+
+def info(view: DevboxView) -> DevboxInfo:
+    return DevboxInfo(
+        id=view.id,
+        status=view.status,
+        name=view.name,
+        network_mode=view.launch_parameters.get("network_mode"),
+        created_at_ms=view.create_time_ms,
+        failure_reason=view.failure_reason,
+        shutdown_reason=view.shutdown_reason,
+    )
+
+
+async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
+    """Follow the devbox to running (or failure/shutdown), reporting each new status as progress."""
+    st = state(ctx)
+    start = time.monotonic()
+    steps = 1
+    await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status}")
+    if view.status in READY:
+        return view
+    last_status = view.status
+    devbox_id = view.id
+    with api_errors("waiting for the devbox to run"):
+        async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=st.settings.boot_timeout):
+            if view.status != last_status:
+                steps += 1
+                last_status = view.status
+                elapsed = time.monotonic() - start
+                await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status} ({elapsed:.1f} s)")
+    return view
+
+
+def register(server: MCPServer) -> None:
+    @server.tool(annotations=annotations(title="Create devbox"))
+    async def create_devbox(
+        ctx: Context,
+        name: Annotated[str | None, Field(max_length=256, description="a name to find it by")] = None,
+        environment_variables: Annotated[
+            dict[str, str] | None, Field(description="environment of every command in the devbox")
+        ] = None,
+        launch_commands: Annotated[
+            list[str] | None, Field(max_length=50, description="shell commands run once at start-up")
+        ] = None,
+        network_mode: Annotated[
+            Literal["isolated", "none", "host"] | None,
+            Field(description="embedded backend only: isolated (own network, default), none, or host"),
+        ] = None,
+    ) -> DevboxInfo:
+        """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress."""
+        st = state(ctx)
+        with api_errors():
+            view = await st.client.create_devbox(
+                name=name,
+                environment_variables=environment_variables,
+                launch_commands=launch_commands,
+                network_mode=network_mode,
+            )
+        view = await wait_running(ctx, view)
+        if view.status != "running":
+            reason = view.failure_reason or view.shutdown_reason or "no reason given"
+            raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
+        return info(view)
+
+    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
+    async def list_devboxes(
+        ctx: Context,
+        status: Annotated[
+            Literal["queued", "provisioning", "initializing", "running", "suspending", "suspended",
+                    "resuming", "failure", "shutdown"] | None,
+            Field(description="only devboxes in this status"),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+        starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
+    ) -> DevboxList:
+        """List devboxes, newest first."""
+        with api_errors():
+            page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
+        return DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
+
+    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
+    async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+        """Get a devbox's status and details."""
+        with api_errors():
+            return info(await state(ctx).client.get_devbox(devbox_id))
+
+    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Shut down devbox"))
+    async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+        """Shut a devbox down for good: its processes stop and its files are gone."""
+        with api_errors():
+            return info(await state(ctx).client.shutdown_devbox(devbox_id))
+
+    @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
+    async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+        """Suspend a running devbox (its processes pause; resume_devbox continues them)."""
+        with api_errors():
+            return info(await state(ctx).client.suspend_devbox(devbox_id))
+
+    @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
+    async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+        """Resume a suspended devbox and wait until it is running."""
+        with api_errors():
+            view = await state(ctx).client.resume_devbox(devbox_id)
+        view = await wait_running(ctx, view)
+        return info(view)

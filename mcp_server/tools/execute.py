@@ -1,0 +1,390 @@
+"""Running commands: `execute`, `stream_logs`, `send_stdin`, `kill_execution`.
+
+`execute` starts the command through the idempotent execute endpoint (a retried call with the
+same `command_id` attaches to the same execution instead of running it again), then follows
+both output streams. Every chunk feeds the progress notifications; the streams end when the
+command has exited and all its output was sent, so nothing printed just before exit is lost.
+If the wait budget ends first, the call hands off: the command keeps running and the result
+says where to continue with `stream_logs` (byte offsets counted from what was received).
+If the client cancels the call, the command is killed in the devbox (its process group).
+
+Results: the text content is what the model reads (a status line and the shaped output); the
+structured content is the envelope (ids, status, exit, sizes, offsets), never the output again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
+from pydantic import BaseModel, Field
+
+from ..progress import output_progress
+from ..runloop import RunloopClient, RunloopError, new_command_id
+from ..settings import Settings
+from ..shaping import OutputBuffer, Shaped, stream_hint
+from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, result, state
+
+STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
+MAX_MATCHES = 20
+
+
+class OutputEnvelope(BaseModel):
+    devbox_id: str
+    execution_id: str
+    status: Literal["queued", "running", "completed"]
+    exit_status: int | None = None
+    output_complete: bool = Field(description="all output up to the exit was read")
+    stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
+    stderr_offset: int
+    stdout_bytes: int = Field(description="bytes covered by this result")
+    stderr_bytes: int
+    omitted_bytes: int = Field(description="left out of the text (see its marker)")
+    hint: str | None = None
+
+
+class ExecuteResult(OutputEnvelope):
+    command_id: str | None = Field(description="retry with it: never runs twice")
+    duration_seconds: float
+
+
+class LogsResult(OutputEnvelope):
+    stopped_because: Literal["completed", "matched", "wait_ended"]
+    matches: list[str] = Field(default_factory=list, description="lines matching until (≤ 20)")
+
+
+class ExecutionState(BaseModel):
+    devbox_id: str
+    execution_id: str
+    status: str
+    exit_status: int | None = None
+
+
+class StdinResult(BaseModel):
+    execution_id: str
+    success: bool
+
+
+@dataclass
+class Followed:
+    """What following an execution's streams produced."""
+
+    offsets: dict[str, int]
+    start: dict[str, int]
+    buffers: dict[str, OutputBuffer]
+    ended: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(STREAMS, False))
+    matches: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return all(self.ended.values())
+
+
+class _LineMatcher:
+    """Finds lines matching `until` across chunk boundaries (a partial last line is checked too)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+        self.partial = {s: "" for s in STREAMS}
+
+    def feed(self, stream: str, text: str) -> list[str]:
+        data = self.partial[stream] + text
+        *lines, rest = data.split("\n")
+        self.partial[stream] = rest
+        found = [line for line in lines if self.pattern.search(line)]
+        if not found and rest and self.pattern.search(rest):
+            found.append(rest)
+        return found
+
+
+async def follow(
+    ctx: Context,
+    st: AppState,
+    devbox_id: str,
+    execution_id: str,
+    *,
+    stdout_offset: int = 0,
+    stderr_offset: int = 0,
+    wait: float,
+    until: re.Pattern[str] | None = None,
+) -> Followed:
+    """Read both streams from the given offsets until they end, `until` matches, or `wait` passes."""
+    keep = max(st.settings.output_budget, 1024)
+    start = {"stdout": stdout_offset, "stderr": stderr_offset}
+    got = Followed(offsets=dict(start), start=dict(start), buffers={s: OutputBuffer(keep) for s in STREAMS})
+    matcher = _LineMatcher(until) if until else None
+    errors: list[RunloopError] = []
+
+    async def report(progress: float, message: str) -> None:
+        await ctx.report_progress(progress, None, message)
+
+    async with output_progress(
+        report,
+        interval=st.settings.progress_interval,
+        max_bytes=st.settings.progress_message_bytes,
+        start_bytes=stdout_offset + stderr_offset,
+    ) as progress:
+        with anyio.move_on_after(wait):
+            async with anyio.create_task_group() as tg:
+
+                async def pump(stream: Literal["stdout", "stderr"]) -> None:
+                    try:
+                        async for chunk in st.client.stream_output(
+                            devbox_id, execution_id, stream, offset=got.offsets[stream]
+                        ):
+                            # No await between receiving a chunk and recording it: a cancel
+                            # here never loses a chunk that the offsets already count.
+                            got.buffers[stream].add(chunk.text)
+                            got.offsets[stream] = chunk.offset
+                            progress.feed(chunk.text)
+                            if matcher is not None and len(got.matches) < MAX_MATCHES:
+                                found = matcher.feed(stream, chunk.text)
+                                if found:
+                                    got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
+                                    tg.cancel_scope.cancel()
+                        got.ended[stream] = True
+                    except RunloopError as exc:
+                        errors.append(exc)
+                        tg.cancel_scope.cancel()
+
+                for stream in STREAMS:
+                    tg.start_soon(pump, stream)
+    if errors:
+        raise ToolError(f"reading the output of execution {execution_id} failed: {errors[0]}")
+    return got
+
+
+def split_budget(sizes: dict[str, int], budget: int) -> dict[str, int]:
+    """Share the text budget between stdout and stderr: each gets half, and what one does not
+    need goes to the other."""
+    half = budget // 2
+    alloc = {s: min(n, half) for s, n in sizes.items()}
+    spare = budget - sum(alloc.values())
+    for s in STREAMS:
+        extra = min(spare, sizes[s] - alloc[s])
+        alloc[s] += extra
+        spare -= extra
+    return {s: max(a, 256) for s, a in alloc.items()}
+
+
+def shape_streams(got: Followed, settings: Settings) -> dict[str, Shaped]:
+    sizes = {s: got.buffers[s].total for s in STREAMS}
+    budgets = split_budget(sizes, settings.output_budget)
+    return {
+        s: got.buffers[s].shaped(
+            budgets[s], base_offset=got.start[s], label=s, hint=stream_hint(f"{s}_offset")
+        )
+        for s in STREAMS
+    }
+
+
+def render_output(shaped: dict[str, Shaped]) -> str:
+    parts = []
+    for s in STREAMS:
+        if shaped[s].total_bytes:
+            text = shaped[s].text
+            parts.append(f"--- {s} ---\n{text}{'' if text.endswith(chr(10)) else chr(10)}")
+    return "".join(parts) if parts else "(no output)\n"
+
+
+def continue_hint(devbox_id: str, execution_id: str, got: Followed) -> str:
+    return (
+        f"continue with stream_logs devbox_id={devbox_id} execution_id={execution_id} "
+        f"stdout_offset={got.offsets['stdout']} stderr_offset={got.offsets['stderr']}"
+        " (or stop it with kill_execution)"
+    )
+
+
+async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, complete: bool):
+    """The execution's status and exit code. After the streams ended it is (about to be) completed."""
+    if complete:
+        return await client.wait_for_execution(devbox_id, execution_id, statuses=("completed",), timeout_seconds=30)
+    return await client.get_execution(devbox_id, execution_id)
+
+
+def register(server: MCPServer) -> None:
+    # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Execute command"))
+    async def execute(
+        ctx: Context,
+        devbox_id: DevboxId,
+        command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
+        wait_seconds: Annotated[
+            float | None,
+            Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50)"),
+        ] = None,
+        command_id: Annotated[
+            str | None,
+            Field(
+                max_length=100, pattern=r"^[\w.:-]+$",
+                description="idempotency key: a retry with the same id never runs the command twice",
+            ),
+        ] = None,
+        attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
+    ) -> Annotated[CallToolResult, ExecuteResult]:
+        """Run a shell command in a devbox. Output streams live as progress; returns exit status,
+        duration, stdout and stderr. If still running after wait_seconds, returns status running
+        and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
+        st = state(ctx)
+        if attach_stdin and command_id is not None:
+            raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
+        wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
+        cid = None if attach_stdin else command_id or new_command_id()
+        started = time.monotonic()
+        execution_id: str | None = None
+        try:
+            with api_errors():
+                if attach_stdin:
+                    # The idempotent endpoint has no stdin option; this call is sent once.
+                    view = await st.client.execute_async(devbox_id, command, attach_stdin=True)
+                else:
+                    view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
+            execution_id = view.execution_id
+            got = await follow(ctx, st, devbox_id, execution_id, wait=wait)
+            with api_errors():
+                final = await final_state(st.client, devbox_id, execution_id, got.complete)
+        except anyio.get_cancelled_exc_class():
+            if execution_id is not None or cid is not None:
+                await _kill_cancelled(st, devbox_id, command, cid, execution_id)
+            raise
+        duration = time.monotonic() - started
+        return _execute_result(st, devbox_id, execution_id, cid, got, final, duration, wait)
+
+    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
+    async def stream_logs(
+        ctx: Context,
+        devbox_id: DevboxId,
+        execution_id: ExecutionId,
+        stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
+        stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
+        wait_seconds: Annotated[
+            float | None, Field(ge=0, le=3600, description="how long to follow (default 50)")
+        ] = None,
+        until: Annotated[
+            str | None,
+            Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
+        ] = None,
+    ) -> Annotated[CallToolResult, LogsResult]:
+        """Follow a running command's output from the given offsets (live as progress) until it
+        completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
+        st = state(ctx)
+        pattern = None
+        if until is not None:
+            try:
+                pattern = re.compile(until)
+            except re.error as exc:
+                raise ToolError(f"until is not a valid regular expression: {exc}") from None
+        wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
+        got = await follow(
+            ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
+            wait=wait, until=pattern,
+        )
+        with api_errors():
+            final = await final_state(st.client, devbox_id, execution_id, got.complete)
+        shaped = shape_streams(got, st.settings)
+        reason: Literal["completed", "matched", "wait_ended"] = (
+            "matched" if got.matches else "completed" if got.complete else "wait_ended"
+        )
+        hint = None if got.complete else continue_hint(devbox_id, execution_id, got)
+        envelope = LogsResult(
+            **_envelope_fields(devbox_id, execution_id, got, final, shaped),
+            hint=hint,
+            stopped_because=reason,
+            matches=got.matches,
+        )
+        if reason == "matched":
+            head = f"matched {until!r} ({len(got.matches)} line(s)); the command is {final.status}"
+        elif reason == "completed":
+            head = f"completed: exit {final.exit_status}"
+        else:
+            head = f"no end after {wait:g} s; the command is {final.status}"
+        lines = [f"{head} · execution {execution_id}"]
+        if got.matches:
+            lines.append("matching lines:\n" + "\n".join(got.matches))
+        if hint:
+            lines.append(hint)
+        return result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
+
+    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
+    async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
+        """Kill a running command and its child processes (the whole process group)."""
+        with api_errors():
+            view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
+        return ExecutionState(
+            devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
+        )
+
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
+    async def send_stdin(
+        ctx: Context,
+        devbox_id: DevboxId,
+        execution_id: ExecutionId,
+        text: Annotated[str | None, Field(min_length=1, max_length=100_000, description="text to write")] = None,
+        signal: Annotated[
+            Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
+        ] = None,
+    ) -> StdinResult:
+        """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
+        if (text is None) == (signal is None):
+            raise ToolError("send_stdin needs exactly one of text or signal")
+        with api_errors():
+            sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
+        return StdinResult(execution_id=execution_id, success=sent.success)
+
+
+async def _kill_cancelled(
+    st: AppState, devbox_id: str, command: str, command_id: str | None, execution_id: str | None
+) -> None:
+    """The caller cancelled: kill the command so it leaves no orphan.
+
+    If the cancel came while the execute request was in flight, the execution id is unknown;
+    asking again with the same command_id returns the same execution (never a second run).
+    """
+    with anyio.CancelScope(shield=True), anyio.move_on_after(st.settings.kill_timeout):
+        if execution_id is None:
+            try:
+                view = await st.client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
+            except RunloopError:
+                return
+            execution_id = view.execution_id
+        try:
+            await st.client.kill_execution(devbox_id, execution_id, kill_process_group=True)
+        except RunloopError:
+            pass  # already finished, or the devbox is gone: nothing left to kill
+
+
+def _envelope_fields(devbox_id, execution_id, got: Followed, final, shaped: dict[str, Shaped]) -> dict:
+    return {
+        "devbox_id": devbox_id,
+        "execution_id": execution_id,
+        "status": final.status if final.status in ("queued", "running", "completed") else "running",
+        "exit_status": final.exit_status if final.status == "completed" else None,
+        "output_complete": got.complete,
+        "stdout_offset": got.offsets["stdout"],
+        "stderr_offset": got.offsets["stderr"],
+        "stdout_bytes": got.offsets["stdout"] - got.start["stdout"],
+        "stderr_bytes": got.offsets["stderr"] - got.start["stderr"],
+        "omitted_bytes": sum(s.omitted_bytes for s in shaped.values()),
+    }
+
+
+def _execute_result(
+    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final, duration: float,
+    wait: float,
+) -> CallToolResult:
+    shaped = shape_streams(got, st.settings)
+    fields = _envelope_fields(devbox_id, execution_id, got, final, shaped)
+    if got.complete:
+        head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}"
+        hint = None
+    else:
+        hint = continue_hint(devbox_id, execution_id, got)
+        head = f"still {final.status} after {wait:g} s · execution {execution_id}; the command keeps running.\n{hint}"
+    envelope = ExecuteResult(**fields, hint=hint, command_id=command_id, duration_seconds=round(duration, 3))
+    return result(envelope, head + "\n" + render_output(shaped))

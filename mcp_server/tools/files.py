@@ -1,0 +1,173 @@
+"""File tools: `read_file` (text with line ranges and a size bound; binary only on request) and
+`write_file`.
+
+Binary files are refused unless asked for: their bytes mean nothing as text and base64 costs
+context. On request they come back as image content (PNG, JPEG, GIF, WebP) or an embedded
+resource, under a size cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import BlobResourceContents, CallToolResult, EmbeddedResource, ImageContent, TextContent
+from pydantic import BaseModel, Field
+
+from ..shaping import line_hint, shape
+from .common import DevboxId, FilePath, annotations, api_errors, state
+
+# Text files are scanned up to this size to select lines; beyond it the result says so.
+TEXT_SCAN_BYTES = 32 * 1024 * 1024
+SNIFF_BYTES = 8192
+
+_MAGIC: list[tuple[bytes, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+    (b"PK\x03\x04", "application/zip"),
+    (b"\x1f\x8b", "application/gzip"),
+    (b"\x7fELF", "application/x-executable"),
+]
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+class FileRead(BaseModel):
+    path: str
+    kind: Literal["text", "image", "binary"]
+    mime_type: str
+    size_bytes: int | None = Field(description="None: too large to tell")
+    total_lines: int | None = None
+    start_line: int | None = None
+    end_line: int | None = None
+    omitted_bytes: int = Field(0, description="left out of the text (see its marker)")
+
+
+class FileWritten(BaseModel):
+    path: str
+    bytes_written: int
+
+
+def sniff_type(path: str, data: bytes) -> tuple[str, bool]:
+    """(mime type, is binary): magic numbers first, then NUL bytes / invalid UTF-8."""
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime, True
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp", True
+    sample = data[:SNIFF_BYTES]
+    binary = b"\x00" in sample
+    if not binary:
+        try:
+            sample.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # A character cut at the end of the sample is fine; anything else is not text.
+            binary = exc.start < len(sample) - 4
+    guessed = mimetypes.guess_type(path)[0]
+    if binary:
+        return guessed or "application/octet-stream", True
+    return guessed if guessed and guessed.startswith("text/") else "text/plain", False
+
+
+def select_lines(text: str, start_line: int | None, end_line: int | None, tail_lines: int | None) -> tuple[str, int, int, int]:
+    """The selected lines, their first and last numbers (1-based), and the file's line count."""
+    lines = text.splitlines(keepends=True)
+    total = len(lines)
+    if tail_lines is not None:
+        first = max(total - tail_lines, 0)
+        last = total
+    else:
+        first = (start_line or 1) - 1
+        last = min(end_line if end_line is not None else total, total)
+        if first >= total and total:
+            raise ToolError(f"start_line {start_line} is past the end: the file has {total} lines")
+        if end_line is not None and start_line is not None and end_line < start_line:
+            raise ToolError(f"end_line {end_line} is before start_line {start_line}")
+    return "".join(lines[first:last]), first + 1, max(last, first), total
+
+
+def register(server: MCPServer) -> None:
+    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Read file"))
+    async def read_file(
+        ctx: Context,
+        devbox_id: DevboxId,
+        path: FilePath,
+        start_line: Annotated[int | None, Field(ge=1, description="1-based")] = None,
+        end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
+        tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
+        binary: Annotated[bool, Field(description="return a binary file (size-capped)")] = False,
+    ) -> Annotated[CallToolResult, FileRead]:
+        """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.
+        Binary files are refused with their size and type unless binary is true."""
+        if tail_lines is not None and (start_line is not None or end_line is not None):
+            raise ToolError("use either tail_lines or start_line/end_line, not both")
+        st = state(ctx)
+        cap = max(TEXT_SCAN_BYTES, st.settings.binary_cap)
+        with api_errors():
+            got = await st.client.download_file(devbox_id, path, max_bytes=cap)
+        data = got.data
+        mime, is_binary = sniff_type(path, data)
+        size = got.size if got.truncated else len(data)
+        size_text = f"{size} bytes" if size is not None else f"more than {len(data)} bytes"
+        if is_binary:
+            if not binary:
+                raise ToolError(
+                    f"{path} is a binary file ({mime}, {size_text}); not returned as text. "
+                    f"Pass binary: true to get it (up to {st.settings.binary_cap} bytes)"
+                )
+            if got.truncated or len(data) > st.settings.binary_cap:
+                raise ToolError(
+                    f"{path} is {size_text} ({mime}), over the {st.settings.binary_cap}-byte cap for binary reads; "
+                    "process it in the devbox instead (e.g. execute with file, head, xxd)"
+                )
+            envelope = FileRead(
+                path=path, kind="image" if mime in IMAGE_TYPES else "binary", mime_type=mime, size_bytes=size
+            )
+            blob = base64.b64encode(data).decode()
+            if mime in IMAGE_TYPES:
+                block = ImageContent(type="image", data=blob, mime_type=mime)
+            else:
+                uri = f"devbox://{devbox_id}/files/{path.lstrip('/')}"
+                block = EmbeddedResource(
+                    type="resource", resource=BlobResourceContents(uri=uri, mime_type=mime, blob=blob)
+                )
+            return CallToolResult(
+                content=[TextContent(type="text", text=f"{path}: {mime}, {size} bytes"), block],
+                structured_content=envelope.model_dump(mode="json"),
+            )
+        if binary:
+            raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
+        text = data.decode("utf-8", "replace")
+        selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
+        shaped = shape(selected, st.settings.output_budget, label=path, hint=line_hint, base_line=first)
+        envelope = FileRead(
+            path=path, kind="text", mime_type=mime, size_bytes=size, total_lines=total,
+            start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
+        )
+        note = ""
+        if got.truncated:
+            note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
+        head = f"{path}: lines {first}-{last} of {total}{note}\n"
+        return CallToolResult(
+            content=[TextContent(type="text", text=head + shaped.text)],
+            structured_content=envelope.model_dump(mode="json"),
+        )
+
+    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Write file"))
+    async def write_file(
+        ctx: Context,
+        devbox_id: DevboxId,
+        path: FilePath,
+        contents: Annotated[str, Field(max_length=5_000_000, description="the whole new content (UTF-8 text)")],
+    ) -> FileWritten:
+        """Write a text file in a devbox, replacing it if it exists."""
+        with api_errors():
+            done = await state(ctx).client.write_file_contents(devbox_id, path, contents)
+        if done.exit_status not in (None, 0):
+            raise ToolError(f"write_file {path} failed: {(done.stderr or done.stdout).strip() or f'exit {done.exit_status}'}")
+        return FileWritten(path=path, bytes_written=len(contents.encode()))

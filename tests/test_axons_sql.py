@@ -1,0 +1,230 @@
+"""SQL over an axon's database through the official SDK: results, guards, limits, batches."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+
+import httpx
+import pytest
+from runloop_api_client import BadRequestError, Runloop
+
+from mcp_server.local import axon_sql
+from mcp_server.local.server import RunningBackend
+
+
+@pytest.fixture
+def axon(sdk: Runloop):
+    created = sdk.axons.create(name=f"sql-{uuid.uuid4().hex[:8]}")
+    for i in range(5):
+        sdk.axons.publish(
+            created.id, event_type=f"kind{i % 2}", origin="AGENT_EVENT", payload=json.dumps({"i": i}), source="src"
+        )
+    return created
+
+
+def _error(backend: RunningBackend, axon_id: str, sql: str, params: list | None = None) -> tuple[int, str]:
+    r = httpx.post(
+        f"{backend.base_url}/v1/axons/{axon_id}/sql/query",
+        json={"sql": sql, "params": params or []},
+        headers={"Authorization": f"Bearer {backend.api_key}"},
+    )
+    return r.status_code, r.json()["message"]
+
+
+def test_query_history_with_params_columns_and_meta(sdk: Runloop, axon) -> None:
+    result = sdk.axons.sql.query(
+        axon.id,
+        sql="SELECT event_type, count(*) AS n, max(sequence) FROM rl_axon_events WHERE sequence > ? "
+        "GROUP BY event_type ORDER BY event_type",
+        params=[1],
+    )
+    assert [(c.name, c.type) for c in result.columns] == [("event_type", "TEXT"), ("n", ""), ("max(sequence)", "")]
+    assert result.rows == [["kind0", 2, 5], ["kind1", 2, 4]]
+    assert result.meta.changes == 0 and result.meta.rows_read_limit_reached is False and result.meta.duration_ms >= 0
+
+    history = sdk.axons.sql.query(axon.id, sql="SELECT * FROM rl_axon_events ORDER BY sequence DESC LIMIT 1")
+    assert [c.name for c in history.columns] == ["sequence", "timestamp_ms", "origin", "source", "event_type", "payload"]
+    assert [c.type for c in history.columns] == ["INTEGER", "INTEGER", "TEXT", "TEXT", "TEXT", "TEXT"]
+    assert history.rows[0][0] == 5 and history.rows[0][2] == "AGENT_EVENT" and json.loads(history.rows[0][5]) == {"i": 4}
+
+
+def test_user_tables_values_and_changes(sdk: Runloop, axon) -> None:
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE notes (id INTEGER PRIMARY KEY, body VARCHAR(20), score DOUBLE, raw BLOB, x)")
+    inserted = sdk.axons.sql.query(
+        axon.id, sql="INSERT INTO notes (body, score, raw, x) VALUES (?, ?, ?, ?), ('b', 1e999, NULL, NULL)",
+        params=["a", 2.5, None, True],
+    )
+    assert inserted.meta.changes == 2 and inserted.rows == [] and inserted.columns == []
+    sdk.axons.sql.query(axon.id, sql="UPDATE notes SET raw = X'00FF10' WHERE id = 1")
+    rows = sdk.axons.sql.query(axon.id, sql="SELECT id, body, score, raw, x FROM notes ORDER BY id")
+    assert [c.type for c in rows.columns] == ["INTEGER", "TEXT", "REAL", "BLOB", ""]
+    assert rows.rows == [[1, "a", 2.5, base64.b64encode(b"\x00\xff\x10").decode(), 1], [2, "b", "Infinity", None, None]]
+    returning = sdk.axons.sql.query(axon.id, sql="DELETE FROM notes WHERE id = ? RETURNING body", params=[2])
+    assert returning.rows == [["b"]] and returning.meta.changes == 1
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO rl_axon_events (sequence, timestamp_ms, origin, source, event_type, payload) VALUES (99, 0, 'USER_EVENT', 's', 't', '{}')",
+        "UPDATE rl_axon_events SET payload = 'forged'",
+        "DELETE FROM rl_axon_events",
+        "DROP TABLE rl_axon_events",
+        "ALTER TABLE rl_axon_events ADD COLUMN extra TEXT",
+        "ALTER TABLE rl_axon_events RENAME TO old_events",
+        "CREATE UNIQUE INDEX one_per_type ON rl_axon_events (event_type)",
+        "DROP INDEX rl_axon_events_by_type",
+        "CREATE TRIGGER wipe AFTER INSERT ON rl_axon_events BEGIN DELETE FROM rl_axon_events; END",
+        "REPLACE INTO rl_axon_events (sequence, timestamp_ms, origin, source, event_type, payload) VALUES (1, 0, 'USER_EVENT', 's', 't', '{}')",
+    ],
+)
+def test_history_is_append_only(backend: RunningBackend, sdk: Runloop, axon, sql: str) -> None:
+    status, message = _error(backend, axon.id, sql)
+    assert status == 400 and "append-only" in message
+    rows = sdk.axons.sql.query(axon.id, sql="SELECT sequence, payload FROM rl_axon_events ORDER BY sequence").rows
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5] and json.loads(rows[0][1]) == {"i": 0}
+
+
+def test_user_trigger_cannot_reach_history(backend: RunningBackend, sdk: Runloop, axon) -> None:
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE t (a)")
+    created = httpx.post(
+        f"{backend.base_url}/v1/axons/{axon.id}/sql/query",
+        json={"sql": "CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN DELETE FROM rl_axon_events; END"},
+        headers={"Authorization": f"Bearer {backend.api_key}"},
+    )
+    if created.status_code == 200:  # SQLite checks trigger bodies when they fire
+        status, message = _error(backend, axon.id, "INSERT INTO t VALUES (1)")
+        assert status == 400 and "append-only" in message
+    else:
+        assert created.status_code == 400
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM rl_axon_events").rows == [[5]]
+
+
+@pytest.mark.parametrize(
+    ("sql", "fragment"),
+    [
+        ("SELECT * FROM rl_private_publish_requests", "internal"),
+        ("CREATE TABLE rl_private_mine (a)", "internal"),
+        ("ATTACH DATABASE '/tmp/evil.db' AS evil", "ATTACH"),
+        ("VACUUM INTO '/tmp/copy.db'", "VACUUM"),
+        ("PRAGMA journal_mode = DELETE", "PRAGMA"),
+        ("PRAGMA writable_schema = 1", "PRAGMA"),
+        ("SELECT load_extension('/tmp/x.so')", "load_extension"),
+        ("BEGIN", "transaction"),
+        ("CREATE TEMP TABLE scratch (a)", "temporary"),
+    ],
+)
+def test_guarded_statements_are_refused(backend: RunningBackend, axon, sql: str, fragment: str) -> None:
+    status, message = _error(backend, axon.id, sql)
+    assert status == 400 and fragment in message
+
+
+def test_schema_introspection_is_allowed(sdk: Runloop, axon) -> None:
+    info = sdk.axons.sql.query(axon.id, sql="PRAGMA table_info(rl_axon_events)")
+    assert [row[1] for row in info.rows] == ["sequence", "timestamp_ms", "origin", "source", "event_type", "payload"]
+
+
+def test_sql_errors_are_400_with_sqlite_message(backend: RunningBackend, axon) -> None:
+    assert _error(backend, axon.id, "SELEC * FROM rl_axon_events") == (400, 'near "SELEC": syntax error')
+    assert _error(backend, axon.id, "SELECT * FROM nowhere") == (400, "no such table: nowhere")
+    status, message = _error(backend, axon.id, "SELECT ?", [1, 2])
+    assert status == 400 and "bindings" in message
+    status, message = _error(backend, axon.id, "SELECT ?", [{"a": 1}])
+    assert status == 400 and "JSON-encode" in message
+    status, message = _error(backend, axon.id, "SELECT CAST(X'FF41' AS TEXT)")
+    assert status == 400 and "not valid UTF-8" in message
+    status, message = _error(backend, axon.id, "  -- only a comment")
+    assert status == 400 and "no statement" in message
+
+
+def test_two_statements_in_one_query_are_refused_and_nothing_applies(backend: RunningBackend, sdk: Runloop, axon) -> None:
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE once (a)")
+    status, message = _error(backend, axon.id, "INSERT INTO once VALUES (1); SELECT 1")
+    assert status == 400 and "/sql/batch" in message
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM once").rows == [[0]]
+
+
+def test_row_limit(sdk: Runloop, axon) -> None:
+    result = sdk.axons.sql.query(
+        axon.id, sql="WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) SELECT x FROM n",
+        params=[axon_sql.ROW_LIMIT + 5],
+    )
+    assert len(result.rows) == axon_sql.ROW_LIMIT and result.meta.rows_read_limit_reached is True
+    assert result.rows[-1] == [axon_sql.ROW_LIMIT]
+
+
+def test_time_limit(backend: RunningBackend, axon, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(axon_sql, "TIME_LIMIT_SECONDS", 0.2)  # the backend runs in this process
+    status, message = _error(
+        backend, axon.id, "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+    )
+    assert status == 400 and "0.2 s limit" in message
+
+
+def test_batch_is_all_or_nothing(sdk: Runloop, axon) -> None:
+    ok = sdk.axons.sql.batch(
+        axon.id,
+        statements=[
+            {"sql": "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)"},
+            {"sql": "INSERT INTO kv VALUES (?, ?)", "params": ["a", 1]},
+            {"sql": "SELECT k, v FROM kv"},
+        ],
+    )
+    assert [r.error for r in ok.results] == [None, None, None]
+    assert ok.results[1].success.meta.changes == 1 and ok.results[2].success.rows == [["a", 1]]
+
+    failed = sdk.axons.sql.batch(
+        axon.id,
+        statements=[
+            {"sql": "INSERT INTO kv VALUES ('b', 2)"},
+            {"sql": "CREATE TABLE kv2 (x)"},
+            {"sql": "INSERT INTO kv VALUES ('a', 3)"},  # duplicate key
+            {"sql": "INSERT INTO kv VALUES ('c', 4)"},
+        ],
+    )
+    assert failed.results[0].success is not None and failed.results[1].success is not None
+    assert "UNIQUE constraint failed" in failed.results[2].error.message
+    assert "not run" in failed.results[3].error.message and failed.results[3].success is None
+    assert sdk.axons.sql.query(axon.id, sql="SELECT k, v FROM kv ORDER BY k").rows == [["a", 1]]
+    with pytest.raises(BadRequestError, match="no such table: kv2"):
+        sdk.axons.sql.query(axon.id, sql="SELECT * FROM kv2")
+
+    guarded = sdk.axons.sql.batch(
+        axon.id, statements=[{"sql": "INSERT INTO kv VALUES ('z', 9)"}, {"sql": "DELETE FROM rl_axon_events"}]
+    )
+    assert "append-only" in guarded.results[1].error.message
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM kv").rows == [[1]]
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM rl_axon_events").rows == [[5]]
+
+
+def test_user_writes_and_publishes_interleave(sdk: Runloop, axon) -> None:
+    """User write transactions and the publish writer share the database without errors or gaps."""
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE tally (n INTEGER)")
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(30):
+                sdk.axons.sql.batch(
+                    axon.id,
+                    statements=[
+                        {"sql": "SELECT count(*) FROM rl_axon_events"},
+                        {"sql": "INSERT INTO tally VALUES (?)", "params": [i]},
+                    ],
+                )
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seqs = [
+        sdk.axons.publish(axon.id, event_type="t", origin="USER_EVENT", payload="{}", source="s").sequence
+        for _ in range(60)
+    ]
+    thread.join()
+    assert not errors
+    assert seqs == list(range(6, 66))
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM tally").rows == [[30]]

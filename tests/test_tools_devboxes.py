@@ -1,0 +1,164 @@
+"""Devbox and file tools through a real MCP client (both eras) against the embedded backend."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+from mcp import Client
+from mcp.types import EmbeddedResource, ImageContent
+from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
+
+from mcp_server.local.server import RunningBackend
+
+pytestmark = pytest.mark.anyio
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture(params=MODES)
+async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
+    async with Client(make_server(backend), mode=request.param) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def devbox_id(backend: RunningBackend) -> str:
+    """One running devbox shared by the file tests (created through the tool)."""
+    import anyio
+
+    async def create() -> str:
+        async with Client(make_server(backend), mode="auto") as client:
+            return structured(await call_ok(client, "create_devbox", {"name": "files"}))["id"]
+
+    return anyio.run(create)
+
+
+async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Client) -> None:
+    seen: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, message))
+
+    result = await call_ok(mcp, "create_devbox", {"name": "lifecycle", "environment_variables": {"A": "1"}},
+                           progress_callback=on_progress)
+    box = structured(result)
+    assert box["status"] == "running" and box["name"] == "lifecycle"
+    messages = [m or "" for _, m in seen]
+    assert messages and messages[-1].split(" (")[0].endswith(": running")
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+    assert all(box["id"] in m for m in messages)
+
+    got = structured(await call_ok(mcp, "get_devbox", {"devbox_id": box["id"]}))
+    assert got["id"] == box["id"] and got["status"] == "running"
+    listed = structured(await call_ok(mcp, "list_devboxes", {"status": "running", "limit": 100}))
+    assert box["id"] in [d["id"] for d in listed["devboxes"]]
+
+    assert structured(await call_ok(mcp, "suspend_devbox", {"devbox_id": box["id"]}))["status"] in ("suspending", "suspended")
+    resumed = structured(await call_ok(mcp, "resume_devbox", {"devbox_id": box["id"]}))
+    assert resumed["status"] == "running"
+    down = structured(await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]}))
+    assert down["status"] == "shutdown"
+
+
+async def test_create_devbox_with_network_mode_none(mcp: Client) -> None:
+    box = structured(await call_ok(mcp, "create_devbox", {"network_mode": "none"}))
+    assert box["network_mode"] == "none"
+    await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]})
+
+
+async def test_devbox_bad_input_gives_clear_errors(mcp: Client) -> None:
+    message = await call_error(mcp, "get_devbox", {"devbox_id": "dbx_nope"})
+    assert "404" in message and "dbx_nope" in message
+    message = await call_error(mcp, "get_devbox", {"devbox_id": "../../etc"})
+    assert "devbox_id" in message
+    message = await call_error(mcp, "create_devbox", {"network_mode": "bridge"})
+    assert "network_mode" in message
+    message = await call_error(mcp, "shutdown_devbox", {"devbox_id": "dbx_nope"})
+    assert "dbx_nope" in message
+    message = await call_error(mcp, "list_devboxes", {"limit": 0})
+    assert "limit" in message
+    for tool in ("suspend_devbox", "resume_devbox"):
+        message = await call_error(mcp, tool, {"devbox_id": "dbx_nope"})
+        assert "dbx_nope" in message and "404" in message
+    message = await call_error(mcp, "create_devbox", {"environment_variables": {"A": 1}})
+    assert "environment_variables" in message
+
+
+async def test_resuming_a_running_devbox_says_why_it_cannot(mcp: Client, devbox_id: str) -> None:
+    message = await call_error(mcp, "resume_devbox", {"devbox_id": devbox_id})
+    assert "resume_devbox" in message and "suspended" in message
+
+
+async def test_write_then_read_text_with_ranges_and_tail(mcp: Client, devbox_id: str) -> None:
+    body = "".join(f"line {i}\n" for i in range(1, 101))
+    wrote = structured(await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "notes.txt", "contents": body}))
+    assert wrote["bytes_written"] == len(body)
+    whole = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "notes.txt"})
+    assert text_of(whole).endswith(body)
+    meta = structured(whole)
+    assert meta["kind"] == "text" and meta["total_lines"] == 100 and meta["size_bytes"] == len(body)
+    part = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "notes.txt", "start_line": 10, "end_line": 12})
+    assert text_of(part).endswith("line 10\nline 11\nline 12\n")
+    assert structured(part)["start_line"] == 10 and structured(part)["end_line"] == 12
+    tail = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "notes.txt", "tail_lines": 2})
+    assert text_of(tail).endswith("line 99\nline 100\n")
+
+
+async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBackend, devbox_id: str) -> None:
+    from mcp_server.settings import Settings
+
+    async with Client(make_server(backend, Settings(output_budget=2048)), mode="auto") as client:
+        body = "".join(f"row {i:06d}\n" for i in range(20_000))
+        await call_ok(client, "write_file", {"devbox_id": devbox_id, "path": "big.txt", "contents": body})
+        result = await call_ok(client, "read_file", {"devbox_id": devbox_id, "path": "big.txt"})
+        text = text_of(result)
+        assert len(text.encode()) <= 2048 + 200
+        assert "row 000000" in text and "row 019999" in text
+        assert "read_file start_line=" in text
+        assert structured(result)["omitted_bytes"] > 0
+
+
+async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client, devbox_id: str, backend: RunningBackend) -> None:
+    from mcp_server.runloop import RunloopClient
+
+    async with RunloopClient(backend.base_url, backend.api_key) as client:
+        await client.upload_file(devbox_id, "pic.png", PNG)
+        await client.upload_file(devbox_id, "blob.bin", bytes(range(256)) * 4)
+    message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "pic.png"})
+    assert "image/png" in message and f"{len(PNG)} bytes" in message and "binary: true" in message
+    image = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "pic.png", "binary": True})
+    block = image.content[-1]
+    assert isinstance(block, ImageContent) and base64.b64decode(block.data) == PNG
+    blob = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "blob.bin", "binary": True})
+    block = blob.content[-1]
+    assert isinstance(block, EmbeddedResource)
+    assert base64.b64decode(block.resource.blob) == bytes(range(256)) * 4
+
+
+async def test_binary_over_the_cap_is_refused(backend: RunningBackend, devbox_id: str) -> None:
+    from mcp_server.runloop import RunloopClient
+    from mcp_server.settings import Settings
+
+    async with RunloopClient(backend.base_url, backend.api_key) as client:
+        await client.upload_file(devbox_id, "large.bin", b"\x00" * 5000)
+    async with Client(make_server(backend, Settings(binary_cap=1000)), mode="auto") as client:
+        message = await call_error(client, "read_file", {"devbox_id": devbox_id, "path": "large.bin", "binary": True})
+        assert "5000 bytes" in message and "1000-byte cap" in message
+
+
+async def test_file_bad_input_gives_clear_errors(mcp: Client, devbox_id: str) -> None:
+    message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "no/such/file.txt"})
+    assert "no/such/file.txt" in message or "not found" in message.lower()
+    message = await call_error(mcp, "read_file", {"devbox_id": "dbx_nope", "path": "x"})
+    assert "dbx_nope" in message
+    message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "x", "tail_lines": 1, "start_line": 1})
+    assert "tail_lines" in message
+    await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "short.txt", "contents": "a\nb\n"})
+    message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "short.txt", "start_line": 5})
+    assert "past the end" in message and "2 lines" in message
+    message = await call_error(mcp, "write_file", {"devbox_id": "dbx_nope", "path": "x", "contents": "y"})
+    assert "dbx_nope" in message

@@ -1,0 +1,254 @@
+"""execute / stream_logs / kill_execution / send_stdin through a real MCP client (both eras),
+against the embedded backend with real sandboxes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
+from mcp import Client
+from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
+
+from mcp_server.local.server import RunningBackend
+from mcp_server.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=MODES)
+async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
+    async with Client(make_server(backend), mode=request.param) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def devbox_id(backend: RunningBackend) -> str:
+    async def create() -> str:
+        async with Client(make_server(backend), mode="auto") as client:
+            return structured(await call_ok(client, "create_devbox", {"name": "exec"}))["id"]
+
+    return anyio.run(create)
+
+
+def stdout_section(text: str) -> str:
+    """The stdout part of an execute/stream_logs text result."""
+    match = re.search(r"--- stdout ---\n(.*?)(?=--- stderr ---\n|\Z)", text, re.S)
+    return match.group(1) if match else ""
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.messages: list[str] = []
+        self.changed = anyio.Event()
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        self.values.append(progress)
+        self.messages.append(message or "")
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_for(self, needle: str) -> None:
+        while needle not in "".join(self.messages):
+            await self.changed.wait()
+
+
+async def test_progress_carries_the_output_in_order_and_the_result_has_everything(mcp: Client, devbox_id: str) -> None:
+    progress = Progress()
+    command = "for i in $(seq 1 15); do echo line $i; sleep 0.03; done; echo oops >&2; exit 3"
+    result = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command}, progress_callback=progress)
+    expected = "".join(f"line {i}\n" for i in range(1, 16))
+    envelope = structured(result)
+    assert envelope["status"] == "completed" and envelope["exit_status"] == 3 and envelope["output_complete"]
+    assert envelope["stdout_offset"] == len(expected) and envelope["stderr_offset"] == len("oops\n")
+    assert envelope["duration_seconds"] > 0
+    text = text_of(result)
+    assert text.startswith("exit 3")
+    assert stdout_section(text) == expected
+    assert "--- stderr ---\noops\n" in text
+    # Progress: every byte of output, in order, and progress counts bytes so far.
+    joined = "".join(progress.messages)
+    assert joined.replace("oops\n", "", 1) == expected
+    assert progress.values == sorted(progress.values)
+    assert progress.values[-1] == len(expected) + len("oops\n")
+    # The output is sent once: not in the structured content.
+    assert "line 1" not in str(envelope)
+
+
+async def test_output_printed_just_before_exit_is_not_lost(mcp: Client, devbox_id: str) -> None:
+    command = "head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo LAST-LINE"
+    result = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command})
+    envelope = structured(result)
+    assert envelope["exit_status"] == 0
+    assert envelope["stdout_offset"] == 300000 + 1 + len("LAST-LINE\n")
+    assert text_of(result).endswith("LAST-LINE\n")
+
+
+async def test_big_output_is_shaped_and_the_marker_offset_reads_the_omitted_part(backend: RunningBackend, devbox_id: str) -> None:
+    progress = Progress()
+    async with Client(make_server(backend, Settings(output_budget=4096)), mode="auto") as client:
+        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": "seq 1 20000"},
+                               progress_callback=progress)
+        assert progress.messages and all(len(m.encode()) <= 1024 for m in progress.messages)
+        text = text_of(result)
+        envelope = structured(result)
+        full = "".join(f"{i}\n" for i in range(1, 20001))
+        assert len(text.encode()) <= 4096 + 300
+        assert envelope["omitted_bytes"] > 0 and envelope["stdout_offset"] == len(full)
+        offset = int(re.search(r"stdout_offset=(\d+)", text).group(1))
+        shown_head = stdout_section(text).split("[…")[0]
+        assert full.startswith(shown_head) and len(shown_head) == offset
+        more = await call_ok(client, "stream_logs", {
+            "devbox_id": devbox_id, "execution_id": envelope["execution_id"], "stdout_offset": offset,
+            "stderr_offset": 0,
+        })
+        assert stdout_section(text_of(more)).startswith(full[offset:offset + 100])
+
+
+async def test_wait_budget_hands_off_and_stream_logs_continues_exactly(mcp: Client, devbox_id: str) -> None:
+    command = "for i in $(seq 1 30); do echo tick $i; sleep 0.1; done"
+    first = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command, "wait_seconds": 0.8})
+    envelope = structured(first)
+    assert envelope["status"] == "running" and not envelope["output_complete"]
+    assert "stream_logs" in envelope["hint"] and "stream_logs" in text_of(first)
+    got = stdout_section(text_of(first))
+    assert len(got) == envelope["stdout_offset"]
+    offsets = {"stdout_offset": envelope["stdout_offset"], "stderr_offset": envelope["stderr_offset"]}
+    rounds = 0
+    while True:
+        rounds += 1
+        more = await call_ok(mcp, "stream_logs", {
+            "devbox_id": devbox_id, "execution_id": envelope["execution_id"], "wait_seconds": 1, **offsets,
+        })
+        m = structured(more)
+        got += stdout_section(text_of(more))
+        offsets = {"stdout_offset": m["stdout_offset"], "stderr_offset": m["stderr_offset"]}
+        if m["stopped_because"] == "completed":
+            assert m["exit_status"] == 0
+            break
+        assert rounds < 30
+    assert got == "".join(f"tick {i}\n" for i in range(1, 31))
+
+
+async def test_stream_logs_until_returns_the_matching_lines(mcp: Client, devbox_id: str) -> None:
+    command = "for i in $(seq 1 50); do echo step $i; sleep 0.05; done; echo 'server READY on 8080'; sleep 30"
+    started = structured(await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command, "wait_seconds": 0}))
+    found = await call_ok(mcp, "stream_logs", {
+        "devbox_id": devbox_id, "execution_id": started["execution_id"], "until": r"READY on \d+", "wait_seconds": 20,
+    })
+    m = structured(found)
+    assert m["stopped_because"] == "matched" and m["matches"] == ["server READY on 8080"]
+    assert m["status"] == "running"
+    await call_ok(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": started["execution_id"]})
+
+
+async def test_cancelling_execute_kills_the_process_group_in_the_devbox(mcp: Client, devbox_id: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    command = f"sleep 300 & echo $! > /tmp/child-{tag}; echo $$ > /tmp/parent-{tag}; echo started; wait"
+    progress = Progress()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await mcp.call_tool("execute", {"devbox_id": devbox_id, "command": command}, progress_callback=progress)
+
+            tg.start_soon(run)
+            await progress.wait_for("started")
+            tg.cancel_scope.cancel()
+    check = f"for f in /tmp/child-{tag} /tmp/parent-{tag}; do kill -0 $(cat $f) 2>/dev/null && echo alive; done; true"
+    with anyio.fail_after(20):
+        while True:
+            result = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": check})
+            if "alive" not in stdout_section(text_of(result)):
+                break
+            await anyio.sleep(0.1)
+
+
+async def test_command_id_runs_the_command_once(mcp: Client, devbox_id: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    args = {"devbox_id": devbox_id, "command": f"echo run >> /tmp/once-{tag}; echo hello", "command_id": f"cmd-{tag}"}
+    first = structured(await call_ok(mcp, "execute", args))
+    second = structured(await call_ok(mcp, "execute", args))
+    assert first["execution_id"] == second["execution_id"]
+    assert second["exit_status"] == 0 and second["stdout_offset"] == len("hello\n")
+    count = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": f"wc -l < /tmp/once-{tag}"})
+    assert stdout_section(text_of(count)).strip() == "1"
+
+
+async def test_cut_sse_connections_lose_and_repeat_nothing(fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str) -> None:
+    # The backend sends what has accumulated as one event (up to 256 KB), so the command writes in
+    # small batches: every connection then carries whole events before the proxy cuts it.
+    fault_proxy.cut(r"/stream_std(out|err)_updates", after_bytes=4000)
+    server = make_server(backend, Settings(output_budget=1 << 20), base_url=fault_proxy.url)
+    command = (
+        "for b in $(seq 0 39); do for i in $(seq 1 10); do n=$((b*10+i)); "
+        "echo \"row $n ----------------------------------------\"; echo \"err $n\" >&2; done; sleep 0.05; done"
+    )
+    async with Client(server, mode="auto") as client:
+        progress = Progress()
+        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": command}, progress_callback=progress)
+    text = text_of(result)
+    expected_out = "".join(f"row {i} ----------------------------------------\n" for i in range(1, 401))
+    expected_err = "".join(f"err {i}\n" for i in range(1, 401))
+    assert stdout_section(text) == expected_out
+    assert text.split("--- stderr ---\n", 1)[1] == expected_err
+    assert structured(result)["stdout_offset"] == len(expected_out)
+    assert len(fault_proxy.seen(r"/stream_stdout_updates")) > 5
+
+
+async def test_5xx_and_429_are_retried_without_running_twice(fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    fault_proxy.fail(r"/execute$", status=503, times=1, forward=True, retry_after=0)
+    fault_proxy.fail(r"/execute$", status=429, times=1, forward=True, retry_after=0)
+    fault_proxy.fail(r"/stream_stdout_updates", status=502, times=1, retry_after=0)
+    server = make_server(backend, base_url=fault_proxy.url)
+    async with Client(server, mode="legacy") as client:
+        result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": f"echo x >> /tmp/retry-{tag}; echo done"})
+        assert structured(result)["exit_status"] == 0 and stdout_section(text_of(result)) == "done\n"
+        assert len(fault_proxy.seen(r"/execute$")) == 3
+        count = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": f"wc -l < /tmp/retry-{tag}"})
+    assert stdout_section(text_of(count)).strip() == "1"
+
+
+async def test_send_stdin_reaches_a_command_started_with_attach_stdin(mcp: Client, devbox_id: str) -> None:
+    started = structured(await call_ok(mcp, "execute", {
+        "devbox_id": devbox_id, "command": "read name; echo hello $name", "attach_stdin": True, "wait_seconds": 0,
+    }))
+    sent = structured(await call_ok(mcp, "send_stdin", {
+        "devbox_id": devbox_id, "execution_id": started["execution_id"], "text": "world\n",
+    }))
+    assert sent["success"]
+    done = await call_ok(mcp, "stream_logs", {"devbox_id": devbox_id, "execution_id": started["execution_id"], "wait_seconds": 20})
+    assert structured(done)["stopped_because"] == "completed"
+    assert stdout_section(text_of(done)) == "hello world\n"
+
+
+async def test_kill_execution_stops_a_running_command(mcp: Client, devbox_id: str) -> None:
+    started = structured(await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": "sleep 300", "wait_seconds": 0}))
+    killed = structured(await call_ok(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": started["execution_id"]}))
+    assert killed["execution_id"] == started["execution_id"]
+    after = await call_ok(mcp, "stream_logs", {"devbox_id": devbox_id, "execution_id": started["execution_id"], "wait_seconds": 20})
+    assert structured(after)["status"] == "completed"
+
+
+async def test_execute_bad_input_gives_clear_errors(mcp: Client, devbox_id: str) -> None:
+    message = await call_error(mcp, "execute", {"devbox_id": "dbx_nope", "command": "true"})
+    assert "dbx_nope" in message and "404" in message
+    message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": ""})
+    assert "command" in message
+    message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "true", "wait_seconds": -1})
+    assert "wait_seconds" in message
+    message = await call_error(mcp, "stream_logs", {"devbox_id": devbox_id, "execution_id": "exe_nope"})
+    assert "exe_nope" in message
+    message = await call_error(mcp, "stream_logs", {"devbox_id": devbox_id, "execution_id": "x", "until": "("})
+    assert "regular expression" in message
+    message = await call_error(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": "exe_nope"})
+    assert "exe_nope" in message
+    message = await call_error(mcp, "send_stdin", {"devbox_id": devbox_id, "execution_id": "exe_nope"})
+    assert "exactly one of text or signal" in message
+    message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "cat", "attach_stdin": True, "command_id": "x"})
+    assert "command_id" in message and "attach_stdin" in message
