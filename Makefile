@@ -24,8 +24,11 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python bench/local_api.py
-	$(BIN)/python bench/mcp.py
+	$(BIN)/python -m bench.local_api
+	$(BIN)/python -m bench.mcp
+	$(BIN)/python -m bench.axons
+	$(BIN)/python -m bench.resources
+	$(BIN)/python -m bench.http
 
 clean:
 	rm -rf $(VENV)

@@ -8,7 +8,7 @@ Load: 20 concurrent clients each making 50 `execute` calls of `true` in one devb
 Both talk to the embedded backend run as its own process. Prints throughput, p50, p99, errors,
 and the HTTP/stdio p50 ratio (target ≤ 1.5, zero errors).
 
-Run: .venv/bin/python bench/http.py [--clients 20] [--calls 50] [--mode auto|legacy]
+Run: .venv/bin/python -m bench.http [--clients 20] [--calls 50] [--mode auto|legacy]
 """
 
 from __future__ import annotations

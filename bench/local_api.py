@@ -1,6 +1,6 @@
 """Benchmarks of the embedded backend, printed as medians with ratios against baselines of the same run.
 
-    .venv/bin/python bench/local_api.py [--runs 20]
+    .venv/bin/python -m bench.local_api [--runs 20]
 
 - create→running: `POST /v1/devboxes/create_and_await_running` over loopback HTTP (target ≤ 50 ms).
 - spawn costs: `bash -c true` as a plain host process (the baseline), in a fresh bubblewrap

@@ -8,7 +8,7 @@ Prints, measured in the same run:
   100 ms: p50 and p99 (targets ≤ 50 ms and ≤ 150 ms);
 - 50 concurrent `sleep 1` executions through one MCP session: wall time (target ≤ 3 s).
 
-Run: .venv/bin/python bench/mcp.py [--runs N]
+Run: .venv/bin/python -m bench.mcp [--runs N]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Prints medians measured in the same run:
 - reading 4 MiB of command output with `stream_output`: direct, and through the fault proxy
   cutting each connection 64 KiB after its first event (cost of resuming).
 
-Run: .venv/bin/python bench/runloop_client.py
+Run: .venv/bin/python -m bench.runloop_client
 """
 
 from __future__ import annotations

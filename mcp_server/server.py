@@ -14,6 +14,7 @@ from mcp.server.mcpserver import MCPServer
 
 from . import __version__
 from .protocol_extras import add_protocol_extras
+from .resources import register_resources
 from .runloop import RunloopClient
 from .settings import Settings
 from .tools import register_all
@@ -49,7 +50,8 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
-    add_protocol_extras(server)  # logging/setLevel, completion/complete (protocol_extras.py)
+    add_protocol_extras(server)  # logging/setLevel, a default completion/complete (protocol_extras.py)
+    register_resources(server, client, settings)  # wraps that completion handler for our templates
     compact_schemas(server)
     return server
 

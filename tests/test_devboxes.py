@@ -271,6 +271,11 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
         (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
         (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
+        (
+            json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "root"}}}).encode(),
+            400,
+            "uid 1000",
+        ),
     ],
 )
 def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, fragment: str) -> None:
@@ -498,5 +503,48 @@ def test_bubblewrap_that_cannot_sandbox_is_a_clear_error(
         message = r.json()["message"]
         assert "cannot create a sandbox here" in message and "No permissions" in message
         assert "--unsafe-no-sandbox" in message
+    finally:
+        running.stop()
+
+
+def test_keep_alive_time_seconds_shuts_an_unattended_devbox_down(sdk, http: httpx.Client) -> None:  # noqa: ANN001
+    view = sdk.devboxes.create_and_await_running(launch_parameters={"keep_alive_time_seconds": 1})
+    # Kept alive well past its 1 s window, it stays up...
+    until = time.monotonic() + 2.5
+    while time.monotonic() < until:
+        assert http.post(f"/v1/devboxes/{view.id}/keep_alive").json() == {}
+        time.sleep(0.1)
+    assert sdk.devboxes.retrieve(view.id).status == "running"
+    # ...and left alone, it shuts itself down.
+    r = http.post(
+        f"/v1/devboxes/{view.id}/wait_for_status", json={"statuses": ["shutdown"], "timeout_seconds": 20}
+    )
+    assert r.status_code == 200
+    assert r.json()["shutdown_reason"] == "keep_alive_timeout"
+    assert any("no keep_alive within 1 s" in (e.message or "") for e in sdk.devboxes.logs.list(view.id).logs)
+
+
+def test_usage_counts_running_time_only(tmp_path: Path) -> None:
+    # A devbox whose history is known: running 5 s, suspended 10 s, running 3 s, then shut down.
+    t0 = 1_700_000_000_000
+    history = [("provisioning", 0), ("running", 2_000), ("suspending", 7_000), ("suspended", 7_100),
+               ("resuming", 17_000), ("running", 17_000), ("shutdown", 20_000)]  # fmt: skip
+    record = {
+        "id": "dbx_planted", "status": "shutdown", "create_time_ms": t0, "state_dir": "x",
+        "state_transitions": [{"status": s, "transition_time_ms": t0 + dt} for s, dt in history],
+        "end_time_ms": t0 + 20_000, "shutdown_reason": "api_shutdown",
+    }  # fmt: skip
+    (tmp_path / "devboxes" / "dbx_planted").mkdir(parents=True)
+    (tmp_path / "devboxes" / "dbx_planted" / "devbox.json").write_text(json.dumps(record))
+    running = start_in_thread(tmp_path)
+    try:
+        from runloop_api_client import Runloop
+
+        with Runloop(bearer_token=running.api_key, base_url=running.base_url) as client:
+            usage = client.devboxes.retrieve_resource_usage("dbx_planted")
+        assert usage.status == "shutdown" and usage.start_time_ms == t0 and usage.end_time_ms == t0 + 20_000
+        assert usage.total_active_seconds == 8
+        assert usage.total_elapsed_seconds == 20
+        assert usage.vcpu_seconds == usage.memory_gb_seconds == usage.disk_gb_seconds == 0
     finally:
         running.stop()

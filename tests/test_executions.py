@@ -96,13 +96,15 @@ def test_command_id_runs_the_command_once(sdk, devbox):
     assert run(sdk, devbox, "wc -l < counter").stdout.strip() == "1"
 
 
-def test_command_id_returns_the_running_execution(sdk, devbox):
+def test_command_id_returns_the_running_execution(sdk, devbox, http):
     command_id = str(uuid.uuid4())
-    command = "echo once >> once.txt; sleep 600"
+    command = "echo once >> once.txt; echo started; sleep 600"
     first = sdk.devboxes.execute(devbox, command=command, command_id=command_id, optimistic_timeout=0)
     again = sdk.devboxes.execute(devbox, command=command, command_id=command_id, optimistic_timeout=0)
     assert first.status == again.status == "running"
     assert again.execution_id == first.execution_id
+    path = f"/v1/devboxes/{devbox}/executions/{first.execution_id}/stream_stdout_updates"
+    read_until(sse_chunks(http, path), lambda text: "started" in text)  # the echo has run: kill now
     sdk.devboxes.executions.kill(first.execution_id, devbox_id=devbox)
     assert run(sdk, devbox, "cat once.txt").stdout == "once\n"
 

@@ -238,6 +238,7 @@ def test_non_interactive_environment(boxes: tuple[Box, Box]) -> None:
     assert out.split() == ["noninteractive", "0", "cat", "true", "dumb", "bar", "read=1"]
     # The caller's variables win over the defaults.
     assert a.run("echo $PAGER", env={"PAGER": "less"})[1].strip() == "less"
+    assert a.run("echo $PIP_BREAK_SYSTEM_PACKAGES $PIP_NO_INPUT $GIT_EDITOR")[1].split() == ["1", "1", "true"]
 
 
 def test_kill_process_group_reaches_background_jobs(
@@ -311,7 +312,8 @@ asyncio.run(main())
 
 
 @pytest.mark.skipif(
-    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to switch user"
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not Path("/usr/bin/setpriv").exists(),
+    reason="needs root (to switch to another uid), setpriv and a system python3",
 )
 def test_sandbox_works_for_a_backend_without_root() -> None:
     """On a laptop the backend runs as its user: bubblewrap is then unprivileged and nests differently."""
@@ -337,3 +339,56 @@ def test_sandbox_works_for_a_backend_without_root() -> None:
         assert made.read_text() == "made\n" and made.stat().st_uid == uid
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+CRASH_SCRIPT = r"""
+import asyncio, os, signal, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from mcp_server.local.sandbox import Sandbox, SandboxSpec
+
+async def main():
+    base = Path(sys.argv[2])
+    (base / "home").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    box = Sandbox(SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="crash"))
+    await box.start()
+    proc = await box.spawn("(exec -a crash-marker sleep 600) >/dev/null 2>&1 & echo $!", env={},
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    await proc.communicate()
+    print(box.init_pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # the backend dies without stopping anything
+
+asyncio.run(main())
+"""
+
+
+def test_sandbox_dies_with_a_crashed_backend(tmp_path: Path) -> None:
+    """A backend killed outright must not leave its sandboxes (and their processes) running."""
+    import sys
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "box")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == -9, result.stderr
+    init_pid = int(result.stdout.strip())
+
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{init_pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
+        except (FileNotFoundError, IndexError):
+            return True
+
+    poll_until(gone, "the orphaned sandbox to end")
+    poll_until(
+        lambda: (
+            "crash-marker" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        ),
+        "the sandbox's processes to end",
+    )

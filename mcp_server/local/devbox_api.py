@@ -29,6 +29,8 @@ class LaunchParameters(BaseModel):
     launch_commands: list[str] | None = None
     # Our extension: isolated (own network namespace, outbound via slirp4netns), none, or host.
     network_mode: Literal["isolated", "none", "host"] | None = None
+    # Shut down after this long without a keep_alive (only when given: a local devbox lives until shut down).
+    keep_alive_time_seconds: int | None = Field(default=None, ge=1, le=172800)
 
 
 class CreateBody(BaseModel):
@@ -107,6 +109,7 @@ class DevboxRoutes:
             Route(p + "/{id}/resume", self.resume, methods=["POST"]),
             Route(p + "/{id}/keep_alive", self.keep_alive, methods=["POST"]),
             Route(p + "/{id}/logs", self.logs, methods=["GET"]),
+            Route(p + "/{id}/usage", self.usage, methods=["GET"]),
             Route(p + "/{id}/read_file_contents", self.read_file_contents, methods=["POST"]),
             Route(p + "/{id}/write_file_contents", self.write_file_contents, methods=["POST"]),
             Route(p + "/{id}/upload_file", self.upload_file, methods=["POST"]),
@@ -135,6 +138,19 @@ class DevboxRoutes:
                 400,
                 "code_mounts are not supported by the embedded backend; clone the repository with a "
                 "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
+            )
+        user = (
+            (body.launch_parameters.model_extra or {}).get("user_parameters")
+            if body.launch_parameters
+            else None
+        )
+        if isinstance(user, dict) and (
+            user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
+        ):
+            raise ApiError(
+                400,
+                "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
+                "`user` (uid 1000), never as root; leave user_parameters out",
             )
         for path in body.file_mounts or {}:
             files.home_relative(path, "file_mounts path")
@@ -208,8 +224,11 @@ class DevboxRoutes:
         return JSONResponse((await self.manager.resume(request.path_params["id"])).view())
 
     async def keep_alive(self, request: Request) -> Response:
-        self.manager.get(request.path_params["id"])
+        self.manager.keep_alive(request.path_params["id"])
         return JSONResponse({})
+
+    async def usage(self, request: Request) -> Response:
+        return JSONResponse(self.manager.get(request.path_params["id"]).usage())
 
     async def logs(self, request: Request) -> Response:
         entries = self.manager.logs(request.path_params["id"], request.query_params.get("execution_id"))
@@ -279,7 +298,9 @@ class DevboxRoutes:
 def _execution_manager(manager: DevboxManager) -> Any | None:
     try:
         from .executions import ExecutionManager  # built on the executions branch
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.executions":
+            raise  # a dependency of executions is missing: that must not hide the routes silently
         return None
     return ExecutionManager(manager)
 

@@ -106,6 +106,35 @@ class Devbox:
                 view[key] = value
         return view
 
+    def usage(self) -> dict[str, Any]:
+        """DevboxResourceUsageView: times from the state transitions. Resources are not metered
+        (devboxes have no size here), so the vCPU, memory and disk figures are 0."""
+        end = self.end_time_ms or now_ms()
+        active_ms = 0
+        running_since: int | None = None
+        for transition in self.state_transitions:
+            at = int(transition["transition_time_ms"])
+            if transition["status"] == "running" and running_since is None:
+                running_since = at
+            elif transition["status"] != "running" and running_since is not None:
+                active_ms += at - running_since
+                running_since = None
+        if running_since is not None:
+            active_ms += end - running_since
+        view: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "start_time_ms": self.create_time_ms,
+            "total_active_seconds": active_ms // 1000,
+            "total_elapsed_seconds": (end - self.create_time_ms) // 1000,
+            "vcpu_seconds": 0,
+            "memory_gb_seconds": 0,
+            "disk_gb_seconds": 0,
+        }
+        if self.end_time_ms is not None:
+            view["end_time_ms"] = self.end_time_ms
+        return view
+
     def record(self) -> dict[str, Any]:
         """What devbox.json holds: every field but the live sandbox and the logs (kept in logs.jsonl)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sandbox", "logs")}
@@ -124,6 +153,8 @@ class DevboxManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._watchers: set[asyncio.Future[None]] = set()
+        self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
+        self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
 
@@ -159,8 +190,9 @@ class DevboxManager:
 
     async def shutdown(self) -> None:
         """Backend exit: running devboxes become `suspended` (their processes cannot outlive us)."""
-        for watcher in list(self._watchers):
+        for watcher in [*self._watchers, *self._keep_alive_timers.values()]:
             watcher.cancel()
+        self._keep_alive_timers.clear()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):
@@ -238,6 +270,10 @@ class DevboxManager:
         if status in ("shutdown", "failure"):
             devbox.end_time_ms = transition["transition_time_ms"]
         self._save(devbox)
+        if status == "running":
+            self._arm_keep_alive(devbox)
+        else:
+            self._disarm_keep_alive(devbox.id)
         event = self._changed.pop(devbox.id, None)
         if event is not None:
             event.set()
@@ -543,7 +579,7 @@ class DevboxManager:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
 
-    async def shutdown_devbox(self, devbox_id: str) -> Devbox:
+    async def shutdown_devbox(self, devbox_id: str, reason: str = "api_shutdown") -> Devbox:
         devbox = self.get(devbox_id)
         task = self._tasks.get(devbox_id)
         if task is not None:
@@ -554,12 +590,53 @@ class DevboxManager:
             if devbox.status == "shutdown":
                 return devbox
             await self._stop_sandbox(devbox)
-            devbox.shutdown_reason = "api_shutdown"
+            devbox.shutdown_reason = reason
             self._transition(devbox, "shutdown")
         # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
         await asyncio.to_thread(_remove_tree, devbox.home)
         await asyncio.to_thread(_remove_tree, devbox.tmp)
         return devbox
+
+    # -- keep-alive ------------------------------------------------------------------------
+
+    def keep_alive(self, devbox_id: str) -> None:
+        """Push back the shutdown of a devbox created with `keep_alive_time_seconds`."""
+        devbox = self.get(devbox_id)
+        if devbox.status == "running":
+            self._arm_keep_alive(devbox)
+
+    def _arm_keep_alive(self, devbox: Devbox) -> None:
+        seconds = devbox.launch_parameters.get("keep_alive_time_seconds")
+        if not seconds:
+            return
+        self._keep_alive_until[devbox.id] = time.monotonic() + float(seconds)
+        if devbox.id not in self._keep_alive_timers:
+            self._keep_alive_timers[devbox.id] = asyncio.ensure_future(self._keep_alive_timer(devbox))
+
+    def _disarm_keep_alive(self, devbox_id: str) -> None:
+        self._keep_alive_until.pop(devbox_id, None)
+        timer = self._keep_alive_timers.pop(devbox_id, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _keep_alive_timer(self, devbox: Devbox) -> None:
+        """Sleep until the deadline; a keep_alive meanwhile moved it, so sleep again until the new one."""
+        while (deadline := self._keep_alive_until.get(devbox.id)) is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                seconds = devbox.launch_parameters.get("keep_alive_time_seconds")
+                self.add_log(
+                    devbox.id,
+                    {
+                        "level": "info",
+                        "source": "stats",
+                        "message": f"no keep_alive within {seconds} s: shutting down",
+                    },
+                )
+                self._keep_alive_timers.pop(devbox.id, None)
+                await self.shutdown_devbox(devbox.id, reason="keep_alive_timeout")
+                return
+            await asyncio.sleep(remaining)
 
     def update(self, devbox_id: str, *, name: str | None, metadata: dict[str, str] | None) -> Devbox:
         devbox = self.get(devbox_id)

@@ -280,6 +280,9 @@ async def stream_output(source: OutputSource, offset: int, watcher: FileWatcher)
                 yield encode_chunk(decode(data[:cut]), pos)
                 pos += cut
                 last_sent = time.monotonic()
+                # Let the loop run between chunks: a client that went away is noticed only by a
+                # callback, and without this a replay would write the whole file to a dead socket.
+                await asyncio.sleep(0)
                 continue
             if finished:
                 return

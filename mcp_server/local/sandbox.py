@@ -56,6 +56,8 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "PAGER": "cat",
     "GIT_PAGER": "cat",
     "PIP_NO_INPUT": "1",
+    # /usr is read-only, so a plain `pip install` can only land in ~/.local: let it, PEP 668 or not.
+    "PIP_BREAK_SYSTEM_PACKAGES": "1",
     "NPM_CONFIG_YES": "true",
     "CI": "true",
 }
@@ -80,8 +82,10 @@ _GENERATED = (
     "/etc/hosts",
 )
 
-# The sandbox's resident process; bwrap is pid 1 and reaps orphans. "ready" means the mounts are done.
-_INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec sleep infinity </dev/null >/dev/null 2>&1")
+# The sandbox's resident process; bwrap is pid 1 and reaps orphans. "ready" means the mounts are
+# done. It lives until its stdin, a pipe only the backend can write to, ends: when the backend
+# dies, however it dies, the resident exits, so does bwrap, and with it everything in the sandbox.
+_INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec >/dev/null 2>&1; read -r _; exit 0")
 
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
@@ -256,6 +260,7 @@ class Sandbox:
         self._bwrap: asyncio.subprocess.Process | None = None
         self._slirp: asyncio.subprocess.Process | None = None
         self._slirp_exit: int | None = None  # closing it makes slirp4netns exit
+        self._lifeline: int | None = None  # closing it (or the backend dying) ends the sandbox
         self._network: asyncio.Future[None] | None = None  # slirp4netns coming up
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
         self._ns_flags: list[str] = []  # nsenter flags of the namespaces the sandbox has of its own
@@ -371,13 +376,15 @@ class Sandbox:
             # Arguments through a memfd: the host paths stay out of the sandbox's /proc/1/cmdline.
             args_fd = _memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
             fds["args"] = args_fd
+            lifeline_r, self._lifeline = os.pipe()  # both ends close-on-exec: no other child holds it
+            fds["lifeline"] = lifeline_r
             self._bwrap = await asyncio.create_subprocess_exec(
                 tools()["bwrap"] or "bwrap",
                 "--args",
                 str(args_fd),
                 "--",
                 *_INIT_COMMAND,
-                stdin=subprocess.DEVNULL,
+                stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 pass_fds=list(fds.values()),
@@ -524,6 +531,9 @@ class Sandbox:
             # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._network is not None and not self._network.done():
             self._network.cancel()
             with contextlib.suppress(BaseException):

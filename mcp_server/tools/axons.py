@@ -15,6 +15,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field, JsonValue
 
+from ..resources import resources_list_changed
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
 from .common import AxonId, annotations, api_errors, result, state
@@ -109,7 +110,9 @@ def register(server: MCPServer) -> None:
     ) -> AxonInfo:
         """Create an axon: an event stream with a SQL-queryable history."""
         with api_errors():
-            return axon_info(await state(ctx).client.create_axon(name=name, metadata=metadata))
+            view = await state(ctx).client.create_axon(name=name, metadata=metadata)
+        await resources_list_changed(ctx.mcp_server)
+        return axon_info(view)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List axons"))
     async def list_axons(

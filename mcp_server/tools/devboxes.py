@@ -10,6 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
+from ..resources import resources_list_changed
 from ..runloop import DevboxView
 from .common import DevboxId, annotations, api_errors, state
 
@@ -92,6 +93,7 @@ def register(server: MCPServer) -> None:
         if view.status != "running":
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
+        await resources_list_changed(ctx.mcp_server)
         return info(view)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
@@ -120,13 +122,17 @@ def register(server: MCPServer) -> None:
     async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Shut a devbox down for good: its processes stop and its files are gone."""
         with api_errors():
-            return info(await state(ctx).client.shutdown_devbox(devbox_id))
+            view = await state(ctx).client.shutdown_devbox(devbox_id)
+        await resources_list_changed(ctx.mcp_server)
+        return info(view)
 
     @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
     async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
         """Suspend a running devbox (its processes pause; resume_devbox continues them)."""
         with api_errors():
-            return info(await state(ctx).client.suspend_devbox(devbox_id))
+            view = await state(ctx).client.suspend_devbox(devbox_id)
+        await resources_list_changed(ctx.mcp_server)
+        return info(view)
 
     @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
     async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
@@ -134,4 +140,5 @@ def register(server: MCPServer) -> None:
         with api_errors():
             view = await state(ctx).client.resume_devbox(devbox_id)
         view = await wait_running(ctx, view)
+        await resources_list_changed(ctx.mcp_server)
         return info(view)

@@ -26,6 +26,7 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from ..progress import output_progress
+from ..resources import output_resource_links
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
@@ -309,7 +310,7 @@ def register(server: MCPServer) -> None:
             lines.append("matching lines:\n" + "\n".join(got.matches))
         if hint:
             lines.append(hint)
-        return result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
+        return _with_links(result(envelope, "\n".join(lines) + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
     async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
@@ -393,4 +394,10 @@ def _execute_result(
             state_line = f"still {final.status} after {wait:g} s; the command keeps running"
         head = f"{state_line} · execution {execution_id}\n{hint}"
     envelope = ExecuteResult(**fields, hint=hint, command_id=command_id, duration_seconds=round(duration, 3))
-    return result(envelope, head + "\n" + render_output(shaped))
+    return _with_links(result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
+
+
+def _with_links(res: CallToolResult, devbox_id: str, execution_id: str, shaped: dict[str, Shaped]) -> CallToolResult:
+    """Add links to the full output resources of the streams the result had to cut."""
+    res.content.extend(output_resource_links(devbox_id, execution_id, [s for s in STREAMS if shaped[s].truncated]))
+    return res

@@ -1,0 +1,269 @@
+"""MCP resources: axon event history, devbox views, execution output, with live subscriptions.
+
+`register_resources(mcp, client)` adds the templates, the paginated `resources/list`,
+completions, and subscriptions in both protocol eras to a server. Tools use
+`output_resource_links` (links to full output when a result was cut) and
+`resources_list_changed` (after creating a devbox or an axon).
+
+Which client: reads use the client of the server run they arrive on (the lifespan's `client`,
+as the tools do). Subscription followers are shared by every connection and outlive any one of
+them, so they use `client` itself when it is a ready `RunloopClient`, or else one made from the
+factory while at least one follower runs (and closed when the last one stops).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    CompleteRequestParams,
+    PaginatedRequestParams,
+    ResourceLink,
+)
+
+from ..runloop import NotFound, RunloopClient, RunloopError
+from ..settings import Settings
+from ..subscriptions import HubStats, SubscriptionHub
+from . import reading
+from .feeds import make_follow
+from .listing import completion_handler, list_page, remember_execution
+from .uris import (
+    AXON_EVENT,
+    AXON_EVENTS,
+    DEVBOX,
+    EXECUTION_OUTPUT,
+    STREAMS,
+    AxonFeed,
+    DevboxFeed,
+    OutputFeed,
+    Stream,
+    feed_of,
+    is_ours,
+    output_uri,
+)
+
+__all__ = [
+    "ResourcesHandle",
+    "hub_stats",
+    "output_resource_links",
+    "register_resources",
+    "resources_handle",
+    "resources_list_changed",
+]
+
+ClientProvider = RunloopClient | Callable[[], RunloopClient]
+
+_handles: weakref.WeakKeyDictionary[MCPServer, ResourcesHandle] = weakref.WeakKeyDictionary()
+
+
+class SharedClient:
+    """The followers' client: the given one, or one made on demand and closed when unused."""
+
+    def __init__(self, provider: ClientProvider) -> None:
+        self._provider = provider
+        self._client: RunloopClient | None = None
+        self._users = 0
+
+    @property
+    def open(self) -> bool:
+        return self._client is not None
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[RunloopClient]:
+        if isinstance(self._provider, RunloopClient):
+            yield self._provider
+            return
+        if self._client is None:
+            self._client = self._provider()
+        client = self._client
+        self._users += 1
+        try:
+            yield client
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._client is client:
+                self._client = None
+                with anyio.CancelScope(shield=True):
+                    await client.aclose()
+
+
+class ResourcesHandle:
+    """What `register_resources` installed on one server: its hub and its followers' client."""
+
+    def __init__(self, hub: SubscriptionHub, shared: SharedClient) -> None:
+        self.hub = hub
+        self.shared = shared
+
+    def stats(self) -> HubStats:
+        return self.hub.stats()
+
+
+def register_resources(mcp: MCPServer, client: ClientProvider, settings: Settings | None = None) -> ResourcesHandle:
+    """Add the resources, `resources/list` pagination, completions and subscriptions to `mcp`."""
+    settings = settings or Settings()
+    shared = SharedClient(client)
+
+    @asynccontextmanager
+    async def client_for(ctx: Any) -> AsyncIterator[RunloopClient]:
+        """The client of the request's server run if it has one (as tools use), else the shared one."""
+        request_context = getattr(ctx, "request_context", ctx)
+        own = getattr(getattr(request_context, "lifespan_context", None), "client", None)
+        if isinstance(own, RunloopClient):
+            yield own
+        else:
+            async with shared.lease() as leased:
+                yield leased
+
+    @mcp.resource(
+        AXON_EVENTS,
+        name="axon-events",
+        title="Axon event history",
+        mime_type="application/json",
+        description=(
+            "An axon's events as JSON, newest first (limit ≤ 1000, default 100; before_sequence pages "
+            "back), or with after_sequence the newer events oldest first. next_page is the next page's "
+            "URI. Payloads are decoded when they are JSON. Subscribe to hear of new events."
+        ),
+    )
+    async def axon_events(
+        axon_id: str,
+        ctx: Context,
+        after_sequence: str | None = None,
+        before_sequence: str | None = None,
+        limit: str | None = None,
+    ) -> str:
+        async with client_for(ctx) as c:
+            return await reading.read_history(c, axon_id, after_sequence, before_sequence, limit)
+
+    @mcp.resource(
+        AXON_EVENT, name="axon-event", title="Axon event", mime_type="application/json",
+        description="One event of an axon by sequence, payload decoded when it is JSON.",
+    )
+    async def axon_event(axon_id: str, sequence: str, ctx: Context) -> str:
+        async with client_for(ctx) as c:
+            return await reading.read_event(c, axon_id, sequence)
+
+    @mcp.resource(
+        DEVBOX, name="devbox", title="Devbox", mime_type="application/json",
+        description="A devbox's current view: status, launch parameters, state transitions. "
+        "Subscribe to hear of status changes.",
+    )
+    async def devbox(devbox_id: str, ctx: Context) -> str:
+        async with client_for(ctx) as c:
+            return await reading.read_devbox(c, devbox_id)
+
+    @mcp.resource(
+        EXECUTION_OUTPUT, name="execution-output", title="Execution output", mime_type="text/plain",
+        description=(
+            "A command's stdout or stderr from byte offset (default 0) for limit bytes (default: to the "
+            "end), shaped like tool results: ANSI stripped, head and tail kept with a marker giving the "
+            "omitted byte range. Subscribe for updates while it grows and one when it completes."
+        ),
+    )
+    async def execution_output(
+        devbox_id: str, execution_id: str, stream: str, ctx: Context, offset: str | None = None, limit: str | None = None
+    ) -> str:
+        async with client_for(ctx) as c:
+            return await reading.read_output(
+                c, devbox_id, execution_id, stream, offset, limit, budget=settings.output_budget
+            )
+
+    async def check(ctx: Any, uri: str) -> None:
+        """Refuse a subscription to something that does not exist, as a read would."""
+        feed = feed_of(uri)
+        if feed is None:
+            if not is_ours(uri) and uri not in {r.uri for r in await mcp.list_resources()}:
+                raise _not_found(uri)
+            return  # a single event: it exists or not, but never changes
+        async with client_for(ctx) as c:
+            try:
+                if isinstance(feed, AxonFeed):
+                    await c.get_axon(feed.axon_id)
+                elif isinstance(feed, DevboxFeed):
+                    await c.get_devbox(feed.devbox_id)
+                elif isinstance(feed, OutputFeed):
+                    await c.get_execution(feed.devbox_id, feed.execution_id, last_n=0)
+            except NotFound:
+                raise _not_found(uri) from None
+            except RunloopError as exc:
+                raise _resource_error(uri, f"subscribing failed: {exc}") from None
+
+    hub = SubscriptionHub(_bus_of(mcp), feed_of, make_follow(shared.lease), check)
+    low = mcp._lowlevel_server
+    hub.install(low)
+
+    async def list_resources(ctx: Any, params: PaginatedRequestParams | None) -> Any:
+        async with client_for(ctx) as c:
+            return await list_page(mcp, c, params.cursor if params else None)
+
+    low.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
+    previous = low.get_request_handler("completion/complete")
+    low.add_request_handler(
+        "completion/complete",
+        CompleteRequestParams,
+        completion_handler(client_for, previous.handler if previous is not None else None),  # type: ignore[attr-defined]
+    )
+    handle = ResourcesHandle(hub, shared)
+    _handles[mcp] = handle
+    return handle
+
+
+def _bus_of(mcp: MCPServer) -> Any:
+    # The bus `ctx.notify_*` publishes to and `subscriptions/listen` reads from. MCPServer builds
+    # it when none is passed and keeps it here; using the same one keeps every publisher and
+    # every listener on one channel.
+    return mcp._subscriptions
+
+
+def _not_found(uri: str) -> MCPError:
+    return MCPError(INVALID_PARAMS, f"resource {uri} not found; list resources (resources/list) to see what exists",
+                    data={"uri": uri})
+
+
+def _resource_error(uri: str, message: str) -> MCPError:
+    return MCPError(INTERNAL_ERROR, message, data={"uri": uri})
+
+
+def resources_handle(mcp: MCPServer) -> ResourcesHandle | None:
+    return _handles.get(mcp)
+
+
+def hub_stats(mcp: MCPServer) -> HubStats | None:
+    handle = _handles.get(mcp)
+    return handle.stats() if handle is not None else None
+
+
+async def resources_list_changed(mcp: MCPServer) -> None:
+    """Tell every client that `resources/list` changed (call after creating a devbox or an axon)."""
+    handle = _handles.get(mcp)
+    if handle is not None:
+        await handle.hub.resources_list_changed()
+
+
+def output_resource_links(
+    devbox_id: str, execution_id: str, streams: Iterable[Stream] = STREAMS
+) -> list[ResourceLink]:
+    """Links to the full output of `streams` of an execution, for a result that had to cut them.
+
+    Also remembers the execution, so completions can suggest its id (the API cannot list them).
+    """
+    remember_execution(devbox_id, execution_id)
+    return [
+        ResourceLink(
+            type="resource_link",
+            uri=output_uri(devbox_id, execution_id, stream),
+            name=f"{stream}-{execution_id}",
+            title=f"Full {stream} of execution {execution_id}",
+            description=f"The whole {stream}; add ?offset=N&limit=M to read a byte range.",
+            mime_type="text/plain",
+        )
+        for stream in streams
+    ]

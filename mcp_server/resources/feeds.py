@@ -1,0 +1,76 @@
+"""Following upstream feeds for subscriptions: an axon's SSE stream, a devbox's status (long-polls),
+an execution's output stream.
+
+Each function runs one upstream stream (the client resumes it across drops: after the last
+sequence seen, or at the byte count received) and calls `changed()` on every change. They are
+run by the subscription hub, one per feed, and cancelled when the last subscriber leaves,
+which closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+
+from ..runloop import RunloopClient
+from ..runloop.models import DEVBOX_TERMINAL_STATUSES
+from .uris import AxonFeed, DevboxFeed, OutputFeed
+
+Changed = Callable[[], Awaitable[None]]
+Ready = Callable[[], None]
+Lease = Callable[[], AbstractAsyncContextManager[RunloopClient]]
+
+
+async def follow_axon(client: RunloopClient, feed: AxonFeed, changed: Changed, ready: Ready) -> None:
+    """New events of the axon, forever. Starts after the newest event: history is not replayed."""
+    page = await client.list_events(feed.axon_id, limit=1)
+    newest = page.events[0].sequence if page.events else 0
+    ready()  # anything published from now on has a sequence above `newest`
+    events = client.subscribe_axon(feed.axon_id, after_sequence=newest)
+    try:
+        async for _event in events:
+            await changed()
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+async def follow_devbox(client: RunloopClient, feed: DevboxFeed, changed: Changed, ready: Ready) -> None:
+    """Each status change of the devbox, until it is shut down or failed (it changes no more)."""
+    views = client.watch_devbox(feed.devbox_id, DEVBOX_TERMINAL_STATUSES, timeout_seconds=float("inf"))
+    try:
+        first = True
+        async for _view in views:
+            if first:
+                ready()  # each wait is for "any status but this one": no change after it is missed
+                first = False
+            else:
+                await changed()
+    finally:
+        await views.aclose()  # type: ignore[attr-defined]
+
+
+async def follow_output(client: RunloopClient, feed: OutputFeed, changed: Changed, ready: Ready) -> None:
+    """Growth of one output stream until the execution completes (the stream ends); the hub then
+    sends the last update. Output already there when following starts counts as one change."""
+    ready()  # the stream is read from byte 0: nothing can be missed
+    chunks = client.stream_output(feed.devbox_id, feed.execution_id, feed.stream, offset=0)
+    try:
+        async for _chunk in chunks:
+            await changed()
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def make_follow(lease: Lease) -> Callable[[object, Changed, Ready], Awaitable[None]]:
+    """The hub's `follow`: dispatch on the feed type, holding a client for as long as it runs."""
+
+    async def follow(feed: object, changed: Changed, ready: Ready) -> None:
+        async with lease() as client:
+            if isinstance(feed, AxonFeed):
+                await follow_axon(client, feed, changed, ready)
+            elif isinstance(feed, DevboxFeed):
+                await follow_devbox(client, feed, changed, ready)
+            elif isinstance(feed, OutputFeed):
+                await follow_output(client, feed, changed, ready)
+
+    return follow
