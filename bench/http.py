@@ -14,33 +14,22 @@ Run: .venv/bin/python -m bench.http [--clients 20] [--calls 50] [--mode auto|leg
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# Named like the stdlib `http` package: run as a script, this folder comes first on sys.path and
-# would shadow it (and break every HTTP library). Drop that folder before importing anything.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _HERE]
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
-import anyio  # noqa: E402
-import httpx2  # noqa: E402
-from mcp import Client, StdioServerParameters  # noqa: E402
-from mcp.client.stdio import stdio_client  # noqa: E402
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-
-from mcp_server.runloop import RunloopClient  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("bench_mcp", _HERE / "mcp.py")
-_bench_mcp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_bench_mcp)
-start_backend, percentile, EXE = _bench_mcp.start_backend, _bench_mcp.percentile, _bench_mcp.EXE
+from bench.mcp import EXE, percentile, start_backend
+from mcp_server.runloop import RunloopClient
 
 TOKEN = "bench-http-token-0123456789abcdef"
 
