@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mcp_server.local.server import RunningBackend, start_in_thread
@@ -27,6 +28,15 @@ def sdk(backend: RunningBackend):
     client = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=2)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def http(backend: RunningBackend) -> Iterator[httpx.Client]:
+    """A plain HTTP client with the backend's key, for what the SDK cannot send (bad input, raw headers)."""
+    with httpx.Client(
+        base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=60
+    ) as client:
+        yield client
 
 
 @pytest.fixture

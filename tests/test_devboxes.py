@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,14 +12,6 @@ import pytest
 from runloop_api_client import BadRequestError, NotFoundError
 
 from mcp_server.local.server import RunningBackend, start_in_thread
-
-
-@pytest.fixture(scope="module")
-def http(backend: RunningBackend) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=40
-    ) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

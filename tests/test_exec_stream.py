@@ -10,22 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from mcp_server.local.server import RunningBackend
-
 
 @pytest.fixture(scope="module")
 def devbox(sdk) -> Iterator[str]:
     view = sdk.devboxes.create_and_await_running(name="streams")
     yield view.id
     sdk.devboxes.shutdown(view.id)
-
-
-@pytest.fixture(scope="module")
-def http(backend: RunningBackend) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=60
-    ) as client:
-        yield client
 
 
 def stream_path(devbox: str, execution_id: str, stream: str = "stdout") -> str:

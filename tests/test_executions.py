@@ -16,8 +16,6 @@ import httpx
 import pytest
 from runloop_api_client import APIStatusError, BadRequestError, NotFoundError
 
-from mcp_server.local.server import RunningBackend
-
 
 @pytest.fixture(scope="module")
 def devbox(sdk) -> Iterator[str]:
@@ -25,14 +23,6 @@ def devbox(sdk) -> Iterator[str]:
     assert view.status == "running"
     yield view.id
     sdk.devboxes.shutdown(view.id)
-
-
-@pytest.fixture(scope="module")
-def http(backend: RunningBackend) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=60
-    ) as client:
-        yield client
 
 
 def run(sdk, devbox: str, command: str) -> Any:

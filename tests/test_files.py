@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,14 +12,6 @@ from runloop_api_client import BadRequestError, NotFoundError, PermissionDeniedE
 
 from mcp_server.local import files
 from mcp_server.local.server import RunningBackend
-
-
-@pytest.fixture(scope="module")
-def http(backend: RunningBackend) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=60
-    ) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
