@@ -310,7 +310,7 @@ def test_bad_execute_bodies(http, devbox, endpoint, body, status, message):
 
 def test_bad_last_n_query(http, devbox, sdk):
     done = run(sdk, devbox, "echo ok")
-    for value in ("-1", "many", "99999999999"):
+    for value in ("-1", "many", "99999999999", "inf", "1e999", "nan"):
         for response in (
             http.post(f"/v1/devboxes/{devbox}/execute", params={"last_n": value}, json={"command": "true"}),
             http.post(f"/v1/devboxes/{devbox}/execute_async", params={"last_n": value}, json={"command": "true"}),

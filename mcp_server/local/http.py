@@ -53,7 +53,7 @@ def query_int(request: Request, name: str, default: int | None, *, lo: int, hi: 
         return default
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf", "1e999"
         raise ApiError(400, f"query parameter {name!r} must be an integer, got {raw!r}") from None
     if not lo <= value <= hi:
         raise ApiError(400, f"query parameter {name!r} must be between {lo} and {hi}, got {value}")
