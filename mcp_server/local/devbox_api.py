@@ -15,6 +15,7 @@ from . import files
 from .config import Component, LocalConfig
 from .devboxes import STATUSES, DevboxManager
 from .errors import ApiError
+from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
 
 MAX_WAIT_SECONDS = 30.0
@@ -295,32 +296,18 @@ class DevboxRoutes:
         return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
-def _execution_manager(manager: DevboxManager) -> Any | None:
-    try:
-        from .executions import ExecutionManager  # built on the executions branch
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.executions":
-            raise  # a dependency of executions is missing: that must not hide the routes silently
-        return None
-    return ExecutionManager(manager)
-
-
 def build(config: LocalConfig) -> Component:
     manager = DevboxManager(config)
-    executions = _execution_manager(manager)
-    routes = DevboxRoutes(manager).routes()
-    if executions is not None:
-        # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-        routes = list(executions.routes()) + routes
+    executions = ExecutionManager(manager)
+    # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
+    routes = [*executions.routes(), *DevboxRoutes(manager).routes()]
 
     async def startup() -> None:
         await manager.startup()
-        if executions is not None:
-            await executions.startup()
+        await executions.startup()
 
     async def shutdown() -> None:
-        if executions is not None:
-            await executions.shutdown()
+        await executions.shutdown()
         await manager.shutdown()
 
     return Component(
