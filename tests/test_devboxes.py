@@ -188,13 +188,12 @@ def test_wait_for_status_wakes_on_the_change(sdk, http: httpx.Client) -> None:  
     waiter = threading.Thread(target=wait)
     waiter.start()
     try:
-        # The waiter is parked (a 30 s long-poll); the suspend must wake it, not its timeout.
-        started = time.monotonic()
+        # The waiter is parked (a 30 s long-poll); the suspend must wake it, not its timeout,
+        # so it is done well before those 30 s.
         sdk.devboxes.suspend(view.id)
         waiter.join(timeout=15)
         assert not waiter.is_alive()
         assert result["status"] == 200 and result["body"]["status"] == "suspended"  # type: ignore[index]
-        assert time.monotonic() - started < 15
     finally:
         sdk.devboxes.shutdown(view.id)
 
