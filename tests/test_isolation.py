@@ -281,9 +281,11 @@ def test_sandbox_start_failure_is_clear(loop: asyncio.AbstractEventLoop, tmp_pat
     from mcp_server.local.sandbox import SandboxError
 
     sandbox = Sandbox(SandboxSpec(home=tmp_path / "missing", tmp=tmp_path / "missing-too", hostname="x"))
+    fds_before = set(os.listdir("/proc/self/fd"))
     with pytest.raises((SandboxError, OSError)):
         loop.run_until_complete(sandbox.start())
     assert not sandbox.alive
+    assert set(os.listdir("/proc/self/fd")) <= fds_before, "a failed start left descriptors open"
 
 
 NON_ROOT_SCRIPT = r"""

@@ -390,6 +390,9 @@ class Sandbox:
                 pass_fds=list(fds.values()),
                 env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
             )
+        except BaseException:
+            os.close(info_r)
+            raise
         finally:
             for fd in fds.values():
                 os.close(fd)
