@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -205,3 +207,28 @@ def test_live_streams_work_without_inotify(sdk, devbox, http, monkeypatch):
             assert next(events)["output"] == text, f"piece {n}"
         sdk.devboxes.executions.send_std_in(ex.execution_id, devbox_id=devbox, signal="EOF")
         assert list(events) == []
+
+
+def _open_fds_to(path) -> int:
+    """How many descriptors of this process (the backend runs in a thread of it) point at `path`."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+def test_a_client_that_goes_away_releases_its_stream(sdk, devbox, http, backend):
+    ex = sdk.devboxes.execute_async(devbox, command="echo started; sleep 600")
+    stdout = backend.config.data_dir / "devboxes" / devbox / "executions" / ex.execution_id / "stdout"
+    try:
+        with http.stream("GET", stream_path(devbox, ex.execution_id)) as response:
+            assert next(line for line in response.iter_lines() if line.startswith("data: "))
+            assert _open_fds_to(stdout) == 1  # the stream tails the file while the command is silent
+        # The client hung up while the command still runs: the backend must let go of the file.
+        deadline = time.monotonic() + 20
+        while _open_fds_to(stdout):
+            assert time.monotonic() < deadline, "the stream of a departed client kept its file open"
+            time.sleep(0.02)
+    finally:
+        sdk.devboxes.executions.kill(ex.execution_id, devbox_id=devbox, kill_process_group=True)
