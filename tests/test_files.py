@@ -225,3 +225,21 @@ def test_file_calls_on_unknown_or_stopped_devboxes(sdk, http: httpx.Client) -> N
     sdk.devboxes.shutdown(view.id)
     with pytest.raises(BadRequestError, match="is shutdown; create a new one"):
         sdk.devboxes.upload_file(view.id, path="x", file=b"x")
+
+
+def test_a_devbox_that_does_not_answer_is_504_not_500(
+    http: httpx.Client, devbox, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    import mcp_server.local.files as files
+
+    monkeypatch.setattr(files, "ANSWER_SECONDS", 0)  # the backend runs in this process: no answer is in time
+    url = f"/v1/devboxes/{devbox.id}"
+    for r in (
+        http.post(f"{url}/read_file_contents", json={"file_path": ".bashrc"}),
+        http.post(f"{url}/download_file", json={"path": ".bashrc"}),
+        http.post(f"{url}/write_file_contents", json={"file_path": "late.txt", "contents": "x"}),
+    ):
+        assert r.status_code == 504, r.text
+        assert "did not answer within 0 s" in r.json()["message"]
+    monkeypatch.undo()
+    assert http.post(f"{url}/write_file_contents", json={"file_path": "late.txt", "contents": "x"}).status_code == 200

@@ -27,6 +27,7 @@ MAX_PATH_BYTES = 4096
 MAX_READ_BYTES = 100 * 1024 * 1024  # read_file_contents; larger files go through download_file
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024 * 1024
 CHUNK = 256 * 1024
+ANSWER_SECONDS = 30.0  # for the script's status line: a devbox this slow gets a 504, not a hung request
 
 # Prints one status line, then (for OK) streams the file. Checks as the devbox user.
 _READ_SCRIPT = r"""
@@ -99,6 +100,17 @@ async def _start(devbox: Devbox, script: str, path: str, *, stdin: int) -> async
     )
 
 
+async def _status_line(proc: asyncio.subprocess.Process, devbox: Devbox, path: str, verb: str) -> str:
+    assert proc.stdout is not None
+    try:
+        raw = await asyncio.wait_for(proc.stdout.readline(), ANSWER_SECONDS)
+    except TimeoutError:
+        raise ApiError(
+            504, f"cannot {verb} {_describe(devbox, path)}: the devbox did not answer within {ANSWER_SECONDS:g} s; try again"
+        ) from None
+    return raw.decode(errors="replace").strip()
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -109,9 +121,8 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 async def _open_for_read(devbox: Devbox, path: str) -> tuple[asyncio.subprocess.Process, int]:
     proc = await _start(devbox, _READ_SCRIPT, path, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode(errors="replace").strip()
+        line = await _status_line(proc, devbox, path, "read")
     except BaseException:
         await _kill(proc)
         raise
@@ -177,7 +188,7 @@ async def write(devbox: Devbox, path: str, source: bytes | AsyncIterator[bytes])
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     done = False
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode(errors="replace").strip()
+        line = await _status_line(proc, devbox, path, "write")
         if line != "OK":
             if not line:
                 raise ApiError(400, f"cannot write {_describe(devbox, path)}: the devbox did not answer")
