@@ -262,6 +262,9 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
         (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
         (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
+        (json.dumps({"entrypoint": "serve\0"}).encode(), 422, "NUL"),
+        (json.dumps({"environment_variables": {"A": "x\0y"}}).encode(), 422, "value of A"),
+        (json.dumps({"launch_parameters": {"launch_commands": ["ls\0"]}}).encode(), 422, "NUL"),
         (
             json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "root"}}}).encode(),
             400,

@@ -24,6 +24,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSUPPORTED_SOURCES = ("blueprint_id", "blueprint_name", "snapshot_id")
 
 
+def _no_nul(what: str, text: str) -> str:
+    """A NUL cannot reach a process (argv and environment are C strings): refuse it up front."""
+    if "\0" in text:
+        raise ValueError(f"{what} contains a NUL character, which a command or its environment cannot hold")
+    return text
+
+
 class LaunchParameters(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -32,6 +39,13 @@ class LaunchParameters(BaseModel):
     network_mode: Literal["isolated", "none", "host"] | None = None
     # Shut down after this long without a keep_alive (only when given: a local devbox lives until shut down).
     keep_alive_time_seconds: int | None = Field(default=None, ge=1, le=172800)
+
+    @field_validator("launch_commands")
+    @classmethod
+    def _commands(cls, value: list[str] | None) -> list[str] | None:
+        for command in value or []:
+            _no_nul("a launch command", command)
+        return value
 
 
 class CreateBody(BaseModel):
@@ -52,10 +66,16 @@ class CreateBody(BaseModel):
     @field_validator("environment_variables")
     @classmethod
     def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for key in value or {}:
+        for key, text in (value or {}).items():
             if not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name (letters, digits, _)")
+            _no_nul(f"the value of {key}", text)
         return value
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, value: str | None) -> str | None:
+        return _no_nul("the entrypoint", value) if value is not None else None
 
 
 class UpdateBody(BaseModel):
