@@ -292,6 +292,8 @@ BAD_BODIES = [
     ("execute_async", b'{"command": 12}', 422, "command"),
     ("execute_async", b'{"command": "  "}', 400, "must not be empty"),
     ("execute_async", b'{"command": "a\\u0000b"}', 400, "NUL"),
+    ("execute_async", b'{"command": "echo \\ud800"}', 400, "lone surrogate"),
+    ("execute", b'{"command": "echo \\udfff"}', 400, "lone surrogate"),
     ("execute_async", b'{"command": "true", "attach_stdin": "yes"}', 422, "attach_stdin"),
     ("execute", b'{"command": "true", "command_id": 5}', 422, "command_id"),
     ("execute", b'{"command": "true", "command_id": ""}', 400, "command_id"),

@@ -243,3 +243,23 @@ def test_a_devbox_that_does_not_answer_is_504_not_500(
         assert "did not answer within 0 s" in r.json()["message"]
     monkeypatch.undo()
     assert http.post(f"{url}/write_file_contents", json={"file_path": "late.txt", "contents": "x"}).status_code == 200
+
+
+def test_lone_surrogates_are_400_not_500(http: httpx.Client, devbox, sdk) -> None:  # noqa: ANN001
+    url = f"/v1/devboxes/{devbox.id}"
+    for endpoint, body in (
+        ("write_file_contents", b'{"file_path": "s.txt", "contents": "x\\ud800"}'),
+        ("write_file_contents", b'{"file_path": "s\\udc00.txt", "contents": "x"}'),
+        ("read_file_contents", b'{"file_path": "s\\ud800.txt"}'),
+        ("download_file", b'{"path": "s\\ud800.txt"}'),
+    ):
+        r = http.post(f"{url}/{endpoint}", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and "lone surrogate" in r.json()["message"], (endpoint, r.text)
+    # A real pair (an emoji, escaped as JSON does by default) is text like any other.
+    r = http.post(
+        f"{url}/write_file_contents",
+        content=b'{"file_path": "pair.txt", "contents": "\\ud83d\\ude00"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert sdk.devboxes.read_file_contents(devbox.id, file_path="pair.txt") == "\U0001f600"

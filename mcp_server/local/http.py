@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,10 +34,29 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(data):
+        raise ApiError(
+            400,
+            "request body is not valid Unicode: a string holds a lone surrogate escape (\\ud800-\\udfff); "
+            "send UTF-8 text",
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, validation_message(exc)) from None
+
+
+# JSON may spell a lone UTF-16 surrogate (`"\ud800"`), which no file, process or database can
+# take as text; only bodies with such an escape (pairs included) pay for the full check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _is_unicode(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validation_message(exc: ValidationError) -> str:
