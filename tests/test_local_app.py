@@ -21,3 +21,9 @@ def test_missing_or_wrong_key_is_401(backend: RunningBackend) -> None:
 def test_unknown_route_is_404_json(backend: RunningBackend) -> None:
     r = httpx.get(f"{backend.base_url}/v1/nothing", headers={"Authorization": f"Bearer {backend.api_key}"})
     assert r.status_code == 404
+
+
+def test_the_api_key_stays_out_of_reprs(backend: RunningBackend) -> None:
+    # Reprs end up in logs and tracebacks (pytest prints them on failure); the key must not.
+    assert backend.api_key not in repr(backend)
+    assert backend.api_key not in repr(backend.config)

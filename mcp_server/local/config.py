@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 @dataclass(frozen=True)
 class LocalConfig:
     data_dir: Path
-    api_key: str
+    api_key: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback
     # Run devboxes without bubblewrap (no isolation). Only by explicit choice; stated in every devbox view.
     unsafe_no_sandbox: bool = False
 

@@ -11,7 +11,7 @@ import logging
 import secrets
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
@@ -65,7 +65,7 @@ def serve_forever(config: LocalConfig, host: str, port: int) -> None:
 @dataclass
 class RunningBackend:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback
     config: LocalConfig
     _server: uvicorn.Server
     _thread: threading.Thread
