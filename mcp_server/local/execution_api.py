@@ -128,9 +128,12 @@ def routes(manager: ExecutionManager) -> list[Route]:
         async def run():
             ex = await manager.start(devbox_id, command)
             await ex.done.wait()
-            return manager.sync_view(ex)
+            return ex
 
-        return JSONResponse(await manager.idempotency.run(idempotency_key(request, f"execute_sync:{devbox_id}"), run))
+        # The cache keeps the execution, not its view: views hold up to 8 MiB of output, and the
+        # cache keeps thousands of entries for an hour.
+        ex = await manager.idempotency.run(idempotency_key(request, f"execute_sync:{devbox_id}"), run)
+        return JSONResponse(manager.sync_view(ex))
 
     def lookup(request: Request):
         return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
