@@ -223,7 +223,8 @@ def test_a_client_that_goes_away_releases_its_stream(sdk, devbox, http, backend)
     stdout = backend.config.data_dir / "devboxes" / devbox / "executions" / ex.execution_id / "stdout"
     try:
         with http.stream("GET", stream_path(devbox, ex.execution_id)) as response:
-            assert next(line for line in response.iter_lines() if line.startswith("data: "))
+            lines = response.iter_lines()  # held: dropping the iterator would close the connection
+            assert next(line for line in lines if line.startswith("data: "))
             assert _open_fds_to(stdout) == 1  # the stream tails the file while the command is silent
         # The client hung up while the command still runs: the backend must let go of the file.
         deadline = time.monotonic() + 20
