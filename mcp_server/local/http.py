@@ -29,7 +29,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
     if len(raw) > MAX_JSON_BODY:
         raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {MAX_JSON_BODY}")
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = json.loads(raw, parse_constant=_refuse_constant) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -44,6 +44,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, validation_message(exc)) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; accepted, they would be stored and then break every view that echoes them."""
+    raise ApiError(400, f"request body is not valid JSON: {name} is not a JSON number; send a finite number or a string")
 
 
 # JSON may spell a lone UTF-16 surrogate (`"\ud800"`), which no file, process or database can
