@@ -252,6 +252,7 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, "JSON object"),
         (b'{"launch_parameters": {"x": NaN}}', 400, "NaN is not a JSON number"),
+        (b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
         (b'{"metadata": {"k": "v"}, "extra": -Infinity}', 400, "-Infinity is not a JSON number"),
         (json.dumps({"name": 123}).encode(), 422, "name"),
         (json.dumps({"environment_variables": {"A": 1}}).encode(), 422, "environment_variables"),

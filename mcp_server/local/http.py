@@ -32,6 +32,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
         data = json.loads(raw, parse_constant=_refuse_constant) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply; flatten it (no API field needs deep nesting)") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
     if _SURROGATE_ESCAPE.search(raw) and not _is_unicode(data):
