@@ -138,3 +138,18 @@ async def test_publish_retried_after_a_lost_response_stores_one_event(fault_prox
         assert len(attempts) == 3 and len({a.headers.get("x-request-id") for a in attempts}) == 1
         rows = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence FROM rl_axon_events WHERE event_type = 'once'"})
     assert text_of(rows).splitlines()[1:] == [json.dumps({"sequence": done["sequence"]})]
+
+
+async def test_sql_query_retries_a_read_but_never_a_write(fault_proxy: FaultProxy, backend: RunningBackend) -> None:
+    async with Client(make_server(backend, base_url=fault_proxy.url), mode="auto") as client:
+        axon = await new_axon(client)
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, retry_after=0)
+        rows = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT 1 AS one"})
+        assert text_of(rows).splitlines()[1:] == ['{"one": 1}']
+        assert len(fault_proxy.seen(r"/sql/query$")) == 2
+        fault_proxy.clear()
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        message = await call_error(
+            client, "sql_query", {"axon_id": axon, "sql": "CREATE TABLE once (x)", "allow_writes": True}
+        )
+        assert "503" in message and len(fault_proxy.seen(r"/sql/query$")) == 1

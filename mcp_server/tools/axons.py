@@ -160,7 +160,8 @@ def register(server: MCPServer) -> None:
                 raise ToolError(str(exc)) from None
         st = state(ctx)
         with api_errors():
-            res = await st.client.sql_query(axon_id, sql, params)
+            # Refused above if it could write: a read is safe to retry after a lost answer.
+            res = await st.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
         rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
         envelope = QueryEnvelope(
             axon_id=axon_id,
