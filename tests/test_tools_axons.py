@@ -85,6 +85,19 @@ async def test_rows_are_bounded_with_a_note(backend: RunningBackend) -> None:
         assert "Narrow the query" in envelope["note"] and "Narrow the query" in text_of(result)
 
 
+async def test_one_huge_row_is_cut_to_the_budget(backend: RunningBackend) -> None:
+    budget = 4096
+    async with Client(make_server(backend, Settings(output_budget=budget)), mode="auto") as client:
+        axon = await new_axon(client)
+        await call_ok(client, "publish_event", {"axon_id": axon, "event_type": "big", "payload": "x" * 100_000})
+        result = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence, payload FROM rl_axon_events"})
+        envelope = structured(result)
+        assert envelope["rows_returned"] == 1 and envelope["rows_cut"] and "substr" in envelope["note"]
+        assert len(text_of(result).encode()) < 2 * budget
+        row = json.loads(text_of(result).splitlines()[1])
+        assert row["payload"].startswith('"xxx') and "bytes cut]" in row["payload"]
+
+
 async def test_list_axons_finds_the_created_one(mcp: Client) -> None:
     axon = await new_axon(mcp, name="findme-axon")
     listed = structured(await call_ok(mcp, "list_axons", {"name": "findme-axon", "limit": 100}))

@@ -83,22 +83,47 @@ def axon_info(view: AxonView) -> AxonInfo:
 
 
 def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut."""
+    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut.
+
+    A row too big for the budget on its own (a large payload) has its long text values cut,
+    so even a one-row result stays within the budget."""
     records = res.records()
     out: list[dict[str, Any]] = []
     used = 0
+    clipped = False
     for row in records[:max_rows]:
-        size = len(json.dumps(row, ensure_ascii=False, default=str)) + 1
+        size = _json_size(row)
+        if size > budget:
+            row, size = _clip_row(row, budget), budget
+            clipped = True
         if used + size > budget and out:
             break
         out.append(row)
         used += size
+    notes = []
     if len(out) < len(records):
         why = f"the first {max_rows}" if len(out) == max_rows else f"{len(out)} (the {budget}-byte budget)"
-        return out, (
-            f"{len(records)} rows; only {why} are returned. Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
-        )
-    return out, None
+        notes.append(f"{len(records)} rows; only {why} are returned")
+    if clipped:
+        notes.append("long values were cut (read them in parts with substr(column, start, length))")
+    if not notes:
+        return out, None
+    return out, "; ".join(notes) + ". Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
+
+
+def _json_size(row: dict[str, Any]) -> int:
+    return len(json.dumps(row, ensure_ascii=False, default=str).encode()) + 1
+
+
+def _clip_row(row: dict[str, Any], budget: int) -> dict[str, Any]:
+    """`row` with each text value over its share of `budget` cut to that share, marked."""
+    share = max(budget // max(len(row), 1) - 64, 64)
+    clipped: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, str) and len(value.encode()) > share:
+            value = f"{truncate_utf8(value, share, keep='head')}[… {len(value.encode()) - share} bytes cut]"
+        clipped[name] = value
+    return clipped
 
 
 def register(server: MCPServer) -> None:
