@@ -134,11 +134,15 @@ async def test_sql_batch_reports_each_statement_and_is_atomic(mcp: Client) -> No
     assert "rolled back" in message and "statement 2 of 2" in message and "UNIQUE" in message
     rows = await call_ok(mcp, "sql_query", {"axon_id": axon, "sql": "SELECT count(*) AS n FROM kv"})
     assert json.loads(text_of(rows).splitlines()[1]) == {"n": 0}
-    done = structured(await call_ok(mcp, "sql_batch", {"axon_id": axon, "statements": [
+    done = await call_ok(mcp, "sql_batch", {"axon_id": axon, "statements": [
         {"sql": "INSERT INTO kv VALUES (?)", "params": ["b"]},
         {"sql": "SELECT k FROM kv"},
-    ]}))
-    assert done["results"][0]["changes"] == 1 and done["results"][1]["rows"] == [{"k": "b"}]
+    ]})
+    envelope = structured(done)
+    assert envelope["results"][0]["changes"] == 1 and envelope["results"][1]["rows_returned"] == 1
+    assert text_of(done).splitlines()[-2:] == ["statement 2: 1 row(s); columns: k", '{"k": "b"}']
+    # Rows are sent once: in the text, not again in the structured content.
+    assert "rows" not in envelope["results"][1]
 
 
 async def test_publish_retried_after_a_lost_response_stores_one_event(fault_proxy: FaultProxy, backend: RunningBackend) -> None:

@@ -65,7 +65,8 @@ class Statement(BaseModel):
 
 class BatchItem(BaseModel):
     columns: list[str] = Field(default_factory=list)
-    rows: list[dict[str, Any]] = Field(default_factory=list)
+    row_count: int = 0
+    rows_returned: int = 0
     rows_cut: bool = False
     changes: int | None = None
 
@@ -197,12 +198,7 @@ def register(server: MCPServer) -> None:
             changes=res.meta.changes,
             note=note,
         )
-        head = f"{len(res.rows)} row(s); columns: {', '.join(c.name for c in res.columns) or '-'}"
-        if res.meta.changes:
-            head += f"; {res.meta.changes} change(s)"
-        lines = [head] + [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
-        if note:
-            lines.append(f"[{note}]")
+        lines = [_summary(res), *_row_lines(rows, note)]
         return result(envelope, "\n".join(lines) + "\n")
 
     @server.tool(annotations=annotations(destructive=True, title="SQL batch"))
@@ -210,7 +206,7 @@ def register(server: MCPServer) -> None:
         ctx: Context,
         axon_id: AxonId,
         statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
-    ) -> BatchResult:
+    ) -> Annotated[CallToolResult, BatchResult]:
         """Run SQL statements atomically (one transaction) on an axon's database; may write.
         If one fails, none is applied."""
         st = state(ctx)
@@ -225,14 +221,30 @@ def register(server: MCPServer) -> None:
                 )
         budget = st.settings.output_budget // max(len(res.results), 1)
         items = []
-        for item in res.results:
+        lines = []
+        for n, item in enumerate(res.results, 1):
             rows, note = bounded_rows(item.success, st.settings.sql_max_rows, budget)
+            names = [c.name for c in item.success.columns]
             items.append(
                 BatchItem(
-                    columns=[c.name for c in item.success.columns],
-                    rows=rows,
+                    columns=names,
+                    row_count=len(item.success.rows),
+                    rows_returned=len(rows),
                     rows_cut=note is not None,
                     changes=item.success.meta.changes,
                 )
             )
-        return BatchResult(axon_id=axon_id, results=items)
+            lines.append(f"statement {n}: {_summary(item.success)}")
+            lines += _row_lines(rows, note)
+        # Rows go in the text once; the structured content is the envelope (as for sql_query).
+        return result(BatchResult(axon_id=axon_id, results=items), "\n".join(lines) + "\n")
+
+
+def _summary(res: SqlResult) -> str:
+    text = f"{len(res.rows)} row(s); columns: {', '.join(c.name for c in res.columns) or '-'}"
+    return text + (f"; {res.meta.changes} change(s)" if res.meta.changes else "")
+
+
+def _row_lines(rows: list[dict[str, Any]], note: str | None) -> list[str]:
+    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+    return lines + [f"[{note}]"] if note else lines
