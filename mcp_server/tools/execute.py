@@ -34,6 +34,8 @@ from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, re
 
 STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
 MAX_MATCHES = 20
+MATCH_CHARS = 500  # of each matching line returned
+PARTIAL_KEEP = 64 * 1024  # characters of an unfinished line searched for `until`
 
 
 class OutputEnvelope(BaseModel):
@@ -88,7 +90,12 @@ class Followed:
 
 
 class _LineMatcher:
-    """Finds lines matching `until` across chunk boundaries (a partial last line is checked too)."""
+    """Finds lines matching `until` across chunk boundaries (a partial last line is checked too).
+
+    Bounded: a line without a newline is searched in its last `PARTIAL_KEEP` characters only, and
+    a matching line is returned as at most `MATCH_CHARS` characters around the match (the result
+    carries it in its text and its structured content; a minified bundle must not flood either).
+    """
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -97,11 +104,22 @@ class _LineMatcher:
     def feed(self, stream: str, text: str) -> list[str]:
         data = self.partial[stream] + text
         *lines, rest = data.split("\n")
+        rest = rest[-PARTIAL_KEEP:]
         self.partial[stream] = rest
-        found = [line for line in lines if self.pattern.search(line)]
-        if not found and rest and self.pattern.search(rest):
-            found.append(rest)
+        found = [hit for line in lines if (hit := self._hit(line)) is not None]
+        if not found and rest and (hit := self._hit(rest)) is not None:
+            found.append(hit)
         return found
+
+    def _hit(self, line: str) -> str | None:
+        match = self.pattern.search(line)
+        if match is None:
+            return None
+        if len(line) <= MATCH_CHARS:
+            return line
+        start = max(0, min(match.start() - MATCH_CHARS // 4, len(line) - MATCH_CHARS))
+        end = start + MATCH_CHARS
+        return ("…" if start else "") + line[start:end] + ("…" if end < len(line) else "")
 
 
 async def follow(
