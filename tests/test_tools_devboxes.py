@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import EmbeddedResource, ImageContent
 from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
+from mcp_server.runloop import RunloopClient
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +30,6 @@ async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncI
 @pytest.fixture(scope="module")
 def devbox_id(backend: RunningBackend) -> str:
     """One running devbox shared by the file tests (created through the tool)."""
-    import anyio
 
     async def create() -> str:
         async with Client(make_server(backend), mode="auto") as client:
@@ -62,6 +63,30 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
     assert resumed["status"] == "running"
     down = structured(await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]}))
     assert down["status"] == "shutdown"
+
+
+async def test_cancelling_create_devbox_shuts_the_new_devbox_down(mcp: Client, backend: RunningBackend) -> None:
+    created: list[str] = []
+    got_id = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and not created:
+            created.append(message.split(":")[0].removeprefix("devbox "))
+            got_id.set()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await mcp.call_tool("create_devbox", {"name": "cancelled", "launch_commands": ["sleep 120"]},
+                                    progress_callback=on_progress)
+
+            tg.start_soon(run)
+            await got_id.wait()
+            tg.cancel_scope.cancel()
+    async with RunloopClient(backend.base_url, backend.api_key) as client:
+        view = await client.wait_for_devbox_status(created[0], ["shutdown"], timeout_seconds=20)
+    assert view.status == "shutdown"
 
 
 async def test_create_devbox_with_network_mode_none(mcp: Client) -> None:
