@@ -133,6 +133,14 @@ async def test_write_then_read_text_with_ranges_and_tail(mcp: Client, devbox_id:
     assert text_of(tail).endswith("line 99\nline 100\n")
 
 
+async def test_line_numbers_count_newlines_only(mcp: Client, devbox_id: str) -> None:
+    body = "one\x0cstill one\u2028and still one\ntwo\r\nthree\n"
+    await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "lines.txt", "contents": body})
+    second = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "lines.txt", "start_line": 2, "end_line": 2})
+    assert structured(second)["total_lines"] == 3
+    assert text_of(second).splitlines()[1:] == ["two"]
+
+
 async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBackend, devbox_id: str) -> None:
     from mcp_server.settings import Settings
 

@@ -75,8 +75,12 @@ def sniff_type(path: str, data: bytes) -> tuple[str, bool]:
 
 
 def select_lines(text: str, start_line: int | None, end_line: int | None, tail_lines: int | None) -> tuple[str, int, int, int]:
-    """The selected lines, their first and last numbers (1-based), and the file's line count."""
-    lines = text.splitlines(keepends=True)
+    """The selected lines, their first and last numbers (1-based), and the file's line count.
+
+    Lines end at "\n" only, as `sed`/`wc -l` and the shaping marker count them: `splitlines`
+    would also split at form feeds and U+2028 (common in minified JS) and shift every number."""
+    lines = text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
     total = len(lines)
     if tail_lines is not None:
         first = max(total - tail_lines, 0)
