@@ -350,9 +350,7 @@ def register(server: MCPServer) -> None:
         ] = None,
     ) -> StdinResult:
         """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
-        if (text is None) == (signal is None):
-            raise ToolError("send_stdin needs exactly one of text or signal")
-        with api_errors():
+        with api_errors():  # the client refuses neither or both of text and signal, before sending
             sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
         return StdinResult(execution_id=execution_id, success=sent.success)
 
