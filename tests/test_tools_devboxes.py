@@ -13,6 +13,7 @@ from mcp_support import MODES, call_error, call_ok, make_server, structured, tex
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.runloop import RunloopClient
+from mcp_server.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -141,8 +142,22 @@ async def test_line_numbers_count_newlines_only(mcp: Client, devbox_id: str) -> 
     assert text_of(second).splitlines()[1:] == ["two"]
 
 
+async def test_tail_of_a_file_larger_than_the_scan_is_refused_not_faked(
+    backend: RunningBackend, devbox_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_server.tools import files
+
+    monkeypatch.setattr(files, "TEXT_SCAN_BYTES", 1024)
+    body = "".join(f"line {i}\n" for i in range(1, 2001))
+    async with Client(make_server(backend, Settings(binary_cap=1024)), mode="auto") as mcp:
+        await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "long.log", "contents": body})
+        message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "long.log", "tail_lines": 5})
+        assert "tail -n 5 long.log" in message
+        head = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "long.log", "end_line": 2})
+        assert text_of(head).splitlines()[1:] == ["line 1", "line 2"]
+
+
 async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBackend, devbox_id: str) -> None:
-    from mcp_server.settings import Settings
 
     async with Client(make_server(backend, Settings(output_budget=2048)), mode="auto") as client:
         body = "".join(f"row {i:06d}\n" for i in range(20_000))
@@ -174,7 +189,6 @@ async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client
 
 async def test_binary_over_the_cap_is_refused(backend: RunningBackend, devbox_id: str) -> None:
     from mcp_server.runloop import RunloopClient
-    from mcp_server.settings import Settings
 
     async with RunloopClient(backend.base_url, backend.api_key) as client:
         await client.upload_file(devbox_id, "large.bin", b"\x00" * 5000)
