@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -153,20 +154,22 @@ async def follow(
             async with anyio.create_task_group() as tg:
 
                 async def pump(stream: Literal["stdout", "stderr"]) -> None:
+                    # aclosing, as resources/feeds do: however the loop is left, the SSE connection
+                    # is closed here, not when the generator happens to be finalized.
+                    chunks = st.client.stream_output(devbox_id, execution_id, stream, offset=got.offsets[stream])
                     try:
-                        async for chunk in st.client.stream_output(
-                            devbox_id, execution_id, stream, offset=got.offsets[stream]
-                        ):
-                            # No await between receiving a chunk and recording it: a cancel
-                            # here never loses a chunk that the offsets already count.
-                            got.buffers[stream].add(chunk.text)
-                            got.offsets[stream] = chunk.offset
-                            progress.feed(chunk.text)
-                            if matcher is not None and len(got.matches) < MAX_MATCHES:
-                                found = matcher.feed(stream, chunk.text)
-                                if found:
-                                    got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
-                                    tg.cancel_scope.cancel()
+                        async with aclosing(chunks):
+                            async for chunk in chunks:
+                                # No await between receiving a chunk and recording it: a cancel
+                                # here never loses a chunk that the offsets already count.
+                                got.buffers[stream].add(chunk.text)
+                                got.offsets[stream] = chunk.offset
+                                progress.feed(chunk.text)
+                                if matcher is not None and len(got.matches) < MAX_MATCHES:
+                                    found = matcher.feed(stream, chunk.text)
+                                    if found:
+                                        got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
+                                        tg.cancel_scope.cancel()
                         got.ended[stream] = True
                     except RunloopError as exc:
                         errors.append(exc)
