@@ -17,7 +17,7 @@ import secrets
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 from mcp.server import MCPServer
@@ -39,7 +39,9 @@ class HttpConfigError(Exception):
 
 @dataclass(frozen=True)
 class HttpOptions:
-    token: str | None  # required on purpose: None turns authentication off (loopback only)
+    # Required on purpose: None turns authentication off (loopback only). repr=False: options
+    # printed in a log or a traceback must not show the token.
+    token: str | None = field(repr=False)
     host: str = "127.0.0.1"
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()

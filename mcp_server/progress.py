@@ -36,11 +36,6 @@ class OutputProgress:
         self._wake = anyio.Event()
         self._closed = anyio.Event()
         self._closing = False
-        self.sent = 0
-
-    @property
-    def bytes_seen(self) -> int:
-        return self._bytes
 
     def feed(self, text: str) -> None:
         if not text:
@@ -58,7 +53,6 @@ class OutputProgress:
         if len(message.encode()) > self._max_bytes:
             message = _CUT_MARK + truncate_utf8(message, self._max_bytes - len(_CUT_MARK.encode()))
         self._last_sent = anyio.current_time()
-        self.sent += 1
         if message:
             await self._report(float(self._bytes), message)
 

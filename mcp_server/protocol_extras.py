@@ -9,8 +9,6 @@ for resource templates) are kept.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from mcp.server import MCPServer, ServerRequestContext
 from mcp.types import (
     Completion,
@@ -22,15 +20,8 @@ from mcp.types import (
     SetLevelRequestParams,
 )
 
-Completer = Callable[
-    [PromptReference | ResourceTemplateReference, CompletionArgument, CompletionContext | None],
-    Awaitable[Completion | None],
-]
 
-MAX_COMPLETIONS = 100  # the spec's cap on values per response
-
-
-def add_protocol_extras(server: MCPServer, completer: Completer | None = None) -> None:
+def add_protocol_extras(server: MCPServer) -> None:
     low = server._lowlevel_server  # the documented way to add raw handlers (SDK docs, "low-level server")
 
     if low.get_request_handler("logging/setLevel") is None:
@@ -50,12 +41,6 @@ def add_protocol_extras(server: MCPServer, completer: Completer | None = None) -
             argument: CompletionArgument,
             context: CompletionContext | None,
         ) -> Completion:
-            result = await completer(ref, argument, context) if completer else None
-            if result is None:
-                return Completion(values=[], total=0, has_more=False)
-            values = result.values[:MAX_COMPLETIONS]
-            return Completion(
-                values=values,
-                total=result.total,
-                has_more=result.has_more or len(result.values) > len(values),
-            )
+            # Resource-template completions are served by `resources` (which wraps this handler);
+            # there are no prompts, so anything else has nothing to suggest.
+            return Completion(values=[], total=0, has_more=False)

@@ -59,7 +59,8 @@ def main(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
-    except ValueError as exc:
+        ClientConfig.from_env().check()
+    except ValueError as exc:  # InvalidArgument is a ValueError too
         log.error("%s", exc)
         return 2
     with api_config(data_dir or default_data_dir()) as config:

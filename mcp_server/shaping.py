@@ -137,7 +137,7 @@ def shape(
     return Shaped(body, shaped.total_bytes, omitted, shaped.omitted_start, shaped.omitted_end, first_line, last_line)
 
 
-def _utf8_boundary(raw: bytes, pos: int) -> int:
+def utf8_boundary(raw: bytes, pos: int) -> int:
     """Move `pos` back to the start of a UTF-8 character."""
     while 0 < pos < len(raw) and (raw[pos] & 0xC0) == 0x80:
         pos -= 1
@@ -150,7 +150,7 @@ def _head_cut(raw: bytes, budget: int) -> int:
     newline = raw.rfind(b"\n", 0, limit)
     if newline >= limit // 2:
         return newline + 1
-    return _utf8_boundary(raw, limit)
+    return utf8_boundary(raw, limit)
 
 
 def _tail_cut(raw: bytes, budget: int) -> int:
@@ -159,7 +159,7 @@ def _tail_cut(raw: bytes, budget: int) -> int:
     newline = raw.find(b"\n", start, len(raw) - 1)
     if newline != -1 and newline - start <= budget // 2:
         return newline + 1
-    return _utf8_boundary(raw, start)
+    return utf8_boundary(raw, start)
 
 
 def truncate_utf8(text: str, limit: int, *, keep: str = "tail") -> str:
@@ -193,7 +193,7 @@ class OutputBuffer:
         self.total += len(data)
         room = self.keep - len(self._head)
         if room > 0 and not self.dropped and not self._tail:
-            take = _utf8_boundary(data, room) if room < len(data) else len(data)
+            take = utf8_boundary(data, room) if room < len(data) else len(data)
             self._head += data[:take]
             data = data[take:]
         if not data:

@@ -45,6 +45,7 @@ from mcp.shared.subscriptions import (
 )
 from mcp.types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     EmptyResult,
     SubscribeRequestParams,
@@ -73,6 +74,8 @@ FeedOf = Callable[[str], Feed | None]
 Check = Callable[[Any, str], Awaitable[None]]
 
 MAX_LISTEN_STREAMS = 1024
+# Each subscribed URI may hold an upstream connection: one stream may not ask for unboundedly many.
+MAX_URIS_PER_LISTEN = 100
 
 
 @dataclass
@@ -350,6 +353,12 @@ class SubscriptionHub:
             raise MCPError(INTERNAL_ERROR, f"too many open subscriptions (limit {MAX_LISTEN_STREAMS}); close one first")
         honored = _honored(params.notifications)
         uris = frozenset(honored.resource_subscriptions or ())
+        if len(uris) > MAX_URIS_PER_LISTEN:
+            raise MCPError(
+                INVALID_PARAMS,
+                f"{len(uris)} resource subscriptions in one stream; at most {MAX_URIS_PER_LISTEN}: "
+                "split them over several subscriptions/listen streams",
+            )
         meta: dict[str, Any] = {SUBSCRIPTION_ID_META_KEY: subscription_id}
         pending: dict[ServerEvent, None] = {}
         wake = anyio.Event()

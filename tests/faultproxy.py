@@ -56,6 +56,7 @@ class Rule:
     action: str
     status: int = 503
     retry_after: str | None = None
+    should_retry: bool | None = None  # sent as `x-should-retry` when set
     forward: bool = False
     message: str = "injected by faultproxy"
     after_bytes: int = 0
@@ -92,13 +93,14 @@ class FaultProxy:
         times: int | None = 1,
         method: str | None = None,
         retry_after: float | str | None = None,
+        should_retry: bool | None = None,
         forward: bool = False,
         message: str = "injected by faultproxy",
     ) -> Rule:
-        """Answer `status` (with `Retry-After` if given) to the next `times` matching requests."""
+        """Answer `status` (with `Retry-After` and `x-should-retry` if given) to the next `times` matching requests."""
         ra = None if retry_after is None else (retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
         return self._add(Rule(re.compile(path), method, times, "fail", status=status, retry_after=ra,
-                              forward=forward, message=message))
+                              should_retry=should_retry, forward=forward, message=message))
 
     def cut(
         self,
@@ -296,6 +298,8 @@ class FaultProxy:
     async def _answer(self, writer: asyncio.StreamWriter, rule: Rule) -> None:
         body = json.dumps({"message": rule.message}).encode()
         extra = f"Retry-After: {rule.retry_after}\r\n" if rule.retry_after is not None else ""
+        if rule.should_retry is not None:
+            extra += f"x-should-retry: {str(rule.should_retry).lower()}\r\n"
         head = (
             f"HTTP/1.1 {rule.status} Injected\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"

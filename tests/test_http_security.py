@@ -241,3 +241,8 @@ def test_responses_do_not_name_the_server_software(url: str, leaks: list) -> Non
     response = httpx.get(url.replace("/mcp", "/healthz"), timeout=10)
     leaks.append(response)
     assert "server" not in response.headers
+
+
+def test_the_token_is_not_in_the_options_repr() -> None:
+    token = "tok_" + "s" * 40
+    assert token not in repr(HttpOptions(token=token)) and token not in str(HttpOptions(token=token))

@@ -126,6 +126,14 @@ async def test_retries_stop_at_max_attempts_with_the_last_error(fault_proxy: Fau
     assert len(fault_proxy.seen("^/healthz$")) == FAST.max_attempts
 
 
+async def test_x_should_retry_false_stops_retries(fault_proxy: FaultProxy, backend) -> None:
+    fault_proxy.fail("^/healthz$", status=503, times=None, should_retry=False)
+    async with client_for(fault_proxy.url, backend.api_key) as client:
+        with pytest.raises(ServerError) as info:
+            await client._send("GET", "/healthz")
+    assert info.value.attempts == 1 and len(fault_proxy.seen("^/healthz$")) == 1
+
+
 async def test_429_retry_after_is_honoured(fault_proxy: FaultProxy, backend, caplog) -> None:
     fault_proxy.fail("^/healthz$", status=429, times=1, retry_after=0.3)
     caplog.set_level(logging.INFO, logger="devbox_mcp.runloop")

@@ -23,7 +23,7 @@ from mcp_server.local.server import RunningBackend
 from mcp_server.resources import hub_stats, resources_handle
 from mcp_server.runloop import RunloopClient
 from mcp_server.server import build_server
-from mcp_server.subscriptions import HubStats, _Sender
+from mcp_server.subscriptions import MAX_URIS_PER_LISTEN, HubStats, _Sender
 
 pytestmark = pytest.mark.anyio
 
@@ -190,6 +190,17 @@ async def test_subscribing_to_an_unknown_axon_is_refused_or_silent(backend: Runn
         async with subscribed(server, mode, ["axon://axn_nope/events"]):
             await wait_for(lambda: hub_stats(server).followers == 0, "the follower of a missing axon to stop")
     await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+
+
+async def test_a_listen_stream_with_too_many_uris_is_refused(backend: RunningBackend) -> None:
+    server = make_server(backend)
+    uris = [f"axon://axn_{i}/events" for i in range(MAX_URIS_PER_LISTEN + 1)]
+    async with Client(server, mode="auto") as client:
+        with pytest.raises(MCPError) as err:
+            async with client.listen(resource_subscriptions=uris):
+                pass
+    assert err.value.error.code == -32602 and f"at most {MAX_URIS_PER_LISTEN}" in err.value.error.message
+    assert idle(hub_stats(server))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -85,6 +85,19 @@ async def test_rows_are_bounded_with_a_note(backend: RunningBackend) -> None:
         assert "Narrow the query" in envelope["note"] and "Narrow the query" in text_of(result)
 
 
+async def test_one_huge_row_is_cut_to_the_budget(backend: RunningBackend) -> None:
+    budget = 4096
+    async with Client(make_server(backend, Settings(output_budget=budget)), mode="auto") as client:
+        axon = await new_axon(client)
+        await call_ok(client, "publish_event", {"axon_id": axon, "event_type": "big", "payload": "x" * 100_000})
+        result = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence, payload FROM rl_axon_events"})
+        envelope = structured(result)
+        assert envelope["rows_returned"] == 1 and envelope["rows_cut"] and "substr" in envelope["note"]
+        assert len(text_of(result).encode()) < 2 * budget
+        row = json.loads(text_of(result).splitlines()[1])
+        assert row["payload"].startswith('"xxx') and "bytes cut]" in row["payload"]
+
+
 async def test_list_axons_finds_the_created_one(mcp: Client) -> None:
     axon = await new_axon(mcp, name="findme-axon")
     listed = structured(await call_ok(mcp, "list_axons", {"name": "findme-axon", "limit": 100}))
@@ -121,11 +134,15 @@ async def test_sql_batch_reports_each_statement_and_is_atomic(mcp: Client) -> No
     assert "rolled back" in message and "statement 2 of 2" in message and "UNIQUE" in message
     rows = await call_ok(mcp, "sql_query", {"axon_id": axon, "sql": "SELECT count(*) AS n FROM kv"})
     assert json.loads(text_of(rows).splitlines()[1]) == {"n": 0}
-    done = structured(await call_ok(mcp, "sql_batch", {"axon_id": axon, "statements": [
+    done = await call_ok(mcp, "sql_batch", {"axon_id": axon, "statements": [
         {"sql": "INSERT INTO kv VALUES (?)", "params": ["b"]},
         {"sql": "SELECT k FROM kv"},
-    ]}))
-    assert done["results"][0]["changes"] == 1 and done["results"][1]["rows"] == [{"k": "b"}]
+    ]})
+    envelope = structured(done)
+    assert envelope["results"][0]["changes"] == 1 and envelope["results"][1]["rows_returned"] == 1
+    assert text_of(done).splitlines()[-2:] == ["statement 2: 1 row(s); columns: k", '{"k": "b"}']
+    # Rows are sent once: in the text, not again in the structured content.
+    assert "rows" not in envelope["results"][1]
 
 
 async def test_publish_retried_after_a_lost_response_stores_one_event(fault_proxy: FaultProxy, backend: RunningBackend) -> None:
@@ -138,3 +155,18 @@ async def test_publish_retried_after_a_lost_response_stores_one_event(fault_prox
         assert len(attempts) == 3 and len({a.headers.get("x-request-id") for a in attempts}) == 1
         rows = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence FROM rl_axon_events WHERE event_type = 'once'"})
     assert text_of(rows).splitlines()[1:] == [json.dumps({"sequence": done["sequence"]})]
+
+
+async def test_sql_query_retries_a_read_but_never_a_write(fault_proxy: FaultProxy, backend: RunningBackend) -> None:
+    async with Client(make_server(backend, base_url=fault_proxy.url), mode="auto") as client:
+        axon = await new_axon(client)
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, retry_after=0)
+        rows = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT 1 AS one"})
+        assert text_of(rows).splitlines()[1:] == ['{"one": 1}']
+        assert len(fault_proxy.seen(r"/sql/query$")) == 2
+        fault_proxy.clear()
+        fault_proxy.fail(r"/sql/query$", status=503, times=1, forward=True, retry_after=0)
+        message = await call_error(
+            client, "sql_query", {"axon_id": axon, "sql": "CREATE TABLE once (x)", "allow_writes": True}
+        )
+        assert "503" in message and len(fault_proxy.seen(r"/sql/query$")) == 1

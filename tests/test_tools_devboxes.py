@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import EmbeddedResource, ImageContent
 from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
+from mcp_server.runloop import RunloopClient
+from mcp_server.settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +31,6 @@ async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncI
 @pytest.fixture(scope="module")
 def devbox_id(backend: RunningBackend) -> str:
     """One running devbox shared by the file tests (created through the tool)."""
-    import anyio
 
     async def create() -> str:
         async with Client(make_server(backend), mode="auto") as client:
@@ -62,6 +64,30 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
     assert resumed["status"] == "running"
     down = structured(await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]}))
     assert down["status"] == "shutdown"
+
+
+async def test_cancelling_create_devbox_shuts_the_new_devbox_down(mcp: Client, backend: RunningBackend) -> None:
+    created: list[str] = []
+    got_id = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and not created:
+            created.append(message.split(":")[0].removeprefix("devbox "))
+            got_id.set()
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await mcp.call_tool("create_devbox", {"name": "cancelled", "launch_commands": ["sleep 120"]},
+                                    progress_callback=on_progress)
+
+            tg.start_soon(run)
+            await got_id.wait()
+            tg.cancel_scope.cancel()
+    async with RunloopClient(backend.base_url, backend.api_key) as client:
+        view = await client.wait_for_devbox_status(created[0], ["shutdown"], timeout_seconds=20)
+    assert view.status == "shutdown"
 
 
 async def test_create_devbox_with_network_mode_none(mcp: Client) -> None:
@@ -108,8 +134,30 @@ async def test_write_then_read_text_with_ranges_and_tail(mcp: Client, devbox_id:
     assert text_of(tail).endswith("line 99\nline 100\n")
 
 
+async def test_line_numbers_count_newlines_only(mcp: Client, devbox_id: str) -> None:
+    body = "one\x0cstill one\u2028and still one\ntwo\r\nthree\n"
+    await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "lines.txt", "contents": body})
+    second = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "lines.txt", "start_line": 2, "end_line": 2})
+    assert structured(second)["total_lines"] == 3
+    assert text_of(second).splitlines()[1:] == ["two"]
+
+
+async def test_tail_of_a_file_larger_than_the_scan_is_refused_not_faked(
+    backend: RunningBackend, devbox_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_server.tools import files
+
+    monkeypatch.setattr(files, "TEXT_SCAN_BYTES", 1024)
+    body = "".join(f"line {i}\n" for i in range(1, 2001))
+    async with Client(make_server(backend, Settings(binary_cap=1024)), mode="auto") as mcp:
+        await call_ok(mcp, "write_file", {"devbox_id": devbox_id, "path": "long.log", "contents": body})
+        message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "long.log", "tail_lines": 5})
+        assert "tail -n 5 long.log" in message
+        head = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "long.log", "end_line": 2})
+        assert text_of(head).splitlines()[1:] == ["line 1", "line 2"]
+
+
 async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBackend, devbox_id: str) -> None:
-    from mcp_server.settings import Settings
 
     async with Client(make_server(backend, Settings(output_budget=2048)), mode="auto") as client:
         body = "".join(f"row {i:06d}\n" for i in range(20_000))
@@ -141,7 +189,6 @@ async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client
 
 async def test_binary_over_the_cap_is_refused(backend: RunningBackend, devbox_id: str) -> None:
     from mcp_server.runloop import RunloopClient
-    from mcp_server.settings import Settings
 
     async with RunloopClient(backend.base_url, backend.api_key) as client:
         await client.upload_file(devbox_id, "large.bin", b"\x00" * 5000)

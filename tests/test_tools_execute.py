@@ -146,6 +146,17 @@ async def test_stream_logs_until_returns_the_matching_lines(mcp: Client, devbox_
     await call_ok(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": started["execution_id"]})
 
 
+async def test_a_huge_matching_line_is_returned_cut_around_the_match(mcp: Client, devbox_id: str) -> None:
+    command = "printf '%050000dREADY%050000d\\n' 0 0"
+    started = structured(await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command}))
+    found = await call_ok(mcp, "stream_logs", {
+        "devbox_id": devbox_id, "execution_id": started["execution_id"], "until": "READY", "wait_seconds": 20,
+    })
+    (line,) = structured(found)["matches"]
+    assert "READY" in line and line.startswith("…") and line.endswith("…") and len(line) < 1000
+    assert len(text_of(found).encode()) < 40_000  # the 16 KB output budget, plus the cut line once
+
+
 async def test_cancelling_execute_kills_the_process_group_in_the_devbox(mcp: Client, devbox_id: str) -> None:
     tag = uuid.uuid4().hex[:8]
     command = f"sleep 300 & echo $! > /tmp/child-{tag}; echo $$ > /tmp/parent-{tag}; echo started; wait"

@@ -120,6 +120,20 @@ async def test_wrong_key_error_is_clear_and_does_not_echo_the_key(backend: Runni
     assert wrong not in message and wrong not in log_path.read_text()
 
 
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"RUNLOOP_API_KEY": "rl_key with_a_space_0123456789"}, "RUNLOOP_API_KEY"),
+        ({"RUNLOOP_API_KEY": "rl_good_key_0123456789", "RUNLOOP_BASE_URL": "ftp://example.com"}, "http://"),
+    ],
+)
+def test_bad_runloop_environment_is_one_clear_line_not_a_traceback(env: dict[str, str], says: str) -> None:
+    done = subprocess.run([EXE, "serve"], input="", capture_output=True, text=True, env=server_env(**env), timeout=30)
+    assert done.returncode == 2
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert env["RUNLOOP_API_KEY"] not in done.stderr and not done.stdout
+
+
 def test_embedded_mode_stdout_is_protocol_only_and_the_key_is_never_logged(tmp_path: Path) -> None:
     """No RUNLOOP_API_KEY: the embedded backend starts in-process; stdout has JSON-RPC lines only."""
     proc = subprocess.Popen(

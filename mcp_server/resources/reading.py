@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS
 
 from ..runloop import AxonEventView, InvalidArgument, NotFound, RunloopClient, RunloopError
-from ..shaping import OutputBuffer, Shaped
+from ..shaping import OutputBuffer, Shaped, utf8_boundary
 from .uris import STREAMS, Stream, axon_event_uri, axon_events_uri, output_uri
 
 DEFAULT_EVENTS = 100
@@ -221,9 +221,7 @@ async def _collect(
             text = chunk.text
             if cap is not None and chunk.offset - start > cap:
                 raw = text.encode("utf-8", "surrogateescape")
-                keep_bytes = cap - (position - start)
-                while 0 < keep_bytes < len(raw) and (raw[keep_bytes] & 0xC0) == 0x80:
-                    keep_bytes -= 1
+                keep_bytes = utf8_boundary(raw, cap - (position - start))
                 text = raw[:keep_bytes].decode("utf-8", "surrogateescape")
                 position += keep_bytes
             else:

@@ -21,7 +21,7 @@ import httpx
 from httpx_sse import EventSource, ServerSentEvent
 from pydantic import BaseModel, ValidationError
 
-from .config import DEFAULT_BASE_URL, ClientConfig
+from .config import DEFAULT_BASE_URL, ClientConfig, check_connection
 from .errors import (
     ApiStatusError,
     BadRequest,
@@ -105,14 +105,7 @@ class RunloopClient:
         connect_timeout: float = 5.0,
         stream_idle_timeout: float = 60.0,
     ) -> None:
-        if api_key and not (api_key.isascii() and api_key.isprintable() and not any(c.isspace() for c in api_key)):
-            # Checked here because an HTTP library's complaint about a bad header quotes the value.
-            raise InvalidArgument(
-                "the API key contains spaces, line breaks or non-ASCII characters; "
-                "check RUNLOOP_API_KEY (a stray newline from a file is common)"
-            )
-        if not base_url.startswith(("http://", "https://")):
-            raise InvalidArgument(f"base URL must start with http:// or https://, got {base_url!r}")
+        check_connection(base_url, api_key)
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.retry = retry or RetryPolicy()

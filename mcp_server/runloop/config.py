@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .errors import InvalidArgument
+
 DEFAULT_BASE_URL = "https://api.runloop.ai"
 
 
@@ -16,6 +18,12 @@ class ClientConfig:
     api_key: str = field(default="", repr=False)
     custom_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    def check(self) -> None:
+        """Raise `InvalidArgument` if the key or base URL could not make a request. `serve` calls
+        it at start-up: a bad environment is then one clear line, not a traceback from the lifespan."""
+        if self.api_key:  # without a key the embedded backend is used and the base URL ignored
+            check_connection(self.base_url, self.api_key)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientConfig:
         """`RUNLOOP_BASE_URL` (default the cloud), `RUNLOOP_API_KEY`, `RUNLOOP_CUSTOM_HEADERS`."""
@@ -25,6 +33,18 @@ class ClientConfig:
             api_key=env.get("RUNLOOP_API_KEY", ""),
             custom_headers=parse_custom_headers(env.get("RUNLOOP_CUSTOM_HEADERS", "")),
         )
+
+
+def check_connection(base_url: str, api_key: str) -> None:
+    """Refuse a key an HTTP header cannot carry and a base URL that is not http(s)."""
+    if api_key and not (api_key.isascii() and api_key.isprintable() and not any(c.isspace() for c in api_key)):
+        # Checked here because an HTTP library's complaint about a bad header quotes the value.
+        raise InvalidArgument(
+            "the API key contains spaces, line breaks or non-ASCII characters; "
+            "check RUNLOOP_API_KEY (a stray newline from a file is common)"
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise InvalidArgument(f"base URL must start with http:// or https://, got {base_url!r}")
 
 
 def parse_custom_headers(text: str) -> dict[str, str]:

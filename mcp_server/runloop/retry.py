@@ -12,18 +12,11 @@ import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-import httpx
-
 RETRYABLE_STATUSES = frozenset({408, 429})
 
 
 def is_retryable_status(status: int) -> bool:
     return status in RETRYABLE_STATUSES or status >= 500
-
-
-def is_transient_transport_error(exc: BaseException) -> bool:
-    """Connection refused/reset/cut and timeouts: the request may or may not have reached the server."""
-    return isinstance(exc, httpx.TransportError)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -64,5 +57,3 @@ class RetryPolicy:
         # "Equal jitter": at least half the exponential step, so retries spread without collapsing to 0.
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-
-NO_RETRY = RetryPolicy(max_attempts=1)

@@ -65,7 +65,8 @@ class Statement(BaseModel):
 
 class BatchItem(BaseModel):
     columns: list[str] = Field(default_factory=list)
-    rows: list[dict[str, Any]] = Field(default_factory=list)
+    row_count: int = 0
+    rows_returned: int = 0
     rows_cut: bool = False
     changes: int | None = None
 
@@ -83,22 +84,47 @@ def axon_info(view: AxonView) -> AxonInfo:
 
 
 def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut."""
+    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut.
+
+    A row too big for the budget on its own (a large payload) has its long text values cut,
+    so even a one-row result stays within the budget."""
     records = res.records()
     out: list[dict[str, Any]] = []
     used = 0
+    clipped = False
     for row in records[:max_rows]:
-        size = len(json.dumps(row, ensure_ascii=False, default=str)) + 1
+        size = _json_size(row)
+        if size > budget:
+            row, size = _clip_row(row, budget), budget
+            clipped = True
         if used + size > budget and out:
             break
         out.append(row)
         used += size
+    notes = []
     if len(out) < len(records):
         why = f"the first {max_rows}" if len(out) == max_rows else f"{len(out)} (the {budget}-byte budget)"
-        return out, (
-            f"{len(records)} rows; only {why} are returned. Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
-        )
-    return out, None
+        notes.append(f"{len(records)} rows; only {why} are returned")
+    if clipped:
+        notes.append("long values were cut (read them in parts with substr(column, start, length))")
+    if not notes:
+        return out, None
+    return out, "; ".join(notes) + ". Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
+
+
+def _json_size(row: dict[str, Any]) -> int:
+    return len(json.dumps(row, ensure_ascii=False, default=str).encode()) + 1
+
+
+def _clip_row(row: dict[str, Any], budget: int) -> dict[str, Any]:
+    """`row` with each text value over its share of `budget` cut to that share, marked."""
+    share = max(budget // max(len(row), 1) - 64, 64)
+    clipped: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, str) and len(value.encode()) > share:
+            value = f"{truncate_utf8(value, share, keep='head')}[… {len(value.encode()) - share} bytes cut]"
+        clipped[name] = value
+    return clipped
 
 
 def register(server: MCPServer) -> None:
@@ -160,7 +186,8 @@ def register(server: MCPServer) -> None:
                 raise ToolError(str(exc)) from None
         st = state(ctx)
         with api_errors():
-            res = await st.client.sql_query(axon_id, sql, params)
+            # Refused above if it could write: a read is safe to retry after a lost answer.
+            res = await st.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
         rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
         envelope = QueryEnvelope(
             axon_id=axon_id,
@@ -171,12 +198,7 @@ def register(server: MCPServer) -> None:
             changes=res.meta.changes,
             note=note,
         )
-        head = f"{len(res.rows)} row(s); columns: {', '.join(c.name for c in res.columns) or '-'}"
-        if res.meta.changes:
-            head += f"; {res.meta.changes} change(s)"
-        lines = [head] + [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
-        if note:
-            lines.append(f"[{note}]")
+        lines = [_summary(res), *_row_lines(rows, note)]
         return result(envelope, "\n".join(lines) + "\n")
 
     @server.tool(annotations=annotations(destructive=True, title="SQL batch"))
@@ -184,7 +206,7 @@ def register(server: MCPServer) -> None:
         ctx: Context,
         axon_id: AxonId,
         statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
-    ) -> BatchResult:
+    ) -> Annotated[CallToolResult, BatchResult]:
         """Run SQL statements atomically (one transaction) on an axon's database; may write.
         If one fails, none is applied."""
         st = state(ctx)
@@ -199,14 +221,30 @@ def register(server: MCPServer) -> None:
                 )
         budget = st.settings.output_budget // max(len(res.results), 1)
         items = []
-        for item in res.results:
+        lines = []
+        for n, item in enumerate(res.results, 1):
             rows, note = bounded_rows(item.success, st.settings.sql_max_rows, budget)
+            names = [c.name for c in item.success.columns]
             items.append(
                 BatchItem(
-                    columns=[c.name for c in item.success.columns],
-                    rows=rows,
+                    columns=names,
+                    row_count=len(item.success.rows),
+                    rows_returned=len(rows),
                     rows_cut=note is not None,
                     changes=item.success.meta.changes,
                 )
             )
-        return BatchResult(axon_id=axon_id, results=items)
+            lines.append(f"statement {n}: {_summary(item.success)}")
+            lines += _row_lines(rows, note)
+        # Rows go in the text once; the structured content is the envelope (as for sql_query).
+        return result(BatchResult(axon_id=axon_id, results=items), "\n".join(lines) + "\n")
+
+
+def _summary(res: SqlResult) -> str:
+    text = f"{len(res.rows)} row(s); columns: {', '.join(c.name for c in res.columns) or '-'}"
+    return text + (f"; {res.meta.changes} change(s)" if res.meta.changes else "")
+
+
+def _row_lines(rows: list[dict[str, Any]], note: str | None) -> list[str]:
+    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+    return lines + [f"[{note}]"] if note else lines

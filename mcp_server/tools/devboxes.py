@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from ..resources import resources_list_changed
-from ..runloop import DevboxView
+from ..runloop import DevboxView, RunloopError
 from .common import DevboxId, annotations, api_errors, state
 
 READY = ("running", "failure", "shutdown")
@@ -80,7 +81,8 @@ def register(server: MCPServer) -> None:
             Field(description="embedded backend only: isolated (own network, default), none, or host"),
         ] = None,
     ) -> DevboxInfo:
-        """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress."""
+        """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
+        Cancelling the call shuts the new devbox down."""
         st = state(ctx)
         with api_errors():
             view = await st.client.create_devbox(
@@ -89,7 +91,17 @@ def register(server: MCPServer) -> None:
                 launch_commands=launch_commands,
                 network_mode=network_mode,
             )
-        view = await wait_running(ctx, view)
+        try:
+            view = await wait_running(ctx, view)
+        except anyio.get_cancelled_exc_class():
+            # The caller gave up on it: a devbox nobody holds the id of would run (and cost)
+            # until its idle timeout. Shut it down, as a cancelled execute kills its command.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(st.settings.kill_timeout):
+                try:
+                    await st.client.shutdown_devbox(view.id)
+                except RunloopError:
+                    pass
+            raise
         if view.status != "running":
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -34,6 +35,8 @@ from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, re
 
 STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
 MAX_MATCHES = 20
+MATCH_CHARS = 500  # of each matching line returned
+PARTIAL_KEEP = 64 * 1024  # characters of an unfinished line searched for `until`
 
 
 class OutputEnvelope(BaseModel):
@@ -88,7 +91,12 @@ class Followed:
 
 
 class _LineMatcher:
-    """Finds lines matching `until` across chunk boundaries (a partial last line is checked too)."""
+    """Finds lines matching `until` across chunk boundaries (a partial last line is checked too).
+
+    Bounded: a line without a newline is searched in its last `PARTIAL_KEEP` characters only, and
+    a matching line is returned as at most `MATCH_CHARS` characters around the match (the result
+    carries it in its text and its structured content; a minified bundle must not flood either).
+    """
 
     def __init__(self, pattern: re.Pattern[str]) -> None:
         self.pattern = pattern
@@ -97,11 +105,22 @@ class _LineMatcher:
     def feed(self, stream: str, text: str) -> list[str]:
         data = self.partial[stream] + text
         *lines, rest = data.split("\n")
+        rest = rest[-PARTIAL_KEEP:]
         self.partial[stream] = rest
-        found = [line for line in lines if self.pattern.search(line)]
-        if not found and rest and self.pattern.search(rest):
-            found.append(rest)
+        found = [hit for line in lines if (hit := self._hit(line)) is not None]
+        if not found and rest and (hit := self._hit(rest)) is not None:
+            found.append(hit)
         return found
+
+    def _hit(self, line: str) -> str | None:
+        match = self.pattern.search(line)
+        if match is None:
+            return None
+        if len(line) <= MATCH_CHARS:
+            return line
+        start = max(0, min(match.start() - MATCH_CHARS // 4, len(line) - MATCH_CHARS))
+        end = start + MATCH_CHARS
+        return ("…" if start else "") + line[start:end] + ("…" if end < len(line) else "")
 
 
 async def follow(
@@ -135,20 +154,22 @@ async def follow(
             async with anyio.create_task_group() as tg:
 
                 async def pump(stream: Literal["stdout", "stderr"]) -> None:
+                    # aclosing, as resources/feeds do: however the loop is left, the SSE connection
+                    # is closed here, not when the generator happens to be finalized.
+                    chunks = st.client.stream_output(devbox_id, execution_id, stream, offset=got.offsets[stream])
                     try:
-                        async for chunk in st.client.stream_output(
-                            devbox_id, execution_id, stream, offset=got.offsets[stream]
-                        ):
-                            # No await between receiving a chunk and recording it: a cancel
-                            # here never loses a chunk that the offsets already count.
-                            got.buffers[stream].add(chunk.text)
-                            got.offsets[stream] = chunk.offset
-                            progress.feed(chunk.text)
-                            if matcher is not None and len(got.matches) < MAX_MATCHES:
-                                found = matcher.feed(stream, chunk.text)
-                                if found:
-                                    got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
-                                    tg.cancel_scope.cancel()
+                        async with aclosing(chunks):
+                            async for chunk in chunks:
+                                # No await between receiving a chunk and recording it: a cancel
+                                # here never loses a chunk that the offsets already count.
+                                got.buffers[stream].add(chunk.text)
+                                got.offsets[stream] = chunk.offset
+                                progress.feed(chunk.text)
+                                if matcher is not None and len(got.matches) < MAX_MATCHES:
+                                    found = matcher.feed(stream, chunk.text)
+                                    if found:
+                                        got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
+                                        tg.cancel_scope.cancel()
                         got.ended[stream] = True
                     except RunloopError as exc:
                         errors.append(exc)
@@ -332,9 +353,7 @@ def register(server: MCPServer) -> None:
         ] = None,
     ) -> StdinResult:
         """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
-        if (text is None) == (signal is None):
-            raise ToolError("send_stdin needs exactly one of text or signal")
-        with api_errors():
+        with api_errors():  # the client refuses neither or both of text and signal, before sending
             sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
         return StdinResult(execution_id=execution_id, success=sent.success)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import shlex
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -75,8 +76,12 @@ def sniff_type(path: str, data: bytes) -> tuple[str, bool]:
 
 
 def select_lines(text: str, start_line: int | None, end_line: int | None, tail_lines: int | None) -> tuple[str, int, int, int]:
-    """The selected lines, their first and last numbers (1-based), and the file's line count."""
-    lines = text.splitlines(keepends=True)
+    """The selected lines, their first and last numbers (1-based), and the file's line count.
+
+    Lines end at "\n" only, as `sed`/`wc -l` and the shaping marker count them: `splitlines`
+    would also split at form feeds and U+2028 (common in minified JS) and shift every number."""
+    lines = text.split("\n")
+    lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
     total = len(lines)
     if tail_lines is not None:
         first = max(total - tail_lines, 0)
@@ -142,6 +147,12 @@ def register(server: MCPServer) -> None:
             )
         if binary:
             raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
+        if got.truncated and tail_lines is not None:
+            # The last lines of the part read are not the file's last lines.
+            raise ToolError(
+                f"{path} is {size_text}, more than the {len(data)} bytes read_file scans, so its last lines "
+                f"cannot be read this way; use execute with: tail -n {tail_lines} {shlex.quote(path)}"
+            )
         text = data.decode("utf-8", "replace")
         selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
         shaped = shape(selected, st.settings.output_budget, label=path, hint=line_hint, base_line=first)
