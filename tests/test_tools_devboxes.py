@@ -209,3 +209,15 @@ async def test_file_bad_input_gives_clear_errors(mcp: Client, devbox_id: str) ->
     assert "past the end" in message and "2 lines" in message
     message = await call_error(mcp, "write_file", {"devbox_id": "dbx_nope", "path": "x", "contents": "y"})
     assert "dbx_nope" in message
+
+
+async def test_list_devboxes_text_is_one_line_each_and_says_how_to_go_on(mcp: Client, devbox_id: str) -> None:
+    # A second running devbox, so a page of one must say how to get the next.
+    other = structured(await call_ok(mcp, "create_devbox", {"name": "listed"}))["id"]
+    page = await call_ok(mcp, "list_devboxes", {"status": "running", "limit": 1})
+    text = text_of(page)
+    first = structured(page)["devboxes"][0]
+    assert text.splitlines()[:2] == ["1 devbox:", f"{first['id']}  running  {first['name']}"]
+    assert text.splitlines()[-1] == f"more: call again with starting_after={first['id']}"
+    assert "{" not in text  # the fields are in the structured content, not repeated as JSON
+    await call_ok(mcp, "shutdown_devbox", {"devbox_id": other})

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, JsonValue
 from ..resources import resources_list_changed
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
-from .common import AxonId, annotations, api_errors, result, state
+from .common import AxonId, annotations, api_errors, page_text, result, state
 from .sql_guard import SqlRefused, check_read_only
 
 SqlParam = str | int | float | bool | None
@@ -146,11 +146,13 @@ def register(server: MCPServer) -> None:
         name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
-    ) -> AxonList:
+    ) -> Annotated[CallToolResult, AxonList]:
         """List axons."""
         with api_errors():
             page = await state(ctx).client.list_axons(name=name, limit=limit, starting_after=starting_after)
-        return AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
+        listing = AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
+        lines = [f"{a.id}  {a.name or ''}{'  (deleted)' if a.deleted else ''}".rstrip() for a in listing.axons]
+        return result(listing, page_text("axon", lines, listing.has_more, listing.axons[-1].id if lines else None))
 
     @server.tool(annotations=annotations(title="Publish event"))
     async def publish_event(

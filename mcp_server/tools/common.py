@@ -54,6 +54,13 @@ def result(structured: BaseModel, text: str) -> CallToolResult:
     )
 
 
+def page_text(kind: str, lines: list[str], has_more: bool, last_id: str | None) -> str:
+    """One line per item for the model to read (the structured content has every field), and how to go on."""
+    head = f"{len(lines)} {kind}{'' if len(lines) == 1 else 'es' if kind.endswith('x') else 's'}"
+    more = f"\nmore: call again with starting_after={last_id}" if has_more and last_id else ""
+    return head + (":\n" + "\n".join(lines) if lines else "") + more
+
+
 # Ids become URL path segments: no slashes, no dots-only names, no spaces.
 _ID = r"^[\w.:-]+$"
 DevboxId = Annotated[str, Field(max_length=200, pattern=_ID)]

@@ -9,11 +9,12 @@ from typing import Annotated, Literal
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from ..resources import resources_list_changed
 from ..runloop import DevboxView, RunloopError
-from .common import DevboxId, annotations, api_errors, state
+from .common import DevboxId, annotations, api_errors, page_text, result, state
 
 READY = ("running", "failure", "shutdown")
 
@@ -118,11 +119,13 @@ def register(server: MCPServer) -> None:
         ] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
-    ) -> DevboxList:
+    ) -> Annotated[CallToolResult, DevboxList]:
         """List devboxes (a page at a time)."""
         with api_errors():
             page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
-        return DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
+        listing = DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
+        lines = [f"{d.id}  {d.status}  {d.name or ''}".rstrip() for d in listing.devboxes]
+        return result(listing, page_text("devbox", lines, listing.has_more, listing.devboxes[-1].id if lines else None))
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
     async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
@@ -140,7 +143,7 @@ def register(server: MCPServer) -> None:
 
     @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
     async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-        """Suspend a running devbox (its processes pause; resume_devbox continues them)."""
+        """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
         with api_errors():
             view = await state(ctx).client.suspend_devbox(devbox_id)
         await resources_list_changed(ctx.mcp_server)
