@@ -303,3 +303,21 @@ async def test_reading_a_running_commands_output_returns_what_exists_so_far(mcp:
         assert text.startswith("tick\ntick\n")
     finally:
         await call_ok(mcp, "kill_execution", {"devbox_id": devbox_id, "execution_id": execution})
+
+
+async def test_history_page_of_big_payloads_is_cut_by_bytes_and_continues(mcp: Client) -> None:
+    axon = structured(await call_ok(mcp, "create_axon", {"name": "big-payloads"}))["id"]
+    for i in range(6):
+        await call_ok(mcp, "publish_event", {"axon_id": axon, "event_type": "big", "payload": {"i": i, "blob": "x" * 100_000}})
+    for start, order in ((f"axon://{axon}/events?limit=10", "newest"), (f"axon://{axon}/events?after_sequence=0&limit=10", "oldest")):
+        first = await read_json(mcp, start)
+        assert 0 < len(first["events"]) < 6 and first["has_more"] and "cut" in first["note"]
+        assert len(json.dumps(first["events"])) <= 256 * 1024 + 110_000  # at most one event past the budget
+        seen, uri = list(first["events"]), first["next_page"]
+        while len(seen) < 6:
+            page = await read_json(mcp, uri)
+            assert page["events"], f"no progress reading {order} first"
+            seen.extend(page["events"])
+            uri = page["next_page"]
+        expected = list(range(6, 0, -1)) if order == "newest" else list(range(1, 7))
+        assert [e["sequence"] for e in seen] == expected

@@ -24,6 +24,9 @@ from .uris import STREAMS, Stream, axon_event_uri, axon_events_uri, output_uri
 
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
+# A history page stops adding events past this many bytes of JSON (always at least one event),
+# so a page of big payloads cannot flood whoever reads it; next_page continues from the cut.
+HISTORY_PAGE_BYTES = 256 * 1024
 # A read of a running execution's output returns once no new output came for this long, and
 # at the latest after RUNNING_READ_SECONDS (a command that prints without pause never goes quiet).
 SETTLE_SECONDS = 0.25
@@ -121,16 +124,35 @@ async def read_history(
                 "newer events: read next_page" if has_more
                 else f"up to date; subscribe to {axon_events_uri(axon_id)} to be told of new events, then read next_page"
             )
+    rendered = _fit([event_json(e) for e in events], HISTORY_PAGE_BYTES)
+    if len(rendered) < len(events):
+        last = rendered[-1]["sequence"]
+        has_more = True
+        next_page = (
+            axon_events_uri(axon_id, before_sequence=last, limit=count) if after is None
+            else axon_events_uri(axon_id, after_sequence=last, limit=count)
+        )
+        note = f"page cut at {HISTORY_PAGE_BYTES} bytes after {len(rendered)} events; the rest: read next_page"
     newest_sequence = page.total_count if page.total_count is not None else None
     return _dumps({
         "axon_id": axon_id,
         "order": order,
-        "events": [event_json(e) for e in events],
+        "events": rendered,
         "newest_sequence": newest_sequence,
         "has_more": has_more,
         "next_page": next_page,
         "note": note,
     })
+
+
+def _fit(events: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The longest prefix of `events` whose JSON fits in `budget` bytes (at least one event)."""
+    used = 0
+    for i, event in enumerate(events):
+        used += len(_dumps(event).encode())
+        if used > budget and i > 0:
+            return events[:i]
+    return events
 
 
 async def read_event(client: RunloopClient, axon_id: str, sequence: str) -> str:
