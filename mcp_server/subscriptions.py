@@ -109,6 +109,9 @@ class _Sender:
                 event = next(iter(self.pending))
                 del self.pending[event]
                 await self.send(event)
+        except Exception as exc:  # the connection went away; its clean-up removes this sender
+            log.debug("dropping notifications for a closed connection: %r", exc)
+            self.pending.clear()
         finally:
             self.task = None
 

@@ -352,6 +352,23 @@ async def test_a_sender_coalesces_what_arrives_while_a_send_is_in_flight() -> No
     assert sent == [a, b, a]
 
 
+async def test_a_sender_to_a_closed_connection_drops_its_notifications_quietly() -> None:
+    """A send that fails (the client went away) ends the drain without an unhandled task error."""
+    attempts: list[Any] = []
+
+    async def send(event: Any) -> None:
+        attempts.append(event)
+        raise anyio.ClosedResourceError
+
+    sender = _Sender(send, lambda coro: asyncio.get_running_loop().create_task(coro))
+    sender.mark(ResourceUpdated(uri="a"))
+    sender.mark(ResourceUpdated(uri="b"))
+    task = sender.task
+    assert task is not None
+    await task  # would raise ClosedResourceError without the handling
+    assert attempts == [ResourceUpdated(uri="a")] and not sender.pending and sender.task is None
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_devbox_subscription_follows_status_changes_until_shutdown(backend: RunningBackend, mode: str) -> None:
     server = make_server(backend)
