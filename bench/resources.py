@@ -19,6 +19,7 @@ Run: .venv/bin/python -m bench.resources [--events N]
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -195,6 +196,7 @@ async def main(events: int) -> None:
             print(f"  target ≤ 20 ms: {'OK' if via_mcp <= 20 else 'MISSED'}")
     finally:
         backend.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":

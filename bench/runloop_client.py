@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -41,7 +42,8 @@ async def timed(fn, n: int) -> float:  # noqa: ANN001
 
 
 async def main() -> None:
-    backend = start_in_thread(Path(tempfile.mkdtemp(prefix="bench-client-")))
+    data = Path(tempfile.mkdtemp(prefix="bench-client-"))
+    backend = start_in_thread(data)
     ours = RunloopClient(backend.base_url, backend.api_key)
     sdk = AsyncRunloop(bearer_token=backend.api_key, base_url=backend.base_url)
     try:
@@ -88,6 +90,7 @@ async def main() -> None:
         await ours.aclose()
         await sdk.close()
         backend.stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 if __name__ == "__main__":
