@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from mcp import Client
+from mcp_support import MODES, make_server
 
 from mcp_server.local.server import RunningBackend, start_in_thread
 
@@ -36,6 +38,13 @@ def http(backend: RunningBackend) -> Iterator[httpx.Client]:
     with httpx.Client(
         base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}, timeout=60
     ) as client:
+        yield client
+
+
+@pytest.fixture(params=MODES)
+async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
+    """A real MCP client, in memory, on a server built over the backend: once per protocol era."""
+    async with Client(make_server(backend), mode=request.param) as client:
         yield client
 
 

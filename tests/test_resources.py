@@ -4,7 +4,6 @@ single events, devbox views, execution output, listing, templates, completions, 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,12 +21,6 @@ from mcp_server.settings import Settings
 pytestmark = pytest.mark.anyio
 
 N_EVENTS = 1000
-
-
-@pytest.fixture(params=MODES)
-async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
-    async with Client(make_server(backend), mode=request.param) as client:
-        yield client
 
 
 def run(fn: Any) -> Any:

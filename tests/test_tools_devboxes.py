@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from mcp import Client
 from mcp.types import EmbeddedResource, ImageContent
-from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
+from mcp_support import call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.runloop import RunloopClient
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.anyio
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
-
-
-@pytest.fixture(params=MODES)
-async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
-    async with Client(make_server(backend), mode=request.param) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

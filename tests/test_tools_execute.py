@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp import Client
-from mcp_support import MODES, call_error, call_ok, make_server, structured, text_of
+from mcp_support import call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.settings import Settings
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=MODES)
-async def mcp(request: pytest.FixtureRequest, backend: RunningBackend) -> AsyncIterator[Client]:
-    async with Client(make_server(backend), mode=request.param) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
