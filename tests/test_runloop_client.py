@@ -31,7 +31,7 @@ from mcp_server.runloop import (
     new_command_id,
 )
 from mcp_server.runloop.config import parse_custom_headers
-from mcp_server.runloop.errors import error_for_status, redact
+from mcp_server.runloop.errors import StreamError, error_for_status, redact
 from mcp_server.runloop.retry import parse_retry_after
 
 pytestmark = pytest.mark.anyio
@@ -287,6 +287,22 @@ def test_a_malformed_key_or_url_is_refused_without_echoing_the_key() -> None:
         RunloopClient("api.runloop.ai", "k")
 
 
+def _api_methods() -> set[str]:
+    """The public calls of RunloopClient that reach the API: coroutines and stream openers."""
+    import inspect
+
+    plumbing = {"aclose", "from_config", "from_env"}
+    return {
+        name for name, _ in inspect.getmembers(RunloopClient, inspect.isfunction)
+        if not name.startswith("_") and name not in plumbing
+    }
+
+
+async def _drain(stream) -> None:  # noqa: ANN001 - any async iterator
+    async for _ in stream:
+        pass
+
+
 async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_proxy: FaultProxy, backend) -> None:
     """Every public call, against a server answering 503 to everything: the ones retried are
     GETs or carry one idempotency key across attempts; the rest are sent exactly once."""
@@ -322,12 +338,17 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "sql_query": lambda c: c.sql_query(a, "INSERT INTO t VALUES (1)"),
         "sql_query read_only": lambda c: c.sql_query(a, "SELECT 1", read_only=True),
         "sql_batch": lambda c: c.sql_batch(a, [{"sql": "INSERT INTO t VALUES (1)"}]),
+        "watch_devbox": lambda c: _drain(c.watch_devbox(d, ["running"], timeout_seconds=5)),
+        "stream_output": lambda c: _drain(c.stream_output(d, e, "stdout")),
+        "subscribe_axon": lambda c: _drain(c.subscribe_axon(a)),
     }
+    covered = {name.split(" ")[0] for name in calls}
+    assert covered == _api_methods(), "every API call of RunloopClient is in this table"
     sent_once: set[str] = set()
     async with client_for(fault_proxy.url, backend.api_key) as client:
         for name, call in calls.items():
             fault_proxy.requests.clear()
-            with pytest.raises(ServerError):
+            with pytest.raises((ServerError, StreamError)):  # a stream says it failed N times
                 await call(client)
             attempts = list(fault_proxy.requests)
             if len(attempts) == 1:

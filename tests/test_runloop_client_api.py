@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
-from runloop_support import client_for, require
+from runloop_support import client_for
 
 from mcp_server.runloop import (
     BadRequest,
@@ -42,7 +42,6 @@ async def client(backend) -> AsyncIterator[RunloopClient]:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 async def devbox_id(backend) -> AsyncIterator[str]:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes", "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown")
     async with client_for(backend.base_url, backend.api_key) as c:
         view = await c.create_devbox(name="client-tests", environment_variables={"GREETING": "hej"})
         view = await c.wait_for_devbox_status(view.id, UP, timeout_seconds=60)
@@ -51,22 +50,12 @@ async def devbox_id(backend) -> AsyncIterator[str]:  # noqa: ANN001
         await c.shutdown_devbox(view.id)
 
 
-def _require_exec(backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes/{id}/execute", "POST /v1/devboxes/{id}/execute_async",
-            "GET /v1/devboxes/{id}/executions/{eid}", "POST /v1/devboxes/{id}/executions/{eid}/wait_for_status")
-
-
-def _require_axons(backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/axons", "GET /v1/axons", "GET /v1/axons/{id}", "POST /v1/axons/{id}/publish",
-            "GET /v1/axons/{id}/events", "POST /v1/axons/{id}/sql/query", "POST /v1/axons/{id}/sql/batch")
 
 
 # --- devboxes --------------------------------------------------------------------------------
 
 
 async def test_devbox_create_watch_list_update_shutdown(client: RunloopClient, backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes", "GET /v1/devboxes", "GET /v1/devboxes/{id}", "POST /v1/devboxes/{id}",
-            "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown")
     created = await client.create_devbox(name="watched", launch_commands=["echo launched > ~/launch.txt"],
                                          metadata={"team": "blue"})
     assert created.name == "watched" and created.metadata == {"team": "blue"}
@@ -96,7 +85,6 @@ async def test_list_devboxes_pages_with_starting_after(client: RunloopClient, de
 
 
 async def test_unknown_devbox_is_not_found_with_the_api_message(client: RunloopClient, backend) -> None:  # noqa: ANN001
-    require(backend, "GET /v1/devboxes/{id}")
     with pytest.raises(NotFound) as info:
         await client.get_devbox("dbx_does_not_exist")
     assert info.value.status == 404
@@ -116,7 +104,6 @@ async def test_ids_that_would_change_the_path_are_refused(client: RunloopClient)
 
 
 async def test_create_devbox_retried_after_a_lost_response_creates_one(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes", "GET /v1/devboxes", "POST /v1/devboxes/{id}/shutdown")
     name = f"once-{uuid.uuid4().hex[:8]}"
     fault_proxy.fail("^/v1/devboxes$", method="POST", status=503, times=1, forward=True, retry_after=0)
     async with client_for(fault_proxy.url, backend.api_key) as client:
@@ -132,7 +119,6 @@ async def test_create_devbox_retried_after_a_lost_response_creates_one(fault_pro
 
 
 async def test_execute_completes_with_output_and_env(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
     view = await client.execute(devbox_id, "echo $GREETING; echo err >&2; exit 3", optimistic_timeout=20)
     if not view.completed:
         view = await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
@@ -142,7 +128,6 @@ async def test_execute_completes_with_output_and_env(client: RunloopClient, devb
 
 
 async def test_execute_with_the_same_command_id_runs_once(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
     marker = f"ran-{uuid.uuid4().hex[:8]}.txt"
     command = f"echo x >> ~/{marker}; cat ~/{marker} | wc -l"
     command_id = str(uuid.uuid4())
@@ -156,7 +141,6 @@ async def test_execute_with_the_same_command_id_runs_once(client: RunloopClient,
 async def test_execute_retried_after_a_lost_response_runs_once(
     fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
 ) -> None:
-    _require_exec(backend)
     marker = f"retry-{uuid.uuid4().hex[:8]}.txt"
     fault_proxy.fail(r"/execute$", status=502, times=1, forward=True)
     async with client_for(fault_proxy.url, backend.api_key) as client:
@@ -172,7 +156,6 @@ async def test_execute_retried_after_a_lost_response_runs_once(
 async def test_execute_retried_after_a_dropped_connection_runs_once(
     fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
 ) -> None:
-    _require_exec(backend)
     marker = f"cut-{uuid.uuid4().hex[:8]}.txt"
     fault_proxy.cut(r"/execute$", after_bytes=0, times=1)
     async with client_for(fault_proxy.url, backend.api_key) as client:
@@ -185,7 +168,6 @@ async def test_execute_retried_after_a_dropped_connection_runs_once(
 
 
 async def test_long_poll_treats_408_as_not_yet(fault_proxy: FaultProxy, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
     async with client_for(fault_proxy.url, backend.api_key) as client:
         started = await client.execute_async(devbox_id, "echo polled")
         fault_proxy.fail(r"/wait_for_status$", status=408, times=3, message="not yet")
@@ -198,8 +180,6 @@ async def test_long_poll_treats_408_as_not_yet(fault_proxy: FaultProxy, devbox_i
 
 
 async def test_execute_async_wait_and_kill(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
-    require(backend, "POST /v1/devboxes/{id}/executions/{eid}/kill")
     started = await client.execute_async(devbox_id, "sleep 300")
     assert started.status in ("queued", "running")
     with pytest.raises(WaitTimeout):
@@ -211,8 +191,6 @@ async def test_execute_async_wait_and_kill(client: RunloopClient, devbox_id: str
 
 
 async def test_send_stdin_text_and_eof(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
-    require(backend, "POST /v1/devboxes/{id}/executions/{eid}/send_std_in")
     started = await client.execute_async(devbox_id, "cat", attach_stdin=True)
     sent = await client.send_stdin(devbox_id, started.execution_id, text="piped ✓\n")
     assert sent.success
@@ -224,8 +202,6 @@ async def test_send_stdin_text_and_eof(client: RunloopClient, devbox_id: str, ba
 async def test_send_stdin_is_not_resent_after_a_lost_response(
     fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
 ) -> None:
-    _require_exec(backend)
-    require(backend, "POST /v1/devboxes/{id}/executions/{eid}/send_std_in")
     async with client_for(fault_proxy.url, backend.api_key) as client:
         started = await client.execute_async(devbox_id, "cat", attach_stdin=True)
         fault_proxy.fail(r"/send_std_in$", status=503, times=1, forward=True)
@@ -240,8 +216,6 @@ async def test_send_stdin_is_not_resent_after_a_lost_response(
 async def test_suspend_and_resume_retried_after_a_lost_response_succeed(
     fault_proxy: FaultProxy, backend  # noqa: ANN001
 ) -> None:
-    require(backend, "POST /v1/devboxes", "POST /v1/devboxes/{id}/suspend", "POST /v1/devboxes/{id}/resume",
-            "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown")
     async with client_for(fault_proxy.url, backend.api_key) as client:
         box = await client.create_devbox(name="suspend-retry")
         await client.wait_for_devbox_status(box.id, UP, timeout_seconds=60)
@@ -267,15 +241,12 @@ async def test_send_stdin_refuses_bad_arguments_locally(client: RunloopClient) -
 
 
 async def test_unknown_execution_is_not_found(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
     with pytest.raises(NotFound) as info:
         await client.get_execution(devbox_id, "exe_missing")
     assert "exe_missing" in info.value.message
 
 
 async def test_devbox_logs_and_keep_alive(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
-    require(backend, "GET /v1/devboxes/{id}/logs", "POST /v1/devboxes/{id}/keep_alive")
     view = await client.execute(devbox_id, "echo logged", optimistic_timeout=20)
     await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=30)
     await client.keep_alive_devbox(devbox_id)
@@ -288,7 +259,6 @@ async def test_devbox_logs_and_keep_alive(client: RunloopClient, devbox_id: str,
 
 
 async def test_write_then_read_text(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes/{id}/write_file_contents", "POST /v1/devboxes/{id}/read_file_contents")
     text = "första rad ✓\n" * 100
     await client.write_file_contents(devbox_id, "notes/a.txt", text)
     assert await client.read_file_contents(devbox_id, "notes/a.txt") == text
@@ -299,7 +269,6 @@ async def test_write_then_read_text(client: RunloopClient, devbox_id: str, backe
 
 
 async def test_upload_then_download_bytes_with_a_cap(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes/{id}/upload_file", "POST /v1/devboxes/{id}/download_file")
     data = bytes(range(256)) * 4096  # 1 MiB, every byte value
     await client.upload_file(devbox_id, "bin/blob.bin", data)
     full = await client.download_file(devbox_id, "bin/blob.bin")
@@ -310,8 +279,6 @@ async def test_upload_then_download_bytes_with_a_cap(client: RunloopClient, devb
 
 
 async def test_download_of_a_huge_file_stops_at_the_cap(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    _require_exec(backend)
-    require(backend, "POST /v1/devboxes/{id}/download_file")
     view = await client.execute(devbox_id, "head -c 50000000 /dev/zero > ~/huge.bin", optimistic_timeout=20)
     await client.wait_for_execution(devbox_id, view.execution_id, timeout_seconds=60)
     part = await client.download_file(devbox_id, "huge.bin", max_bytes=1_000_000)
@@ -320,7 +287,6 @@ async def test_download_of_a_huge_file_stops_at_the_cap(client: RunloopClient, d
 
 
 async def test_reading_a_missing_file_is_a_clear_error(client: RunloopClient, devbox_id: str, backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes/{id}/read_file_contents")
     with pytest.raises((NotFound, BadRequest)) as info:
         await client.read_file_contents(devbox_id, "no/such/file.txt")
     assert "no/such/file.txt" in info.value.message
@@ -330,7 +296,6 @@ async def test_reading_a_missing_file_is_a_clear_error(client: RunloopClient, de
 
 
 async def test_axon_create_get_list_publish_events_sql(client: RunloopClient, backend) -> None:  # noqa: ANN001
-    _require_axons(backend)
     axon = await client.create_axon(name=f"client-{uuid.uuid4().hex[:6]}", metadata={"k": "v"})
     assert (await client.get_axon(axon.id)).name == axon.name
     assert axon.id in [a.id for a in (await client.list_axons(limit=5000)).axons]
@@ -377,7 +342,6 @@ async def test_publish_refuses_system_events_and_bad_payloads_locally(fault_prox
 
 
 async def test_publish_retried_after_a_lost_response_appends_once(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
-    _require_axons(backend)
     async with client_for(fault_proxy.url, backend.api_key) as client:
         axon = await client.create_axon()
         fault_proxy.fail(r"/publish$", status=503, times=2, forward=True, retry_after=0)
@@ -389,7 +353,6 @@ async def test_publish_retried_after_a_lost_response_appends_once(fault_proxy: F
 
 
 async def test_sql_writes_are_sent_once_and_reads_retried(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
-    _require_axons(backend)
     async with client_for(fault_proxy.url, backend.api_key) as client:
         axon = await client.create_axon()
         await client.sql_query(axon.id, "CREATE TABLE t (x INTEGER)")
@@ -406,7 +369,6 @@ async def test_sql_writes_are_sent_once_and_reads_retried(fault_proxy: FaultProx
 
 
 async def test_unknown_axon_is_not_found(client: RunloopClient, backend) -> None:  # noqa: ANN001
-    _require_axons(backend)
     with pytest.raises(NotFound) as info:
         await client.get_axon("axn_missing")
     assert "axn_missing" in info.value.message

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 from faultproxy import FaultProxy, fault_proxy_fixture, running_proxy  # noqa: F401
-from runloop_support import FAST, client_for, require
+from runloop_support import FAST, client_for
 
 from mcp_server.local.server import start_in_thread
 from mcp_server.runloop import (
@@ -48,9 +48,6 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 async def devbox_id(backend) -> AsyncIterator[str]:  # noqa: ANN001
-    require(backend, "POST /v1/devboxes", "POST /v1/devboxes/{id}/wait_for_status", "POST /v1/devboxes/{id}/shutdown",
-            "POST /v1/devboxes/{id}/execute_async", "GET /v1/devboxes/{id}/executions/{eid}/stream_stdout_updates",
-            "GET /v1/devboxes/{id}/executions/{eid}/stream_stderr_updates")
     async with client_for(backend.base_url, backend.api_key) as c:
         view = await c.create_devbox(name="stream-tests")
         view = await c.wait_for_devbox_status(view.id, ["running", "failure", "shutdown"], timeout_seconds=60)
@@ -58,9 +55,6 @@ async def devbox_id(backend) -> AsyncIterator[str]:  # noqa: ANN001
         yield view.id
         await c.shutdown_devbox(view.id)
 
-
-def _require_axon_sse(backend) -> None:  # noqa: ANN001
-    require(backend, "POST /v1/axons", "POST /v1/axons/{id}/publish", "GET /v1/axons/{id}/subscribe/sse")
 
 
 async def _collect(stream: AsyncIterator[OutputChunk]) -> list[OutputChunk]:
@@ -148,7 +142,6 @@ async def _take(stream: AsyncIterator[AxonEventView], n: int) -> list[AxonEventV
 
 
 async def test_subscription_resumes_after_cuts_without_loss_or_repeat(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
-    _require_axon_sse(backend)
     fault_proxy.cut(r"/subscribe/sse", after_bytes=1500, after_first_event=True)
     async with client_for(fault_proxy.url, backend.api_key) as client:
         axon = await client.create_axon()
@@ -169,7 +162,6 @@ async def test_subscription_resumes_after_cuts_without_loss_or_repeat(fault_prox
 
 
 async def test_subscription_resumes_after_408_and_5xx(fault_proxy: FaultProxy, backend) -> None:  # noqa: ANN001
-    _require_axon_sse(backend)
     async with client_for(fault_proxy.url, backend.api_key) as client:
         axon = await client.create_axon()
         await client.publish(axon.id, event_type="e", payload=1)
@@ -190,7 +182,6 @@ async def test_subscription_outlives_the_servers_idle_closes(tmp_path, monkeypat
     monkeypatch.setenv("DEVBOX_AXON_SSE_IDLE_SECONDS", "0.2")
     quick = start_in_thread(tmp_path)
     try:
-        _require_axon_sse(quick)
         with running_proxy(quick.base_url) as proxy:
             async with client_for(proxy.url, quick.api_key) as client:
                 axon = await client.create_axon()
@@ -218,7 +209,6 @@ async def test_subscription_outlives_the_servers_idle_closes(tmp_path, monkeypat
 
 
 async def test_subscription_after_a_sequence(backend) -> None:  # noqa: ANN001
-    _require_axon_sse(backend)
     async with client_for(backend.base_url, backend.api_key) as client:
         axon = await client.create_axon()
         for i in range(5):
@@ -230,7 +220,6 @@ async def test_subscription_after_a_sequence(backend) -> None:  # noqa: ANN001
 
 
 async def test_subscription_permanent_errors_raise(backend) -> None:  # noqa: ANN001
-    _require_axon_sse(backend)
     async with client_for(backend.base_url, backend.api_key) as client:
         with pytest.raises(NotFound):
             await _take(client.subscribe_axon("axn_missing"), 1)
