@@ -120,11 +120,13 @@ async def test_write_then_read_text_with_ranges_and_tail(mcp: Client, devbox_id:
     assert text_of(whole).endswith(body)
     meta = structured(whole)
     assert meta["kind"] == "text" and meta["total_lines"] == 100 and meta["size_bytes"] == len(body)
+    assert meta["text"] == body and meta["scanned_bytes"] is None  # the structured content has the text too
     part = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "notes.txt", "start_line": 10, "end_line": 12})
     assert text_of(part).endswith("line 10\nline 11\nline 12\n")
     assert structured(part)["start_line"] == 10 and structured(part)["end_line"] == 12
+    assert structured(part)["text"] == "line 10\nline 11\nline 12\n"
     tail = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "notes.txt", "tail_lines": 2})
-    assert text_of(tail).endswith("line 99\nline 100\n")
+    assert text_of(tail).endswith("line 99\nline 100\n") and structured(tail)["text"] == "line 99\nline 100\n"
 
 
 async def test_line_numbers_count_newlines_only(mcp: Client, devbox_id: str) -> None:
@@ -148,6 +150,7 @@ async def test_tail_of_a_file_larger_than_the_scan_is_refused_not_faked(
         assert "tail -n 5 long.log" in message
         head = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "long.log", "end_line": 2})
         assert text_of(head).splitlines()[1:] == ["line 1", "line 2"]
+        assert "only the first 1024 bytes were scanned" in text_of(head) and structured(head)["scanned_bytes"] == 1024
 
 
 async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBackend, devbox_id: str) -> None:
@@ -161,6 +164,8 @@ async def test_big_text_file_is_bounded_with_a_line_marker(backend: RunningBacke
         assert "row 000000" in text and "row 019999" in text
         assert "read_file start_line=" in text
         assert structured(result)["omitted_bytes"] > 0
+        # The structured text is the text's body: same head, marker and tail.
+        assert text.split("\n", 1)[1] == structured(result)["text"]
 
 
 async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client, devbox_id: str, backend: RunningBackend) -> None:
@@ -172,11 +177,13 @@ async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client
     message = await call_error(mcp, "read_file", {"devbox_id": devbox_id, "path": "pic.png"})
     assert "image/png" in message and f"{len(PNG)} bytes" in message and "binary: true" in message
     image = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "pic.png", "binary": True})
-    block = image.content[-1]
+    meta = structured(image)
+    block = image.content[meta["content_index"]]
     assert isinstance(block, ImageContent) and base64.b64decode(block.data) == PNG
+    assert meta["kind"] == "image" and meta["mime_type"] == "image/png" and meta["text"] is None
     blob = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "blob.bin", "binary": True})
-    block = blob.content[-1]
-    assert isinstance(block, EmbeddedResource)
+    block = blob.content[structured(blob)["content_index"]]
+    assert isinstance(block, EmbeddedResource) and structured(blob)["kind"] == "binary"
     assert base64.b64decode(block.resource.blob) == bytes(range(256)) * 4
 
 
@@ -212,5 +219,6 @@ async def test_list_devboxes_text_is_one_line_each_and_says_how_to_go_on(mcp: Cl
     first = structured(page)["devboxes"][0]
     assert text.splitlines()[:2] == ["1 devbox:", f"{first['id']}  running  {first['name']}"]
     assert text.splitlines()[-1] == f"more: call again with starting_after={first['id']}"
-    assert "{" not in text  # the fields are in the structured content, not repeated as JSON
+    assert "{" not in text  # the text is one line per devbox, not the JSON again
+    assert [d["id"] for d in structured(page)["devboxes"]] == [first["id"]] and structured(page)["has_more"]
     await call_ok(mcp, "shutdown_devbox", {"devbox_id": other})

@@ -43,10 +43,13 @@ def api_errors(context: str | None = None) -> Iterator[None]:
 
 
 def result(structured: BaseModel, text: str) -> CallToolResult:
-    """A result whose text is what the model reads and whose structured content is the envelope.
+    """A result whose structured content is the whole result and whose text is its rendering.
 
-    Used by tools with big output: the output goes in the text once (shaped), and the structured
-    content carries ids, status, sizes and offsets, never the output a second time.
+    Many clients hand their model only the structured content when a result has one (Claude
+    Code, Codex, pydantic-ai), others only the text: both must carry everything, so the
+    structured content holds the output itself (typed: shaped stdout and stderr, file text,
+    rows), and the text renders the same result for a model to read (a status line, then the
+    output). Used by tools whose text is not simply the JSON of their result.
     """
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
@@ -55,7 +58,8 @@ def result(structured: BaseModel, text: str) -> CallToolResult:
 
 
 def page_text(kind: str, lines: list[str], has_more: bool, last_id: str | None) -> str:
-    """One line per item for the model to read (the structured content has every field), and how to go on."""
+    """One line per item for the model to read (the structured content has the items with every field),
+    and how to go on."""
     head = f"{len(lines)} {kind}{'' if len(lines) == 1 else 'es' if kind.endswith('x') else 's'}"
     more = f"\nmore: call again with starting_after={last_id}" if has_more and last_id else ""
     return head + (":\n" + "\n".join(lines) if lines else "") + more

@@ -8,8 +8,10 @@ If the wait budget ends first, the call hands off: the command keeps running and
 says where to continue with `stream_logs` (byte offsets counted from what was received).
 If the client cancels the call, the command is killed in the devbox (its process group).
 
-Results: the text content is what the model reads (a status line and the shaped output); the
-structured content is the envelope (ids, status, exit, sizes, offsets), never the output again.
+Results: the structured content is the whole result (ids, status, exit, offsets, and the shaped
+stdout and stderr as strings); the text renders it for a model (a status line, then each
+stream). Both carry the same shaped output, cut at the same points with the same markers:
+clients hand their model one or the other.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ class OutputEnvelope(BaseModel):
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
     output_complete: bool = Field(description="all output up to the exit was read")
+    stdout: str = Field(description="stdout, cleaned; a marker replaces an omitted middle")
+    stderr: str = Field(description="stderr, cleaned; a marker replaces an omitted middle")
     stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
     stderr_offset: int
-    stdout_bytes: int = Field(description="bytes covered by this result")
-    stderr_bytes: int
-    omitted_bytes: int = Field(description="left out of the text (see its marker)")
+    omitted_bytes: int = Field(description="left out of stdout and stderr (see their markers)")
     hint: str | None = None
 
 
@@ -388,10 +390,10 @@ def _envelope_fields(
         "status": final.status if final.status in ("queued", "running", "completed") else "running",
         "exit_status": final.exit_status if final.status == "completed" else None,
         "output_complete": got.complete,
+        "stdout": shaped["stdout"].text,
+        "stderr": shaped["stderr"].text,
         "stdout_offset": got.offsets["stdout"],
         "stderr_offset": got.offsets["stderr"],
-        "stdout_bytes": got.offsets["stdout"] - got.start["stdout"],
-        "stderr_bytes": got.offsets["stderr"] - got.start["stderr"],
         "omitted_bytes": sum(s.omitted_bytes for s in shaped.values()),
     }
 

@@ -4,6 +4,9 @@
 Binary files are refused unless asked for: their bytes mean nothing as text and base64 costs
 context. On request they come back as image content (PNG, JPEG, GIF, WebP) or an embedded
 resource, under a size cap.
+
+Results: the structured content is the whole result (for text, the selected lines as shaped
+text; for image/binary, which content block holds the bytes); the text renders it for a model.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from mcp.types import BlobResourceContents, CallToolResult, EmbeddedResource, Im
 from pydantic import BaseModel, Field
 
 from ..shaping import line_hint, shape
-from .common import DevboxId, FilePath, annotations, api_errors, state
+from .common import DevboxId, FilePath, annotations, api_errors, result, state
 
 # Text files are scanned up to this size to select lines; beyond it the result says so.
 TEXT_SCAN_BYTES = 32 * 1024 * 1024
@@ -43,10 +46,13 @@ class FileRead(BaseModel):
     kind: Literal["text", "image", "binary"]
     mime_type: str
     size_bytes: int | None = Field(description="None: too large to tell")
+    text: str | None = Field(None, description="the lines read, cleaned; a marker replaces an omitted middle")
     total_lines: int | None = None
     start_line: int | None = None
     end_line: int | None = None
-    omitted_bytes: int = Field(0, description="left out of the text (see its marker)")
+    omitted_bytes: int = Field(0, description="left out of text (see its marker)")
+    scanned_bytes: int | None = Field(None, description="set when only the file's first bytes were read")
+    content_index: int | None = Field(None, description="image/binary: index of the content block with the bytes")
 
 
 class FileWritten(BaseModel):
@@ -131,7 +137,8 @@ def register(server: MCPServer) -> None:
                     "process it in the devbox instead (e.g. execute with file, head, xxd)"
                 )
             envelope = FileRead(
-                path=path, kind="image" if mime in IMAGE_TYPES else "binary", mime_type=mime, size_bytes=size
+                path=path, kind="image" if mime in IMAGE_TYPES else "binary", mime_type=mime, size_bytes=size,
+                content_index=1,
             )
             blob = base64.b64encode(data).decode()
             if mime in IMAGE_TYPES:
@@ -157,17 +164,15 @@ def register(server: MCPServer) -> None:
         selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
         shaped = shape(selected, st.settings.output_budget, label=path, hint=line_hint, base_line=first)
         envelope = FileRead(
-            path=path, kind="text", mime_type=mime, size_bytes=size, total_lines=total,
+            path=path, kind="text", mime_type=mime, size_bytes=size, text=shaped.text, total_lines=total,
             start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
+            scanned_bytes=len(data) if got.truncated else None,
         )
         note = ""
         if got.truncated:
             note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
         head = f"{path}: lines {first}-{last} of {total}{note}\n"
-        return CallToolResult(
-            content=[TextContent(type="text", text=head + shaped.text)],
-            structured_content=envelope.model_dump(mode="json"),
-        )
+        return result(envelope, head + shaped.text)
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Write file"))
     async def write_file(
