@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 from mcp import Client
-from mcp.types import CallToolResult, EmbeddedResource, ImageContent
+from mcp.types import CallToolResult, ImageContent
 from mcp_support import call_ok, make_server, structured, text_of
 from test_schemas import ALL
 
@@ -119,7 +119,8 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         result, image = await call("read_file", {"devbox_id": devbox, "path": "pic.png", "binary": True})
         assert image["kind"] == "image" and isinstance(result.content[image["content_index"]], ImageContent)
         result, blob = await call("read_file", {"devbox_id": devbox, "path": "blob.bin", "binary": True})
-        assert blob["kind"] == "binary" and isinstance(result.content[blob["content_index"]], EmbeddedResource)
+        assert blob["kind"] == "binary" and base64.b64decode(blob["base64"]) == bytes(range(256))
+        assert blob["base64"] in text_of(result)
 
         # Axons: events, rows (bounded), a batch.
         _, axon = await call("create_axon", {"name": "results"})

@@ -7,7 +7,7 @@ import base64
 import anyio
 import pytest
 from mcp import Client
-from mcp.types import EmbeddedResource, ImageContent
+from mcp.types import ImageContent
 from mcp_support import call_error, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
@@ -182,9 +182,10 @@ async def test_binary_is_refused_unless_asked_then_image_or_resource(mcp: Client
     assert isinstance(block, ImageContent) and base64.b64decode(block.data) == PNG
     assert meta["kind"] == "image" and meta["mime_type"] == "image/png" and meta["text"] is None
     blob = await call_ok(mcp, "read_file", {"devbox_id": devbox_id, "path": "blob.bin", "binary": True})
-    block = blob.content[structured(blob)["content_index"]]
-    assert isinstance(block, EmbeddedResource) and structured(blob)["kind"] == "binary"
-    assert base64.b64decode(block.resource.blob) == bytes(range(256)) * 4
+    meta = structured(blob)
+    assert meta["kind"] == "binary" and base64.b64decode(meta["base64"]) == bytes(range(256)) * 4
+    # No resource block (its URI would name no resource): the text carries the same base64.
+    assert len(blob.content) == 1 and text_of(blob).split("\n")[1] == meta["base64"]
 
 
 async def test_binary_over_the_cap_is_refused(backend: RunningBackend, devbox_id: str) -> None:
@@ -192,9 +193,17 @@ async def test_binary_over_the_cap_is_refused(backend: RunningBackend, devbox_id
 
     async with RunloopClient(backend.base_url, backend.api_key) as client:
         await client.upload_file(devbox_id, "large.bin", b"\x00" * 5000)
+        await client.upload_file(devbox_id, "large.png", PNG + b"\x00" * 5000)
     async with Client(make_server(backend, Settings(binary_cap=1000)), mode="auto") as client:
         message = await call_error(client, "read_file", {"devbox_id": devbox_id, "path": "large.bin", "binary": True})
         assert "5000 bytes" in message and "1000-byte cap" in message
+    # Bytes that reach the model as base64 text fit the output budget, whatever binary_cap allows
+    # (an image is shown as an image: binary_cap alone bounds it).
+    async with Client(make_server(backend, Settings(binary_cap=10_000, output_budget=4096)), mode="auto") as client:
+        message = await call_error(client, "read_file", {"devbox_id": devbox_id, "path": "large.bin", "binary": True})
+        assert "5000 bytes" in message and "3072-byte cap" in message
+        image = await call_ok(client, "read_file", {"devbox_id": devbox_id, "path": "large.png", "binary": True})
+        assert structured(image)["kind"] == "image" and structured(image)["size_bytes"] == len(PNG) + 5000
 
 
 async def test_file_bad_input_gives_clear_errors(mcp: Client, devbox_id: str) -> None:

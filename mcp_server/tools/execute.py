@@ -278,7 +278,7 @@ def register(server: MCPServer) -> None:
                 await _kill_cancelled(st, devbox_id, command, cid, execution_id)
             raise
         duration = time.monotonic() - started
-        return _execute_result(st, devbox_id, execution_id, cid, got, final, duration, wait)
+        return _execute_result(ctx, st, devbox_id, execution_id, cid, got, final, duration, wait)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
     async def stream_logs(
@@ -333,7 +333,8 @@ def register(server: MCPServer) -> None:
             lines.append("matching lines:\n" + "\n".join(got.matches))
         if hint:
             lines.append(hint)
-        return _with_links(result(envelope, "\n".join(lines) + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
+        res = result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
+        return _with_links(ctx, res, devbox_id, execution_id, shaped)
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
     async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
@@ -399,7 +400,7 @@ def _envelope_fields(
 
 
 def _execute_result(
-    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
+    ctx: Context, st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
     wait: float,
 ) -> CallToolResult:
     shaped = shape_streams(got, st.settings)
@@ -415,10 +416,14 @@ def _execute_result(
             state_line = f"still {final.status} after {wait:g} s; the command keeps running"
         head = f"{state_line} · execution {execution_id}\n{hint}"
     envelope = ExecuteResult(**fields, hint=hint, command_id=command_id, duration_seconds=round(duration, 3))
-    return _with_links(result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
+    return _with_links(ctx, result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
 
 
-def _with_links(res: CallToolResult, devbox_id: str, execution_id: str, shaped: dict[str, Shaped]) -> CallToolResult:
-    """Add links to the full output resources of the streams the result had to cut."""
-    res.content.extend(output_resource_links(devbox_id, execution_id, [s for s in STREAMS if shaped[s].truncated]))
+def _with_links(
+    ctx: Context, res: CallToolResult, devbox_id: str, execution_id: str, shaped: dict[str, Shaped]
+) -> CallToolResult:
+    """Add links to the full output resources of the streams the result had to cut, for a client
+    that can use them (the text and structured content say how to read the rest either way)."""
+    cut = [s for s in STREAMS if shaped[s].truncated]
+    res.content.extend(output_resource_links(ctx, devbox_id, execution_id, cut))
     return res
