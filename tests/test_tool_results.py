@@ -75,7 +75,11 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         assert set(schemas) == ALL and all(schemas.values())
         call = Checked(client, schemas)
 
-        _, box = await call("create_devbox", {"name": "results"})
+        # Optional arguments given as null, as a model in OpenAI's strict mode sends them.
+        _, box = await call("create_devbox", {
+            "name": "results", "environment_variables": [{"name": "GREETING", "value": "hi"}],
+            "launch_commands": None, "network_mode": None,
+        })
         devbox = box["id"]
         _, got = await call("get_devbox", {"devbox_id": devbox})
         assert got["id"] == devbox
@@ -83,7 +87,10 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         assert devbox in [d["id"] for d in page["devboxes"]] and devbox in text_of(listed)
 
         # execute: output and exit status; a cut output; a hand-off to stream_logs.
-        result, done = await call("execute", {"devbox_id": devbox, "command": "echo line1; echo line2; echo err >&2; exit 3"})
+        result, done = await call("execute", {
+            "devbox_id": devbox, "command": "echo line1; echo line2; echo err >&2; exit 3",
+            "wait_seconds": None, "command_id": None, "attach_stdin": False,
+        })
         assert done["stdout"] == "line1\nline2\n" and done["stderr"] == "err\n" and done["exit_status"] == 3
         assert_streams_match_text(result, done)
         result, cut = await call("execute", {"devbox_id": devbox, "command": "seq 1 200000"})
@@ -109,7 +116,9 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         body = "".join(f"row {i}\n" for i in range(2000))
         _, wrote = await call("write_file", {"devbox_id": devbox, "path": "rows.txt", "contents": body})
         assert wrote["bytes_written"] == len(body)
-        result, small = await call("read_file", {"devbox_id": devbox, "path": "rows.txt", "start_line": 2, "end_line": 3})
+        result, small = await call("read_file", {
+            "devbox_id": devbox, "path": "rows.txt", "start_line": 2, "end_line": 3, "tail_lines": None,
+        })
         assert small["text"] == "row 1\nrow 2\n" and text_of(result).endswith(small["text"])
         result, big = await call("read_file", {"devbox_id": devbox, "path": "rows.txt"})
         assert big["omitted_bytes"] > 0 and "read_file start_line=" in big["text"] and text_of(result).endswith(big["text"])

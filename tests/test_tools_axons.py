@@ -95,9 +95,11 @@ async def test_one_huge_row_is_cut_to_the_budget(backend: RunningBackend) -> Non
 
 
 async def test_list_axons_finds_the_created_one(mcp: Client) -> None:
-    axon = await new_axon(mcp, name="findme-axon")
+    labels = [{"name": "team", "value": "infra"}, {"name": "env", "value": "test"}]
+    created = structured(await call_ok(mcp, "create_axon", {"name": "findme-axon", "metadata": labels}))
+    assert created["metadata"] == {"team": "infra", "env": "test"}
     listed = structured(await call_ok(mcp, "list_axons", {"name": "findme-axon", "limit": 100}))
-    assert axon in [a["id"] for a in listed["axons"]]
+    assert created["id"] in [a["id"] for a in listed["axons"]]
 
 
 async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
@@ -116,6 +118,8 @@ async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
     assert "axn_nope" in message
     message = await call_error(mcp, "create_axon", {"metadata": {"a": ["not", "a", "string"]}})
     assert "metadata" in message
+    message = await call_error(mcp, "create_axon", {"metadata": [{"name": "k", "value": "1"}, {"name": "k", "value": "2"}]})
+    assert "metadata" in message and "'k' is given twice" in message
     message = await call_error(mcp, "list_axons", {"limit": 1000})
     assert "limit" in message
 

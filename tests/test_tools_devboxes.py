@@ -38,7 +38,8 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, message))
 
-    result = await call_ok(mcp, "create_devbox", {"name": "lifecycle", "environment_variables": {"A": "1"}},
+    env = [{"name": "A", "value": "1"}, {"name": "B_2", "value": "two words"}]
+    result = await call_ok(mcp, "create_devbox", {"name": "lifecycle", "environment_variables": env},
                            progress_callback=on_progress)
     box = structured(result)
     assert box["status"] == "running" and box["name"] == "lifecycle"
@@ -49,6 +50,8 @@ async def test_create_devbox_waits_until_running_and_reports_transitions(mcp: Cl
 
     got = structured(await call_ok(mcp, "get_devbox", {"devbox_id": box["id"]}))
     assert got["id"] == box["id"] and got["status"] == "running"
+    echoed = structured(await call_ok(mcp, "execute", {"devbox_id": box["id"], "command": 'echo "$A|$B_2"'}))
+    assert echoed["stdout"] == "1|two words\n"  # the {name, value} list became the environment
     listed = structured(await call_ok(mcp, "list_devboxes", {"status": "running", "limit": 100}))
     assert box["id"] in [d["id"] for d in listed["devboxes"]]
 
@@ -105,6 +108,14 @@ async def test_devbox_bad_input_gives_clear_errors(mcp: Client) -> None:
         assert "dbx_nope" in message and "404" in message
     message = await call_error(mcp, "create_devbox", {"environment_variables": {"A": 1}})
     assert "environment_variables" in message
+    twice = [{"name": "TOKEN", "value": "s3cret-1"}, {"name": "TOKEN", "value": "s3cret-2"}]
+    message = await call_error(mcp, "create_devbox", {"environment_variables": twice})
+    assert "environment_variables" in message and "'TOKEN' is given twice" in message
+    assert "s3cret" not in message  # values can be secrets: never echoed
+    message = await call_error(mcp, "create_devbox", {"environment_variables": [{"name": "BAD-NAME", "value": "x"}]})
+    assert "environment_variables" in message and "pattern" in message
+    message = await call_error(mcp, "create_devbox", {"environment_variables": [{"name": "A", "value": "1", "x": 1}]})
+    assert "environment_variables" in message and "x" in message
 
 
 async def test_resuming_a_running_devbox_says_why_it_cannot(mcp: Client, devbox_id: str) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, JsonValue
 from ..resources import resources_list_changed
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
-from .common import AxonId, annotations, api_errors, page_text, result, state
+from .common import AxonId, Labels, annotations, api_errors, as_map, page_text, result, state
 from .sql_guard import SqlRefused, check_read_only
 
 SqlParam = str | int | float | bool | None
@@ -139,11 +139,11 @@ def register(server: MCPServer) -> None:
     async def create_axon(
         ctx: Context,
         name: Annotated[str | None, Field(max_length=256)] = None,
-        metadata: Annotated[dict[str, str] | None, Field(description="string labels")] = None,
+        metadata: Annotated[Labels | None, Field(description="string labels")] = None,
     ) -> AxonInfo:
         """Create an axon: an event stream with a SQL-queryable history."""
         with api_errors():
-            view = await state(ctx).client.create_axon(name=name, metadata=metadata)
+            view = await state(ctx).client.create_axon(name=name, metadata=as_map("metadata", metadata))
         await resources_list_changed(ctx.mcp_server)
         return axon_info(view)
 

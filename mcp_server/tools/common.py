@@ -10,7 +10,7 @@ from typing import Annotated
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..runloop import RunloopClient, RunloopError
 from ..settings import Settings
@@ -74,6 +74,39 @@ FilePath = Annotated[
     str,
     Field(min_length=1, max_length=4096, description="file path in the devbox (relative paths are from home)"),
 ]
+
+
+class EnvVar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+    value: str
+
+
+# Key/value maps are lists of {name, value}: strict schema converters (OpenAI's strict mode)
+# refuse open objects, whose keys a schema cannot declare.
+EnvVars = Annotated[list[EnvVar], Field(max_length=1000)]
+Labels = Annotated[list[Label], Field(max_length=100)]
+
+
+def as_map(field: str, items: list[EnvVar] | list[Label] | None) -> dict[str, str] | None:
+    """The map a `[{name, value}]` argument stands for; a name given twice is refused.
+
+    Checked here rather than in a pydantic validator, whose message would echo the values
+    (environment values can be secrets)."""
+    if items is None:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        if item.name in out:
+            raise ToolError(f"{field}: name {item.name!r} is given twice; give each name once")
+        out[item.name] = item.value
+    return out
 
 
 def annotations(
