@@ -95,7 +95,7 @@ async def drive(client: Client) -> None:
         result = await call(client, "execute", {"devbox_id": devbox, "command": BUILD}, progress_callback=live)
         meta = result.structured_content
         show(f"{GREEN}exit {meta['exit_status']} in {meta['duration_seconds']:.2f} s{RESET}, "
-             f"{meta['stdout_bytes']} bytes of stdout")
+             f"{meta['stdout_offset']} bytes of stdout")
 
         step("execute in the background: a web server (hands off at once, the command keeps running)")
         server = (await call(client, "execute", {"devbox_id": devbox, "command": SERVE, "wait_seconds": 0})).structured_content

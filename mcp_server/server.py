@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
@@ -57,19 +58,48 @@ def build_server(
 
 
 def compact_schemas(server: MCPServer) -> None:
-    """Drop what costs every conversation context and says nothing: pydantic's auto titles, and
-    (inputs only) the `anyOf [T, null]` spelling of an optional argument, which is just T when
-    omitted. Output schemas keep their nulls: clients validate structured content against them."""
+    """Make the published schemas plain and small, for every framework that converts them.
+
+    - `$defs` are inlined: some converters (OpenAI's strict mode via openai-agents, Gemini)
+      refuse or mishandle `$ref`.
+    - pydantic's auto titles go: they cost every conversation context and say nothing.
+    - `anyOf [T, null]` becomes `type: [T, "null"]` (half the bytes; an enum gains `null`). In
+      inputs the `default: null` goes too: strict converters make every argument required, and
+      null is then how a model leaves an optional one out. Output schemas keep their nulls:
+      clients validate structured content against them.
+    """
     for tool in server._tool_manager.list_tools():
         tool.description = " ".join((tool.description or "").split())
-        tool.parameters = _compact(tool.parameters, optional_to_plain=True)
+        tool.parameters = _compact(inline_refs(tool.parameters))
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = _compact(tool.fn_metadata.output_schema, optional_to_plain=False)
+            tool.fn_metadata.output_schema = _compact(inline_refs(tool.fn_metadata.output_schema))
 
 
-def _compact(schema: object, *, optional_to_plain: bool) -> object:
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each `{"$ref": "#/$defs/X"}` replaced by X (its siblings kept) and no `$defs`."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: object, seen: frozenset[str]) -> object:
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in seen or name not in defs:
+                raise ValueError(f"schema {name!r} is recursive or missing and cannot be inlined")
+            target = resolve(defs[name], seen | {name})
+            siblings = {key: resolve(value, seen) for key, value in node.items() if key != "$ref"}
+            return {**target, **siblings}  # type: ignore[dict-item]
+        return {key: resolve(value, seen) for key, value in node.items() if key != "$defs"}
+
+    return resolve(schema, frozenset())  # type: ignore[return-value]
+
+
+def _compact(schema: object) -> object:
     if isinstance(schema, list):
-        return [_compact(s, optional_to_plain=optional_to_plain) for s in schema]
+        return [_compact(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, object] = {}
@@ -77,19 +107,18 @@ def _compact(schema: object, *, optional_to_plain: bool) -> object:
         if key == "title":
             continue
         if key in ("properties", "$defs"):
-            out[key] = {name: _compact(sub, optional_to_plain=optional_to_plain) for name, sub in value.items()}
+            out[key] = {name: _compact(sub) for name, sub in value.items()}
         else:
-            out[key] = _compact(value, optional_to_plain=optional_to_plain)
+            out[key] = _compact(value)
     variants = out.get("anyOf")
     if isinstance(variants, list) and len(variants) == 2 and {"type": "null"} in variants:
         (plain,) = [v for v in variants if v != {"type": "null"}]
-        if optional_to_plain and out.get("default", ...) is None:
-            del out["anyOf"], out["default"]
-            out = {**plain, **out}
-        elif isinstance(plain.get("type"), str):
+        if isinstance(plain.get("type"), str):
             # The same meaning, half the bytes: {"type": ["string", "null"], ...}.
             del out["anyOf"]
             out = {**plain, **out, "type": [plain["type"], "null"]}
-    if not optional_to_plain and out.get("default", ...) is None:
-        del out["default"]  # an output's default says nothing to the caller
+            if "enum" in plain:
+                out["enum"] = [*plain["enum"], None]
+    if out.get("default", ...) is None:
+        del out["default"]  # null is what an omitted optional argument means; an output's default says nothing
     return out

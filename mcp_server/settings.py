@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Literal
+
+LinkMode = Literal["auto", "always", "never"]
+LINK_MODES: tuple[LinkMode, ...] = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,8 @@ class Settings:
     # Progress notifications: at most one per interval, each message at most this many bytes.
     progress_interval: float = 0.1
     progress_message_bytes: int = 1024
-    # Binary files returned on request (embedded resource / image content) are capped at this size.
+    # Binary files returned on request are capped at this size (non-image bytes, sent as base64, also at
+    # 3/4 of output_budget).
     binary_cap: int = 512 * 1024
     # Rows returned by sql_query before the result is cut (with a note).
     sql_max_rows: int = 200
@@ -25,6 +30,15 @@ class Settings:
     kill_timeout: float = 5.0
     # How long create_devbox / resume_devbox wait for the devbox to be running.
     boot_timeout: float = 300.0
+    # resource_link blocks to the full output of a cut result: auto (only for a client that has
+    # read a resource in its session), always, or never. See resources/links.py.
+    resource_links: LinkMode = "auto"
+
+    def __post_init__(self) -> None:
+        if self.resource_links not in LINK_MODES:
+            raise ValueError(
+                f"DEVBOX_MCP_RESOURCE_LINKS={self.resource_links!r} is not one of {', '.join(LINK_MODES)}"
+            )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -34,6 +48,9 @@ class Settings:
         for f in fields(cls):
             raw = env.get(f"DEVBOX_MCP_{f.name.upper()}")
             if raw is None:
+                continue
+            if isinstance(f.default, str):
+                values[f.name] = raw.strip().lower()
                 continue
             kind = float if isinstance(f.default, float) else int
             try:

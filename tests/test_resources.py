@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 from mcp import Client, MCPError
-from mcp.types import ResourceLink, ResourceTemplateReference
+from mcp.types import Implementation, ResourceLink, ResourceTemplateReference
 from mcp_support import MODES, call_ok, make_server, structured, text_of
 
 from mcp_server.local.server import RunningBackend
@@ -191,7 +191,7 @@ async def test_output_resource_matches_stream_logs_byte_for_byte(mcp: Client, de
 
 
 async def test_cut_output_links_to_resources_that_page_through_every_byte(backend: RunningBackend, devbox_id: str) -> None:
-    settings = Settings(output_budget=2048)
+    settings = Settings(output_budget=2048, resource_links="always")
     async with Client(make_server(backend, settings), mode="auto") as mcp:
         command = "seq 1 20000"  # 108,894 bytes
         result = await call_ok(mcp, "execute", {"devbox_id": devbox_id, "command": command})
@@ -217,6 +217,51 @@ async def test_cut_output_links_to_resources_that_page_through_every_byte(backen
             if trailer:
                 assert trailer.startswith(f"{offset}: read ")
         assert got == expected and pages == -(-len(expected) // 1500)
+
+
+async def cut_links(client: Client, devbox_id: str) -> list[ResourceLink]:
+    """The resource links of an execute whose output is cut; its text says how to read the rest."""
+    result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": "seq 1 20000"})
+    assert "read them with stream_logs stdout_offset=" in text_of(result)
+    assert "read them with stream_logs stdout_offset=" in structured(result)["stdout"]
+    return [b for b in result.content if isinstance(b, ResourceLink)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_links_go_only_to_a_client_that_has_read_a_resource(backend: RunningBackend, devbox_id: str, mode: str) -> None:
+    server = make_server(backend, Settings(output_budget=2048))  # resource_links: auto
+    async with Client(server, mode=mode) as reader, Client(
+        server, mode=mode, client_info=Implementation(name="other-client", version="1")
+    ) as other:
+        assert await cut_links(reader, devbox_id) == []  # nothing read yet: no links
+        await read_json(reader, f"devbox://{devbox_id}")
+        links = await cut_links(reader, devbox_id)
+        assert [link.uri.rsplit("/", 1)[1] for link in links] == ["stdout"]
+        assert "bytes of stdout omitted" in await read_text(reader, links[0].uri)
+        # Another client (its own session; in the 2026 era, another clientInfo) has read nothing.
+        assert await cut_links(other, devbox_id) == []
+    # A new session of the same kind starts over in the handshake era (the links followed the
+    # connection); the 2026 era has no sessions and knows the client by name and version.
+    async with Client(server, mode=mode) as again:
+        assert bool(await cut_links(again, devbox_id)) == (mode == "auto")
+
+
+@pytest.mark.parametrize(("setting", "linked"), [("always", True), ("never", False)])
+async def test_links_setting_always_or_never_overrides_auto(
+    backend: RunningBackend, devbox_id: str, setting: str, linked: bool
+) -> None:
+    server = make_server(backend, Settings(output_budget=2048, resource_links=setting))
+    async with Client(server, mode="legacy") as client:
+        assert bool(await cut_links(client, devbox_id)) == linked
+        await read_json(client, f"devbox://{devbox_id}")
+        assert bool(await cut_links(client, devbox_id)) == linked
+
+
+def test_links_setting_comes_from_the_environment_and_bad_values_are_refused() -> None:
+    assert Settings().resource_links == "auto"
+    assert Settings.from_env({"DEVBOX_MCP_RESOURCE_LINKS": "Never"}).resource_links == "never"
+    with pytest.raises(ValueError, match="DEVBOX_MCP_RESOURCE_LINKS='sometimes' is not one of auto, always, never"):
+        Settings.from_env({"DEVBOX_MCP_RESOURCE_LINKS": "sometimes"})
 
 
 async def test_devbox_resource_is_its_view(mcp: Client, devbox_id: str) -> None:

@@ -1,13 +1,22 @@
-"""tool_schemas/ matches the code, and the tool list stays small and well annotated."""
+"""tool_schemas/ matches the code, the tool list stays small and well annotated, and every
+framework accepts the schemas strictly (no `$ref`, no open maps: openai-agents converts each
+input schema to OpenAI's strict mode without falling back)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
 
 import anyio
+import pytest
+from jsonschema import Draft202012Validator
+from mcp import Client
+from pydantic import TypeAdapter
 
+from mcp_server.runloop import RunloopClient
 from mcp_server.schemas import main, render, tool_schemas
+from mcp_server.server import build_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "tool_schemas"
@@ -55,3 +64,63 @@ def test_annotations_are_true_to_what_tools_do() -> None:
     assert not {"create_devbox", "create_axon", "publish_event", "suspend_devbox", "resume_devbox"} & destructive
     assert not destructive & read_only
     assert docs["execute"]["annotations"]["openWorldHint"] is True
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _unconnected_server():
+    return build_server(lambda: RunloopClient("http://127.0.0.1:9", "unused"))
+
+
+def test_published_schemas_are_self_contained_without_refs() -> None:
+    docs = anyio.run(tool_schemas)
+    for name, doc in docs.items():
+        for kind in ("inputSchema", "outputSchema"):
+            for node in _walk(doc[kind]):
+                assert not (isinstance(node, dict) and ({"$ref", "$defs"} & set(node))), (name, kind, node)
+            Draft202012Validator.check_schema(doc[kind])
+
+
+def test_every_input_schema_converts_to_openai_strict_mode_without_falling_back() -> None:
+    """openai-agents' own MCP conversion (`convert_schemas_to_strict=True`): strict for every tool,
+    every property kept, and every optional argument still optional (strict mode makes all of
+    them required, so each one has a default or accepts null, and the server takes that null)."""
+    from agents.mcp import MCPServerStdio, MCPUtil
+
+    async def convert() -> list[tuple[Any, Any]]:
+        server = _unconnected_server()
+        tools = await server.list_tools()
+        host = MCPServerStdio(params={"command": "true"}, name="devbox")  # never started
+        arg_models = {t.name: t.fn_metadata.arg_model for t in server._tool_manager.list_tools()}
+        return [(t, MCPUtil.to_function_tool(t, host, convert_schemas_to_strict=True), arg_models[t.name]) for t in tools]
+
+    converted = anyio.run(convert)
+    assert {t.name for t, _, _ in converted} == ALL
+    for tool, function_tool, arg_model in converted:
+        assert function_tool.strict_json_schema, f"{tool.name}: openai-agents fell back to a non-strict schema"
+        strict = function_tool.params_json_schema
+        assert set(strict["properties"]) == set(tool.input_schema["properties"]), tool.name
+        for prop in set(tool.input_schema["properties"]) - set(tool.input_schema.get("required", [])):
+            field = arg_model.model_fields[prop]
+            if field.default is not None:
+                continue  # the model can always send the default
+            assert Draft202012Validator(strict["properties"][prop]).is_valid(None), (tool.name, prop)
+            annotation = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            TypeAdapter(annotation).validate_python(None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_tools_list_stays_under_20_kb(mode: str) -> None:
+    async with Client(_unconnected_server(), mode=mode) as client:
+        listed = await client.list_tools()
+    size = len(listed.model_dump_json(by_alias=True, exclude_none=True).encode())
+    assert size < 20_000, f"tools/list is {size} bytes: every conversation pays for it"

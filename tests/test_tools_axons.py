@@ -42,8 +42,8 @@ async def test_publish_any_json_payload_and_query_it_back_as_objects(mcp: Client
     rows = [json.loads(line) for line in text_of(result).splitlines()[1:]]
     assert [json.loads(r["payload"]) for r in rows] == payloads
     assert {r["source"] for r in rows} == {"devbox-mcp"}
-    # Rows are sent once: in the text, not again in the structured content.
-    assert "rows" not in envelope
+    # The structured content carries the same rows, as value arrays in column order.
+    assert [dict(zip(["sequence", "source", "origin", "payload"], r, strict=True)) for r in envelope["rows"]] == rows
 
 
 async def test_sql_query_refuses_writes_before_sending_and_allow_writes_lifts_it(mcp: Client) -> None:
@@ -74,7 +74,8 @@ async def test_rows_are_bounded_with_a_note(backend: RunningBackend) -> None:
             await call_ok(client, "publish_event", {"axon_id": axon, "event_type": "e", "payload": i})
         result = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence FROM rl_axon_events"})
         envelope = structured(result)
-        assert envelope["row_count"] == 8 and envelope["rows_returned"] == 5 and envelope["rows_cut"]
+        assert envelope["row_count"] == 8 and len(envelope["rows"]) == 5 and envelope["rows_cut"]
+        assert len(text_of(result).splitlines()) == 1 + 5 + 1  # summary, the 5 rows, the note
         assert "Narrow the query" in envelope["note"] and "Narrow the query" in text_of(result)
 
 
@@ -85,16 +86,20 @@ async def test_one_huge_row_is_cut_to_the_budget(backend: RunningBackend) -> Non
         await call_ok(client, "publish_event", {"axon_id": axon, "event_type": "big", "payload": "x" * 100_000})
         result = await call_ok(client, "sql_query", {"axon_id": axon, "sql": "SELECT sequence, payload FROM rl_axon_events"})
         envelope = structured(result)
-        assert envelope["rows_returned"] == 1 and envelope["rows_cut"] and "substr" in envelope["note"]
+        assert len(envelope["rows"]) == 1 and envelope["rows_cut"] and "substr" in envelope["note"]
         assert len(text_of(result).encode()) < 2 * budget
+        assert len(json.dumps(envelope).encode()) < 2 * budget
         row = json.loads(text_of(result).splitlines()[1])
         assert row["payload"].startswith('"xxx') and "bytes cut]" in row["payload"]
+        assert envelope["rows"] == [[row["sequence"], row["payload"]]]
 
 
 async def test_list_axons_finds_the_created_one(mcp: Client) -> None:
-    axon = await new_axon(mcp, name="findme-axon")
+    labels = [{"name": "team", "value": "infra"}, {"name": "env", "value": "test"}]
+    created = structured(await call_ok(mcp, "create_axon", {"name": "findme-axon", "metadata": labels}))
+    assert created["metadata"] == {"team": "infra", "env": "test"}
     listed = structured(await call_ok(mcp, "list_axons", {"name": "findme-axon", "limit": 100}))
-    assert axon in [a["id"] for a in listed["axons"]]
+    assert created["id"] in [a["id"] for a in listed["axons"]]
 
 
 async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
@@ -113,6 +118,8 @@ async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
     assert "axn_nope" in message
     message = await call_error(mcp, "create_axon", {"metadata": {"a": ["not", "a", "string"]}})
     assert "metadata" in message
+    message = await call_error(mcp, "create_axon", {"metadata": [{"name": "k", "value": "1"}, {"name": "k", "value": "2"}]})
+    assert "metadata" in message and "'k' is given twice" in message
     message = await call_error(mcp, "list_axons", {"limit": 1000})
     assert "limit" in message
 
@@ -132,10 +139,10 @@ async def test_sql_batch_reports_each_statement_and_is_atomic(mcp: Client) -> No
         {"sql": "SELECT k FROM kv"},
     ]})
     envelope = structured(done)
-    assert envelope["results"][0]["changes"] == 1 and envelope["results"][1]["rows_returned"] == 1
+    assert envelope["results"][0]["changes"] == 1 and envelope["results"][0]["rows"] == []
     assert text_of(done).splitlines()[-2:] == ["statement 2: 1 row(s); columns: k", '{"k": "b"}']
-    # Rows are sent once: in the text, not again in the structured content.
-    assert "rows" not in envelope["results"][1]
+    # The structured content carries each statement's rows, as the text does.
+    assert envelope["results"][1]["columns"] == ["k"] and envelope["results"][1]["rows"] == [["b"]]
 
 
 async def test_publish_retried_after_a_lost_response_stores_one_event(fault_proxy: FaultProxy, backend: RunningBackend) -> None:

@@ -68,8 +68,8 @@ async def test_progress_carries_the_output_in_order_and_the_result_has_everythin
     assert joined.replace("oops\n", "", 1) == expected
     assert progress.values == sorted(progress.values)
     assert progress.values[-1] == len(expected) + len("oops\n")
-    # The output is sent once: not in the structured content.
-    assert "line 1" not in str(envelope)
+    # The structured content is the whole result: the same output as the text, as strings.
+    assert envelope["stdout"] == expected and envelope["stderr"] == "oops\n"
 
 
 async def test_output_printed_just_before_exit_is_not_lost(mcp: Client, devbox_id: str) -> None:
@@ -95,6 +95,9 @@ async def test_big_output_is_shaped_and_the_marker_offset_reads_the_omitted_part
         offset = int(re.search(r"stdout_offset=(\d+)", text).group(1))
         shown_head = stdout_section(text).split("[…")[0]
         assert full.startswith(shown_head) and len(shown_head) == offset
+        # The structured stdout is the text's stdout: same head, marker and tail.
+        assert envelope["stdout"] == stdout_section(text) and envelope["stdout"].endswith("20000\n")
+        assert f"stream_logs stdout_offset={offset}" in envelope["stdout"] and envelope["stderr"] == ""
         more = await call_ok(client, "stream_logs", {
             "devbox_id": devbox_id, "execution_id": envelope["execution_id"], "stdout_offset": offset,
             "stderr_offset": 0,
@@ -109,7 +112,7 @@ async def test_wait_budget_hands_off_and_stream_logs_continues_exactly(mcp: Clie
     assert envelope["status"] == "running" and not envelope["output_complete"]
     assert "stream_logs" in envelope["hint"] and "stream_logs" in text_of(first)
     got = stdout_section(text_of(first))
-    assert len(got) == envelope["stdout_offset"]
+    assert len(got) == envelope["stdout_offset"] and envelope["stdout"] == got
     offsets = {"stdout_offset": envelope["stdout_offset"], "stderr_offset": envelope["stderr_offset"]}
     rounds = 0
     while True:
@@ -118,7 +121,8 @@ async def test_wait_budget_hands_off_and_stream_logs_continues_exactly(mcp: Clie
             "devbox_id": devbox_id, "execution_id": envelope["execution_id"], "wait_seconds": 1, **offsets,
         })
         m = structured(more)
-        got += stdout_section(text_of(more))
+        assert m["stdout"] == stdout_section(text_of(more))
+        got += m["stdout"]
         offsets = {"stdout_offset": m["stdout_offset"], "stderr_offset": m["stderr_offset"]}
         if m["stopped_because"] == "completed":
             assert m["exit_status"] == 0

@@ -2,8 +2,8 @@
 
 `register_resources(mcp, client)` adds the templates, the paginated `resources/list`,
 completions, and subscriptions in both protocol eras to a server. Tools use
-`output_resource_links` (links to full output when a result was cut) and
-`resources_list_changed` (after creating a devbox or an axon).
+`output_resource_links` (links to full output when a result was cut, for clients that can
+use them: see `links`) and `resources_list_changed` (after creating a devbox or an axon).
 
 Which client: reads use the client of the server run they arrive on (the lifespan's `client`,
 as the tools do). Subscription followers are shared by every connection and outlive any one of
@@ -26,6 +26,7 @@ from mcp.types import (
     INVALID_PARAMS,
     CompleteRequestParams,
     PaginatedRequestParams,
+    ReadResourceRequestParams,
     ResourceLink,
 )
 
@@ -34,6 +35,7 @@ from ..settings import Settings
 from ..subscriptions import HubStats, SubscriptionHub
 from . import reading
 from .feeds import make_follow
+from .links import ResourceReaders
 from .listing import completion_handler, list_page, remember_execution
 from .uris import (
     AXON_EVENT,
@@ -96,11 +98,14 @@ class SharedClient:
 
 
 class ResourcesHandle:
-    """What `register_resources` installed on one server: its hub and its followers' client."""
+    """What `register_resources` installed on one server: its hub, its followers' client, its
+    settings, and which clients have read a resource (who gets resource links)."""
 
-    def __init__(self, hub: SubscriptionHub, shared: SharedClient) -> None:
+    def __init__(self, hub: SubscriptionHub, shared: SharedClient, settings: Settings, readers: ResourceReaders) -> None:
         self.hub = hub
         self.shared = shared
+        self.settings = settings
+        self.readers = readers
 
     def stats(self) -> HubStats:
         return self.hub.stats()
@@ -205,13 +210,23 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             return await list_page(mcp, c, params.cursor if params else None)
 
     low.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
+    readers = ResourceReaders()
+    read = low.get_request_handler("resources/read")
+    if read is not None:
+
+        async def read_resource(ctx: Any, params: ReadResourceRequestParams) -> Any:
+            done = await read.handler(ctx, params)
+            readers.remember(ctx.session)  # this client follows resources: links will help it
+            return done
+
+        low.add_request_handler("resources/read", ReadResourceRequestParams, read_resource)
     previous = low.get_request_handler("completion/complete")
     low.add_request_handler(
         "completion/complete",
         CompleteRequestParams,
         completion_handler(client_for, previous.handler if previous is not None else None),  # type: ignore[attr-defined]
     )
-    handle = ResourcesHandle(hub, shared)
+    handle = ResourcesHandle(hub, shared, settings, readers)
     _handles[mcp] = handle
     return handle
 
@@ -249,13 +264,17 @@ async def resources_list_changed(mcp: MCPServer) -> None:
 
 
 def output_resource_links(
-    devbox_id: str, execution_id: str, streams: Iterable[Stream] = STREAMS
+    ctx: Context, devbox_id: str, execution_id: str, streams: Iterable[Stream] = STREAMS
 ) -> list[ResourceLink]:
-    """Links to the full output of `streams` of an execution, for a result that had to cut them.
+    """Links to the full output of `streams` of an execution, for a result that had to cut them,
+    if the requesting client can use them (`Settings.resource_links`, see `links`).
 
     Also remembers the execution, so completions can suggest its id (the API cannot list them).
     """
     remember_execution(devbox_id, execution_id)
+    handle = _handles.get(ctx.mcp_server)
+    if handle is None or not handle.readers.wants_links(ctx.session, handle.settings.resource_links):
+        return []
     return [
         ResourceLink(
             type="resource_link",

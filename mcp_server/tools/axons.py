@@ -1,8 +1,9 @@
 """Axon tools: create/list axons, publish events, and query their history with SQL.
 
 `sql_query` is read-only unless `allow_writes` is set: a statement that could write is refused
-before it is sent (see `sql_guard`). Rows come back as objects, bounded in count and size; the
-text carries them once (one JSON object per line) and the structured content the envelope.
+before it is sent (see `sql_guard`). Rows come back bounded in count and size: in the structured
+content as arrays of values in column order (column names once, not per row), in the text as
+one JSON object per line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field, JsonValue
 from ..resources import resources_list_changed
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
-from .common import AxonId, annotations, api_errors, page_text, result, state
+from .common import AxonId, Labels, annotations, api_errors, as_map, page_text, result, state
 from .sql_guard import SqlRefused, check_read_only
 
 SqlParam = str | int | float | bool | None
@@ -48,11 +49,15 @@ class Column(BaseModel):
     type: str | None = None
 
 
-class QueryEnvelope(BaseModel):
+Row = list[JsonValue]
+ROWS_DESCRIPTION = "values in column order (bounded: see note)"
+
+
+class QueryResult(BaseModel):
     axon_id: str
     columns: list[Column]
+    rows: list[Row] = Field(description=ROWS_DESCRIPTION)
     row_count: int = Field(description="rows the statement returned")
-    rows_returned: int
     rows_cut: bool
     changes: int | None = None
     note: str | None = None
@@ -65,10 +70,11 @@ class Statement(BaseModel):
 
 class BatchItem(BaseModel):
     columns: list[str] = Field(default_factory=list)
+    rows: list[Row] = Field(default_factory=list, description=ROWS_DESCRIPTION)
     row_count: int = 0
-    rows_returned: int = 0
     rows_cut: bool = False
     changes: int | None = None
+    note: str | None = None
 
 
 class BatchResult(BaseModel):
@@ -83,17 +89,18 @@ def axon_info(view: AxonView) -> AxonInfo:
     )
 
 
-def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[str, Any]], str | None]:
-    """Rows as objects, cut to `max_rows` and to `budget` bytes of JSON, with a note when cut.
+def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[Row], str | None]:
+    """Rows (value arrays in column order), cut to `max_rows` and to `budget` bytes of JSON, with a
+    note when cut. The budget counts each row as the text shows it (a JSON object).
 
     A row too big for the budget on its own (a large payload) has its long text values cut,
     so even a one-row result stays within the budget."""
-    records = res.records()
-    out: list[dict[str, Any]] = []
+    names = [c.name for c in res.columns]
+    out: list[Row] = []
     used = 0
     clipped = False
-    for row in records[:max_rows]:
-        size = _json_size(row)
+    for row in res.rows[:max_rows]:
+        size = _json_size(names, row)
         if size > budget:
             row, size = _clip_row(row, budget), budget
             clipped = True
@@ -102,9 +109,9 @@ def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[
         out.append(row)
         used += size
     notes = []
-    if len(out) < len(records):
+    if len(out) < len(res.rows):
         why = f"the first {max_rows}" if len(out) == max_rows else f"{len(out)} (the {budget}-byte budget)"
-        notes.append(f"{len(records)} rows; only {why} are returned")
+        notes.append(f"{len(res.rows)} rows; only {why} are returned")
     if clipped:
         notes.append("long values were cut (read them in parts with substr(column, start, length))")
     if not notes:
@@ -112,18 +119,18 @@ def bounded_rows(res: SqlResult, max_rows: int, budget: int) -> tuple[list[dict[
     return out, "; ".join(notes) + ". Narrow the query (WHERE, LIMIT/OFFSET, fewer columns)"
 
 
-def _json_size(row: dict[str, Any]) -> int:
-    return len(json.dumps(row, ensure_ascii=False, default=str).encode()) + 1
+def _json_size(names: list[str], row: list[Any]) -> int:
+    return len(_row_json(names, row).encode()) + 1
 
 
-def _clip_row(row: dict[str, Any], budget: int) -> dict[str, Any]:
+def _clip_row(row: list[Any], budget: int) -> list[Any]:
     """`row` with each text value over its share of `budget` cut to that share, marked."""
     share = max(budget // max(len(row), 1) - 64, 64)
-    clipped: dict[str, Any] = {}
-    for name, value in row.items():
+    clipped: list[Any] = []
+    for value in row:
         if isinstance(value, str) and len(value.encode()) > share:
             value = f"{truncate_utf8(value, share, keep='head')}[… {len(value.encode()) - share} bytes cut]"
-        clipped[name] = value
+        clipped.append(value)
     return clipped
 
 
@@ -132,11 +139,11 @@ def register(server: MCPServer) -> None:
     async def create_axon(
         ctx: Context,
         name: Annotated[str | None, Field(max_length=256)] = None,
-        metadata: Annotated[dict[str, str] | None, Field(description="string labels")] = None,
+        metadata: Annotated[Labels | None, Field(description="string labels")] = None,
     ) -> AxonInfo:
         """Create an axon: an event stream with a SQL-queryable history."""
         with api_errors():
-            view = await state(ctx).client.create_axon(name=name, metadata=metadata)
+            view = await state(ctx).client.create_axon(name=name, metadata=as_map("metadata", metadata))
         await resources_list_changed(ctx.mcp_server)
         return axon_info(view)
 
@@ -178,7 +185,7 @@ def register(server: MCPServer) -> None:
         sql: Annotated[str, Field(min_length=1, max_length=100_000, description="one statement, ? placeholders")],
         params: Annotated[list[SqlParam], Field(max_length=1000)] | None = None,
         allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
-    ) -> Annotated[CallToolResult, QueryEnvelope]:
+    ) -> Annotated[CallToolResult, QueryResult]:
         """Run one SQL statement on an axon's database (events are in table rl_axon_events).
         Read-only unless allow_writes. Rows come back as objects, bounded."""
         if not allow_writes:
@@ -191,17 +198,17 @@ def register(server: MCPServer) -> None:
             # Refused above if it could write: a read is safe to retry after a lost answer.
             res = await st.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
         rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
-        envelope = QueryEnvelope(
+        found = QueryResult(
             axon_id=axon_id,
             columns=[Column(name=c.name, type=c.type) for c in res.columns],
+            rows=rows,
             row_count=len(res.rows),
-            rows_returned=len(rows),
             rows_cut=note is not None,
             changes=res.meta.changes,
             note=note,
         )
-        lines = [_summary(res), *_row_lines(rows, note)]
-        return result(envelope, "\n".join(lines) + "\n")
+        lines = [_summary(res), *_row_lines(res, rows, note)]
+        return result(found, "\n".join(lines) + "\n")
 
     @server.tool(annotations=annotations(destructive=True, title="SQL batch"))
     async def sql_batch(
@@ -230,15 +237,15 @@ def register(server: MCPServer) -> None:
             items.append(
                 BatchItem(
                     columns=names,
+                    rows=rows,
                     row_count=len(item.success.rows),
-                    rows_returned=len(rows),
                     rows_cut=note is not None,
                     changes=item.success.meta.changes,
+                    note=note,
                 )
             )
             lines.append(f"statement {n}: {_summary(item.success)}")
-            lines += _row_lines(rows, note)
-        # Rows go in the text once; the structured content is the envelope (as for sql_query).
+            lines += _row_lines(item.success, rows, note)
         return result(BatchResult(axon_id=axon_id, results=items), "\n".join(lines) + "\n")
 
 
@@ -247,6 +254,12 @@ def _summary(res: SqlResult) -> str:
     return text + (f"; {res.meta.changes} change(s)" if res.meta.changes else "")
 
 
-def _row_lines(rows: list[dict[str, Any]], note: str | None) -> list[str]:
-    lines = [json.dumps(r, ensure_ascii=False, default=str) for r in rows]
+def _row_json(names: list[str], row: list[Any]) -> str:
+    return json.dumps(dict(zip(names, row, strict=False)), ensure_ascii=False, default=str)
+
+
+def _row_lines(res: SqlResult, rows: list[Row], note: str | None) -> list[str]:
+    """The text rendering of rows: one JSON object per line, then the note."""
+    names = [c.name for c in res.columns]
+    lines = [_row_json(names, r) for r in rows]
     return lines + [f"[{note}]"] if note else lines

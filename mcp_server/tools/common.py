@@ -10,7 +10,7 @@ from typing import Annotated
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..runloop import RunloopClient, RunloopError
 from ..settings import Settings
@@ -43,10 +43,13 @@ def api_errors(context: str | None = None) -> Iterator[None]:
 
 
 def result(structured: BaseModel, text: str) -> CallToolResult:
-    """A result whose text is what the model reads and whose structured content is the envelope.
+    """A result whose structured content is the whole result and whose text is its rendering.
 
-    Used by tools with big output: the output goes in the text once (shaped), and the structured
-    content carries ids, status, sizes and offsets, never the output a second time.
+    Many clients hand their model only the structured content when a result has one (Claude
+    Code, Codex, pydantic-ai), others only the text: both must carry everything, so the
+    structured content holds the output itself (typed: shaped stdout and stderr, file text,
+    rows), and the text renders the same result for a model to read (a status line, then the
+    output). Used by tools whose text is not simply the JSON of their result.
     """
     return CallToolResult(
         content=[TextContent(type="text", text=text)],
@@ -55,7 +58,8 @@ def result(structured: BaseModel, text: str) -> CallToolResult:
 
 
 def page_text(kind: str, lines: list[str], has_more: bool, last_id: str | None) -> str:
-    """One line per item for the model to read (the structured content has every field), and how to go on."""
+    """One line per item for the model to read (the structured content has the items with every field),
+    and how to go on."""
     head = f"{len(lines)} {kind}{'' if len(lines) == 1 else 'es' if kind.endswith('x') else 's'}"
     more = f"\nmore: call again with starting_after={last_id}" if has_more and last_id else ""
     return head + (":\n" + "\n".join(lines) if lines else "") + more
@@ -70,6 +74,39 @@ FilePath = Annotated[
     str,
     Field(min_length=1, max_length=4096, description="file path in the devbox (relative paths are from home)"),
 ]
+
+
+class EnvVar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+    value: str
+
+
+# Key/value maps are lists of {name, value}: strict schema converters (OpenAI's strict mode)
+# refuse open objects, whose keys a schema cannot declare.
+EnvVars = Annotated[list[EnvVar], Field(max_length=1000)]
+Labels = Annotated[list[Label], Field(max_length=100)]
+
+
+def as_map(field: str, items: list[EnvVar] | list[Label] | None) -> dict[str, str] | None:
+    """The map a `[{name, value}]` argument stands for; a name given twice is refused.
+
+    Checked here rather than in a pydantic validator, whose message would echo the values
+    (environment values can be secrets)."""
+    if items is None:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        if item.name in out:
+            raise ToolError(f"{field}: name {item.name!r} is given twice; give each name once")
+        out[item.name] = item.value
+    return out
 
 
 def annotations(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from ..resources import resources_list_changed
 from ..runloop import DevboxView, RunloopError
-from .common import DevboxId, annotations, api_errors, page_text, result, state
+from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
 
 READY = ("running", "failure", "shutdown")
 
@@ -72,7 +72,7 @@ def register(server: MCPServer) -> None:
         ctx: Context,
         name: Annotated[str | None, Field(max_length=256, description="a name to find it by")] = None,
         environment_variables: Annotated[
-            dict[str, str] | None, Field(description="environment of every command in the devbox")
+            EnvVars | None, Field(description="environment of every command in the devbox")
         ] = None,
         launch_commands: Annotated[
             list[str] | None, Field(max_length=50, description="shell commands run once at start-up")
@@ -88,7 +88,7 @@ def register(server: MCPServer) -> None:
         with api_errors():
             view = await st.client.create_devbox(
                 name=name,
-                environment_variables=environment_variables,
+                environment_variables=as_map("environment_variables", environment_variables),
                 launch_commands=launch_commands,
                 network_mode=network_mode,
             )

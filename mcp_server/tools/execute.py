@@ -8,8 +8,10 @@ If the wait budget ends first, the call hands off: the command keeps running and
 says where to continue with `stream_logs` (byte offsets counted from what was received).
 If the client cancels the call, the command is killed in the devbox (its process group).
 
-Results: the text content is what the model reads (a status line and the shaped output); the
-structured content is the envelope (ids, status, exit, sizes, offsets), never the output again.
+Results: the structured content is the whole result (ids, status, exit, offsets, and the shaped
+stdout and stderr as strings); the text renders it for a model (a status line, then each
+stream). Both carry the same shaped output, cut at the same points with the same markers:
+clients hand their model one or the other.
 """
 
 from __future__ import annotations
@@ -45,11 +47,11 @@ class OutputEnvelope(BaseModel):
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
     output_complete: bool = Field(description="all output up to the exit was read")
+    stdout: str = Field(description="stdout, cleaned; a marker replaces an omitted middle")
+    stderr: str = Field(description="stderr, cleaned; a marker replaces an omitted middle")
     stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
     stderr_offset: int
-    stdout_bytes: int = Field(description="bytes covered by this result")
-    stderr_bytes: int
-    omitted_bytes: int = Field(description="left out of the text (see its marker)")
+    omitted_bytes: int = Field(description="left out of stdout and stderr (see their markers)")
     hint: str | None = None
 
 
@@ -276,7 +278,7 @@ def register(server: MCPServer) -> None:
                 await _kill_cancelled(st, devbox_id, command, cid, execution_id)
             raise
         duration = time.monotonic() - started
-        return _execute_result(st, devbox_id, execution_id, cid, got, final, duration, wait)
+        return _execute_result(ctx, st, devbox_id, execution_id, cid, got, final, duration, wait)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
     async def stream_logs(
@@ -331,7 +333,8 @@ def register(server: MCPServer) -> None:
             lines.append("matching lines:\n" + "\n".join(got.matches))
         if hint:
             lines.append(hint)
-        return _with_links(result(envelope, "\n".join(lines) + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
+        res = result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
+        return _with_links(ctx, res, devbox_id, execution_id, shaped)
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
     async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
@@ -388,16 +391,16 @@ def _envelope_fields(
         "status": final.status if final.status in ("queued", "running", "completed") else "running",
         "exit_status": final.exit_status if final.status == "completed" else None,
         "output_complete": got.complete,
+        "stdout": shaped["stdout"].text,
+        "stderr": shaped["stderr"].text,
         "stdout_offset": got.offsets["stdout"],
         "stderr_offset": got.offsets["stderr"],
-        "stdout_bytes": got.offsets["stdout"] - got.start["stdout"],
-        "stderr_bytes": got.offsets["stderr"] - got.start["stderr"],
         "omitted_bytes": sum(s.omitted_bytes for s in shaped.values()),
     }
 
 
 def _execute_result(
-    st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
+    ctx: Context, st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
     wait: float,
 ) -> CallToolResult:
     shaped = shape_streams(got, st.settings)
@@ -413,10 +416,14 @@ def _execute_result(
             state_line = f"still {final.status} after {wait:g} s; the command keeps running"
         head = f"{state_line} · execution {execution_id}\n{hint}"
     envelope = ExecuteResult(**fields, hint=hint, command_id=command_id, duration_seconds=round(duration, 3))
-    return _with_links(result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
+    return _with_links(ctx, result(envelope, head + "\n" + render_output(shaped)), devbox_id, execution_id, shaped)
 
 
-def _with_links(res: CallToolResult, devbox_id: str, execution_id: str, shaped: dict[str, Shaped]) -> CallToolResult:
-    """Add links to the full output resources of the streams the result had to cut."""
-    res.content.extend(output_resource_links(devbox_id, execution_id, [s for s in STREAMS if shaped[s].truncated]))
+def _with_links(
+    ctx: Context, res: CallToolResult, devbox_id: str, execution_id: str, shaped: dict[str, Shaped]
+) -> CallToolResult:
+    """Add links to the full output resources of the streams the result had to cut, for a client
+    that can use them (the text and structured content say how to read the rest either way)."""
+    cut = [s for s in STREAMS if shaped[s].truncated]
+    res.content.extend(output_resource_links(ctx, devbox_id, execution_id, cut))
     return res

@@ -2,8 +2,12 @@
 `write_file`.
 
 Binary files are refused unless asked for: their bytes mean nothing as text and base64 costs
-context. On request they come back as image content (PNG, JPEG, GIF, WebP) or an embedded
-resource, under a size cap.
+context. On request, an image (PNG, JPEG, GIF, WebP) comes back as image content, under
+`binary_cap`; another binary file as base64, under the output budget (as any result).
+
+Results: the structured content is the whole result (for text, the selected lines as shaped
+text; for an image, which content block holds it; for other binaries, the base64); the text
+renders it for a model.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import BlobResourceContents, CallToolResult, EmbeddedResource, ImageContent, TextContent
+from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
+from ..settings import Settings
 from ..shaping import line_hint, shape
-from .common import DevboxId, FilePath, annotations, api_errors, state
+from .common import DevboxId, FilePath, annotations, api_errors, result, state
 
 # Text files are scanned up to this size to select lines; beyond it the result says so.
 TEXT_SCAN_BYTES = 32 * 1024 * 1024
@@ -43,10 +48,14 @@ class FileRead(BaseModel):
     kind: Literal["text", "image", "binary"]
     mime_type: str
     size_bytes: int | None = Field(description="None: too large to tell")
+    text: str | None = Field(None, description="the lines read, cleaned; a marker replaces an omitted middle")
     total_lines: int | None = None
     start_line: int | None = None
     end_line: int | None = None
-    omitted_bytes: int = Field(0, description="left out of the text (see its marker)")
+    omitted_bytes: int = Field(0, description="left out of text (see its marker)")
+    scanned_bytes: int | None = Field(None, description="set when only the file's first bytes were read")
+    content_index: int | None = Field(None, description="image: index of the image content block")
+    base64: str | None = Field(None, description="binary: the file's bytes")
 
 
 class FileWritten(BaseModel):
@@ -96,6 +105,14 @@ def select_lines(text: str, start_line: int | None, end_line: int | None, tail_l
     return "".join(lines[first:last]), first + 1, max(last, first), total
 
 
+def binary_cap(settings: Settings, mime: str) -> int:
+    """Largest binary file read_file returns: an image is shown as an image, other bytes go to the
+    model as base64 text, which must fit the output budget like any result."""
+    if mime in IMAGE_TYPES:
+        return settings.binary_cap
+    return min(settings.binary_cap, settings.output_budget * 3 // 4)
+
+
 def register(server: MCPServer) -> None:
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Read file"))
     async def read_file(
@@ -105,46 +122,43 @@ def register(server: MCPServer) -> None:
         start_line: Annotated[int | None, Field(ge=1, description="1-based")] = None,
         end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
         tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
-        binary: Annotated[bool, Field(description="return a binary file (size-capped)")] = False,
+        binary: Annotated[
+            bool, Field(description="return a binary file: an image as image content, other bytes as base64 (size-capped)")
+        ] = False,
     ) -> Annotated[CallToolResult, FileRead]:
         """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.
         Binary files are refused with their size and type unless binary is true."""
         if tail_lines is not None and (start_line is not None or end_line is not None):
             raise ToolError("use either tail_lines or start_line/end_line, not both")
         st = state(ctx)
-        cap = max(TEXT_SCAN_BYTES, st.settings.binary_cap)
         with api_errors():
-            got = await st.client.download_file(devbox_id, path, max_bytes=cap)
+            got = await st.client.download_file(devbox_id, path, max_bytes=max(TEXT_SCAN_BYTES, st.settings.binary_cap))
         data = got.data
         mime, is_binary = sniff_type(path, data)
         size = got.size if got.truncated else len(data)
         size_text = f"{size} bytes" if size is not None else f"more than {len(data)} bytes"
         if is_binary:
+            cap = binary_cap(st.settings, mime)
             if not binary:
                 raise ToolError(
                     f"{path} is a binary file ({mime}, {size_text}); not returned as text. "
-                    f"Pass binary: true to get it (up to {st.settings.binary_cap} bytes)"
+                    f"Pass binary: true to get it (up to {cap} bytes)"
                 )
-            if got.truncated or len(data) > st.settings.binary_cap:
+            if got.truncated or len(data) > cap:
                 raise ToolError(
-                    f"{path} is {size_text} ({mime}), over the {st.settings.binary_cap}-byte cap for binary reads; "
+                    f"{path} is {size_text} ({mime}), over the {cap}-byte cap for binary reads; "
                     "process it in the devbox instead (e.g. execute with file, head, xxd)"
                 )
-            envelope = FileRead(
-                path=path, kind="image" if mime in IMAGE_TYPES else "binary", mime_type=mime, size_bytes=size
-            )
             blob = base64.b64encode(data).decode()
+            head = f"{path}: {mime}, {size} bytes"
             if mime in IMAGE_TYPES:
-                block = ImageContent(type="image", data=blob, mime_type=mime)
-            else:
-                uri = f"devbox://{devbox_id}/files/{path.lstrip('/')}"
-                block = EmbeddedResource(
-                    type="resource", resource=BlobResourceContents(uri=uri, mime_type=mime, blob=blob)
+                envelope = FileRead(path=path, kind="image", mime_type=mime, size_bytes=size, content_index=1)
+                return CallToolResult(
+                    content=[TextContent(type="text", text=head), ImageContent(type="image", data=blob, mime_type=mime)],
+                    structured_content=envelope.model_dump(mode="json"),
                 )
-            return CallToolResult(
-                content=[TextContent(type="text", text=f"{path}: {mime}, {size} bytes"), block],
-                structured_content=envelope.model_dump(mode="json"),
-            )
+            envelope = FileRead(path=path, kind="binary", mime_type=mime, size_bytes=size, base64=blob)
+            return result(envelope, f"{head}, base64:\n{blob}\n")
         if binary:
             raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
         if got.truncated and tail_lines is not None:
@@ -157,17 +171,15 @@ def register(server: MCPServer) -> None:
         selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
         shaped = shape(selected, st.settings.output_budget, label=path, hint=line_hint, base_line=first)
         envelope = FileRead(
-            path=path, kind="text", mime_type=mime, size_bytes=size, total_lines=total,
+            path=path, kind="text", mime_type=mime, size_bytes=size, text=shaped.text, total_lines=total,
             start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
+            scanned_bytes=len(data) if got.truncated else None,
         )
         note = ""
         if got.truncated:
             note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
         head = f"{path}: lines {first}-{last} of {total}{note}\n"
-        return CallToolResult(
-            content=[TextContent(type="text", text=head + shaped.text)],
-            structured_content=envelope.model_dump(mode="json"),
-        )
+        return result(envelope, head + shaped.text)
 
     @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Write file"))
     async def write_file(
