@@ -93,6 +93,13 @@ def test_wrong_scheme_is_refused(url: str, leaks: list) -> None:
     assert response.status_code == 401
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_scheme_is_case_insensitive(url: str, leaks: list, scheme: str) -> None:
+    # RFC 7235: the auth scheme is a case-insensitive token.
+    response = post(url, leaks, {"Authorization": f"{scheme} {TOKEN}"})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("name", ["access_token", "token"])
 def test_token_in_query_string_is_refused_even_when_right(url: str, leaks: list, name: str) -> None:
     response = post(url + f"?{name}={TOKEN}", leaks, auth())

@@ -17,18 +17,21 @@ from .errors import ApiError, api_error_handler, unexpected_error_handler
 
 
 class BearerAuth:
-    """Lets through only requests that carry `Authorization: Bearer <api key>` (except `/healthz`)."""
+    """Lets through only requests that carry `Authorization: Bearer <api key>` (except `/healthz`).
+
+    The scheme is matched case-insensitively (RFC 7235): `bearer <key>` is the same credential.
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/healthz":
             await self.app(scope, receive, send)
             return
-        got = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(got, self._expected):
+        scheme, _, presented = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(presented.strip(b" \t"), self._expected):
             message = "missing or wrong API key: send 'Authorization: Bearer <key>' with the key the backend printed at start-up"
             response = JSONResponse({"message": message}, status_code=401)
             await response(scope, receive, send)
