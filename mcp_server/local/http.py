@@ -3,33 +3,68 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_JSON_BODY = 64 * 1024 * 1024
+# No API field needs a longer number; Python refuses to convert integers of more than 4300 digits.
+MAX_NUMBER_DIGITS = 1000
+
+
+async def body_chunks(request: Request, limit: int, hint: str = "") -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused with 413 as soon as it passes `limit` bytes.
+
+    Every route reads its body through here: a chunked body has no Content-Length to check up
+    front, so the bytes are counted while they arrive and nothing past the limit is read.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {limit} bytes{hint}")
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, f"request body is more than {limit} bytes, the limit{hint}; nothing was done")
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        # Nobody is left to read an answer; the status only keeps it out of the error log.
+        raise ApiError(400, "the client closed the connection before the whole request body arrived") from None
+
+
+async def read_body(request: Request, limit: int = MAX_JSON_BODY) -> bytearray:
+    """The whole body (at most `limit` bytes), in one buffer that grows in place."""
+    body = bytearray()
+    async for chunk in body_chunks(request, limit, " (files this large go through upload_file)"):
+        body += chunk
+    return body
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body into `model`: 400 for malformed JSON, 422 for wrong fields.
+    """Parse a JSON body into `model`: 413 past the size limit, 400 for malformed JSON, 422 for wrong fields.
 
     An empty body counts as `{}` because the SDK sends none for argument-less POSTs.
     """
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BODY:
-        raise ApiError(413, f"request body is {len(raw)} bytes; the limit is {MAX_JSON_BODY}")
+    raw = await read_body(request)
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant) if raw.strip() else {}
+        data = (
+            json.loads(raw, parse_constant=_refuse_constant, parse_int=_parse_int, parse_float=_parse_float)
+            if raw.strip()
+            else {}
+        )
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -51,6 +86,26 @@ async def parse_body(request: Request, model: type[M]) -> M:
 def _refuse_constant(name: str) -> Any:
     """NaN and Infinity are not JSON; accepted, they would be stored and then break every view that echoes them."""
     raise ApiError(400, f"request body is not valid JSON: {name} is not a JSON number; send a finite number or a string")
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ApiError(
+            400, f"request body holds a number of {len(text)} digits; numbers may have at most {MAX_NUMBER_DIGITS}"
+        )
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    """`1e999` parses as infinity, which is no more a JSON number than `Infinity` is."""
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ApiError(
+            400, f"request body holds a number of {len(text)} characters; numbers may have at most {MAX_NUMBER_DIGITS}"
+        )
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, f"request body holds the number {text[:40]}, which is too large for a 64-bit float")
+    return value
 
 
 # JSON may spell a lone UTF-16 surrogate (`"\ud800"`), which no file, process or database can
