@@ -22,9 +22,12 @@ from backend_process import (
     open_chunked,
     send_chunked,
     tmpfs,
+    used_bytes,
 )
 
+from mcp_server.local import files
 from mcp_server.local.http import MAX_JSON_BODY
+from mcp_server.local.server import RunningBackend
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs as the backend's TMPDIR")
 
@@ -87,6 +90,50 @@ def test_a_chunked_json_body_is_refused_at_the_limit_not_buffered(
     # What the backend held is the limit, not the body (it held 839 MB when it buffered it all).
     assert growth < MAX_JSON_BODY + 32 * MiB, f"peak RSS grew by {growth / MiB:.0f} MiB"
     assert f"more than {MAX_JSON_BODY} bytes" in json.loads(result.body)["message"]
+
+
+@pytest.mark.parametrize("path_first", [True, False], ids=["path-first", "file-first"])
+def test_a_chunked_upload_streams_into_the_devbox_not_into_tmp(
+    proc: BackendProcess, proc_devbox: str, tmp_path_factory: pytest.TempPathFactory, path_first: bool
+) -> None:
+    size = 64 * MiB  # 16 times the backend's TMPDIR
+    target = f"uploads/{'a' if path_first else 'b'}.bin"
+    assert proc.tmpdir is not None
+    before = proc.reset_peak_rss()
+    if path_first:
+        head, tail = field("path", target) + file_head(), END
+    else:
+        head, tail = file_head(), b"\r\n" + field("path", target)[:-2] + END
+    result = send_chunked(
+        proc.port, f"/v1/devboxes/{proc_devbox}/upload_file", {**proc.headers, **MULTIPART}, head, b"u" * MiB, size, tail
+    )
+    growth = proc.peak_rss() - before
+    assert result.status == 200, result
+    home = _home(proc, proc_devbox)
+    assert (home / target).stat().st_size == size
+    with open(home / target, "rb") as fh:
+        assert fh.read(16) == b"u" * 16
+    assert growth < 16 * MiB, f"peak RSS grew by {growth / MiB:.0f} MiB"
+    assert os.listdir(proc.tmpdir) == [] and used_bytes(proc.tmpdir) == 0
+    state = home.parent / files.PARTIAL_WRITES_DIR
+    assert list(state.iterdir()) == []  # a spooled file part (file-first) is gone once written
+
+
+def test_a_chunked_upload_past_the_limit_is_refused_while_it_arrives(
+    backend: RunningBackend, devbox_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "MAX_UPLOAD_BYTES", MiB)  # the backend runs in this process
+    port = int(backend.base_url.rsplit(":", 1)[1])
+    headers = {"Authorization": f"Bearer {backend.api_key}", **MULTIPART}
+    result = send_chunked(
+        port, f"/v1/devboxes/{devbox_id}/upload_file", headers, field("path", "over.bin") + file_head(), b"o" * MiB, 64 * MiB, END
+    )
+    assert result.status == 413, result
+    assert f"more than {MiB} bytes" in json.loads(result.body)["message"]
+    assert result.sent < 16 * MiB, result.sent
+    home = backend.config.data_dir / "devboxes" / devbox_id / "home"
+    assert not (home / "over.bin").exists()
+    assert [p.name for p in home.iterdir() if p.name.startswith(files.PARTIAL_PREFIX)] == []
 
 
 @pytest.fixture(scope="module")

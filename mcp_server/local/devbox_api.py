@@ -6,12 +6,11 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from . import files
+from . import files, uploads
 from .config import Component, LocalConfig
 from .devboxes import STATUSES, DevboxManager
 from .errors import ApiError
@@ -274,36 +273,7 @@ class DevboxRoutes:
 
     async def upload_file(self, request: Request) -> Response:
         devbox = self.manager.require_running(request.path_params["id"])
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > files.MAX_UPLOAD_BYTES + 1024 * 1024:
-            raise ApiError(413, f"upload is {declared} bytes; the limit is {files.MAX_UPLOAD_BYTES} bytes")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "upload_file takes multipart/form-data with a 'path' field and a 'file' part")
-        try:
-            form_cm = request.form(max_files=1, max_fields=10)
-            form = await form_cm.__aenter__()
-        except Exception as exc:  # starlette raises several types for a bad multipart body
-            raise ApiError(400, f"upload_file body is not valid multipart/form-data: {exc}") from None
-        try:
-            upload = form.get("file")
-            path = form.get("path")
-            if not isinstance(upload, UploadFile):
-                raise ApiError(400, "upload_file needs a 'file' part with the file's bytes")
-            if not isinstance(path, str):
-                raise ApiError(400, "upload_file needs a 'path' field (relative to /home/user, or absolute)")
-            path = files.check_path(path, "path")
-            if upload.size is not None and upload.size > files.MAX_UPLOAD_BYTES:
-                raise ApiError(
-                    413, f"upload is {upload.size} bytes; the limit is {files.MAX_UPLOAD_BYTES} bytes"
-                )
-
-            async def chunks():  # noqa: ANN202 - async generator
-                while chunk := await upload.read(files.CHUNK):
-                    yield chunk
-
-            await files.write(devbox, path, chunks())
-        finally:
-            await form.close()
+        path = await uploads.receive(request, devbox)
         self.manager.add_log(devbox.id, {"source": "files", "message": f"uploaded {path}"})
         return JSONResponse({})
 

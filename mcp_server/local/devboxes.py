@@ -173,6 +173,7 @@ class DevboxManager:
                 log.warning("skipping unreadable devbox record %s: %s", path, exc)
                 continue
             self._devboxes[devbox.id] = devbox
+            await asyncio.to_thread(self._remove_partial_writes, devbox)
             if devbox.status in ("running", "suspending", "resuming"):
                 # Its processes died with the previous backend; its home is intact.
                 self._transition(devbox, "suspended")
@@ -203,6 +204,18 @@ class DevboxManager:
                 await self._stop_sandbox(devbox)
                 if devbox.status in _LIVE:
                     self._transition(devbox, "suspended")
+
+    @staticmethod
+    def _remove_partial_writes(devbox: Devbox) -> None:
+        from .files import remove_partial_writes  # files imports this module
+
+        try:
+            removed = remove_partial_writes(devbox)
+        except OSError as exc:
+            log.warning("could not remove the partial writes of devbox %s: %s", devbox.id, exc)
+            return
+        if removed:
+            log.info("devbox %s: removed %d temporary files of writes cut short by a restart", devbox.id, removed)
 
     def _load(self, path: Path) -> Devbox:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -390,8 +403,9 @@ class DevboxManager:
             path.mkdir(exist_ok=True)
         os.chmod(devbox.home, 0o755)
         os.chmod(devbox.tmp, 0o1777)
-        from .files import write_mounted_file  # files imports this module
+        from .files import partial_writes_dir, write_mounted_file  # files imports this module
 
+        partial_writes_dir(devbox)
         for path, contents in devbox.file_mounts.items():
             write_mounted_file(devbox, path, contents)
 

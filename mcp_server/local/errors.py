@@ -7,8 +7,10 @@ generic message (the details go to the log, never to the client).
 
 from __future__ import annotations
 
+import errno
 import logging
 
+import apsw
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -32,6 +34,28 @@ def not_found(kind: str, ident: str) -> ApiError:
 
 def conflict(message: str) -> ApiError:
     return ApiError(409, message)
+
+
+# -- a full disk ----------------------------------------------------------------------------
+# Not the client's fault and not a bug: 507 (Insufficient Storage) with a message that says so.
+# Each write path leaves nothing half-written and answers `disk_full(...)`.
+
+DISK_FULL_STATUS = 507
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, apsw.FullError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(action: str) -> ApiError:
+    """The error for a write refused by a full disk, once the write path has undone what it began."""
+    return ApiError(
+        DISK_FULL_STATUS,
+        f"cannot {action}: the disk is full (no space left where the embedded backend keeps its data); "
+        "nothing was changed. Free space (shut down devboxes you no longer need, delete files) and retry",
+    )
 
 
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:

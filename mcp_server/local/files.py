@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import os
 import posixpath
+import re
+import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .devboxes import Devbox
-from .errors import ApiError
+from .errors import ApiError, disk_full, is_disk_full
 from .sandbox import SANDBOX_HOME
 
 MAX_PATH_BYTES = 4096
@@ -42,13 +44,14 @@ exec cat <&3
 
 # Prints OK once ready to receive, writes stdin to a temporary file next to the target and
 # renames it into place only when all of it arrived (so no reader ever sees half a file), then DONE.
+# The temporary file's name carries the write's token ($2): see `remove_partial_writes`.
 _WRITE_SCRIPT = r"""
 p=$1
 case "$p" in */) echo "ERR EISDIR"; exit 0;; esac
 d=$(dirname -- "$p")
 if ! err=$(mkdir -p -- "$d" 2>&1); then echo "ERR EWRITE ${err##*: }"; exit 0; fi
 if [ -d "$p" ]; then echo "ERR EISDIR"; exit 0; fi
-if ! t=$(mktemp -p "$d" ".upload.XXXXXXXX" 2>&1); then echo "ERR EWRITE ${t##*: }"; exit 0; fi
+if ! t=$(mktemp -p "$d" "@PARTIAL_PREFIX@$2.XXXXXX" 2>&1); then echo "ERR EWRITE ${t##*: }"; exit 0; fi
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' TERM INT
 echo OK
@@ -58,6 +61,12 @@ if ! err=$(mv -fT -- "$t" "$p" 2>&1); then echo "ERR EWRITE ${err##*: }"; exit 0
 trap - EXIT
 echo DONE
 """
+# A name no user file has by chance: the prefix and a random token of the backend's own.
+PARTIAL_PREFIX = ".devbox-mcp-partial."
+PARTIAL_WRITES_DIR = "partial-writes"  # in the devbox's state directory, out of the sandbox's reach
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_WRITE_SCRIPT = _WRITE_SCRIPT.replace("@PARTIAL_PREFIX@", PARTIAL_PREFIX)
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 
 
 def check_path(path: object, field: str) -> str:
@@ -89,14 +98,22 @@ def _status_error(devbox: Devbox, path: str, line: str, *, writing: bool) -> Api
     if code == "EACCES":
         return ApiError(403, f"permission denied: the devbox user cannot read {where}")
     if writing:
-        return ApiError(400, f"cannot write {where}: {detail.strip() or 'write failed'}")
+        return _write_error(devbox, path, detail.strip() or "write failed")
     return ApiError(400, f"cannot read {where}: {detail.strip() or line}")
 
 
-async def _start(devbox: Devbox, script: str, path: str, *, stdin: int) -> asyncio.subprocess.Process:
+def _write_error(devbox: Devbox, path: str, reason: str) -> ApiError:
+    if any(text in reason for text in _DISK_FULL_TEXTS):
+        return disk_full(f"write {_describe(devbox, path)}")
+    return ApiError(400, f"cannot write {_describe(devbox, path)}: {reason}")
+
+
+async def _start(
+    devbox: Devbox, script: str, path: str, *, stdin: int, token: str = ""
+) -> asyncio.subprocess.Process:
     assert devbox.sandbox is not None
     return await devbox.sandbox.spawn(
-        script, env={}, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, args=(path,)
+        script, env={}, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, args=(path, token)
     )
 
 
@@ -183,46 +200,119 @@ async def download(devbox: Devbox, path: str) -> tuple[int, AsyncIterator[bytes]
 
 
 async def write(devbox: Devbox, path: str, source: bytes | AsyncIterator[bytes]) -> None:
-    """Write a file atomically (temp file + rename), creating parent directories."""
-    proc = await _start(devbox, _WRITE_SCRIPT, path, stdin=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    done = False
+    """Write a file atomically (temp file + rename), creating parent directories.
+
+    The write's token is recorded in the devbox's state directory until the script is done
+    with its temporary file, so a temporary file orphaned by a backend killed mid-write is
+    found and removed at the next start (`remove_partial_writes`).
+    """
+    token = secrets.token_hex(16)
     try:
-        line = await _status_line(proc, devbox, path, "write")
-        if line != "OK":
-            if not line:
-                raise ApiError(400, f"cannot write {_describe(devbox, path)}: the devbox did not answer")
-            raise _status_error(devbox, path, line, writing=True)
-        try:
-            if isinstance(source, bytes):
-                proc.stdin.write(source)
-                await proc.stdin.drain()
-            else:
-                async for chunk in source:
-                    proc.stdin.write(chunk)
-                    await proc.stdin.drain()
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the writer failed; its stderr says why
-        rest = (await proc.stdout.read()).decode(errors="replace").strip()
-        err = (await proc.stderr.read(4096)).decode(errors="replace").strip()
-        await proc.wait()
-        if rest.endswith("DONE"):
-            done = True
-            return
-        if rest.startswith("ERR"):
-            raise _status_error(devbox, path, rest, writing=True)
-        reason = err.rsplit(": ", 1)[-1] if err else "the write did not complete"
-        raise ApiError(400, f"cannot write {_describe(devbox, path)}: {reason}")
+        marker = partial_writes_dir(devbox) / token
+        marker.touch(exist_ok=False)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(f"write {_describe(devbox, path)}") from None
+        raise
+    try:
+        proc = await _start(devbox, _WRITE_SCRIPT, path, stdin=subprocess.PIPE, token=token)
+    except BaseException:
+        marker.unlink(missing_ok=True)
+        raise
+    try:
+        await _feed(proc, devbox, path, source)
     finally:
-        if not done and proc.returncode is None:
-            # Interrupted (client gone, error): TERM lets the script remove its temporary file.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except (TimeoutError, asyncio.CancelledError):
-                await _kill(proc)
+        if await _end(proc):
+            marker.unlink(missing_ok=True)
+
+
+async def _feed(
+    proc: asyncio.subprocess.Process, devbox: Devbox, path: str, source: bytes | AsyncIterator[bytes]
+) -> None:
+    """Send `source` to the write script and read its verdict."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    line = await _status_line(proc, devbox, path, "write")
+    if line != "OK":
+        if not line:
+            raise ApiError(400, f"cannot write {_describe(devbox, path)}: the devbox did not answer")
+        raise _status_error(devbox, path, line, writing=True)
+    try:
+        if isinstance(source, bytes):
+            proc.stdin.write(source)
+            await proc.stdin.drain()
+        else:
+            async for chunk in source:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the writer failed; its stderr says why
+    rest = (await proc.stdout.read()).decode(errors="replace").strip()
+    err = (await proc.stderr.read(4096)).decode(errors="replace").strip()
+    await proc.wait()
+    if rest.endswith("DONE"):
+        return
+    if rest.startswith("ERR"):
+        raise _status_error(devbox, path, rest, writing=True)
+    raise _write_error(devbox, path, err.rsplit(": ", 1)[-1] if err else "the write did not complete")
+
+
+async def _end(proc: asyncio.subprocess.Process) -> bool:
+    """Make sure the write script ended; True when it exited on its own terms, its temporary file gone.
+
+    A script killed by a signal (its sandbox stopped, or it ignored TERM) may leave its temporary
+    file; its record then stays for `remove_partial_writes`.
+    """
+    if proc.returncode is not None:
+        return proc.returncode >= 0
+    # Interrupted (client gone, error): TERM lets the script remove its temporary file (its trap).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+        return True
+    except (TimeoutError, asyncio.CancelledError):
+        await _kill(proc)
+        return False
+
+
+def partial_writes_dir(devbox: Devbox) -> Path:
+    """Where writes in flight are recorded (and early upload parts spooled): backend-private."""
+    path = devbox.state_dir / PARTIAL_WRITES_DIR
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def remove_partial_writes(devbox: Devbox) -> int:
+    """At start-up, before the devbox runs: remove what writes cut short by a dead backend left.
+
+    Only the temporary files of writes recorded as in flight are removed, found by their
+    exact tokens, so a user's file of a similar name stays. The walk never follows a symlink
+    and removes by directory handle, and no devbox process runs yet to swap a directory for a
+    link meanwhile. Returns how many temporary files were removed.
+    """
+    journal = devbox.state_dir / PARTIAL_WRITES_DIR
+    try:
+        entries = os.listdir(journal)
+    except FileNotFoundError:
+        return 0
+    tokens = [name for name in entries if _TOKEN.fullmatch(name)]
+    removed = 0
+    if tokens:
+        leftover = re.compile(re.escape(PARTIAL_PREFIX) + "(" + "|".join(tokens) + r")\.[A-Za-z0-9]{6}")
+        for root in (devbox.home, devbox.tmp):
+            if not root.is_dir() or root.is_symlink():
+                continue
+            for _dir, _subdirs, names, dir_fd in os.fwalk(root, follow_symlinks=False):
+                for name in names:
+                    if leftover.fullmatch(name):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(name, dir_fd=dir_fd)
+                            removed += 1
+    for name in entries:  # the records, and spooled upload parts (uploads.py)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal / name)
+    return removed
 
 
 def home_relative(path: str, field: str) -> str:
@@ -243,5 +333,9 @@ def write_mounted_file(devbox: Devbox, path: str, contents: str) -> None:
         if not parent.exists():
             parent.mkdir()
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(contents)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(contents)
+    except OSError:
+        target.unlink(missing_ok=True)  # a full disk: no half file in the devbox
+        raise
