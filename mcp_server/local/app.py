@@ -6,6 +6,7 @@ import contextlib
 import hmac
 from collections.abc import AsyncIterator
 
+import apsw
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import axon_api, devbox_api
 from .config import LocalConfig
-from .errors import ApiError, api_error_handler, unexpected_error_handler
+from .errors import ApiError, api_error_handler, os_error_handler, unexpected_error_handler
 
 
 class BearerAuth:
@@ -67,7 +68,13 @@ def create_app(config: LocalConfig) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error_handler, Exception: unexpected_error_handler},
+        exception_handlers={
+            ApiError: api_error_handler,
+            # Handled here rather than as `Exception`, which Starlette re-raises to the server's log.
+            OSError: os_error_handler,
+            apsw.FullError: os_error_handler,
+            Exception: unexpected_error_handler,
+        },
     )
     app.add_middleware(BearerAuth, api_key=config.api_key)
     app.state.components = components

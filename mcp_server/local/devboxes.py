@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LocalConfig
-from .errors import ApiError
+from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
 from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
 
@@ -44,13 +44,18 @@ def now_ms() -> int:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` as JSON so that a crash leaves either the old or the new file."""
+    """Replace `path` with `data` as JSON so that a crash or a full disk leaves either the old or the new file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass
@@ -155,6 +160,7 @@ class DevboxManager:
         self._watchers: set[asyncio.Future[None]] = set()
         self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
         self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
+        self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
 
@@ -232,6 +238,7 @@ class DevboxManager:
 
     def _save(self, devbox: Devbox) -> None:
         write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
+        self._unsaved.discard(devbox.id)
 
     def all(self) -> list[Devbox]:
         return sorted(self._devboxes.values(), key=lambda d: (d.create_time_ms, d.id))
@@ -259,9 +266,16 @@ class DevboxManager:
         devbox.logs.append(entry)
         if len(devbox.logs) > MAX_LOG_ENTRIES:
             del devbox.logs[: len(devbox.logs) - MAX_LOG_ENTRIES]
+        line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
         try:
-            with open(devbox.state_dir / "logs.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            with open(devbox.state_dir / "logs.jsonl", "ab") as fh:
+                end = fh.seek(0, os.SEEK_END)
+                try:
+                    fh.write(line)
+                    fh.flush()
+                except OSError:
+                    fh.truncate(end)  # no half line for the next entry to run into
+                    raise
         except OSError as exc:
             log.warning("could not persist a log entry of %s: %s", devbox_id, exc)
 
@@ -273,7 +287,14 @@ class DevboxManager:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def _transition(self, devbox: Devbox, status: str, **extra: Any) -> None:
+    def _transition(self, devbox: Devbox, status: str, *, refuse_unsaved: str | None = None, **extra: Any) -> None:
+        """Move to `status` and record it in devbox.json.
+
+        When the record cannot be written (a full disk), a change that has not happened yet
+        (`refuse_unsaved` names it) is undone and refused with 507; one that already happened
+        (a sandbox that stopped) stands in memory and reaches the disk with the next save.
+        """
+        before = (devbox.status, devbox.end_time_ms)
         devbox.status = status
         transition: dict[str, Any] = {"status": status, "transition_time_ms": now_ms()}
         if status == "failure" and devbox.failure_reason:
@@ -282,7 +303,17 @@ class DevboxManager:
         devbox.state_transitions.append(transition)
         if status in ("shutdown", "failure"):
             devbox.end_time_ms = transition["transition_time_ms"]
-        self._save(devbox)
+        try:
+            self._save(devbox)
+        except OSError as exc:
+            if refuse_unsaved is not None:
+                devbox.status, devbox.end_time_ms = before
+                devbox.state_transitions.pop()
+                if is_disk_full(exc):
+                    raise disk_full(refuse_unsaved) from None
+                raise
+            self._unsaved.add(devbox.id)
+            log.warning("could not record that devbox %s is %s: %s", devbox.id, status, exc)
         if status == "running":
             self._arm_keep_alive(devbox)
         else:
@@ -353,11 +384,17 @@ class DevboxManager:
             entrypoint=entrypoint or None,
             unsafe=unsafe,
         )
-        devbox.state_dir.mkdir(mode=0o700)
         devbox.state_transitions.append(
             {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
         )
-        self._save(devbox)
+        try:
+            devbox.state_dir.mkdir(mode=0o700)
+            self._save(devbox)
+        except OSError as exc:
+            shutil.rmtree(devbox.state_dir, ignore_errors=True)  # no half-made devbox to find at the next start
+            if is_disk_full(exc):
+                raise disk_full("create a devbox") from None
+            raise
         self._devboxes[devbox_id] = devbox
         self._spawn_task(devbox_id, self._boot(devbox))
         return devbox
@@ -386,12 +423,13 @@ class DevboxManager:
         except Exception as exc:  # whatever went wrong, the devbox must end in `failure`, not hang
             if not isinstance(exc, SandboxError | OSError):
                 log.exception("devbox %s failed to start", devbox.id)
+            reason = "the disk is full; free space and create the devbox again" if is_disk_full(exc) else exc
             self.add_log(
                 devbox.id,
                 {
                     "level": "error",
                     "source": "setup_commands",
-                    "message": f"the sandbox failed to start: {exc}",
+                    "message": f"the sandbox failed to start: {reason}",
                 },
             )
             await self._stop_sandbox(devbox)
@@ -550,7 +588,7 @@ class DevboxManager:
                     400,
                     f"devbox {devbox_id} is {devbox.status}, not running; only a running devbox can be suspended",
                 )
-            self._transition(devbox, "suspending")
+            self._transition(devbox, "suspending", refuse_unsaved=f"suspend devbox {devbox_id}")
             await self._stop_sandbox(devbox)
             self._transition(devbox, "suspended")
             return devbox
@@ -563,7 +601,7 @@ class DevboxManager:
                     400,
                     f"devbox {devbox_id} is {devbox.status}, not suspended; only a suspended devbox can be resumed",
                 )
-            self._transition(devbox, "resuming")
+            self._transition(devbox, "resuming", refuse_unsaved=f"resume devbox {devbox_id}")
             self._spawn_task(devbox_id, self._resume(devbox))
             return devbox
 
@@ -609,6 +647,11 @@ class DevboxManager:
         # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
         await asyncio.to_thread(_remove_tree, devbox.home)
         await asyncio.to_thread(_remove_tree, devbox.tmp)
+        if devbox.id in self._unsaved:  # shut down on a full disk: its home's space is free now
+            try:
+                self._save(devbox)
+            except OSError as exc:
+                log.warning("could not record that devbox %s is shut down: %s", devbox.id, exc)
         return devbox
 
     # -- keep-alive ------------------------------------------------------------------------
@@ -654,11 +697,18 @@ class DevboxManager:
 
     def update(self, devbox_id: str, *, name: str | None, metadata: dict[str, str] | None) -> Devbox:
         devbox = self.get(devbox_id)
+        before = (devbox.name, devbox.metadata)
         if name is not None:
             devbox.name = name
         if metadata is not None:
             devbox.metadata = dict(metadata)
-        self._save(devbox)
+        try:
+            self._save(devbox)
+        except OSError as exc:
+            devbox.name, devbox.metadata = before
+            if is_disk_full(exc):
+                raise disk_full(f"update devbox {devbox_id}") from None
+            raise
         return devbox
 
 

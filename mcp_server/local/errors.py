@@ -38,7 +38,8 @@ def conflict(message: str) -> ApiError:
 
 # -- a full disk ----------------------------------------------------------------------------
 # Not the client's fault and not a bug: 507 (Insufficient Storage) with a message that says so.
-# Each write path leaves nothing half-written and answers `disk_full(...)`.
+# Each write path leaves nothing half-written and answers `disk_full(...)`; the handlers below
+# catch whatever path was missed, so a full disk is never a 500.
 
 DISK_FULL_STATUS = 507
 
@@ -61,6 +62,18 @@ def disk_full(action: str) -> ApiError:
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse({"message": exc.message}, status_code=exc.status)
+
+
+async def os_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk that a write path did not handle itself: still a 507 and no traceback; other OS errors are bugs."""
+    if not is_disk_full(exc):
+        return await unexpected_error_handler(request, exc)
+    log.warning("disk full on %s %s: %s", request.method, request.url.path, exc)
+    message = (
+        "the disk is full (no space left where the embedded backend keeps its data), so the request did not "
+        "complete. Free space (shut down devboxes you no longer need, delete files) and retry"
+    )
+    return JSONResponse({"message": message}, status_code=DISK_FULL_STATUS)
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from starlette.routing import Route
 
 from . import childwatch
-from .errors import ApiError, not_found
+from .errors import ApiError, disk_full, is_disk_full, not_found
 from .http import IdempotencyCache
 from .ids import new_id
 from .output import FileWatcher, OutputSource, tail_lines
@@ -173,7 +174,13 @@ class ExecutionStore:
         line = (json.dumps(asdict(record), separators=(",", ":")) + "\n").encode()
         fd = os.open(self.root / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
+            end = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                if os.write(fd, line) != len(line):  # a full disk takes what fits
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                os.ftruncate(fd, end)  # no torn line for the next one to run into
+                raise
         finally:
             os.close(fd)
 
@@ -368,7 +375,14 @@ class ExecutionManager:
             finally:
                 os.close(out_fd)
                 os.close(err_fd)
-            store.append(record)
+            try:
+                store.append(record)
+            except OSError as exc:  # an execution without a record would be lost at the next start
+                signal_group(ex.process, signal.SIGKILL)
+                await ex.process.wait()
+                if is_disk_full(exc):
+                    raise disk_full(f"start the command in devbox {devbox_id} (it was stopped at once)") from None
+                raise
             table[execution_id] = ex
             if command_id:
                 self._by_command_id[(devbox.id, command_id)] = ex
@@ -390,7 +404,10 @@ class ExecutionManager:
             return
         record = ex.record
         record.status, record.exit_status, record.end_time_ms = "completed", exit_status, now_ms()
-        self._store(record.devbox_id).append(record)
+        try:
+            self._store(record.devbox_id).append(record)
+        except OSError as exc:  # the next start marks it ended with the backend; waiters must not hang
+            log.warning("could not record the end of execution %s: %s", record.execution_id, exc)
         if ex.process is not None and ex.process.stdin is not None and not ex.stdin_closed:
             ex.stdin_closed = True
             ex.process.stdin.close()
