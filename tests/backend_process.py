@@ -172,6 +172,17 @@ def open_chunked(
     return sock
 
 
+def finish_chunked(sock: socket.socket, tail: bytes) -> ChunkedResult:
+    """Send the last bytes of a request started with `open_chunked` and read the answer."""
+    with sock:
+        sock.sendall(f"{len(tail):x}\r\n".encode() + tail + b"\r\n0\r\n\r\n")
+        sock.settimeout(60)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return ChunkedResult(int(answer.split(b" ", 2)[1]), answer.partition(b"\r\n\r\n")[2], 0)
+
+
 def _send(
     sock: socket.socket,
     path: str,

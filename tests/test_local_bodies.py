@@ -19,6 +19,7 @@ from backend_process import (
     BackendProcess,
     backend_process,
     declared_status,
+    finish_chunked,
     open_chunked,
     send_chunked,
     tmpfs,
@@ -134,6 +135,19 @@ def test_a_chunked_upload_past_the_limit_is_refused_while_it_arrives(
     home = backend.config.data_dir / "devboxes" / devbox_id / "home"
     assert not (home / "over.bin").exists()
     assert [p.name for p in home.iterdir() if p.name.startswith(files.PARTIAL_PREFIX)] == []
+
+
+def test_a_devbox_that_stops_during_an_upload_is_400_not_500(backend: RunningBackend, sdk) -> None:  # noqa: ANN001
+    # The file part comes first, so the backend holds it until the path arrives; meanwhile the devbox stops.
+    view = sdk.devboxes.create_and_await_running(name="stops-mid-upload")
+    port = int(backend.base_url.rsplit(":", 1)[1])
+    headers = {"Authorization": f"Bearer {backend.api_key}", **MULTIPART}
+    sock = open_chunked(port, f"/v1/devboxes/{view.id}/upload_file", headers, file_head(), b"s" * 4096, 64 * 1024)
+    sdk.devboxes.suspend(view.id)
+    result = finish_chunked(sock, b"\r\n" + field("path", "late.bin")[:-2] + END)
+    assert result.status == 400, result
+    assert "suspended; resume it first" in json.loads(result.body)["message"]
+    sdk.devboxes.shutdown(view.id)
 
 
 @pytest.fixture(scope="module")

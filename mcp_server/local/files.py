@@ -21,9 +21,9 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .devboxes import Devbox
+from .devboxes import Devbox, not_running_message
 from .errors import ApiError, disk_full, is_disk_full
-from .sandbox import SANDBOX_HOME
+from .sandbox import SANDBOX_HOME, SandboxError
 
 MAX_PATH_BYTES = 4096
 MAX_READ_BYTES = 100 * 1024 * 1024  # read_file_contents; larger files go through download_file
@@ -111,10 +111,16 @@ def _write_error(devbox: Devbox, path: str, reason: str) -> ApiError:
 async def _start(
     devbox: Devbox, script: str, path: str, *, stdin: int, token: str = ""
 ) -> asyncio.subprocess.Process:
-    assert devbox.sandbox is not None
-    return await devbox.sandbox.spawn(
-        script, env={}, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, args=(path, token)
-    )
+    # Checked by the route, but an upload can take long enough for the devbox to stop meanwhile.
+    sandbox = devbox.sandbox
+    try:
+        if sandbox is None:
+            raise SandboxError("no sandbox")
+        return await sandbox.spawn(
+            script, env={}, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, args=(path, token)
+        )
+    except SandboxError:
+        raise ApiError(400, not_running_message(devbox)) from None
 
 
 async def _status_line(proc: asyncio.subprocess.Process, devbox: Devbox, path: str, verb: str) -> str:
