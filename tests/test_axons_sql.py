@@ -122,6 +122,34 @@ def test_guarded_statements_are_refused(backend: RunningBackend, axon, sql: str,
     assert status == 400 and fragment in message
 
 
+@pytest.mark.parametrize(
+    "sql", ["BEGIN", "BEGIN IMMEDIATE", "COMMIT", "END", "ROLLBACK", "SAVEPOINT s", "RELEASE s", "ROLLBACK TO s"]
+)
+def test_transaction_control_is_refused(backend: RunningBackend, sdk: Runloop, axon, sql: str) -> None:
+    # A query first, so the pooled connection has run the backend's own BEGIN and COMMIT: the
+    # refusal must not depend on whether a statement of the same text was prepared before.
+    sdk.axons.sql.query(axon.id, sql="SELECT 1")
+    status, message = _error(backend, axon.id, sql)
+    assert status == 400 and "already atomic" in message
+
+
+def test_commit_inside_a_batch_refuses_the_batch_and_keeps_nothing(sdk: Runloop, axon) -> None:
+    sdk.axons.sql.query(axon.id, sql="SELECT 1")
+    with pytest.raises(BadRequestError, match=r"statements\[2\]: COMMIT is not allowed") as caught:
+        sdk.axons.sql.batch(
+            axon.id,
+            statements=[
+                {"sql": "CREATE TABLE kept (a)"},
+                {"sql": "INSERT INTO kept VALUES (1)"},
+                {"sql": "COMMIT"},
+                {"sql": "SELECT * FROM nowhere"},
+            ],
+        )
+    assert "already atomic" in str(caught.value)
+    with pytest.raises(BadRequestError, match="no such table: kept"):
+        sdk.axons.sql.query(axon.id, sql="SELECT * FROM kept")
+
+
 def test_schema_introspection_is_allowed(sdk: Runloop, axon) -> None:
     info = sdk.axons.sql.query(axon.id, sql="PRAGMA table_info(rl_axon_events)")
     assert [row[1] for row in info.rows] == ["sequence", "timestamp_ms", "origin", "source", "event_type", "payload"]

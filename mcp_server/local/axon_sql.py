@@ -81,6 +81,7 @@ _NAME_SECOND = {
     apsw.SQLITE_CREATE_TRIGGER,
     apsw.SQLITE_DROP_TRIGGER,
 }
+_SAVEPOINT_VERBS = {"BEGIN": "SAVEPOINT", "RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
 _TEMP_OBJECTS = {
     apsw.SQLITE_CREATE_TEMP_INDEX,
     apsw.SQLITE_CREATE_TEMP_TABLE,
@@ -97,6 +98,14 @@ class SqlError(Exception):
         self.message = message
 
 
+class RequestRefused(SqlError):
+    """The request as a whole is refused, not one statement of it (transaction control).
+
+    A batch answers these with 400 instead of a per-statement error: nothing ran, and the
+    statement is not one that could succeed in another batch.
+    """
+
+
 @dataclass
 class Statement:
     sql: str
@@ -110,9 +119,11 @@ class _Guard:
     deadline: float = math.inf
     trusted: bool = False
     refusal: str | None = None
+    refuses_request: bool = False
 
-    def refuse(self, why: str) -> int:
+    def refuse(self, why: str, *, whole_request: bool = False) -> int:
         self.refusal = why
+        self.refuses_request = whole_request
         return apsw.SQLITE_DENY
 
     def authorize(self, op: int, one: str | None, two: str | None, db: str | None, trigger: str | None) -> int:
@@ -134,9 +145,12 @@ class _Guard:
         elif op == apsw.SQLITE_FUNCTION and (two or "").lower() in _REFUSED_FUNCTIONS:
             return self.refuse(f"the function {two}() is not allowed")
         elif op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            what = one if op == apsw.SQLITE_TRANSACTION else f"{_SAVEPOINT_VERBS.get(one or '', one)} {two}"
             return self.refuse(
-                "transaction statements are not allowed: each query runs in its own transaction, "
-                "and /sql/batch runs its statements in one transaction"
+                f"{what} is not allowed: transaction control (BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT, RELEASE) "
+                "is the backend's; each query runs in its own transaction and a batch is already atomic "
+                "(all of its statements apply, or none): send the statements without it",
+                whole_request=True,
             )
         elif op in _TEMP_OBJECTS:
             return self.refuse("temporary tables, views, indexes and triggers are not supported; create regular ones")
@@ -247,6 +261,7 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
     started = time.perf_counter()
     guard.deadline = time.monotonic() + TIME_LIMIT_SECONDS
     guard.refusal = None
+    guard.refuses_request = False
     rows: list[list[Any]] = []
     limited = False
     size = 0
@@ -264,6 +279,8 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
     except apsw.BusyError:
         raise
     except (apsw.Error, OverflowError, TypeError, ValueError) as exc:
+        if guard.refuses_request and isinstance(exc, apsw.AuthError):
+            raise RequestRefused(_message(exc, guard)) from None
         raise SqlError(_message(exc, guard)) from None
     finally:
         guard.deadline = math.inf
@@ -282,10 +299,15 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
     }
 
 
+# The backend's own BEGIN/COMMIT/ROLLBACK run with the authorizer off (`trusted`) and bypass apsw's
+# statement cache: the authorizer is consulted only when a statement is prepared, so a cached
+# trusted "COMMIT" would be reused, unchecked, for a user's "COMMIT" of the same text.
+
+
 def _begin(conn: apsw.Connection, guard: _Guard, mode: str) -> None:
     guard.trusted = True
     try:
-        conn.execute(f"BEGIN {mode}")
+        conn.execute(f"BEGIN {mode}", can_cache=False)
     finally:
         guard.trusted = False
 
@@ -294,7 +316,7 @@ def _end(conn: apsw.Connection, guard: _Guard, commit: bool) -> None:
     guard.trusted = True
     try:
         if conn.in_transaction:
-            conn.execute("COMMIT" if commit else "ROLLBACK")
+            conn.execute("COMMIT" if commit else "ROLLBACK", can_cache=False)
     finally:
         guard.trusted = False
 
@@ -347,6 +369,8 @@ def _run_batch_once(user: UserConnection, statements: list[Statement], mode: str
                 continue
             try:
                 steps.append({"success": _execute(conn, guard, stmt)})
+            except RequestRefused as exc:
+                raise RequestRefused(f"statements[{index}]: {exc.message}") from None
             except SqlError as exc:
                 failed = index
                 steps.append({"error": {"message": exc.message}})
