@@ -150,6 +150,29 @@ def test_commit_inside_a_batch_refuses_the_batch_and_keeps_nothing(sdk: Runloop,
         sdk.axons.sql.query(axon.id, sql="SELECT * FROM kept")
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE temp.keep (a)",
+        "CREATE TEMP TABLE keep (a)",
+        "CREATE TEMPORARY TABLE other AS SELECT 1",
+        "CREATE VIEW temp.keep_view AS SELECT * FROM main.keep",
+        "CREATE TEMP VIEW keep_view AS SELECT 1",
+        "CREATE TRIGGER temp.on_keep AFTER INSERT ON keep BEGIN SELECT 1; END",
+        "CREATE TEMP TRIGGER on_keep AFTER INSERT ON keep BEGIN SELECT 1; END",
+        "CREATE VIRTUAL TABLE temp.keep USING fts5(a)",
+    ],
+)
+def test_temporary_objects_are_refused_and_cannot_shadow(backend: RunningBackend, sdk: Runloop, axon, sql: str) -> None:
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE keep (a)")
+    status, message = _error(backend, axon.id, sql)
+    assert status == 400 and "temporary" in message
+    # Nothing in the temp schema, so `keep` is the axon's own table: inserts land there and stay.
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM temp.sqlite_master").rows == [[0]]
+    sdk.axons.sql.query(axon.id, sql="INSERT INTO keep VALUES (1)")
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM main.keep").rows == [[1]]
+
+
 def test_schema_introspection_is_allowed(sdk: Runloop, axon) -> None:
     info = sdk.axons.sql.query(axon.id, sql="PRAGMA table_info(rl_axon_events)")
     assert [row[1] for row in info.rows] == ["sequence", "timestamp_ms", "origin", "source", "event_type", "payload"]

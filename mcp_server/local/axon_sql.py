@@ -81,6 +81,9 @@ _NAME_SECOND = {
     apsw.SQLITE_CREATE_TRIGGER,
     apsw.SQLITE_DROP_TRIGGER,
 }
+# `CREATE TABLE temp.x` is authorized as a plain SQLITE_CREATE_TABLE whose database is "temp";
+# what may touch the temp schema is only reading it (it stays empty).
+_TEMP_SCHEMA_READS = {apsw.SQLITE_READ, apsw.SQLITE_SELECT, apsw.SQLITE_FUNCTION, apsw.SQLITE_PRAGMA}
 _SAVEPOINT_VERBS = {"BEGIN": "SAVEPOINT", "RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
 _TEMP_OBJECTS = {
     apsw.SQLITE_CREATE_TEMP_INDEX,
@@ -152,8 +155,12 @@ class _Guard:
                 "(all of its statements apply, or none): send the statements without it",
                 whole_request=True,
             )
-        elif op in _TEMP_OBJECTS:
-            return self.refuse("temporary tables, views, indexes and triggers are not supported; create regular ones")
+        elif op in _TEMP_OBJECTS or (db == "temp" and op not in _TEMP_SCHEMA_READS):
+            return self.refuse(
+                "temporary tables, views, indexes and triggers (TEMP, or in the temp schema) are not supported: "
+                "they would live in one pooled connection only and hide the axon's own tables of the same "
+                "name; create regular ones"
+            )
         return apsw.SQLITE_OK
 
     def over_time(self) -> bool:
