@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import apsw
 import httpx
 import pytest
 from runloop_api_client import BadRequestError, Runloop
@@ -205,6 +209,95 @@ def test_row_limit(sdk: Runloop, axon) -> None:
     )
     assert len(result.rows) == axon_sql.ROW_LIMIT and result.meta.rows_read_limit_reached is True
     assert result.rows[-1] == [axon_sql.ROW_LIMIT]
+
+
+@contextlib.contextmanager
+def peak_rss_growth() -> Iterator[list[int]]:
+    """Peak resident memory growth (bytes) of this process over the block: the backend runs in it.
+
+    The kernel's own high-water mark (VmHWM, reset through clear_refs) sees every peak, however
+    short, which a sampler could miss.
+    """
+
+    def status(field: str) -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = status("VmRSS")
+    growth: list[int] = []
+    yield growth
+    growth.append(status("VmHWM") - before)
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT zeroblob(150000000)", []),
+        ("SELECT length(zeroblob(150000000))", []),
+        ("SELECT printf('%.*c', 150000000, 'x')", []),
+        ("SELECT ?", ["x" * (axon_sql.VALUE_BYTES_LIMIT + 1)]),
+    ],
+)
+def test_one_huge_value_is_refused_and_costs_no_memory(backend: RunningBackend, axon, sql: str, params: list) -> None:
+    with peak_rss_growth() as growth:
+        status, message = _error(backend, axon.id, sql, params)
+    assert status == 400 and "larger than 4 MiB" in message and "substr" in message
+    assert growth[0] < 64 * MIB, f"backend grew by {growth[0] / MIB:.0f} MiB"
+
+
+def test_a_huge_value_cannot_be_stored_either(backend: RunningBackend, sdk: Runloop, axon) -> None:
+    sdk.axons.sql.query(axon.id, sql="CREATE TABLE blobs (b)")
+    status, message = _error(backend, axon.id, "INSERT INTO blobs VALUES (zeroblob(?))", [axon_sql.VALUE_BYTES_LIMIT + 1])
+    assert status == 400 and "larger than 4 MiB" in message
+    assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM blobs").rows == [[0]]
+
+
+def test_rows_stop_before_the_result_size_limit_and_say_so(http: httpx.Client, axon) -> None:
+    # Ten rows of 4 MB each as base64: the response holds the rows that fit, and says it was cut.
+    sql = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 10) SELECT x, zeroblob(3000000) FROM n"
+    with peak_rss_growth() as growth:
+        r = http.post(f"/v1/axons/{axon.id}/sql/query", json={"sql": sql})
+    assert r.status_code == 200
+    assert len(r.content) <= axon_sql.RESULT_BYTES_LIMIT + 4096
+    body = r.json()
+    assert body["meta"]["rows_read_limit_reached"] is True
+    assert [row[0] for row in body["rows"]] == [1, 2, 3, 4]
+    assert all(len(base64.b64decode(row[1])) == 3_000_000 for row in body["rows"])
+    assert growth[0] < 160 * MIB, f"backend grew by {growth[0] / MIB:.0f} MiB"
+
+
+def test_strings_are_counted_as_sent(http: httpx.Client, axon) -> None:
+    # A control character is six bytes of JSON (\u0001): 3 MB of them are 18 MB, over the limit alone.
+    r = http.post(f"/v1/axons/{axon.id}/sql/query", json={"sql": "SELECT printf('%.*c', 3000000, char(1))"})
+    assert r.status_code == 400 and "first row is larger than 16 MiB" in r.json()["message"]
+
+
+def test_a_row_wider_than_the_result_limit_is_refused(backend: RunningBackend, axon) -> None:
+    sql = "SELECT " + ", ".join(["zeroblob(3000000)"] * 6)
+    with peak_rss_growth() as growth:
+        status, message = _error(backend, axon.id, sql)
+    assert status == 400 and "first row is larger than 16 MiB" in message
+    assert growth[0] < 160 * MIB, f"backend grew by {growth[0] / MIB:.0f} MiB"
+
+
+def test_wide_rows_of_large_values_stop_at_sqlite_heap_limit(backend: RunningBackend, sdk: Runloop, axon) -> None:
+    """200 columns of 2 MB: within the length limit each, 400 MB together; the heap limit stops them."""
+    hard = apsw.memory_used() + 48 * MIB  # set low for the test, above what the backend already holds
+    axon_sql.limit_sqlite_memory(soft=hard // 2, hard=hard)
+    try:
+        sql = "SELECT " + ", ".join(["zeroblob(2000000)"] * 200)
+        with peak_rss_growth() as growth:
+            status, message = _error(backend, axon.id, sql)
+        assert status == 400 and "more memory than the backend gives SQL" in message
+        assert growth[0] < 160 * MIB, f"backend grew by {growth[0] / MIB:.0f} MiB"
+        assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM rl_axon_events").rows == [[5]]
+    finally:
+        axon_sql.limit_sqlite_memory()
+    sdk.axons.publish(axon.id, event_type="t", origin="USER_EVENT", payload="{}", source="s")
 
 
 def test_time_limit(backend: RunningBackend, axon, monkeypatch: pytest.MonkeyPatch) -> None:

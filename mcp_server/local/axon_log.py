@@ -71,6 +71,8 @@ TAIL_BYTES = 8 * 1024 * 1024
 # One page read for a subscriber or a listing: at most this many events, and stops after this many bytes.
 PAGE_EVENTS = 500
 PAGE_BYTES = 1024 * 1024
+# A commit that ran out of SQLite heap is tried again after each of these pauses (seconds).
+NOMEM_RETRY_PAUSES = (0.01, 0.05, 0.2)
 # Idempotency records older than this are pruned (at open, and every PRUNE_EVERY publishes).
 REQUEST_ID_TTL_MS = 24 * 3600 * 1000
 PRUNE_EVERY = 100_000
@@ -275,7 +277,7 @@ class EventLog:
                 batch.append(item)
             started = time.monotonic()
             try:
-                outcomes, new_events = self._commit(batch)
+                outcomes, new_events = self._commit_retrying(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is reported to the publishers
                 log.exception("axon %s: could not store %d events", self.axon_id, len(batch))
                 self._call_on_loop(self._fail, batch, f"could not store the event ({exc}); it was not published, retry")
@@ -285,6 +287,18 @@ class EventLog:
             last_commit = time.monotonic() - started
             last_group = len(batch)
         self._conn.close()
+
+    def _commit_retrying(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
+        """`_commit`, tried again when SQLite's heap is momentarily full (see axon_sql.SQLITE_HARD_HEAP_BYTES).
+
+        The query that filled it fails at once and frees its memory; the publishes need not fail with it.
+        """
+        for pause in NOMEM_RETRY_PAUSES:
+            try:
+                return self._commit(batch)
+            except apsw.NoMemError:
+                time.sleep(pause)
+        return self._commit(batch)
 
     def _commit(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
         seq, ts = self._committed, self._last_ts

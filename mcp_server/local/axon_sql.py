@@ -9,8 +9,13 @@ tables next to the history. What keeps that safe:
   PRAGMAs other than read-only introspection, temporary objects, explicit transactions
   and `load_extension` are refused.
 - A time limit (`TIME_LIMIT_SECONDS`, enforced by a progress handler that aborts the
-  statement) and a row limit (`ROW_LIMIT` rows or `RESULT_BYTES_LIMIT` bytes returned,
-  reported as `rows_read_limit_reached: true`), so one bad query cannot stall the backend.
+  statement) and a row limit (`ROW_LIMIT` rows, or as many as fit in `RESULT_BYTES_LIMIT`
+  bytes of JSON, counted value by value; reported as `rows_read_limit_reached: true`), so one
+  bad query cannot stall the backend.
+- Memory: no value is larger than `VALUE_BYTES_LIMIT` (SQLite's own length limit, so a huge
+  value is refused before it exists), a first row larger than `RESULT_BYTES_LIMIT` is an
+  error, and SQLite's heap in the process is capped (`SQLITE_HARD_HEAP_BYTES`) for rows of
+  many large values, which SQLite builds whole before any of it reaches Python.
 - Each call runs in its own transaction: a query commits or leaves nothing; a batch is all
   or nothing.
 
@@ -23,6 +28,7 @@ BLOB) and "" for expressions, untyped and NUMERIC columns.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -34,7 +40,16 @@ import apsw
 from .axon_log import EVENTS_TABLE, PRIVATE_PREFIX, open_database
 
 ROW_LIMIT = 10_000
+# The JSON of a result's rows (as sent) stops at this size; a single row larger than this is an error.
 RESULT_BYTES_LIMIT = 16 * 1024 * 1024
+# SQLite's length limit on user connections: no string or BLOB (bound, computed or read) and no
+# row written to a table is larger. An event's payload (at most 1 MiB) fits.
+VALUE_BYTES_LIMIT = 4 * 1024 * 1024
+# SQLite's heap in this process, for every connection: past the soft limit page caches recycle
+# pages instead of growing; past the hard limit an allocation fails (SQLITE_NOMEM) and the query
+# needing it stops. Bounds what wide rows of large values cost, which the length limit alone cannot.
+SQLITE_SOFT_HEAP_BYTES = 256 * 1024 * 1024
+SQLITE_HARD_HEAP_BYTES = 512 * 1024 * 1024
 TIME_LIMIT_SECONDS = 5.0
 MAX_STATEMENTS = 1_000
 
@@ -182,9 +197,16 @@ class UserConnection:
         self.conn.close()
 
 
+def limit_sqlite_memory(soft: int = SQLITE_SOFT_HEAP_BYTES, hard: int = SQLITE_HARD_HEAP_BYTES) -> None:
+    """Set SQLite's process-wide heap limits (see SQLITE_HARD_HEAP_BYTES); the store calls it at start."""
+    apsw.hard_heap_limit(hard)
+    apsw.soft_heap_limit(soft)
+
+
 def open_user_connection(path: Path) -> UserConnection:
     conn = open_database(path)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+    conn.limit(apsw.SQLITE_LIMIT_LENGTH, VALUE_BYTES_LIMIT)
     guard = _Guard()
     conn.authorizer = guard.authorize
     conn.set_progress_handler(guard.over_time, 1_000)
@@ -208,15 +230,33 @@ def _affinity(decltype: str | None) -> str:
 
 
 def _render(value: Any) -> tuple[Any, int]:
-    """A SQLite value as JSON, and roughly how many bytes it costs."""
+    """A SQLite value as JSON, and how many bytes it adds to the response (for numbers, at most)."""
     if isinstance(value, bytes):
         text = base64.b64encode(value).decode()
-        return text, len(text)
+        return text, len(text) + 2
     if isinstance(value, str):
-        return value, len(value)
+        # Exact: escapes (a control character takes 6 bytes) and UTF-8, as the response encodes it.
+        return value, len(json.dumps(value, ensure_ascii=False).encode())
     if isinstance(value, float) and not math.isfinite(value):
-        return ("Infinity" if value > 0 else "-Infinity"), 9
-    return value, 8
+        return ("Infinity" if value > 0 else "-Infinity"), 11
+    return value, 24  # null or a number: never longer than 24 characters
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
+
+
+def _render_row(row: tuple[Any, ...], budget: int) -> tuple[list[Any], int] | None:
+    """The row as JSON values and its size, or None as soon as it is seen to exceed `budget` bytes."""
+    out: list[Any] = []
+    cost = 2  # brackets; a comma before each later row and value is counted with it
+    for value in row:
+        rendered, value_cost = _render(value)
+        cost += value_cost + 1
+        if cost > budget:
+            return None
+        out.append(rendered)
+    return out, cost
 
 
 def _check_params(params: list[Any]) -> tuple[Any, ...]:
@@ -242,6 +282,16 @@ def _message(exc: BaseException, guard: _Guard) -> str:
         )
     if isinstance(exc, apsw.AuthError | apsw.ExecTraceAbort) and guard.refusal:
         return guard.refusal
+    if isinstance(exc, apsw.TooBigError):
+        return (
+            f"a value is larger than {_mib(VALUE_BYTES_LIMIT)}, the limit of axon SQL for one string or BLOB "
+            "(and for one row of your tables); select a part of it (substr(x, 1, n)) or its length(x)"
+        )
+    if isinstance(exc, apsw.NoMemError):
+        return (
+            f"the query needed more memory than the backend gives SQL ({_mib(SQLITE_HARD_HEAP_BYTES)} for all "
+            "queries at once) and was stopped; select fewer or smaller values"
+        )
     if isinstance(exc, UnicodeDecodeError):
         return f"a TEXT value is not valid UTF-8 ({exc.reason}); select it as a BLOB, e.g. CAST(x AS BLOB)"
     text = str(exc.args[0]) if exc.args else str(exc)
@@ -274,15 +324,21 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
     size = 0
     try:
         for row in cursor.execute(stmt.sql, params):
-            if len(rows) >= ROW_LIMIT or size >= RESULT_BYTES_LIMIT:
+            if len(rows) >= ROW_LIMIT:
                 limited = True
                 break
-            out = []
-            for value in row:
-                rendered, cost = _render(value)
-                out.append(rendered)
-                size += cost
-            rows.append(out)
+            out = _render_row(row, RESULT_BYTES_LIMIT - size)
+            if out is None:  # this row would take the rows past RESULT_BYTES_LIMIT
+                if not rows:
+                    raise SqlError(
+                        f"the first row is larger than {_mib(RESULT_BYTES_LIMIT)} as JSON, the limit of a result; "
+                        "select fewer columns, or parts of large values (substr(x, 1, n), length(x))"
+                    )
+                limited = True
+                break
+            rendered, cost = out
+            size += cost
+            rows.append(rendered)
     except apsw.BusyError:
         raise
     except (apsw.Error, OverflowError, TypeError, ValueError) as exc:

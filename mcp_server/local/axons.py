@@ -99,6 +99,7 @@ class AxonStore:
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        axon_sql.limit_sqlite_memory()
         self._registry = await anyio.to_thread.run_sync(Registry, self.root / "registry.db")
         # Files of axons deleted just before a crash (the record is marked first, then files go).
         for record in self._registry.records.values():
