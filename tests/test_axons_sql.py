@@ -6,8 +6,10 @@ import base64
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
@@ -16,6 +18,7 @@ import pytest
 from runloop_api_client import BadRequestError, Runloop
 
 from mcp_server.local import axon_sql
+from mcp_server.local.axons import AxonStore
 from mcp_server.local.server import RunningBackend
 
 
@@ -372,3 +375,125 @@ def test_user_writes_and_publishes_interleave(sdk: Runloop, axon) -> None:
     assert not errors
     assert seqs == list(range(6, 66))
     assert sdk.axons.sql.query(axon.id, sql="SELECT count(*) FROM tally").rows == [[30]]
+
+
+# ---- the time budget of a batch, write turns, per-axon concurrency ------------------------------
+
+
+@dataclass
+class Hooks:
+    """SQL functions this test controls, on the user connections of axons created after the patch."""
+
+    entered: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def hooks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hooks]:
+    """`pause(s)` sleeps s seconds inside SQLite; `hold()` signals `entered` and waits for `release`."""
+    h = Hooks()
+    original = axon_sql.open_user_connection
+
+    def hold() -> int:
+        h.entered.release()
+        h.release.wait(30)
+        return 1
+
+    def open_with_hooks(path, turns=None):  # noqa: ANN001, ANN202
+        user = original(path, turns)
+        user.conn.create_scalar_function("pause", lambda seconds: time.sleep(seconds))
+        user.conn.create_scalar_function("hold", hold)
+        return user
+
+    monkeypatch.setattr(axon_sql, "open_user_connection", open_with_hooks)
+    yield h
+    h.release.set()
+
+
+def _new_axon(sdk: Runloop) -> str:
+    created = sdk.axons.create(name=f"sql-{uuid.uuid4().hex[:8]}")
+    sdk.axons.publish(created.id, event_type="t", origin="USER_EVENT", payload="{}", source="s")
+    return created.id
+
+
+def _store(backend: RunningBackend) -> AxonStore:
+    components = backend._server.config.app.state.components
+    return next(c.extra["store"] for c in components if "store" in c.extra)
+
+
+def _wait_for(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
+    """Wait (bounded) for a state another thread reaches; polls, since the state has no event of its own."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.005)
+    return True
+
+
+def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:  # noqa: ANN001
+    """Run fn in a thread; the list gets its result, or the exception it raised."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_batch_has_one_time_budget_for_all_its_statements(
+    sdk: Runloop, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(axon_sql, "TIME_LIMIT_SECONDS", 0.3)
+    axon_id = _new_axon(sdk)
+    # Each pause is within the budget on its own; together they are not.
+    statements = [
+        {"sql": "CREATE TABLE kept (a)"},
+        {"sql": "INSERT INTO kept VALUES (1)"},
+        {"sql": "SELECT pause(0.2)"},
+        {"sql": "SELECT pause(0.2)"},
+        {"sql": "SELECT 1"},
+    ]
+    with pytest.raises(BadRequestError, match=r"statements\[[34]\]: the batch ran longer than its 0.3 s time budget"):
+        sdk.axons.sql.batch(axon_id, statements=statements)
+    with pytest.raises(BadRequestError, match="no such table: kept"):
+        sdk.axons.sql.query(axon_id, sql="SELECT * FROM kept")
+
+
+def test_a_batch_over_its_budget_is_rolled_back_and_a_waiting_publish_goes_before_the_next_batch(
+    backend: RunningBackend, sdk: Runloop, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(axon_sql, "TIME_LIMIT_SECONDS", 0.5)
+    axon_id = _new_axon(sdk)
+    forever = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+    first, first_out = _in_thread(
+        sdk.axons.sql.batch,
+        axon_id,
+        statements=[{"sql": "CREATE TABLE first (a)"}, {"sql": "SELECT hold()"}, {"sql": forever}],
+    )
+    assert hooks.entered.acquire(timeout=10)  # the first batch holds the write turn
+    turns = _store(backend)._logs[axon_id].turns
+    publish, publish_out = _in_thread(
+        sdk.axons.publish, axon_id, event_type="t", origin="USER_EVENT", payload="{}", source="s"
+    )
+    assert _wait_for(lambda: turns.waiting(turns.PUBLISH) == 1)
+    second, second_out = _in_thread(
+        sdk.axons.sql.batch,
+        axon_id,
+        statements=[{"sql": "CREATE TABLE second (a)"}, {"sql": "SELECT max(sequence) FROM rl_axon_events"}],
+    )
+    assert _wait_for(lambda: turns.waiting(turns.SQL) == 1)
+    hooks.release.set()
+    for thread in (first, publish, second):
+        thread.join(30)
+
+    assert isinstance(first_out[0], BadRequestError) and "time budget" in str(first_out[0])
+    assert publish_out[0].sequence == 2  # the publish succeeded (no 503) ...
+    assert second_out[0].results[1].success.rows == [[2]]  # ... and before the batch that came after it
+    with pytest.raises(BadRequestError, match="no such table: first"):
+        sdk.axons.sql.query(axon_id, sql="SELECT * FROM first")

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS {REQUESTS_TABLE} (
 
 EVENT_COLUMNS = "sequence, timestamp_ms, origin, source, event_type, payload"
 
-# A writer waits this long for a user SQL transaction (itself capped at a few seconds).
+# SQLite's busy timeout, a safety net: the writer and user SQL take turns (WriteTurns) before they
+# write, so neither meets the other's write lock. Also how long either waits for its turn.
 BUSY_TIMEOUT_MS = 30_000
 WAL_CHECKPOINT_PAGES = 200
 # At most this many publishes share one transaction.
@@ -134,6 +135,58 @@ def open_database(path: Path) -> apsw.Connection:
     return conn
 
 
+class WriteTurns:
+    """Whose turn it is to write the axon's database: the writer thread, or one user SQL transaction.
+
+    SQLite's write lock is not fair: a writer that finds it taken retries on a timer, so user
+    transactions that follow one another closely can keep publishes waiting as long as they
+    keep coming (the busy timeout, then 503). So both sides take a turn here before they write
+    and hold it until they commit, and when both wait, the side that did not write last goes
+    next: a publish waits for at most one user transaction (bounded by the SQL time budget),
+    and a user transaction for at most one group commit plus the user transactions ahead of it.
+    """
+
+    PUBLISH = "publish"
+    SQL = "sql"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holder: str | None = None
+        self._last = self.SQL
+        self._waiting = {self.PUBLISH: 0, self.SQL: 0}
+
+    def acquire(self, side: str, timeout: float | None) -> bool:
+        """Wait (at most `timeout` seconds) for `side`'s turn; False if it did not come."""
+        other = self.SQL if side == self.PUBLISH else self.PUBLISH
+        with self._cond:
+            self._waiting[side] += 1
+            try:
+                got = self._cond.wait_for(
+                    lambda: self._holder is None and (self._waiting[other] == 0 or self._last == other), timeout
+                )
+                if got:
+                    self._holder = self._last = side
+                return got
+            finally:
+                self._waiting[side] -= 1
+                if self._holder != side:
+                    self._cond.notify_all()  # one waiter fewer may let the other side go
+
+    def release(self) -> None:
+        with self._cond:
+            self._holder = None
+            self._cond.notify_all()
+
+    def waiting(self, side: str) -> int:
+        """How many of `side` wait for a turn now (observability, and tests)."""
+        with self._cond:
+            return self._waiting[side]
+
+    @property
+    def holder(self) -> str | None:
+        return self._holder
+
+
 class Closeable(Protocol):
     @property
     def in_transaction(self) -> bool: ...
@@ -205,7 +258,7 @@ class EventLog:
         axon_id: str,
         path: Path,
         loop: asyncio.AbstractEventLoop,
-        sql_connection: Callable[[Path], Closeable],
+        sql_connection: Callable[[Path, WriteTurns], Closeable],
     ) -> None:
         self.axon_id = axon_id
         self.path = path
@@ -222,7 +275,8 @@ class EventLog:
         self._since_prune = 0
         self._readers: ConnectionPool[apsw.Connection] = ConnectionPool(self._open_reader)
         # Connections for user SQL (guarded, read/write for user tables), separate from the writer's.
-        self.sql_pool: ConnectionPool[Any] = ConnectionPool(lambda: sql_connection(path))
+        self.turns = WriteTurns()
+        self.sql_pool: ConnectionPool[Any] = ConnectionPool(lambda: sql_connection(path, self.turns))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Loop-side state: the highest sequence the loop knows is committed, and the recent events.
         self.last_sequence = self._committed
@@ -289,16 +343,22 @@ class EventLog:
         self._conn.close()
 
     def _commit_retrying(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
-        """`_commit`, tried again when SQLite's heap is momentarily full (see axon_sql.SQLITE_HARD_HEAP_BYTES).
+        """`_commit` in the writer's turn, tried again when SQLite's heap is momentarily full.
 
-        The query that filled it fails at once and frees its memory; the publishes need not fail with it.
+        The query that filled the heap (see axon_sql.SQLITE_HARD_HEAP_BYTES) fails at once and
+        frees its memory; the publishes need not fail with it.
         """
-        for pause in NOMEM_RETRY_PAUSES:
-            try:
-                return self._commit(batch)
-            except apsw.NoMemError:
-                time.sleep(pause)
-        return self._commit(batch)
+        if not self.turns.acquire(WriteTurns.PUBLISH, BUSY_TIMEOUT_MS / 1000):
+            raise TimeoutError(f"user SQL kept the database busy for {BUSY_TIMEOUT_MS / 1000:g} s")
+        try:
+            for pause in NOMEM_RETRY_PAUSES:
+                try:
+                    return self._commit(batch)
+                except apsw.NoMemError:
+                    time.sleep(pause)
+            return self._commit(batch)
+        finally:
+            self.turns.release()
 
     def _commit(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
         seq, ts = self._committed, self._last_ts

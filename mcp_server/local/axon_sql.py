@@ -37,7 +37,7 @@ from typing import Any
 
 import apsw
 
-from .axon_log import EVENTS_TABLE, PRIVATE_PREFIX, open_database
+from .axon_log import BUSY_TIMEOUT_MS, EVENTS_TABLE, PRIVATE_PREFIX, WriteTurns, open_database
 
 ROW_LIMIT = 10_000
 # The JSON of a result's rows (as sent) stops at this size; a single row larger than this is an error.
@@ -50,7 +50,10 @@ VALUE_BYTES_LIMIT = 4 * 1024 * 1024
 # needing it stops. Bounds what wide rows of large values cost, which the length limit alone cannot.
 SQLITE_SOFT_HEAP_BYTES = 256 * 1024 * 1024
 SQLITE_HARD_HEAP_BYTES = 512 * 1024 * 1024
+# The time budget of one query, and of one batch as a whole (not per statement).
 TIME_LIMIT_SECONDS = 5.0
+# How long a write waits for its turn (WriteTurns) before the request gets a 503.
+TURN_WAIT_SECONDS = BUSY_TIMEOUT_MS / 1000
 MAX_STATEMENTS = 1_000
 
 _HISTORY_HINT = (
@@ -124,6 +127,10 @@ class RequestRefused(SqlError):
     """
 
 
+class SqlBusy(Exception):
+    """The write turn did not come within `TURN_WAIT_SECONDS`: other writers kept the database busy."""
+
+
 @dataclass
 class Statement:
     sql: str
@@ -138,6 +145,24 @@ class _Guard:
     trusted: bool = False
     refusal: str | None = None
     refuses_request: bool = False
+    in_batch: bool = False
+    turns: WriteTurns | None = None
+    holding_turn: bool = False
+
+    def take_turn(self) -> None:
+        """Wait for the write turn, once per transaction; time spent waiting is not charged to the budget."""
+        if self.holding_turn or self.turns is None:
+            return
+        started = time.monotonic()
+        if not self.turns.acquire(WriteTurns.SQL, TURN_WAIT_SECONDS):
+            raise SqlBusy(f"other writes kept the axon's database busy for {TURN_WAIT_SECONDS:g} s; retry")
+        self.holding_turn = True
+        self.deadline += time.monotonic() - started
+
+    def release_turn(self) -> None:
+        if self.holding_turn and self.turns is not None:
+            self.holding_turn = False
+            self.turns.release()
 
     def refuse(self, why: str, *, whole_request: bool = False) -> int:
         self.refusal = why
@@ -203,11 +228,12 @@ def limit_sqlite_memory(soft: int = SQLITE_SOFT_HEAP_BYTES, hard: int = SQLITE_H
     apsw.soft_heap_limit(soft)
 
 
-def open_user_connection(path: Path) -> UserConnection:
+def open_user_connection(path: Path, turns: WriteTurns | None = None) -> UserConnection:
+    """A guarded connection; its write transactions take `turns` (the axon log's) before writing."""
     conn = open_database(path)
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
     conn.limit(apsw.SQLITE_LIMIT_LENGTH, VALUE_BYTES_LIMIT)
-    guard = _Guard()
+    guard = _Guard(turns=turns)
     conn.authorizer = guard.authorize
     conn.set_progress_handler(guard.over_time, 1_000)
     return UserConnection(conn, guard)
@@ -274,12 +300,20 @@ def _check_params(params: list[Any]) -> tuple[Any, ...]:
     return tuple(params)
 
 
-def _message(exc: BaseException, guard: _Guard) -> str:
-    if isinstance(exc, apsw.InterruptError):
-        return (
-            f"the statement ran longer than the {TIME_LIMIT_SECONDS:g} s limit and was stopped; "
-            "narrow it (WHERE, LIMIT, an index on your own tables)"
+def _over_budget(guard: _Guard) -> SqlError:
+    if guard.in_batch:
+        return RequestRefused(
+            f"the batch ran longer than its {TIME_LIMIT_SECONDS:g} s time budget (one budget for all of its "
+            "statements) and was stopped here; nothing was applied: split the work into smaller batches, "
+            "or narrow the statements (WHERE, LIMIT, an index on your own tables)"
         )
+    return SqlError(
+        f"the statement ran longer than the {TIME_LIMIT_SECONDS:g} s limit and was stopped; "
+        "narrow it (WHERE, LIMIT, an index on your own tables)"
+    )
+
+
+def _message(exc: BaseException, guard: _Guard) -> str:
     if isinstance(exc, apsw.AuthError | apsw.ExecTraceAbort) and guard.refusal:
         return guard.refusal
     if isinstance(exc, apsw.TooBigError):
@@ -310,15 +344,18 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
             guard.refusal = "send one statement per query; use /sql/batch to run several in one transaction"
             return False
         seen.append((cursor.get_description(), cursor.is_readonly))
+        if not cursor.is_readonly:
+            guard.take_turn()  # before the statement takes SQLite's write lock
         return True
 
     cursor = conn.cursor()
     cursor.exec_trace = trace
     changes_before = conn.total_changes()
     started = time.perf_counter()
-    guard.deadline = time.monotonic() + TIME_LIMIT_SECONDS
     guard.refusal = None
     guard.refuses_request = False
+    if guard.over_time():  # statements too short to reach the progress handler still count
+        raise _over_budget(guard)
     rows: list[list[Any]] = []
     limited = False
     size = 0
@@ -342,11 +379,12 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
     except apsw.BusyError:
         raise
     except (apsw.Error, OverflowError, TypeError, ValueError) as exc:
+        if isinstance(exc, apsw.InterruptError):
+            raise _over_budget(guard) from None
         if guard.refuses_request and isinstance(exc, apsw.AuthError):
             raise RequestRefused(_message(exc, guard)) from None
         raise SqlError(_message(exc, guard)) from None
     finally:
-        guard.deadline = math.inf
         cursor.close(force=True)
     if not seen:
         raise SqlError("the SQL text contains no statement")
@@ -367,21 +405,29 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
 # trusted "COMMIT" would be reused, unchecked, for a user's "COMMIT" of the same text.
 
 
-def _begin(conn: apsw.Connection, guard: _Guard, mode: str) -> None:
+def _begin(conn: apsw.Connection, guard: _Guard, mode: str, *, in_batch: bool) -> None:
+    """Open the transaction and start its time budget (one for a query, one for a whole batch)."""
+    guard.in_batch = in_batch
+    if mode == "IMMEDIATE":
+        guard.take_turn()
     guard.trusted = True
     try:
         conn.execute(f"BEGIN {mode}", can_cache=False)
     finally:
         guard.trusted = False
+    guard.deadline = time.monotonic() + TIME_LIMIT_SECONDS
 
 
 def _end(conn: apsw.Connection, guard: _Guard, commit: bool) -> None:
+    """Commit or roll back (never stopped by the budget), then give the write turn back."""
+    guard.deadline = math.inf
     guard.trusted = True
     try:
         if conn.in_transaction:
             conn.execute("COMMIT" if commit else "ROLLBACK", can_cache=False)
     finally:
         guard.trusted = False
+        guard.release_turn()
 
 
 def run_query(user: UserConnection, stmt: Statement) -> dict[str, Any]:
@@ -390,7 +436,7 @@ def run_query(user: UserConnection, stmt: Statement) -> dict[str, Any]:
     apsw.BusyError passes through: the database stayed locked for the busy timeout.
     """
     conn, guard = user.conn, user.guard
-    _begin(conn, guard, "DEFERRED")
+    _begin(conn, guard, "DEFERRED", in_batch=False)
     try:
         result = _execute(conn, guard, stmt)
         _end(conn, guard, commit=True)
@@ -422,7 +468,7 @@ def run_batch(user: UserConnection, statements: list[Statement]) -> list[dict[st
 
 def _run_batch_once(user: UserConnection, statements: list[Statement], mode: str) -> list[dict[str, Any]]:
     conn, guard = user.conn, user.guard
-    _begin(conn, guard, mode)
+    _begin(conn, guard, mode, in_batch=True)
     steps: list[dict[str, Any]] = []
     failed: int | None = None
     try:

@@ -247,5 +247,7 @@ class AxonStore:
             return await anyio.to_thread.run_sync(run, limiter=_SQL_LIMITER)
         except axon_sql.SqlError as exc:
             raise ApiError(400, exc.message) from None
+        except axon_sql.SqlBusy as exc:
+            raise ApiError(503, str(exc)) from None
         except apsw.BusyError:
             raise ApiError(503, "the axon's database stayed locked by other writers; retry") from None
