@@ -18,7 +18,7 @@ import pytest
 from runloop_api_client import BadRequestError, Runloop
 
 from mcp_server.local import axon_sql
-from mcp_server.local.axons import AxonStore
+from mcp_server.local.axons import SQL_PER_AXON, AxonStore
 from mcp_server.local.server import RunningBackend
 
 
@@ -497,3 +497,24 @@ def test_a_batch_over_its_budget_is_rolled_back_and_a_waiting_publish_goes_befor
     assert second_out[0].results[1].success.rows == [[2]]  # ... and before the batch that came after it
     with pytest.raises(BadRequestError, match="no such table: first"):
         sdk.axons.sql.query(axon_id, sql="SELECT * FROM first")
+
+
+def test_slow_queries_on_one_axon_do_not_hold_up_another(backend: RunningBackend, sdk: Runloop, hooks: Hooks) -> None:
+    busy, other = _new_axon(sdk), _new_axon(sdk)
+    store = _store(backend)
+    # Twice the old global limit of four: all of them held inside SQLite, or queued behind the axon's own.
+    slow = [_in_thread(sdk.axons.sql.query, busy, sql="SELECT hold()") for _ in range(8)]
+    for _ in range(SQL_PER_AXON):
+        assert hooks.entered.acquire(timeout=10)
+    limiter = store.sql_limiter(busy)
+    assert _wait_for(lambda: limiter.statistics().tasks_waiting == 8 - SQL_PER_AXON)
+
+    quick, quick_out = _in_thread(sdk.axons.sql.query, other, sql="SELECT 1")
+    quick.join(30)
+    assert quick_out and quick_out[0].rows == [[1]]
+    assert not hooks.release.is_set() and all(thread.is_alive() for thread, _ in slow)  # still held
+
+    hooks.release.set()
+    for thread, out in slow:
+        thread.join(30)
+        assert out[0].rows == [[1]]
