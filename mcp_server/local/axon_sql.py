@@ -6,18 +6,20 @@ tables next to the history. What keeps that safe:
 - An authorizer on every user connection: `rl_axon_events` may be read but not written,
   dropped, altered, indexed or given triggers (the history is append-only and only the
   writer thread appends); `rl_private_*` tables are invisible; ATTACH (and so VACUUM),
-  PRAGMAs other than read-only introspection, temporary objects, explicit transactions
-  and `load_extension` are refused.
-- A time limit (`TIME_LIMIT_SECONDS`, enforced by a progress handler that aborts the
-  statement) and a row limit (`ROW_LIMIT` rows, or as many as fit in `RESULT_BYTES_LIMIT`
-  bytes of JSON, counted value by value; reported as `rows_read_limit_reached: true`), so one
-  bad query cannot stall the backend.
+  PRAGMAs other than read-only introspection, temporary objects (TEMP or in the temp
+  schema), transaction control and `load_extension` are refused. The backend's own
+  BEGIN/COMMIT bypass the statement cache, so the authorizer sees every user statement.
+- A time budget (`TIME_LIMIT_SECONDS`) for a query, and one for a batch as a whole, enforced
+  by a progress handler and before each statement; a batch over it is refused as a whole.
+- A row limit (`ROW_LIMIT` rows, or as many as fit in `RESULT_BYTES_LIMIT` bytes of JSON,
+  counted value by value; reported as `rows_read_limit_reached: true`).
 - Memory: no value is larger than `VALUE_BYTES_LIMIT` (SQLite's own length limit, so a huge
   value is refused before it exists), a first row larger than `RESULT_BYTES_LIMIT` is an
   error, and SQLite's heap in the process is capped (`SQLITE_HARD_HEAP_BYTES`) for rows of
   many large values, which SQLite builds whole before any of it reaches Python.
 - Each call runs in its own transaction: a query commits or leaves nothing; a batch is all
-  or nothing.
+  or nothing. A write transaction takes the axon's write turn (`WriteTurns`) before its
+  first write and keeps it until it ends, so publishes wait for at most one transaction.
 
 Values come back as JSON: INTEGER as numbers, REAL as numbers (non-finite ones as the
 strings "Infinity", "-Infinity"), TEXT as strings, NULL as null, BLOB as base64 strings.
