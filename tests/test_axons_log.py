@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from axon_support import poll_until
 
 from mcp_server.local import axon_log
 from mcp_server.local.axon_log import EventLog, WriteTurns
@@ -81,16 +81,6 @@ async def test_reopen_continues_the_sequence(tmp_path: Path) -> None:
 # ---- write turns: publishes and user SQL transactions take turns at the write lock ---------------
 
 
-def _until(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
-    """Wait (bounded) for a state another thread reaches; polls, since the state has no event of its own."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.005)
-    return True
-
-
 def _taker(turns: WriteTurns, side: str, order: list[str], name: str) -> threading.Thread:
     def take() -> None:
         assert turns.acquire(side, 10)
@@ -106,9 +96,9 @@ def test_a_waiting_publish_goes_before_the_next_sql_transaction() -> None:
     turns, order = WriteTurns(), []
     assert turns.acquire(WriteTurns.SQL, 0)  # a batch is writing
     publish = _taker(turns, WriteTurns.PUBLISH, order, "publish")
-    assert _until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
+    assert poll_until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
     batches = [_taker(turns, WriteTurns.SQL, order, f"batch{i}") for i in range(3)]
-    assert _until(lambda: turns.waiting(WriteTurns.SQL) == 3)
+    assert poll_until(lambda: turns.waiting(WriteTurns.SQL) == 3)
     turns.release()
     for thread in (publish, *batches):
         thread.join(10)
@@ -119,9 +109,9 @@ def test_a_waiting_sql_transaction_goes_after_one_commit_however_many_publishes_
     turns, order = WriteTurns(), []
     assert turns.acquire(WriteTurns.PUBLISH, 0)  # the writer is committing a group
     batch = _taker(turns, WriteTurns.SQL, order, "batch")
-    assert _until(lambda: turns.waiting(WriteTurns.SQL) == 1)
+    assert poll_until(lambda: turns.waiting(WriteTurns.SQL) == 1)
     publish = _taker(turns, WriteTurns.PUBLISH, order, "publish")
-    assert _until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
+    assert poll_until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
     turns.release()
     batch.join(10)
     publish.join(10)

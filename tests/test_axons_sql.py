@@ -15,6 +15,7 @@ from pathlib import Path
 import apsw
 import httpx
 import pytest
+from axon_support import poll_until
 from runloop_api_client import BadRequestError, Runloop
 
 from mcp_server.local import axon_sql
@@ -421,16 +422,6 @@ def _store(backend: RunningBackend) -> AxonStore:
     return next(c.extra["store"] for c in components if "store" in c.extra)
 
 
-def _wait_for(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
-    """Wait (bounded) for a state another thread reaches; polls, since the state has no event of its own."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        threading.Event().wait(0.005)
-    return True
-
-
 def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:  # noqa: ANN001
     """Run fn in a thread; the list gets its result, or the exception it raised."""
     out: list = []
@@ -481,13 +472,13 @@ def test_a_batch_over_its_budget_is_rolled_back_and_a_waiting_publish_goes_befor
     publish, publish_out = _in_thread(
         sdk.axons.publish, axon_id, event_type="t", origin="USER_EVENT", payload="{}", source="s"
     )
-    assert _wait_for(lambda: turns.waiting(turns.PUBLISH) == 1)
+    assert poll_until(lambda: turns.waiting(turns.PUBLISH) == 1)
     second, second_out = _in_thread(
         sdk.axons.sql.batch,
         axon_id,
         statements=[{"sql": "CREATE TABLE second (a)"}, {"sql": "SELECT max(sequence) FROM rl_axon_events"}],
     )
-    assert _wait_for(lambda: turns.waiting(turns.SQL) == 1)
+    assert poll_until(lambda: turns.waiting(turns.SQL) == 1)
     hooks.release.set()
     for thread in (first, publish, second):
         thread.join(30)
@@ -507,7 +498,7 @@ def test_slow_queries_on_one_axon_do_not_hold_up_another(backend: RunningBackend
     for _ in range(SQL_PER_AXON):
         assert hooks.entered.acquire(timeout=10)
     limiter = store.sql_limiter(busy)
-    assert _wait_for(lambda: limiter.statistics().tasks_waiting == 8 - SQL_PER_AXON)
+    assert poll_until(lambda: limiter.statistics().tasks_waiting == 8 - SQL_PER_AXON)
 
     quick, quick_out = _in_thread(sdk.axons.sql.query, other, sql="SELECT 1")
     quick.join(30)
