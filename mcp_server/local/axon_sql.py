@@ -350,14 +350,14 @@ def _execute(conn: apsw.Connection, guard: _Guard, stmt: Statement) -> dict[str,
             guard.take_turn()  # before the statement takes SQLite's write lock
         return True
 
+    if guard.over_time():  # statements too short to reach the progress handler still count
+        raise _over_budget(guard)
     cursor = conn.cursor()
     cursor.exec_trace = trace
     changes_before = conn.total_changes()
     started = time.perf_counter()
     guard.refusal = None
     guard.refuses_request = False
-    if guard.over_time():  # statements too short to reach the progress handler still count
-        raise _over_budget(guard)
     rows: list[list[Any]] = []
     limited = False
     size = 0
