@@ -1,6 +1,8 @@
-"""Axon benchmark: publish throughput, publish→subscriber latency, SQL over a large history.
+"""Axon benchmark: publish throughput, publish→subscriber latency, SQL over a large history,
+publishes next to batches that run their whole time budget, and SQL on one axon while another's
+queries run theirs.
 
-Run: `.venv/bin/python -m bench.axons` (about a minute). It starts `devbox-mcp local-api` as a
+Run: `.venv/bin/python -m bench.axons` (about two minutes). It starts `devbox-mcp local-api` as a
 subprocess on a temporary data dir, so the backend has its own interpreter, and drives it
 over loopback HTTP from this process with a minimal keep-alive HTTP/1.1 client (on a
 2-core machine a heavier client would measure itself more than the backend). Every figure
@@ -95,15 +97,20 @@ class Http:
         return (head + "\r\n").encode() + data
 
     async def send(self, raw: bytes) -> bytes:
+        status, body = await self.send_any(raw)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body[:300].decode(errors='replace')}")
+        return body
+
+    async def send_any(self, raw: bytes) -> tuple[int, bytes]:
+        """Status and body of one request, whatever the status."""
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(head.decode(errors="replace"))
         length = 0
         for line in head.split(b"\r\n"):
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
-        return await self.reader.readexactly(length)
+        return int(head.split(b" ", 2)[1]), await self.reader.readexactly(length)
 
     async def call(self, method: str, path: str, body: object | None = None) -> dict:
         return json.loads(await self.send(self.request(method, path, body)))
@@ -214,6 +221,104 @@ async def stalled_subscribers(port: int, pid: int, subscribers: int = 20, events
     return events * len(payload) / 1e6, after - before, rate
 
 
+# A statement that runs until the SQL time budget stops it.
+FOREVER = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+
+
+async def _timed(conn: Http, raw: bytes) -> tuple[float, int]:
+    started = time.perf_counter()
+    status, _ = await conn.send_any(raw)
+    return time.perf_counter() - started, status
+
+
+async def batches_and_publishes(port: int, rounds: int = 3) -> dict[str, float]:
+    """Publishes while two clients send batches that each run their whole time budget, back to back.
+
+    Each batch writes first (so it holds the write turn), then runs until the budget stops it
+    (400, rolled back). One client publishes throughout, one event at a time; its waits are
+    the figure, next to an idle publish in the same run.
+    """
+    setup = await Http.open(port)
+    axon_id = (await setup.call("POST", "/v1/axons", {"name": "batches"}))["id"]
+    setup.close()
+    publish = Http.request("POST", f"/v1/axons/{axon_id}/publish", _publish_body("t", "{}"))
+    batch = Http.request(
+        "POST",
+        f"/v1/axons/{axon_id}/sql/batch",
+        {"statements": [{"sql": "CREATE TABLE IF NOT EXISTS held (a)"}, {"sql": "INSERT INTO held VALUES (1)"}, {"sql": FOREVER}]},
+    )
+    publisher = await Http.open(port)
+    idle = statistics.median([(await _timed(publisher, publish))[0] for _ in range(20)])
+    statuses: list[int] = []
+    done = asyncio.Event()
+
+    async def client() -> None:
+        conn = await Http.open(port)
+        for _ in range(rounds):
+            elapsed, status = await _timed(conn, batch)
+            statuses.append(status)
+        conn.close()
+
+    async def publishing() -> list[tuple[float, int]]:
+        waits = []
+        while not done.is_set():
+            waits.append(await _timed(publisher, publish))
+        return waits
+
+    started = time.perf_counter()
+    clients = asyncio.gather(client(), client())
+    publishes = asyncio.create_task(publishing())
+    await clients
+    elapsed = time.perf_counter() - started
+    done.set()
+    waits = await publishes
+    publisher.close()
+    return {
+        "batches": len(statuses),
+        "batches_400": sum(1 for s in statuses if s == 400),
+        "elapsed": elapsed,
+        "publishes": len(waits),
+        "publish_errors": sum(1 for _, status in waits if status != 200),
+        "idle_ms": idle * 1000,
+        "max_s": max(w for w, _ in waits),
+        "median_ms": statistics.median(w for w, _ in waits) * 1000,
+    }
+
+
+async def fairness(port: int, slow: int = 4) -> dict[str, float]:
+    """SELECT 1 on axon B while `slow` queries on axon A run until the time budget stops them."""
+    setup = await Http.open(port)
+    busy = (await setup.call("POST", "/v1/axons", {"name": "busy"}))["id"]
+    other = (await setup.call("POST", "/v1/axons", {"name": "other"}))["id"]
+    setup.close()
+    one_b = Http.request("POST", f"/v1/axons/{other}/sql/query", {"sql": "SELECT 1"})
+    one_a = Http.request("POST", f"/v1/axons/{busy}/sql/query", {"sql": "SELECT 1"})
+    slow_a = Http.request("POST", f"/v1/axons/{busy}/sql/query", {"sql": FOREVER})
+    probe = await Http.open(port)
+    await probe.send(one_b)
+    idle = statistics.median([(await _timed(probe, one_b))[0] for _ in range(20)])
+
+    async def slow_query() -> float:
+        conn = await Http.open(port)
+        elapsed, _ = await _timed(conn, slow_a)
+        conn.close()
+        return elapsed
+
+    tasks = [asyncio.create_task(slow_query()) for _ in range(slow)]
+    await asyncio.sleep(0.5)  # let them start: the figure is about the time while they run
+    other_waits = [(await _timed(probe, one_b))[0] for _ in range(10)]
+    own_wait, _ = await _timed(probe, one_a)
+    slow_times = await asyncio.gather(*tasks)
+    probe.close()
+    return {
+        "idle_ms": idle * 1000,
+        "other_median_ms": statistics.median(other_waits) * 1000,
+        "other_max_ms": max(other_waits) * 1000,
+        "own_s": own_wait,
+        "slow_s": max(slow_times),
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -315,6 +420,8 @@ def main() -> int:
             _, m = asyncio.run(http_part(port, data))
             stalled = asyncio.run(stalled_subscribers(port, pid))
             history_axon = asyncio.run(_create_with_one_event(port))
+            turns = asyncio.run(batches_and_publishes(port))
+            fair = asyncio.run(fairness(port))
         load_s = bulk_load(data / "axons" / f"{history_axon}.db", HISTORY_EVENTS)
         with backend(data) as (port, _):
             sql = asyncio.run(sql_part(port, history_axon))
@@ -343,6 +450,15 @@ def main() -> int:
     print("20 subscribers that never read, while 4 clients publish 10 KB events")
     line("published (MB)", f"{published:.0f}", f"at {rate:,.0f} events/s")
     line("backend RSS growth (MB)", f"{growth:.1f}", "bounded: 8 MiB shared tail + one page per stalled subscriber")
+    print("publishes while 2 clients send batches that run their whole 5 s budget, back to back")
+    line("batches (all refused over budget, rolled back)", f"{turns['batches_400']:.0f}/{turns['batches']:.0f}", f"over {turns['elapsed']:.1f} s")
+    line("publishes (errors)", f"{turns['publishes']:.0f} ({turns['publish_errors']:.0f})", "target: no errors", turns["publish_errors"] == 0)
+    line("publish wait, longest (s)", f"{turns['max_s']:.2f}", "bound: one batch's 5 s budget + its commit", turns["max_s"] <= 5.5)
+    line("publish wait, median (ms)", f"{turns['median_ms']:.1f}", f"idle publish {turns['idle_ms']:.1f} ms")
+    print("SELECT 1 on axon B while 4 queries on axon A run their whole 5 s budget")
+    line("axon B, median of 10 (ms)", f"{fair['other_median_ms']:.1f}", f"idle {fair['idle_ms']:.1f} ms; ratio {fair['other_median_ms'] / fair['idle_ms']:.1f}")
+    line("axon B, longest of 10 (ms)", f"{fair['other_max_ms']:.1f}", "target: far below the 5 s budget", fair["other_max_ms"] < 1000)
+    line("SELECT 1 on axon A itself (s)", f"{fair['own_s']:.2f}", "queued behind A's own (2 at a time per axon)")
     print(f"sql/query over {HISTORY_EVENTS:,} events (bulk-loaded in {load_s:.1f} s via the private fast path)")
     rtt, server = sql["group"]
     line("GROUP BY event_type count: round trip (ms)", f"{rtt:.1f}", f"server-side {server:.1f} ms")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from axon_support import poll_until
 from runloop_api_client import APIStatusError, BadRequestError, NotFoundError, Runloop
 
 from mcp_server.local import sse
@@ -325,16 +325,6 @@ def _writer_running(axon_id: str) -> bool:
     return any(t.name == f"axon-writer-{axon_id}" for t in threading.enumerate())
 
 
-def _poll_until(condition, seconds: float = 10.0) -> bool:  # noqa: ANN001
-    done = threading.Event()
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        done.wait(0.02)
-    return True
-
-
 def test_idle_axons_are_closed_and_reopen_transparently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVBOX_AXON_IDLE_CLOSE_SECONDS", "0.2")
     running = start_in_thread(tmp_path)
@@ -349,7 +339,7 @@ def test_idle_axons_are_closed_and_reopen_transparently(tmp_path: Path, monkeypa
         threading.Event().wait(0.6)
         assert _writer_running(axon.id)
         stream.close()
-        assert _poll_until(lambda: not _writer_running(axon.id)), "the idle axon's writer thread was not closed"
+        assert poll_until(lambda: not _writer_running(axon.id)), "the idle axon's writer thread was not closed"
         assert _publish(client, axon.id, 1).sequence == 2
         assert _writer_running(axon.id)
         assert [e.sequence for e in client.axons.events.list(axon.id).events] == [2, 1]

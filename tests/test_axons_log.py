@@ -1,14 +1,16 @@
-"""The event log on its own (no HTTP): group commit, and reads that fall back from the tail to disk."""
+"""The event log on its own (no HTTP): group commit, reads that fall back from the tail to disk, write turns."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+from axon_support import poll_until
 
 from mcp_server.local import axon_log
-from mcp_server.local.axon_log import EventLog
+from mcp_server.local.axon_log import EventLog, WriteTurns
 from mcp_server.local.axon_sql import open_user_connection
 
 
@@ -74,3 +76,55 @@ async def test_reopen_continues_the_sequence(tmp_path: Path) -> None:
         assert await _publish(log, 2) == 3
     finally:
         await log.close()
+
+
+# ---- write turns: publishes and user SQL transactions take turns at the write lock ---------------
+
+
+def _taker(turns: WriteTurns, side: str, order: list[str], name: str) -> threading.Thread:
+    def take() -> None:
+        assert turns.acquire(side, 10)
+        order.append(name)
+        turns.release()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    return thread
+
+
+def test_a_waiting_publish_goes_before_the_next_sql_transaction() -> None:
+    turns, order = WriteTurns(), []
+    assert turns.acquire(WriteTurns.SQL, 0)  # a batch is writing
+    publish = _taker(turns, WriteTurns.PUBLISH, order, "publish")
+    assert poll_until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
+    batches = [_taker(turns, WriteTurns.SQL, order, f"batch{i}") for i in range(3)]
+    assert poll_until(lambda: turns.waiting(WriteTurns.SQL) == 3)
+    turns.release()
+    for thread in (publish, *batches):
+        thread.join(10)
+    assert order[0] == "publish"  # however many batches queued behind the one that was writing
+
+
+def test_a_waiting_sql_transaction_goes_after_one_commit_however_many_publishes_wait() -> None:
+    turns, order = WriteTurns(), []
+    assert turns.acquire(WriteTurns.PUBLISH, 0)  # the writer is committing a group
+    batch = _taker(turns, WriteTurns.SQL, order, "batch")
+    assert poll_until(lambda: turns.waiting(WriteTurns.SQL) == 1)
+    publish = _taker(turns, WriteTurns.PUBLISH, order, "publish")
+    assert poll_until(lambda: turns.waiting(WriteTurns.PUBLISH) == 1)
+    turns.release()
+    batch.join(10)
+    publish.join(10)
+    assert order == ["batch", "publish"]
+
+
+def test_a_turn_that_does_not_come_in_time_is_refused_and_lets_the_others_go() -> None:
+    turns, order = WriteTurns(), []
+    assert turns.acquire(WriteTurns.SQL, 0)
+    assert turns.acquire(WriteTurns.PUBLISH, 0.01) is False
+    assert turns.waiting(WriteTurns.PUBLISH) == 0
+    turns.release()
+    assert turns.acquire(WriteTurns.SQL, 0)  # the publish that gave up holds nothing back
+    turns.release()
+    _taker(turns, WriteTurns.PUBLISH, order, "publish").join(10)
+    assert order == ["publish"]

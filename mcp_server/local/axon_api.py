@@ -4,8 +4,10 @@ Limits a client can run into (also in the README's axon section):
 - publish: `payload` is a string of at most `MAX_PAYLOAD_BYTES` (UTF-8); `source` and
   `event_type` at most `MAX_LABEL_CHARS` characters.
 - SQL: one statement per query; at most `axon_sql.ROW_LIMIT` rows (or
-  `axon_sql.RESULT_BYTES_LIMIT` bytes) come back, flagged by `rows_read_limit_reached`; a
-  statement running longer than `axon_sql.TIME_LIMIT_SECONDS` is stopped (400).
+  `axon_sql.RESULT_BYTES_LIMIT` bytes of JSON) come back, flagged by `rows_read_limit_reached`;
+  no value is larger than `axon_sql.VALUE_BYTES_LIMIT`; a query, or a batch as a whole,
+  running longer than `axon_sql.TIME_LIMIT_SECONDS` is stopped (400); at most
+  `axons.SQL_PER_AXON` requests run at once per axon (`axons.SQL_TOTAL` in all), the rest queue.
 - subscribe: after `idle_seconds` without a new event the stream ends with `event: error`
   `{"code": 408, "message": "idle ..."}`; re-subscribe with `after_sequence=<last seen>`.
   Set `DEVBOX_AXON_SSE_IDLE_SECONDS` (0 = never) to change it.
@@ -215,9 +217,9 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
         """Run one statement (`sql` with `?` placeholders, `params`) against the axon's database.
 
         `rl_axon_events(sequence, timestamp_ms, origin, source, event_type, payload)` is the
-        read-only history; create your own tables freely. Limits: 10,000 rows (or 16 MiB)
-        returned, then `rows_read_limit_reached: true`; 5 s per statement. SQL errors are 400
-        with SQLite's message. BLOBs come back base64-encoded.
+        read-only history; create your own tables freely. Limits: 10,000 rows (or 16 MiB of
+        JSON) returned, then `rows_read_limit_reached: true`; 4 MiB per value; 5 s. SQL errors
+        are 400 with SQLite's message. BLOBs come back base64-encoded.
         """
         body = await parse_body(request, SqlStatementBody)
         stmt = axon_sql.Statement(body.sql, body.params or [])
@@ -226,7 +228,8 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
     async def sql_batch(request: Request) -> Response:
         """Run `statements` in one transaction: all applied, or none. One result per statement:
         `success` for those that ran, `error` for the failing one and the ones after it (not run).
-        Same limits as /sql/query, per statement."""
+        Same limits as /sql/query, but the 5 s are for the whole batch; over them, or with
+        transaction control (BEGIN, COMMIT, ...), the batch is rolled back and answered 400."""
         body = await parse_body(request, SqlBatchBody)
         stmts = [axon_sql.Statement(s.sql, s.params or []) for s in body.statements]
         return JSONResponse({"results": await store.sql_batch(axon_id(request), stmts)})

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS {REQUESTS_TABLE} (
 
 EVENT_COLUMNS = "sequence, timestamp_ms, origin, source, event_type, payload"
 
-# A writer waits this long for a user SQL transaction (itself capped at a few seconds).
+# SQLite's busy timeout, a safety net: the writer and user SQL take turns (WriteTurns) before they
+# write, so neither meets the other's write lock. Also how long either waits for its turn.
 BUSY_TIMEOUT_MS = 30_000
 WAL_CHECKPOINT_PAGES = 200
 # At most this many publishes share one transaction.
@@ -71,6 +72,8 @@ TAIL_BYTES = 8 * 1024 * 1024
 # One page read for a subscriber or a listing: at most this many events, and stops after this many bytes.
 PAGE_EVENTS = 500
 PAGE_BYTES = 1024 * 1024
+# A commit that ran out of SQLite heap is tried again after each of these pauses (seconds).
+NOMEM_RETRY_PAUSES = (0.01, 0.05, 0.2)
 # Idempotency records older than this are pruned (at open, and every PRUNE_EVERY publishes).
 REQUEST_ID_TTL_MS = 24 * 3600 * 1000
 PRUNE_EVERY = 100_000
@@ -130,6 +133,58 @@ def open_database(path: Path) -> apsw.Connection:
     list(conn.execute("PRAGMA journal_mode=WAL"))
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+class WriteTurns:
+    """Whose turn it is to write the axon's database: the writer thread, or one user SQL transaction.
+
+    SQLite's write lock is not fair: a writer that finds it taken retries on a timer, so user
+    transactions that follow one another closely can keep publishes waiting as long as they
+    keep coming (the busy timeout, then 503). So both sides take a turn here before they write
+    and hold it until they commit, and when both wait, the side that did not write last goes
+    next: a publish waits for at most one user transaction (bounded by the SQL time budget),
+    and a user transaction for at most one group commit plus the user transactions ahead of it.
+    """
+
+    PUBLISH = "publish"
+    SQL = "sql"
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._holder: str | None = None
+        self._last = self.SQL
+        self._waiting = {self.PUBLISH: 0, self.SQL: 0}
+
+    def acquire(self, side: str, timeout: float | None) -> bool:
+        """Wait (at most `timeout` seconds) for `side`'s turn; False if it did not come."""
+        other = self.SQL if side == self.PUBLISH else self.PUBLISH
+        with self._cond:
+            self._waiting[side] += 1
+            try:
+                got = self._cond.wait_for(
+                    lambda: self._holder is None and (self._waiting[other] == 0 or self._last == other), timeout
+                )
+                if got:
+                    self._holder = self._last = side
+                return got
+            finally:
+                self._waiting[side] -= 1
+                if self._holder != side:
+                    self._cond.notify_all()  # one waiter fewer may let the other side go
+
+    def release(self) -> None:
+        with self._cond:
+            self._holder = None
+            self._cond.notify_all()
+
+    def waiting(self, side: str) -> int:
+        """How many of `side` wait for a turn now (observability, and tests)."""
+        with self._cond:
+            return self._waiting[side]
+
+    @property
+    def holder(self) -> str | None:
+        return self._holder
 
 
 class Closeable(Protocol):
@@ -203,7 +258,7 @@ class EventLog:
         axon_id: str,
         path: Path,
         loop: asyncio.AbstractEventLoop,
-        sql_connection: Callable[[Path], Closeable],
+        sql_connection: Callable[[Path, WriteTurns], Closeable],
     ) -> None:
         self.axon_id = axon_id
         self.path = path
@@ -220,7 +275,8 @@ class EventLog:
         self._since_prune = 0
         self._readers: ConnectionPool[apsw.Connection] = ConnectionPool(self._open_reader)
         # Connections for user SQL (guarded, read/write for user tables), separate from the writer's.
-        self.sql_pool: ConnectionPool[Any] = ConnectionPool(lambda: sql_connection(path))
+        self.turns = WriteTurns()
+        self.sql_pool: ConnectionPool[Any] = ConnectionPool(lambda: sql_connection(path, self.turns))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Loop-side state: the highest sequence the loop knows is committed, and the recent events.
         self.last_sequence = self._committed
@@ -275,7 +331,7 @@ class EventLog:
                 batch.append(item)
             started = time.monotonic()
             try:
-                outcomes, new_events = self._commit(batch)
+                outcomes, new_events = self._commit_retrying(batch)
             except Exception as exc:  # noqa: BLE001 - every failure is reported to the publishers
                 log.exception("axon %s: could not store %d events", self.axon_id, len(batch))
                 self._call_on_loop(self._fail, batch, f"could not store the event ({exc}); it was not published, retry")
@@ -285,6 +341,24 @@ class EventLog:
             last_commit = time.monotonic() - started
             last_group = len(batch)
         self._conn.close()
+
+    def _commit_retrying(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
+        """`_commit` in the writer's turn, tried again when SQLite's heap is momentarily full.
+
+        The query that filled the heap (see axon_sql.SQLITE_HARD_HEAP_BYTES) fails at once and
+        frees its memory; the publishes need not fail with it.
+        """
+        if not self.turns.acquire(WriteTurns.PUBLISH, BUSY_TIMEOUT_MS / 1000):
+            raise TimeoutError(f"user SQL kept the database busy for {BUSY_TIMEOUT_MS / 1000:g} s")
+        try:
+            for pause in NOMEM_RETRY_PAUSES:
+                try:
+                    return self._commit(batch)
+                except apsw.NoMemError:
+                    time.sleep(pause)
+            return self._commit(batch)
+        finally:
+            self.turns.release()
 
     def _commit(self, batch: list[_Publish]) -> tuple[list[PublishResult], list[StoredEvent]]:
         seq, ts = self._committed, self._last_ts

@@ -30,8 +30,12 @@ from .ids import new_id
 
 PUBLISHABLE_ORIGINS = ("EXTERNAL_EVENT", "AGENT_EVENT", "USER_EVENT")
 
-# User SQL runs on threads, at most this many at once (2 cores; a query may take its full time limit).
-_SQL_LIMITER = anyio.CapacityLimiter(4)
+# User SQL runs on threads: at most SQL_PER_AXON requests at once per axon, so one axon's slow
+# queries cannot take the others' share, and at most SQL_TOTAL at once in all (2 cores; a request
+# may run for its whole time budget). Both limiters queue waiters in arrival order.
+SQL_PER_AXON = 2
+SQL_TOTAL = 8
+_SQL_LIMITER = anyio.CapacityLimiter(SQL_TOTAL)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class AxonStore:
         self.idle_close_seconds = idle_close_seconds
         self._registry: Registry | None = None
         self._logs: dict[str, EventLog] = {}
+        # Per-axon SQL limiters, for axons whose log is open (dropped with the log).
+        self._sql_limiters: dict[str, anyio.CapacityLimiter] = {}
         # Held while a log is opened, closed or deleted, so one axon never has two writers.
         self._opening = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -99,6 +105,7 @@ class AxonStore:
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        axon_sql.limit_sqlite_memory()
         self._registry = await anyio.to_thread.run_sync(Registry, self.root / "registry.db")
         # Files of axons deleted just before a crash (the record is marked first, then files go).
         for record in self._registry.records.values():
@@ -116,6 +123,7 @@ class AxonStore:
                     async with self._opening:
                         if self._logs.get(axon_id) is log and log.users == 0:
                             del self._logs[axon_id]
+                            self._sql_limiters.pop(axon_id, None)
                             await log.close()
 
     async def stop(self) -> None:
@@ -165,6 +173,7 @@ class AxonStore:
                 return record
             record = await self.registry.save(replace(record, deleted_at_ms=now_ms()))
             log = self._logs.pop(axon_id, None)
+            self._sql_limiters.pop(axon_id, None)
             if log is not None:
                 await log.close(deleted=True)
             await anyio.to_thread.run_sync(self._remove_files, axon_id)
@@ -229,7 +238,7 @@ class AxonStore:
                 with log.sql_pool.connection() as user:
                     return axon_sql.run_query(user, stmt)
 
-            return await self._run_sql(run)
+            return await self._run_sql(axon_id, run)
 
     async def sql_batch(self, axon_id: str, statements: list[axon_sql.Statement]) -> list[dict[str, Any]]:
         async with self.lease(axon_id) as log:
@@ -238,13 +247,22 @@ class AxonStore:
                 with log.sql_pool.connection() as user:
                     return axon_sql.run_batch(user, statements)
 
-            return await self._run_sql(run)
+            return await self._run_sql(axon_id, run)
 
-    @staticmethod
-    async def _run_sql(run: Any) -> Any:
+    def sql_limiter(self, axon_id: str) -> anyio.CapacityLimiter:
+        """The axon's own limit on concurrent SQL requests (callers hold a lease on its log)."""
+        limiter = self._sql_limiters.get(axon_id)
+        if limiter is None:
+            limiter = self._sql_limiters[axon_id] = anyio.CapacityLimiter(SQL_PER_AXON)
+        return limiter
+
+    async def _run_sql(self, axon_id: str, run: Any) -> Any:
         try:
-            return await anyio.to_thread.run_sync(run, limiter=_SQL_LIMITER)
+            async with self.sql_limiter(axon_id):
+                return await anyio.to_thread.run_sync(run, limiter=_SQL_LIMITER)
         except axon_sql.SqlError as exc:
             raise ApiError(400, exc.message) from None
+        except axon_sql.SqlBusy as exc:
+            raise ApiError(503, str(exc)) from None
         except apsw.BusyError:
             raise ApiError(503, "the axon's database stayed locked by other writers; retry") from None
