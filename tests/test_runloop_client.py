@@ -72,6 +72,18 @@ def test_status_maps_to_error_classes() -> None:
         assert str(err).startswith(f"{status} ") and "why" in str(err) and "GET /p" in str(err)
 
 
+def test_an_error_gives_one_hint_at_most() -> None:
+    """The API's own account (400, 404, 409, 422) is the hint when it sent one; statuses about the
+    caller's situation always get theirs; without a message every status gets its generic hint."""
+    own_account = {400, 404, 409, 422, 418}
+    for status in (400, 401, 403, 404, 408, 409, 422, 429, 500, 418):
+        told = str(error_for_status(status, "thing 'x' not found; list things to see which ids exist"))
+        assert told.endswith("list things to see which ids exist") == (status in own_account), (status, told)
+        assert told.count("(") <= 1 and told.count("list") == 1, told
+        silent = error_for_status(status, "", method="GET", path="/p")
+        assert str(silent).endswith(f"from GET /p: (no message) ({silent.hint})"), str(silent)
+
+
 def test_command_ids_are_uuid7() -> None:
     import uuid
 

@@ -55,6 +55,13 @@ def test_every_tool_has_description_schemas_and_all_four_hints() -> None:
             assert isinstance(hints.get(key), bool), (name, key)
 
 
+def test_execute_says_plainly_that_it_runs_a_shell_command() -> None:
+    # Clients with tool search (Codex) match a task like "run a shell command" against these words.
+    execute = anyio.run(tool_schemas)["execute"]
+    assert execute["description"].startswith("Run a shell command in a devbox")
+    assert execute["annotations"]["title"] == "Run shell command"
+
+
 def test_annotations_are_true_to_what_tools_do() -> None:
     docs = anyio.run(tool_schemas)
     read_only = {n for n, d in docs.items() if d["annotations"]["readOnlyHint"]}

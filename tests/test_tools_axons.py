@@ -106,6 +106,7 @@ async def test_bad_input_gives_clear_errors(mcp: Client) -> None:
     axon = await new_axon(mcp)
     message = await call_error(mcp, "publish_event", {"axon_id": "axn_doesnotexist", "event_type": "e", "payload": 1})
     assert "404" in message and "axn_doesnotexist" in message
+    assert message.endswith("axon 'axn_doesnotexist' not found; list axons to see which ids exist"), message  # one hint
     message = await call_error(mcp, "publish_event", {"axon_id": axon, "event_type": "e", "payload": 1, "origin": "SYSTEM_EVENT"})
     assert "origin" in message
     message = await call_error(mcp, "sql_query", {"axon_id": axon, "sql": "SELECT * FROM no_such_table"})

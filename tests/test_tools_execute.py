@@ -243,9 +243,19 @@ async def test_kill_execution_stops_a_running_command(mcp: Client, devbox_id: st
     assert structured(after)["status"] == "completed"
 
 
+async def test_an_unknown_execution_gets_one_hint_that_can_be_followed(mcp: Client, devbox_id: str) -> None:
+    # Executions cannot be listed: the hint says where their ids come from, once.
+    for tool, extra in (("stream_logs", {"wait_seconds": 5}), ("kill_execution", {}), ("send_stdin", {"text": "x"})):
+        message = await call_error(mcp, tool, {"devbox_id": devbox_id, "execution_id": "exe_nope", **extra})
+        assert "execution 'exe_nope' not found" in message, message
+        assert message.count("use the id returned by the call that started the command") == 1, message
+        assert "list" not in message and "(" not in message.split("not found", 1)[1], message
+
+
 async def test_execute_bad_input_gives_clear_errors(mcp: Client, devbox_id: str) -> None:
     message = await call_error(mcp, "execute", {"devbox_id": "dbx_nope", "command": "true"})
     assert "dbx_nope" in message and "404" in message
+    assert message.endswith("devbox 'dbx_nope' not found; list devboxes to see which ids exist"), message  # one hint
     message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": ""})
     assert "command" in message
     message = await call_error(mcp, "execute", {"devbox_id": devbox_id, "command": "true", "wait_seconds": -1})

@@ -148,7 +148,7 @@ class AxonStore:
     def get(self, axon_id: str) -> AxonRecord:
         record = self.registry.records.get(axon_id)
         if record is None:
-            raise ApiError(404, f"axon {axon_id!r} not found; list axons (GET /v1/axons) to see which ids exist")
+            raise ApiError(404, f"axon {axon_id!r} not found; list axons to see which ids exist")
         return record
 
     def all(self) -> list[AxonRecord]:

@@ -28,8 +28,10 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, message)
 
 
-def not_found(kind: str, ident: str) -> ApiError:
-    return ApiError(404, f"{kind} {ident!r} not found; list them to see which ids exist")
+def not_found(kind: str, ident: str, hint: str) -> ApiError:
+    """A 404 naming what was missing and the one thing to do about it (`hint` must be doable:
+    executions, for one, cannot be listed)."""
+    return ApiError(404, f"{kind} {ident!r} not found; {hint}")
 
 
 def conflict(message: str) -> ApiError:

@@ -329,7 +329,7 @@ class ExecutionManager:
         devbox = self.devboxes.get(devbox_id)
         ex = self._table(devbox).get(execution_id)
         if ex is None:
-            raise not_found("execution", execution_id)
+            raise not_found("execution", execution_id, "use the id returned by the call that started the command")
         return ex
 
     # -- start -------------------------------------------------------------------------------

@@ -196,8 +196,10 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
                     await c.get_devbox(feed.devbox_id)
                 elif isinstance(feed, OutputFeed):
                     await c.get_execution(feed.devbox_id, feed.execution_id, last_n=0)
-            except NotFound:
-                raise _not_found(uri) from None
+            except NotFound as exc:
+                # The API's message names what is missing and says what to do (executions, for
+                # one, are not in resources/list).
+                raise _not_found(uri, exc.message or None) from None
             except RunloopError as exc:
                 raise _resource_error(uri, f"subscribing failed: {exc}") from None
 
@@ -238,9 +240,11 @@ def _bus_of(mcp: MCPServer) -> Any:
     return mcp._subscriptions
 
 
-def _not_found(uri: str) -> MCPError:
-    return MCPError(INVALID_PARAMS, f"resource {uri} not found; list resources (resources/list) to see what exists",
-                    data={"uri": uri})
+def _not_found(uri: str, why: str | None = None) -> MCPError:
+    message = f"resource {uri} not found: {why}" if why else (
+        f"resource {uri} not found; list resources (resources/list) to see what exists"
+    )
+    return MCPError(INVALID_PARAMS, message, data={"uri": uri})
 
 
 def _resource_error(uri: str, message: str) -> MCPError:

@@ -35,12 +35,12 @@ RUNNING_READ_SECONDS = 2.0
 
 @contextmanager
 def resource_errors(what: str, hint: str) -> Iterator[None]:
-    """Client errors as resource errors: 404 and bad ids → not found (with `hint`), others → error."""
+    """Client errors as resource errors: 404 and bad ids → not found, others → error. One hint:
+    the API's message when it sent one (it names what is missing and what to do), else `hint`."""
     try:
         yield
     except NotFound as exc:
-        why = f" (the API says: {exc.message})" if exc.message else ""
-        raise ResourceNotFoundError(f"{what} not found{why}; {hint}") from None
+        raise ResourceNotFoundError(exc.message or f"{what} not found; {hint}") from None
     except InvalidArgument:
         raise ResourceNotFoundError(f"{what} not found; {hint}") from None
     except RunloopError as exc:

@@ -2,7 +2,11 @@
 
 Every failure the client raises is a `RunloopError`. HTTP failures are `ApiStatusError`
 subclasses chosen by status, carrying the API's `message`; `str()` is one line an agent can act
-on (what failed, why, what to do). No error ever holds the API key: messages are redacted,
+on (what failed, why, what to do), with one hint at most: for a status whose message is the API's
+own account of the request (400, 404, 409, 422) the message is that hint, and a generic one is
+added only when the API sent no message (the embedded backend's messages say what to do; a
+second, generic hint would repeat or contradict them). Statuses about the caller's situation
+(401, 403, 408, 429, 5xx) always get theirs. No error ever holds the API key: messages are redacted,
 and transport exceptions are not chained (their request objects carry the Authorization header).
 """
 
@@ -71,6 +75,8 @@ class ApiStatusError(RunloopError):
     """The API answered with an error status. `status` and `message` are the API's own."""
 
     hint = "see the message for what to change"
+    # Whether `hint` is added even when the API's message says what went wrong (see the module docstring).
+    hint_always = False
     # How many times the request was sent (set by the client; > 1 means retried).
     attempts = 1
 
@@ -91,26 +97,28 @@ class ApiStatusError(RunloopError):
             phrase = "error"
         where = f" from {self.method} {self.path}" if self.method else ""
         text = f"{self.status} {phrase}{where}: {self.message or '(no message)'}"
-        return f"{text} ({self.hint})" if self.hint else text
+        return f"{text} ({self.hint})" if self.hint and (self.hint_always or not self.message) else text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, message={self.message!r}, path={self.path!r})"
 
 
 class BadRequest(ApiStatusError):
-    hint = "fix the request as the message says"
+    hint = "the request was refused; check its arguments"
 
 
 class Authentication(ApiStatusError):
     hint = "check RUNLOOP_API_KEY"
+    hint_always = True
 
 
 class PermissionDenied(ApiStatusError):
     hint = "the API key may not do this"
+    hint_always = True
 
 
 class NotFound(ApiStatusError):
-    hint = "check the id; list the existing ones to find the right one"
+    hint = "check the id"
 
 
 class Conflict(ApiStatusError):
@@ -118,19 +126,22 @@ class Conflict(ApiStatusError):
 
 
 class Unprocessable(ApiStatusError):
-    hint = "fix the fields the message names"
+    hint = "check the arguments"
 
 
 class RequestTimeout(ApiStatusError):
     hint = "the server timed out; retry"
+    hint_always = True
 
 
 class RateLimited(ApiStatusError):
     hint = "too many requests; wait and retry"
+    hint_always = True
 
 
 class ServerError(ApiStatusError):
     hint = "the API failed; retrying later may help"
+    hint_always = True
 
 
 _BY_STATUS: dict[int, type[ApiStatusError]] = {

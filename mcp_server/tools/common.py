@@ -32,9 +32,10 @@ def state(ctx: Context) -> AppState:
 def api_errors(context: str | None = None) -> Iterator[None]:
     """Turn a client error into a tool error (an `isError` result) that says what failed and why.
 
-    The client's messages are already one actionable line without the API key; no traceback
-    or chained exception reaches the caller. The SDK prefixes the tool's name; `context` says
-    which step failed when a tool takes several.
+    Translated once: the client's message is already one line with at most one hint (see
+    `runloop/errors.py`) and without the API key, so nothing is added here but which step
+    failed (`context`, when a tool takes several); the SDK prefixes the tool's name. No
+    traceback or chained exception reaches the caller.
     """
     try:
         yield

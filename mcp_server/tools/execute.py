@@ -234,7 +234,7 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
 
 def register(server: MCPServer) -> None:
     # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
-    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Execute command"))
+    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Run shell command"))
     async def execute(
         ctx: Context,
         devbox_id: DevboxId,
