@@ -167,7 +167,8 @@ def _load_toml(path: Path, text: str, servers_key: str) -> tomlkit.TOMLDocument:
         document = tomlkit.parse(text)
     except TOMLKitError as exc:
         raise InstallError(
-            f"{path} is not valid TOML ({exc}); it was left untouched. Fix it or move it aside, then run install again"
+            f"{path} is not valid TOML ({exc}); it was left untouched. "
+            "Fix it or move it aside, then run install again"
         ) from None
     if servers_key not in document:
         document[servers_key] = tomlkit.table(is_super_table=True)  # no empty [mcp_servers] header
@@ -228,7 +229,9 @@ def install(
     servers = data.setdefault(client.servers_key, {})
     previous = _plain(servers.get(name))
     if not isinstance(previous, dict | None):
-        raise InstallError(f"{path}: {client.servers_key}.{name} is not a table/object; it was left untouched")
+        raise InstallError(
+            f"{path}: {client.servers_key}.{name} is not a table/object; it was left untouched"
+        )
     action = "unchanged" if previous == entry else ("updated" if previous is not None else "added")
     others = [key for key in servers if key != name]
     servers[name] = entry

@@ -44,4 +44,7 @@ def test_cli_runs_every_call_of_the_plan(run: Run) -> None:
 @pytest.mark.parametrize("expectation", EXPECTATIONS, ids=[e.name for e in EXPECTATIONS])
 def test_model_receives(run: Run, expectation: Expectation) -> None:
     missing = expectation.missing(run)
-    assert not missing, f"{expectation.name} did not reach the model (no match for {missing}).\n{run.explain(expectation.step)}"
+    assert not missing, (
+        f"{expectation.name} did not reach the model (no match for {missing}).\n"
+        + run.explain(expectation.step)
+    )

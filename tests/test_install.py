@@ -291,9 +291,8 @@ def test_cli_installs_codex_and_masks_the_key(tmp_path: Path) -> None:
     import tomllib
 
     path = tmp_path / "config.toml"
-    done = run_cli(
-        "codex", "--config-path", str(path), "--env", "RUNLOOP_API_KEY", env={"RUNLOOP_API_KEY": "rk_live_secret"}
-    )
+    secret = {"RUNLOOP_API_KEY": "rk_live_secret"}
+    done = run_cli("codex", "--config-path", str(path), "--env", "RUNLOOP_API_KEY", env=secret)
     assert done.returncode == 0, done.stderr
     assert "rk_live_secret" not in done.stdout + done.stderr
     assert "[mcp_servers.devbox]" in done.stdout and 'default_tools_approval_mode = "approve"' in done.stdout
@@ -302,4 +301,5 @@ def test_cli_installs_codex_and_masks_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("= nope")
     refused = run_cli("codex", "--config-path", str(bad))
-    assert refused.returncode == 2 and "not valid TOML" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 2 and "not valid TOML" in refused.stderr
+    assert "Traceback" not in refused.stderr

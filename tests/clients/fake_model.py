@@ -10,10 +10,11 @@ Every request is appended to RECORD_FILE as one JSON line (`method`, `path`, `bo
 reads exactly what the CLI handed its model after each tool call.
 
 The model is stateless: it counts the results of its plan's calls already in the conversation and
-plays the next step of its plan (`PLAN`, or `SHAPES_PLAN` against shapes_server.py), taking the ids it needs (devbox, axon) from earlier results, as a
-model reads them. Both CLIs defer MCP tools behind a search tool by default (Claude Code's
-`ToolSearch`, Codex's `tool_search`): the model then searches for a tool before its first call, as
-a real one must, and calls it by the name the CLI announced. A request that offers none of our
+plays the next step of its plan (`PLAN`, or `SHAPES_PLAN` against shapes_server.py), taking the
+ids it needs (devbox, axon) from earlier results, as a model reads them. Both CLIs defer MCP tools
+behind a search tool by default (Claude Code's `ToolSearch`, Codex's `tool_search`): the model
+then searches for a tool before its first call, as a real one must, and calls it by the name the
+CLI announced. A request that offers none of our
 tools (a title or summary request, a quota probe) gets a short text answer. Plan calls have the id
 `call_<step>`, searches `search_<step>`, so a test finds each result.
 
@@ -53,7 +54,9 @@ PLAN: list[Step] = [
             "command": "echo line1; echo line2; echo line3; echo err1 >&2; exit 3",
         },
     ),
-    Step("execute", "run a shell command", lambda ids: {"devbox_id": ids["devbox"], "command": "seq 1 200000"}),
+    Step(
+        "execute", "run a shell command", lambda ids: {"devbox_id": ids["devbox"], "command": "seq 1 200000"}
+    ),
     Step(
         "write_file",
         "write a file",
@@ -76,8 +79,8 @@ PLAN: list[Step] = [
     ),
     Step("shutdown_devbox", "shut down a devbox", lambda ids: {"devbox_id": ids["devbox"]}),
 ]
-STEP_CREATE, STEP_ECHO, STEP_SEQ, STEP_WRITE, STEP_READ, STEP_AXON, STEP_PUBLISH, STEP_SQL, STEP_SHUTDOWN = range(
-    len(PLAN)
+STEP_CREATE, STEP_ECHO, STEP_SEQ, STEP_WRITE, STEP_READ, STEP_AXON, STEP_PUBLISH, STEP_SQL, STEP_SHUTDOWN = (
+    range(len(PLAN))
 )
 # One call per tool of shapes_server.py (same order as its SHAPES).
 SHAPES_PLAN: list[Step] = [
@@ -93,7 +96,10 @@ SHAPES_PLAN: list[Step] = [
     )
 ]
 PLANS = {"devbox": PLAN, "shapes": SHAPES_PLAN}
-ID_PATTERNS = {"devbox": (STEP_CREATE, re.compile(r"dbx_[0-9A-Za-z]{20}")), "axon": (STEP_AXON, re.compile(r"axn_[0-9A-Za-z]{20}"))}
+ID_PATTERNS = {
+    "devbox": (STEP_CREATE, re.compile(r"dbx_[0-9A-Za-z]{20}")),
+    "axon": (STEP_AXON, re.compile(r"axn_[0-9A-Za-z]{20}")),
+}
 
 
 def call_id(step: int) -> str:
@@ -125,7 +131,9 @@ def visible_text(content: Any) -> str:
             return visible_text(content.get("content"))
         if content.get("type") == "function_call_output":
             return visible_text(content.get("output"))
-        if content.get("type") in ("text", "input_text", "output_text") and isinstance(content.get("text"), str):
+        if content.get("type") in ("text", "input_text", "output_text") and isinstance(
+            content.get("text"), str
+        ):
             return content["text"]
     return json.dumps(content, ensure_ascii=False)
 
@@ -173,11 +181,16 @@ class AnthropicMessages:
         return found
 
     def search(self, body: dict, call: str, step: Step) -> tuple[str, bytes]:
-        query = {"query": f"select:mcp__{SERVER}__{step.tool}", "max_results": 5}  # the form its prompt suggests
+        query = {
+            "query": f"select:mcp__{SERVER}__{step.tool}",
+            "max_results": 5,
+        }  # the form its prompt suggests
         return self.tool_call(body, call, self.search_tool, query)
 
     def tool_call(self, body: dict, call: str, name: str, arguments: dict) -> tuple[str, bytes]:
-        return self._message(body, [{"type": "tool_use", "id": f"toolu_{call}", "name": name, "input": arguments}])
+        return self._message(
+            body, [{"type": "tool_use", "id": f"toolu_{call}", "name": name, "input": arguments}]
+        )
 
     def text(self, body: dict, text: str) -> tuple[str, bytes]:
         return self._message(body, [{"type": "text", "text": text}])
@@ -196,7 +209,12 @@ class AnthropicMessages:
         }
         if not body.get("stream"):
             return "application/json", json.dumps(message).encode()
-        start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": 10, "output_tokens": 1}}
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        }
         events: list[dict] = [{"type": "message_start", "message": start}]
         for index, block in enumerate(blocks):
             if block["type"] == "text":
@@ -253,7 +271,9 @@ class OpenAIResponses:
 
     def search(self, body: dict, call: str, step: Step) -> tuple[str, bytes]:
         arguments = {"query": step.search, "limit": 8}
-        return self._response([{"type": "tool_search_call", "call_id": call, "execution": "client", "arguments": arguments}])
+        return self._response(
+            [{"type": "tool_search_call", "call_id": call, "execution": "client", "arguments": arguments}]
+        )
 
     def tool_call(self, body: dict, call: str, name: str, arguments: dict) -> tuple[str, bytes]:
         item = {"type": "function_call", "call_id": call, "name": name, "arguments": json.dumps(arguments)}
@@ -262,7 +282,12 @@ class OpenAIResponses:
         return self._response([item])
 
     def text(self, body: dict, text: str) -> tuple[str, bytes]:
-        message = {"type": "message", "role": "assistant", "id": "msg_fake", "content": [{"type": "output_text", "text": text}]}
+        message = {
+            "type": "message",
+            "role": "assistant",
+            "id": "msg_fake",
+            "content": [{"type": "output_text", "text": text}],
+        }
         return self._response([message])
 
     def _response(self, items: list[dict]) -> tuple[str, bytes]:
@@ -361,7 +386,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _not_found(self) -> None:
-        self._send(404, "application/json", b'{"error": {"type": "not_found_error", "message": "fake model"}}')
+        self._send(
+            404, "application/json", b'{"error": {"type": "not_found_error", "message": "fake model"}}'
+        )
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._record(None)

@@ -128,7 +128,9 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def run_cli(namespace: str, argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    namespace: str, argv: list[str], env: dict[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
     cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         in_namespace(namespace, argv),
@@ -246,7 +248,9 @@ def failed_calls(run: Run) -> dict[int, str]:
         text = run.seen(step)
         if result is None:
             failures[step] = "no result reached the model"
-        elif result.get("is_error") or re.search(r"requires approval|Error executing tool|unsupported call", text):
+        elif result.get("is_error") or re.search(
+            r"requires approval|Error executing tool|unsupported call", text
+        ):
             failures[step] = text[:500]
     return failures
 
@@ -263,5 +267,3 @@ def final_text(run: Run) -> str | None:
             if item.get("type") == "agent_message":  # Codex
                 last = item.get("text")
     return last
-
-

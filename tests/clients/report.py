@@ -31,7 +31,9 @@ def devbox_report(name: str, run: Run) -> None:
         size = wire_bytes(result) if result is not None else "-"
         print(f"  {step:<4} {planned.tool:<16} {size:>6}")
     for expectation in EXPECTATIONS:
-        print(f"  {expectation.name:<16} {'reached the model' if not expectation.missing(run) else 'MISSING'}")
+        print(
+            f"  {expectation.name:<16} {'reached the model' if not expectation.missing(run) else 'MISSING'}"
+        )
 
 
 def shapes_report(name: str, run: Run) -> None:

@@ -1,8 +1,8 @@
 """An MCP server (stdio) whose tools return one result shape each, to see what a CLI shows its model.
 
-`report.py shapes` runs each agent CLI with this server and the fake model's `shapes` plan (one
-call per tool); every text, structured field and link carries a marker (T1, S2, L3...), so the
-recording shows which parts of a result reached the model and in what form.
+`report.py shapes` runs each agent CLI with this server and the fake model's `SHAPES_PLAN` (one
+call per tool, in the order defined here); every text, structured field and link carries a marker
+(T1, S2, L3...), so the recording shows which parts of a result reached the model and in what form.
 """
 
 from __future__ import annotations
@@ -64,13 +64,17 @@ def text_and_link() -> CallToolResult:
 @server.tool()
 def text_link_and_structured() -> Annotated[CallToolResult, Envelope]:
     """A text block, a resource link and structured content."""
-    return CallToolResult(content=[text("TEXT-T4"), link("LINK-L4")], structured_content={"marker": "STRUCT-S4"})
+    return CallToolResult(
+        content=[text("TEXT-T4"), link("LINK-L4")], structured_content={"marker": "STRUCT-S4"}
+    )
 
 
 @server.tool()
 def error_with_structured() -> Annotated[CallToolResult, Envelope]:
     """An error result carrying both a text block and structured content."""
-    return CallToolResult(content=[text("TEXT-T5")], structured_content={"marker": "STRUCT-S5"}, is_error=True)
+    return CallToolResult(
+        content=[text("TEXT-T5")], structured_content={"marker": "STRUCT-S5"}, is_error=True
+    )
 
 
 @server.tool()
@@ -86,16 +90,6 @@ def text_and_image() -> CallToolResult:
     image = ImageContent(type="image", data=base64.b64encode(PNG).decode(), mime_type="image/png")
     return CallToolResult(content=[text("TEXT-T7"), image])
 
-
-SHAPES = [
-    "text_only",
-    "text_and_structured",
-    "text_and_link",
-    "text_link_and_structured",
-    "error_with_structured",
-    "text_and_embedded_resource",
-    "text_and_image",
-]
 
 if __name__ == "__main__":
     server.run()
