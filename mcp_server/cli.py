@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     install = sub.add_parser("install", help="add devbox-mcp to an MCP client's configuration")
-    install.add_argument("client", choices=["claude-desktop", "claude-code", "cursor", "vscode"])
+    install.add_argument("client", choices=["claude-desktop", "claude-code", "cursor", "vscode", "codex"])
     install.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
     install.add_argument(
         "--env",

@@ -205,3 +205,101 @@ async def test_written_entry_starts_a_working_server(tmp_path: Path, backend) ->
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
     assert {"create_devbox", "execute"} <= names
+
+
+# ---------------------------------------------------------------- Codex (TOML)
+
+CODEX_ENTRY = {
+    "command": CMD[0],
+    "args": ["serve"],
+    "default_tools_approval_mode": "approve",
+    "required": True,
+    "startup_timeout_sec": 30,
+}
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, "home/.codex/config.toml"), ({"CODEX_HOME": "/ch"}, "/ch/config.toml")],
+)
+def test_codex_path_follows_codex_home(tmp_path: Path, environ: dict, expected: str) -> None:
+    result = install("codex", dry_run=True, command=CMD, home=tmp_path / "home", environ=environ)
+    assert str(result.path) == (expected if expected.startswith("/") else str(tmp_path / expected))
+
+
+def test_codex_new_file_has_the_keys_codex_exec_needs(tmp_path: Path) -> None:
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    result = install("codex", config_path=path, command=CMD)
+    assert result.action == "added"
+    assert tomllib.loads(path.read_text()) == {"mcp_servers": {"devbox": CODEX_ENTRY}}
+    assert "[mcp_servers]\n" not in path.read_text()  # no empty super-table header
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_codex_merge_keeps_comments_other_servers_and_keys(tmp_path: Path) -> None:
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    original = (
+        "# my settings\n"
+        'model = "o3"  # the one I like\n'
+        "\n"
+        "[mcp_servers.github]\n"
+        'command = "npx"\n'
+        'args = ["gh"]\n'
+        "\n"
+        "[mcp_servers.devbox]\n"
+        'command = "/old/devbox-mcp"\n'
+        "\n"
+        "[profiles.fast]\n"
+        'model = "o4-mini"\n'
+    )
+    path.write_text(original)
+    result = install("codex", config_path=path, command=CMD, env={"RUNLOOP_API_KEY": "rk_1"})
+    text = path.read_text()
+    assert text.startswith('# my settings\nmodel = "o3"  # the one I like\n')
+    data = tomllib.loads(text)
+    assert data["model"] == "o3" and data["profiles"] == {"fast": {"model": "o4-mini"}}
+    assert data["mcp_servers"]["github"] == {"command": "npx", "args": ["gh"]}
+    assert data["mcp_servers"]["devbox"] == {**CODEX_ENTRY, "env": {"RUNLOOP_API_KEY": "rk_1"}}
+    assert result.action == "updated" and result.other_servers == ["github"]
+    assert result.backup is not None and result.backup.read_text() == original
+    again = install("codex", config_path=path, command=CMD, env={"RUNLOOP_API_KEY": "rk_1"})
+    assert again.action == "unchanged" and path.read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[mcp_servers\n", "not valid TOML"),
+        ('mcp_servers = "x"\n', "'mcp_servers' is not a table"),
+        ('[mcp_servers]\ndevbox = "x"\n', "mcp_servers.devbox is not a table"),
+    ],
+)
+def test_codex_unreadable_config_is_left_untouched(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(content)
+    with pytest.raises(InstallError, match=message):
+        install("codex", config_path=path, command=CMD)
+    assert path.read_text() == content
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_cli_installs_codex_and_masks_the_key(tmp_path: Path) -> None:
+    import tomllib
+
+    path = tmp_path / "config.toml"
+    secret = {"RUNLOOP_API_KEY": "rk_live_secret"}
+    done = run_cli("codex", "--config-path", str(path), "--env", "RUNLOOP_API_KEY", env=secret)
+    assert done.returncode == 0, done.stderr
+    assert "rk_live_secret" not in done.stdout + done.stderr
+    assert "[mcp_servers.devbox]" in done.stdout and 'default_tools_approval_mode = "approve"' in done.stdout
+    written = tomllib.loads(path.read_text())["mcp_servers"]["devbox"]
+    assert written["env"] == {"RUNLOOP_API_KEY": "rk_live_secret"} and Path(written["command"]).exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("= nope")
+    refused = run_cli("codex", "--config-path", str(bad))
+    assert refused.returncode == 2 and "not valid TOML" in refused.stderr
+    assert "Traceback" not in refused.stderr
