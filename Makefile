@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench dist clean
 
 install: $(STAMP)
 	@./.ci/node-tools
+	@./.ci/wheelhouse
 
 $(STAMP): pyproject.toml Makefile
 	@./.ci/ensure-system-packages
@@ -30,5 +31,10 @@ bench: install
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.http
 
+# Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/test_packaging.py checks them).
+dist: install
+	rm -rf dist/devbox_mcp-*
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) dist build
