@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench dist clean
+.PHONY: install demo test lint bench dist bundle clean
 
 install: $(STAMP)
 	@./.ci/node-tools
@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/devbox-mcp demo
 
 test: install
-	$(BIN)/ruff check mcp_server tests bench
+	$(BIN)/ruff check mcp_server tests bench mcpb
 	$(BIN)/python -m pytest
 
 bench: install
@@ -35,6 +35,10 @@ bench: install
 dist: install
 	rm -rf dist/devbox_mcp-*
 	$(BIN)/python -m build --no-isolation --outdir dist .
+
+# dist/devbox-mcp-<version>.mcpb: the one-click install for Claude Desktop (mcpb/build_bundle.py).
+bundle: install
+	$(BIN)/python mcpb/build_bundle.py --outdir dist
 
 clean:
 	rm -rf $(VENV) dist build

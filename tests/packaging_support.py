@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
@@ -51,6 +52,15 @@ def uv_offline_env(scratch: Path, **extra: str) -> dict[str, str]:
         UV_PYTHON=sys.executable, UV_PYTHON_DOWNLOADS="never",
         UV_CACHE_DIR=str(scratch / "uv-cache"), UV_TOOL_DIR=str(scratch / "uv-tools"), **extra,
     )
+
+
+def package_sources() -> set[str]:
+    """The package's files as setuptools' own finder sees them for the wheel (pyproject: mcp_server*)."""
+    files = set()
+    for package in find_packages(ROOT, include=["mcp_server*"]):
+        directory = ROOT / package.replace(".", "/")
+        files |= {p.relative_to(ROOT).as_posix() for p in directory.glob("*.py")}
+    return files
 
 
 def run(command: list[str | Path], **kwargs) -> subprocess.CompletedProcess[str]:

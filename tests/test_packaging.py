@@ -15,20 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from packaging_support import ROOT, UV, needs_wheelhouse, pip_offline_env, run, uv_offline_env
-from setuptools import find_packages
+from packaging_support import (
+    ROOT,
+    UV,
+    needs_wheelhouse,
+    package_sources,
+    pip_offline_env,
+    run,
+    uv_offline_env,
+)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 
-
-def package_sources() -> set[str]:
-    """The package's files as setuptools' own finder sees them (pyproject: packages.find mcp_server*)."""
-    files = set()
-    for package in find_packages(ROOT, include=["mcp_server*"]):
-        directory = ROOT / package.replace(".", "/")
-        files |= {p.relative_to(ROOT).as_posix() for p in directory.glob("*.py")}
-    return files
 
 
 @dataclass
