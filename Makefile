@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench dist bundle clean
 
 install: $(STAMP)
 	@./.ci/node-tools
+	@./.ci/wheelhouse
 
 $(STAMP): pyproject.toml Makefile
 	@./.ci/ensure-system-packages
@@ -20,7 +21,7 @@ demo: install
 	$(BIN)/devbox-mcp demo
 
 test: install
-	$(BIN)/ruff check mcp_server tests bench
+	$(BIN)/ruff check mcp_server tests bench mcpb
 	$(BIN)/python -m pytest
 
 bench: install
@@ -30,5 +31,14 @@ bench: install
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.http
 
+# Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/test_packaging.py checks them).
+dist: install
+	rm -rf dist/devbox_mcp-*
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
+# dist/devbox-mcp-<version>.mcpb: the one-click install for Claude Desktop (mcpb/build_bundle.py).
+bundle: install
+	$(BIN)/python mcpb/build_bundle.py --outdir dist
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) dist build
