@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
         "--name", default="devbox", help="server name in the client's config (default: devbox)"
     )
 
-    local = sub.add_parser("local-api", help="serve the embedded Runloop-compatible API alone")
+    local = sub.add_parser(
+        "local-api",
+        help="serve the embedded Runloop-compatible API in the foreground (shared with devbox-mcp processes)",
+    )
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=8787)
     local.add_argument("--data-dir", type=Path, default=None)
@@ -75,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         "--unsafe-no-sandbox",
         action="store_true",
         help="run devboxes as plain host processes when bubblewrap is unavailable (no isolation)",
+    )
+    local.add_argument(
+        "--idle-shutdown",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this long with no request and no running devbox (default 0: run until stopped)",
+    )
+    # Set by devbox-mcp when it starts the shared backend in the background: no key on stderr (a log file).
+    local.add_argument("--spawned", action="store_true", help=argparse.SUPPRESS)
+    control = local.add_mutually_exclusive_group()
+    control.add_argument(
+        "--status", action="store_true", help="say whether a backend serves the data dir, and where"
+    )
+    control.add_argument(
+        "--stop", action="store_true", help="stop the backend serving the data dir (and its devboxes)"
     )
 
     schemas = sub.add_parser("schemas", help="print or write the tool JSON schemas")
@@ -137,25 +156,64 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _local_api(args: argparse.Namespace) -> int:
+    from .local import service
     from .local.config import LocalConfig
-    from .local.server import generate_api_key, serve_forever
+    from .local.server import generate_api_key
 
-    key = os.environ.get("DEVBOX_LOCAL_API_KEY") or generate_api_key()
-    data_dir = args.data_dir or default_data_dir()
-    host = args.host
-    url_host = f"[{host}]" if ":" in host else host
-    print(f"devbox-mcp local API on http://{url_host}:{args.port}", file=sys.stderr)
-    print(f"  export RUNLOOP_BASE_URL=http://{url_host}:{args.port}", file=sys.stderr)
-    if "DEVBOX_LOCAL_API_KEY" not in os.environ:
-        print(f"  export RUNLOOP_API_KEY={key}", file=sys.stderr)
-    else:
-        print("  export RUNLOOP_API_KEY=$DEVBOX_LOCAL_API_KEY", file=sys.stderr)
-    print(f"  data: {data_dir}", file=sys.stderr, flush=True)
+    data_dir = (args.data_dir or default_data_dir()).absolute()
+    if args.status or args.stop:
+        return _local_api_control(service, data_dir, stop=args.stop)
+    if args.idle_shutdown < 0:
+        print("devbox-mcp: --idle-shutdown must be 0 (never) or a number of seconds", file=sys.stderr)
+        return 2
+    from_env = "DEVBOX_LOCAL_API_KEY" in os.environ and not args.spawned
+    key = os.environ["DEVBOX_LOCAL_API_KEY"] if from_env else generate_api_key()
+
+    def announce(state: service.ServiceState) -> None:
+        idle = f"; stops after {args.idle_shutdown:g} s idle" if args.idle_shutdown else ""
+        print(f"devbox-mcp local API on {state.base_url} (pid {state.pid}{idle})", file=sys.stderr)
+        if not args.spawned:
+            print(f"  export RUNLOOP_BASE_URL={state.base_url}", file=sys.stderr)
+            print(
+                "  export RUNLOOP_API_KEY=" + ("$DEVBOX_LOCAL_API_KEY" if from_env else key),
+                file=sys.stderr,
+            )
+        print(f"  data: {data_dir} (devbox-mcp processes using it share it)", file=sys.stderr, flush=True)
+
     config = LocalConfig(data_dir=data_dir, api_key=key, unsafe_no_sandbox=args.unsafe_no_sandbox)
     try:
-        serve_forever(config, host, args.port)
+        service.serve(
+            config, args.host, args.port, idle_shutdown_seconds=args.idle_shutdown or None, announce=announce
+        )
+    except service.DataDirBusy as exc:
+        stop = f"devbox-mcp local-api --stop --data-dir {data_dir}"
+        print(f"devbox-mcp: {exc}; use it, or stop it with `{stop}`", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"devbox-mcp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
+    return 0
+
+
+def _local_api_control(service, data_dir: Path, *, stop: bool) -> int:  # noqa: ANN001 - the module
+    """`local-api --status` / `--stop`: about the backend serving `data_dir` (never its key)."""
+    state = service.read_state(data_dir)
+    if not service.is_served(data_dir):
+        if stop:
+            service.stop(data_dir)  # removes a state file a crashed backend left
+        print(f"no backend serves {data_dir}", file=sys.stderr)
+        return 0 if stop else 1
+    if stop:
+        pid = service.stop(data_dir)
+        print(f"stopped the backend{f' (pid {pid})' if pid else ''} of {data_dir}", file=sys.stderr)
+        return 0
+    if state is None:
+        print(f"a backend is starting or stopping in {data_dir}", file=sys.stderr)
+        return 0
+    idle = f"; stops after {state.idle_shutdown_seconds:g} s idle" if state.idle_shutdown_seconds else ""
+    print(f"backend pid {state.pid} at {state.base_url} serves {data_dir}{idle}", file=sys.stderr)
     return 0
 
 

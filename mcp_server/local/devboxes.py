@@ -205,11 +205,16 @@ class DevboxManager:
         for task in list(self._tasks.values()):
             with contextlib.suppress(BaseException):
                 await task
-        for devbox in list(self._devboxes.values()):
-            if devbox.sandbox is not None:
-                await self._stop_sandbox(devbox)
-                if devbox.status in _LIVE:
-                    self._transition(devbox, "suspended")
+
+        async def suspend(devbox: Devbox) -> None:
+            await self._stop_sandbox(devbox)
+            if devbox.status in _LIVE:
+                self._transition(devbox, "suspended")
+
+        # All at once: the kernel can take a while to tear down a sandbox's namespaces, and a
+        # shutdown should cost the slowest sandbox, not their sum.
+        live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
+        await asyncio.gather(*(suspend(devbox) for devbox in live))
 
     @staticmethod
     def _remove_partial_writes(devbox: Devbox) -> None:
@@ -242,6 +247,10 @@ class DevboxManager:
 
     def all(self) -> list[Devbox]:
         return sorted(self._devboxes.values(), key=lambda d: (d.create_time_ms, d.id))
+
+    def has_live_devbox(self) -> bool:
+        """Whether any devbox has (or is getting) a sandbox: a shared backend is not idle then."""
+        return any(d.status in _LIVE or d.sandbox is not None for d in self._devboxes.values())
 
     def get(self, devbox_id: str) -> Devbox:
         devbox = self._devboxes.get(devbox_id)

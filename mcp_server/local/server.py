@@ -1,7 +1,8 @@
-"""Running the embedded backend: in the foreground (`devbox-mcp local-api`) or on a thread.
+"""Running the embedded backend on a thread, and the pieces every way of running it shares.
 
-The thread form serves the MCP server's default mode (no Runloop key) and the tests: the
-backend gets its own event loop, so its sandbox and disk work never stalls the MCP loop.
+`devbox-mcp local-api` and the shared background backend run it as a process (`service.py`).
+The thread form is for tests and benchmarks: the backend gets its own event loop, so its
+sandbox and disk work never stalls the caller's loop.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .app import create_app
 from .config import LocalConfig
 
 log = logging.getLogger("devbox_mcp.local")
+
+GRACEFUL_SHUTDOWN_SECONDS = 1
 
 
 def generate_api_key() -> str:
@@ -38,28 +42,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(config: LocalConfig) -> uvicorn.Server:
-    uconfig = uvicorn.Config(
-        create_app(config),
+def uvicorn_config(app: ASGIApp) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
         log_level="warning",
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=2,
+        # Requests still open when asked to stop (streams, long-polls) get this long to end.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_keep_alive=30,
     )
-    return uvicorn.Server(uconfig)
 
 
 def base_url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def serve_forever(config: LocalConfig, host: str, port: int) -> None:
-    """Serve until interrupted. Used by `devbox-mcp local-api`."""
-    sock = bind_socket(host, port)
-    server = _uvicorn_server(config)
-    asyncio.run(server.serve(sockets=[sock]))
 
 
 @dataclass
@@ -88,7 +85,7 @@ def start_in_thread(
         data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox
     )
     sock = bind_socket(host, port)
-    server = _uvicorn_server(config)
+    server = uvicorn.Server(uvicorn_config(create_app(config)))
     failure: list[BaseException] = []
 
     def run() -> None:
