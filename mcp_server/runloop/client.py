@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
@@ -92,6 +92,8 @@ class RunloopClient:
 
     `retry` governs request retries and stream reconnects; `stream_idle_timeout` is how long a
     stream may stay silent (servers send keep-alives) before the client reconnects.
+    `wrap_transport` wraps each connection pool's transport, for a caller that decides per
+    request where it goes (the embedded backend's address can change while a client lives).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class RunloopClient:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         stream_idle_timeout: float = 60.0,
+        wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         check_connection(base_url, api_key)
         self.base_url = base_url.rstrip("/")
@@ -113,11 +116,17 @@ class RunloopClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._connect_timeout = connect_timeout
+
+        def transport(limits: httpx.Limits) -> dict[str, Any]:
+            if wrap_transport is None:
+                return {"limits": limits}
+            return {"transport": wrap_transport(httpx.AsyncHTTPTransport(limits=limits))}
+
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            **transport(httpx.Limits(max_connections=200, max_keepalive_connections=50)),
         )
         # Streams and long-polls hold connections for long; their own pool keeps them from
         # starving ordinary calls.
@@ -125,7 +134,7 @@ class RunloopClient:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout, read=stream_idle_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=50),
+            **transport(httpx.Limits(max_connections=None, max_keepalive_connections=50)),
         )
 
     @classmethod
