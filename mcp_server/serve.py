@@ -1,16 +1,17 @@
 """`devbox-mcp serve`: run the MCP server on a transport, against Runloop or the embedded backend.
 
 With `RUNLOOP_API_KEY` set, the server talks to `RUNLOOP_BASE_URL` (default Runloop's cloud).
-Without it, the embedded backend starts in-process on a loopback port with a random key, and
-the client uses that. The mode is logged to stderr (never the key): on stdio, stdout carries
-protocol messages and nothing else.
+Without it, it uses the embedded backend shared by every `devbox-mcp` on the same data
+directory, starting it on first use (`embedded.py`). The mode is logged to stderr (never the
+key): on stdio, stdout carries protocol messages and nothing else.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
@@ -22,30 +23,32 @@ from .settings import Settings
 log = logging.getLogger("devbox_mcp")
 
 
-@contextmanager
-def api_config(data_dir: Path) -> Iterator[ClientConfig]:
-    """The API to use for this run; starts (and at the end stops) the embedded backend if needed."""
+def api_clients(data_dir: Path) -> Callable[[], RunloopClient]:
+    """What makes this run's API clients: Runloop's with a key, else the shared embedded backend's.
+
+    Raises ValueError (a bad environment) before anything starts.
+    """
     config = ClientConfig.from_env()
+    config.check()
     if config.api_key:
         log.info("using the Runloop API at %s", config.base_url)
-        yield config
-        return
-    from .local.server import start_in_thread
+        return lambda: RunloopClient.from_config(config)
+    from .embedded import SharedBackend
+    from .local.service import idle_seconds_from_env
 
-    backend = start_in_thread(Path(data_dir))
-    log.info("no RUNLOOP_API_KEY: using the embedded backend at %s (data in %s)", backend.base_url, data_dir)
-    try:
-        yield ClientConfig(base_url=backend.base_url, api_key=backend.api_key)
-    finally:
-        backend.stop()
+    backend = SharedBackend(data_dir, idle_seconds_from_env())
+    log.info("no RUNLOOP_API_KEY: using the embedded backend (data in %s), shared, started on first use", data_dir)
+    return backend.client
 
 
-def server_factory(config: ClientConfig, settings: Settings | None = None) -> Callable[[], MCPServer]:
+def server_factory(
+    make_client: Callable[[], RunloopClient], settings: Settings | None = None
+) -> Callable[[], MCPServer]:
     """A fresh server per call (HTTP builds one per app); each makes its client in its own loop."""
     settings = settings or Settings.from_env()
 
     def factory() -> MCPServer:
-        return build_server(lambda: RunloopClient.from_config(config), settings)
+        return build_server(make_client, settings)
 
     return factory
 
@@ -59,22 +62,35 @@ def main(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
-        ClientConfig.from_env().check()
+        make_client = api_clients(data_dir or default_data_dir())
     except ValueError as exc:  # InvalidArgument is a ValueError too
         log.error("%s", exc)
         return 2
-    with api_config(data_dir or default_data_dir()) as config:
-        factory = server_factory(config, settings)
-        if transport == "stdio":
-            try:
-                factory().run("stdio")
-            except KeyboardInterrupt:
-                return 130
-            return 0
-        if transport == "http":
-            return serve_http(factory, host, port, **http_options)
-        log.error("unknown transport %r (use stdio or http)", transport)
-        return 2
+    factory = server_factory(make_client, settings)
+    if transport == "stdio":
+        exit_on_signals()
+        factory().run("stdio")
+        return 0
+    if transport == "http":
+        return serve_http(factory, host, port, **http_options)
+    log.error("unknown transport %r (use stdio or http)", transport)
+    return 2
+
+
+def exit_on_signals() -> None:
+    """SIGINT and SIGTERM end a stdio server at once.
+
+    Its stdin reader is a thread blocked in read(), which no cancellation reaches, so a graceful
+    stop would wait until the client closes stdin. Nothing here needs one: devboxes live in the
+    shared backend (or Runloop's cloud), and an interrupted call's command runs on in its devbox.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        os.write(2, f"devbox-mcp: stopping on {signal.Signals(signum).name}\n".encode())
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def serve_http(factory: Callable[[], MCPServer], host: str, port: int, **options) -> int:
