@@ -3,8 +3,9 @@
 A real MCP client starts `devbox-mcp serve` as a stdio subprocess on the embedded backend
 (no Runloop key needed) and, printing each step: creates a devbox, runs a command whose output
 streams in live as progress, starts a web server in the background and fetches from it in a
-second execution, writes and reads a file, publishes events to an axon and queries them with
-SQL, then shuts the devbox down.
+second execution, and from a second `devbox-mcp` process (devboxes live in the shared backend,
+not in the process that created them), writes and reads a file, publishes events to an axon
+and queries them with SQL, then shuts the devbox down and stops the backend it started.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult
+
+from .local import service
 
 BOLD, DIM, GREEN, RED, RESET = ("\x1b[1m", "\x1b[2m", "\x1b[32m", "\x1b[31m", "\x1b[0m")
 if not sys.stdout.isatty():
@@ -75,11 +79,11 @@ async def run_demo(data_dir: Path) -> None:
         async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
             errlog.seek(0)
             show(f"{DIM}{errlog.read().strip()}{RESET}")
-            await drive(client)
+            await drive(client, lambda: Client(stdio_client(params, errlog=errlog), mode="auto"))
     print(f"\n{GREEN}{BOLD}demo complete{RESET}")
 
 
-async def drive(client: Client) -> None:
+async def drive(client: Client, another: Callable[[], Client]) -> None:
     tools = await client.list_tools()
     size = len(tools.model_dump_json(by_alias=True, exclude_none=True))
     show(f"protocol {client.protocol_version}; {len(tools.tools)} tools ({size / 1024:.1f} KB of tools/list)")
@@ -111,6 +115,10 @@ async def drive(client: Client) -> None:
         step("execute: fetch from the web server in a second execution")
         fetched = await call(client, "execute", {"devbox_id": devbox, "command": FETCH})
         show(text_of(fetched))
+
+        step("a second devbox-mcp process (a restarted app, a per-call client) reaches the same server")
+        async with another() as second:
+            show(text_of(await call(second, "execute", {"devbox_id": devbox, "command": FETCH})))
         await call(client, "kill_execution", {"devbox_id": devbox, "execution_id": server["execution_id"]})
         show("web server stopped (kill_execution)")
 
@@ -149,4 +157,7 @@ def main() -> int:
         except DemoFailed as exc:
             print(f"{RED}demo failed: {exc}{RESET}", file=sys.stderr)
             return 1
+        finally:
+            # The server started the shared backend of this throwaway data directory: stop it too.
+            service.stop(Path(tmp))
     return 0
