@@ -11,6 +11,7 @@ import pytest
 from mcp import Client
 from mcp_support import MODES, make_server
 
+from mcp_server.local import service
 from mcp_server.local.server import RunningBackend, start_in_thread
 
 
@@ -20,6 +21,26 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend
     running = start_in_thread(tmp_path_factory.mktemp("backend"))
     yield running
     running.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data directory for `devbox-mcp` processes on the embedded backend. The shared backend
+    they start there (a detached process) is stopped at the end of the test."""
+    path = tmp_path / "data"
+    yield path
+    service.stop(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_backend_outlives_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The net under `data_dir`: a shared backend started anywhere in the suite's temporary
+    directories is stopped when the suite ends, so CI leaves no process behind."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    for depth in range(1, 5):
+        for lock in base.glob("/".join(["*"] * depth + [service.LOCK_FILE])):
+            service.stop(lock.parent)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
 from mcp_server.http_app import HttpOptions, bind, build_http_app, endpoint_url, uvicorn_server
+from mcp_server.local import service
 
 
 @dataclass
@@ -172,3 +173,4 @@ def serve_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        service.stop(workdir / "data")  # the shared backend, if the server started one

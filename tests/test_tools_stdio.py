@@ -134,10 +134,10 @@ def test_bad_runloop_environment_is_one_clear_line_not_a_traceback(env: dict[str
     assert env["RUNLOOP_API_KEY"] not in done.stderr and not done.stdout
 
 
-def test_embedded_mode_stdout_is_protocol_only_and_the_key_is_never_logged(tmp_path: Path) -> None:
-    """No RUNLOOP_API_KEY: the embedded backend starts in-process; stdout has JSON-RPC lines only."""
+def test_embedded_mode_stdout_is_protocol_only_and_the_key_is_never_logged(data_dir: Path) -> None:
+    """No RUNLOOP_API_KEY: the shared embedded backend starts on first use; stdout has JSON-RPC lines only."""
     proc = subprocess.Popen(
-        [EXE, "serve", "--data-dir", str(tmp_path / "data")],
+        [EXE, "serve", "--data-dir", str(data_dir)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server_env(), text=True,
     )
     requests = [
@@ -166,8 +166,10 @@ def test_embedded_mode_stdout_is_protocol_only_and_the_key_is_never_logged(tmp_p
     stderr = proc.stderr.read()
     by_id = {json.loads(line).get("id"): json.loads(line) for line in lines}
     assert not by_id[3]["result"].get("isError")
-    assert "embedded backend" in stderr
-    assert "dbxlocal_" not in stderr and "dbxlocal_" not in "".join(lines)
+    assert "started the embedded backend" in stderr
+    backend_log = (data_dir / "backend.log").read_text()
+    for text in (stderr, "".join(lines), backend_log):
+        assert "dbxlocal_" not in text
 
 
 async def test_tools_list_is_under_20_kb(backend: RunningBackend) -> None:
