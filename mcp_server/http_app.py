@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ from .event_store import BoundedEventStore, SessionScope, session_scope
 MCP_PATH = "/mcp"
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_ENV = "DEVBOX_MCP_TOKEN"
+# After a stop signal, how long requests in progress get before the process exits.
+STOP_GRACE_SECONDS = 0.5
 
 
 class HttpConfigError(Exception):
@@ -188,7 +191,7 @@ def endpoint_url(sock: socket.socket) -> str:
     return f"http://{guard.url_host(host)}:{port}{MCP_PATH}"
 
 
-def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
+def uvicorn_server(app: ASGIApp, server_class: type[uvicorn.Server] = uvicorn.Server) -> uvicorn.Server:
     # access_log off: request lines are not ours to keep, and a mistaken client may put a
     # token in the URL. No `server: uvicorn` header: it tells a prober what to try.
     config = uvicorn.Config(
@@ -199,7 +202,23 @@ def uvicorn_server(app: ASGIApp) -> uvicorn.Server:
         timeout_graceful_shutdown=3,
         server_header=False,
     )
-    return uvicorn.Server(config)
+    return server_class(config)
+
+
+class StoppingServer(uvicorn.Server):
+    """uvicorn, except that SIGINT/SIGTERM end the process within `STOP_GRACE_SECONDS`.
+
+    Requests that finish by then are answered. Tool calls still running are abandoned, not
+    cancelled (uvicorn would cancel them only after its own 3 s), so their commands go on in
+    their devboxes, as when a stdio server is stopped; `stream_logs` follows them from anywhere.
+    """
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        if not self.should_exit:
+            deadline = threading.Timer(STOP_GRACE_SECONDS, os._exit, args=(128 + sig,))
+            deadline.daemon = True
+            deadline.start()
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
 
 
 def run_http(
@@ -234,7 +253,7 @@ def run_http(
             file=sys.stderr,
         )
         return 2
-    server = uvicorn_server(build_http_app(factory, options))
+    server = uvicorn_server(build_http_app(factory, options), StoppingServer)
     lines = [
         f"devbox-mcp: MCP over streamable HTTP at {endpoint_url(sock)}"
         + (" (stateless)" if stateless else "")
