@@ -28,3 +28,5 @@ def test_demo_runs_every_step() -> None:
     ):
         assert expected in out, expected
     assert out.count("│ [") >= 5  # each build step arrived as its own progress line
+    # The second devbox-mcp process reached the web server the first one started.
+    assert out.count("hello from the devbox") == 2

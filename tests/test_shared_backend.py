@@ -259,6 +259,22 @@ def call_and_wait_for(proc: subprocess.Popen[str], name: str, arguments: dict, u
         pass
 
 
+LONG_COMMAND = "echo started; sleep 300"
+
+
+# Prints RUNNING for each process in the devbox whose command line is exactly `sleep 300`.
+LOOK_FOR_THE_SLEEP = (
+    "for p in /proc/[0-9]*; do "
+    "[ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = 'sleep 300 ' ] && echo RUNNING; done; true"
+)
+
+
+async def long_command_runs(data_dir: Path, log: Path, devbox: str) -> bool:
+    """Whether `LONG_COMMAND`'s sleep still runs (a stopped server abandons its calls' commands, not kills them)."""
+    async with session(data_dir, log) as client:
+        return "RUNNING" in text_of(await call_ok(client, "execute", {"devbox_id": devbox, "command": LOOK_FOR_THE_SLEEP}))
+
+
 async def create_devbox(data_dir: Path, log: Path, name: str) -> str:
     async with session(data_dir, log) as client:
         return structured(await call_ok(client, "create_devbox", {"name": name}))["id"]
@@ -282,8 +298,7 @@ def test_a_signal_stops_a_stdio_server_mid_call_and_its_devbox_keeps_running(
     try:
         initialize(proc)
         # A call in progress: the command has started and reported output as progress.
-        command = "echo started; sleep 300"
-        call_and_wait_for(proc, "execute", {"devbox_id": devbox, "command": command},
+        call_and_wait_for(proc, "execute", {"devbox_id": devbox, "command": LONG_COMMAND},
                           lambda m: "started" in json.dumps(m.get("params", {})))  # fmt: skip
         proc.send_signal(sig)
         assert proc.wait(timeout=30) == 128 + sig
@@ -292,22 +307,38 @@ def test_a_signal_stops_a_stdio_server_mid_call_and_its_devbox_keeps_running(
             proc.kill()
             proc.wait()
     assert f"stopping on {sig.name}" in (tmp_path / "stderr.log").read_text()
-    # The server owned no sandbox: the devbox, in the shared backend, runs on.
+    # The server owned no sandbox: the devbox, in the shared backend, runs on, and so does the command.
     assert anyio.run(devbox_status, data_dir, tmp_path / "after.log", devbox) == "running"
+    assert anyio.run(long_command_runs, data_dir, tmp_path / "after.log", devbox)
 
 
-async def test_sigterm_stops_an_http_server_with_an_open_session(data_dir: Path) -> None:
+async def test_sigterm_stops_an_http_server_mid_call_and_the_command_goes_on(data_dir: Path, tmp_path: Path) -> None:
     from http_support import http_client
 
-    with serve_process(data_dir.parent, "--no-auth") as server:
-        client = http_client(server.url, None)
-        await client.__aenter__()
-        await call_ok(client, "list_devboxes", {})
-        server.process.send_signal(signal.SIGTERM)
-        await anyio.to_thread.run_sync(server.process.wait, 30)
-        with contextlib.suppress(Exception):  # its server is gone: closing the session may fail
-            await client.__aexit__(None, None, None)
+    devbox = await create_devbox(data_dir, tmp_path / "setup.log", "http-signals")
+    with serve_process(tmp_path, "--no-auth") as server:
+        started = anyio.Event()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            if "started" in (message or ""):
+                started.set()
+
+        async def call_until_the_server_goes(client: Client) -> None:
+            with contextlib.suppress(Exception):  # the server goes away mid-call
+                await client.call_tool("execute", {"devbox_id": devbox, "command": LONG_COMMAND},
+                                       progress_callback=on_progress)  # fmt: skip
+
+        with contextlib.suppress(Exception):  # closing a session whose server is gone may fail too
+            async with http_client(server.url, None) as client, anyio.create_task_group() as tg:
+                tg.start_soon(call_until_the_server_goes, client)
+                with anyio.fail_after(60):
+                    await started.wait()
+                server.process.send_signal(signal.SIGTERM)
+                await anyio.to_thread.run_sync(server.process.wait, 30)
+                tg.cancel_scope.cancel()
+        assert server.process.returncode == 128 + signal.SIGTERM
         assert service.is_served(data_dir)  # the shared backend is not the HTTP server's to stop
+        assert await long_command_runs(data_dir, tmp_path / "after.log", devbox)
 
 
 async def list_devboxes(data_dir: Path, log: Path) -> None:
