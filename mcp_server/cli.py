@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 def _local_api(args: argparse.Namespace) -> int:
     from .local import service
     from .local.config import LocalConfig
-    from .local.server import generate_api_key
+    from .local.server import generate_api_key, serve_registered
 
     data_dir = (args.data_dir or default_data_dir()).absolute()
     if args.status or args.stop:
@@ -182,7 +182,7 @@ def _local_api(args: argparse.Namespace) -> int:
 
     config = LocalConfig(data_dir=data_dir, api_key=key, unsafe_no_sandbox=args.unsafe_no_sandbox)
     try:
-        service.serve(
+        serve_registered(
             config, args.host, args.port, idle_shutdown_seconds=args.idle_shutdown or None, announce=announce
         )
     except service.DataDirBusy as exc:

@@ -104,6 +104,9 @@ def _start(data_dir: Path, idle_seconds: float | None) -> ServiceState:
         "--idle-shutdown", f"{idle_seconds or 0:g}",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in _WITHHELD_ENV}
+    # The backend imports this very copy of the package, installed or run from a checkout.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as log_file:
         # The shell puts the backend in the background and exits at once: the backend is
         # reparented away from this process, and `$!` tells us its pid.
@@ -165,9 +168,10 @@ class SharedBackend:
                 raise BackendUnavailable(self._failure[1])
             try:
                 state, started = find_or_start(self.data_dir, self.idle_seconds)
-            except (BackendUnavailable, OSError, subprocess.SubprocessError) as exc:
-                self._failure = (time.monotonic() + FAILURE_MEMORY_SECONDS, str(exc))
-                raise BackendUnavailable(str(exc)) from None
+            except (BackendUnavailable, OSError, ValueError, subprocess.SubprocessError) as exc:
+                reason = f"the embedded backend (data in {self.data_dir}) could not be started: {exc}"
+                self._failure = (time.monotonic() + FAILURE_MEMORY_SECONDS, reason)
+                raise BackendUnavailable(reason) from None
             self._failure = None
             log.info(
                 "%s the embedded backend at %s (pid %d, data in %s)",

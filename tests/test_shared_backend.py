@@ -394,3 +394,13 @@ def test_a_bad_idle_setting_is_one_clear_line(value: str, data_dir: Path) -> Non
     assert done.returncode == 2 and not done.stdout
     assert f"DEVBOX_LOCAL_IDLE_SHUTDOWN_SECONDS={value!r} is not a number of seconds" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_backend_that_cannot_start_is_a_clear_tool_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    data_dir = tmp_path / "file" / "data"
+    async with session(data_dir, tmp_path / "stderr.log") as client:
+        result = await client.call_tool("list_devboxes", {})
+    assert result.is_error
+    assert f"the embedded backend (data in {data_dir}) could not be started" in text_of(result)
+    assert "Not a directory" in text_of(result) and "Traceback" not in text_of(result)

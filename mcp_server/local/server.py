@@ -1,29 +1,39 @@
-"""Running the embedded backend on a thread, and the pieces every way of running it shares.
+"""Running the embedded backend: as a registered process, or on a thread.
 
-`devbox-mcp local-api` and the shared background backend run it as a process (`service.py`).
-The thread form is for tests and benchmarks: the backend gets its own event loop, so its
-sandbox and disk work never stalls the caller's loop.
+`serve_registered` is how `devbox-mcp local-api` (in the foreground, or started in the
+background by `devbox-mcp serve`) runs it: it takes the data directory (`service.py`), serves,
+and stops itself when idle if asked. The thread form is for tests and benchmarks: the backend
+gets its own event loop, so its sandbox and disk work never stalls the caller's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .app import create_app
 from .config import LocalConfig
+from .devboxes import DevboxManager
+from .service import ServiceState, hold_data_dir, remove_state, write_state
 
 log = logging.getLogger("devbox_mcp.local")
 
 GRACEFUL_SHUTDOWN_SECONDS = 1
+# The longest the idle watch sleeps between looks at the devboxes.
+IDLE_CHECK_SECONDS = 1.0
 
 
 def generate_api_key() -> str:
@@ -103,3 +113,136 @@ def start_in_thread(
             )
         threading.Event().wait(0.005)
     return RunningBackend(base_url_of(sock), config.api_key, config, server, thread)
+
+
+# -- a registered backend process ---------------------------------------------------------
+
+class Activity:
+    """ASGI middleware: counts requests in progress and remembers when the last one ended."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.in_flight = 0
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self.touch()
+
+
+async def watch_idle(
+    activity: Activity, busy: Callable[[], bool], seconds: float, on_idle: Callable[[], None]
+) -> None:
+    """Call `on_idle` once there has been no request and nothing `busy` for `seconds` in a row."""
+    while True:
+        if activity.in_flight or busy():
+            activity.touch()
+            await asyncio.sleep(min(seconds, IDLE_CHECK_SECONDS))
+            continue
+        remaining = activity.last + seconds - time.monotonic()
+        if remaining <= 0:
+            on_idle()
+            return
+        await asyncio.sleep(min(remaining, IDLE_CHECK_SECONDS))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: the state file goes when stopping begins, and the idle watch starts once serving."""
+
+    def __init__(self, config: uvicorn.Config, data_dir: Path, start_idle_watch: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._data_dir = data_dir
+        self._start_idle_watch = start_idle_watch
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._start_idle_watch()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        remove_state(self._data_dir, os.getpid())
+        super().handle_exit(sig, frame)
+
+
+def serve_registered(
+    config: LocalConfig,
+    host: str,
+    port: int,
+    *,
+    idle_shutdown_seconds: float | None = None,
+    announce: Callable[[ServiceState], None] | None = None,
+) -> None:
+    """Serve `config.data_dir` until stopped (SIGINT/SIGTERM) or idle; registered for discovery meanwhile.
+
+    Raises `DataDirBusy` if another backend serves the data directory, OSError if the port is taken.
+    """
+    data_dir = Path(config.data_dir)
+    lock_fd = hold_data_dir(data_dir)
+    try:
+        sock = bind_socket(host, port)
+        state = ServiceState(
+            pid=os.getpid(),
+            base_url=_connectable(base_url_of(sock)),
+            api_key=config.api_key,
+            started_at=time.time(),
+            idle_shutdown_seconds=idle_shutdown_seconds,
+        )
+        app = create_app(config)
+        devboxes = _devbox_manager(app)
+        activity = Activity(app)
+        devboxes.on_stop.append(_touch_on_stop(activity))
+        tasks: set[asyncio.Task[None]] = set()
+
+        def start_idle_watch() -> None:
+            if idle_shutdown_seconds:
+                activity.touch()
+                task = asyncio.ensure_future(
+                    watch_idle(activity, devboxes.has_live_devbox, idle_shutdown_seconds, stop_idle)
+                )
+                tasks.add(task)
+
+        def stop_idle() -> None:
+            log.info("idle for %g s with no running devbox: stopping", idle_shutdown_seconds)
+            remove_state(data_dir, state.pid)
+            server.should_exit = True
+
+        server = _Server(uvicorn_config(activity), data_dir, start_idle_watch)
+        write_state(data_dir, state)
+        if announce is not None:
+            announce(state)
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        finally:
+            remove_state(data_dir, state.pid)
+    finally:
+        os.close(lock_fd)
+
+
+def _touch_on_stop(activity: Activity) -> Callable[[str], Any]:
+    async def touch(devbox_id: str) -> None:
+        activity.touch()
+
+    return touch
+
+
+def _devbox_manager(app: Any) -> DevboxManager:
+    for component in app.state.components:
+        manager = component.extra.get("devboxes")
+        if isinstance(manager, DevboxManager):
+            return manager
+    raise RuntimeError("the backend app has no devbox manager")
+
+
+def _connectable(base_url: str) -> str:
+    """A URL a local client can connect to: a wildcard bind address becomes loopback."""
+    return base_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")

@@ -1,11 +1,11 @@
-"""The embedded backend as one shared service per data directory.
+"""How a data directory's one backend is found: its state file and locks (light: no server code).
 
 At most one backend serves a data directory. It holds an exclusive flock on `backend.lock` for
 its whole life; the kernel drops the lock however the process ends (kill -9 included), so "is
 the lock held" is the liveness test, never a pid that may have been reused. Right after taking
 the lock it binds its port and writes `backend.json` (mode 0600: pid, URL, API key) for
 `devbox-mcp` processes to find it; connections made before it is ready wait in the listen
-backlog. It removes the file as soon as it starts to stop.
+backlog. It removes the file as soon as it starts to stop (`server.serve_registered`).
 
 A backend with an idle limit stops itself once it has been idle that long: idle means no HTTP
 request in progress (open streams and long-polls count as requests) and no devbox with a
@@ -18,7 +18,6 @@ here is what they serialise on, so two processes starting at once share one back
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -28,19 +27,9 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any
-
-import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from .app import create_app
-from .config import LocalConfig
-from .devboxes import DevboxManager
-from .server import base_url_of, bind_socket, uvicorn_config
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -50,8 +39,6 @@ START_LOCK_FILE = "backend-start.lock"
 LOG_FILE = "backend.log"
 IDLE_ENV = "DEVBOX_LOCAL_IDLE_SHUTDOWN_SECONDS"
 DEFAULT_IDLE_SECONDS = 600.0
-# The longest the idle watch sleeps between looks at the devboxes.
-_IDLE_CHECK_SECONDS = 1.0
 # A backend waits this long for the data-directory lock that a prober holds for a moment.
 _LOCK_PATIENCE_SECONDS = 2.0
 
@@ -233,137 +220,3 @@ def _wait_unserved(data_dir: Path, timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-# -- serving -----------------------------------------------------------------------------------
-
-
-class Activity:
-    """ASGI middleware: counts requests in progress and remembers when the last one ended."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.in_flight = 0
-        self.last = time.monotonic()
-
-    def touch(self) -> None:
-        self.last = time.monotonic()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-            self.touch()
-
-
-async def watch_idle(
-    activity: Activity, busy: Callable[[], bool], seconds: float, on_idle: Callable[[], None]
-) -> None:
-    """Call `on_idle` once there has been no request and nothing `busy` for `seconds` in a row."""
-    while True:
-        if activity.in_flight or busy():
-            activity.touch()
-            await asyncio.sleep(min(seconds, _IDLE_CHECK_SECONDS))
-            continue
-        remaining = activity.last + seconds - time.monotonic()
-        if remaining <= 0:
-            on_idle()
-            return
-        await asyncio.sleep(min(remaining, _IDLE_CHECK_SECONDS))
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, plus: the state file goes when stopping begins, and the idle watch starts once serving."""
-
-    def __init__(self, config: uvicorn.Config, data_dir: Path, start_idle_watch: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._data_dir = data_dir
-        self._start_idle_watch = start_idle_watch
-
-    async def startup(self, sockets: list[Any] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self._start_idle_watch()
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        remove_state(self._data_dir, os.getpid())
-        super().handle_exit(sig, frame)
-
-
-def serve(
-    config: LocalConfig,
-    host: str,
-    port: int,
-    *,
-    idle_shutdown_seconds: float | None = None,
-    announce: Callable[[ServiceState], None] | None = None,
-) -> None:
-    """Serve `config.data_dir` until stopped (SIGINT/SIGTERM) or idle; registered for discovery meanwhile.
-
-    Raises `DataDirBusy` if another backend serves the data directory, OSError if the port is taken.
-    """
-    data_dir = Path(config.data_dir)
-    lock_fd = hold_data_dir(data_dir)
-    try:
-        sock = bind_socket(host, port)
-        state = ServiceState(
-            pid=os.getpid(),
-            base_url=_connectable(base_url_of(sock)),
-            api_key=config.api_key,
-            started_at=time.time(),
-            idle_shutdown_seconds=idle_shutdown_seconds,
-        )
-        app = create_app(config)
-        devboxes = _devbox_manager(app)
-        activity = Activity(app)
-        devboxes.on_stop.append(_touch_on_stop(activity))
-        tasks: set[asyncio.Task[None]] = set()
-
-        def start_idle_watch() -> None:
-            if idle_shutdown_seconds:
-                activity.touch()
-                task = asyncio.ensure_future(
-                    watch_idle(activity, devboxes.has_live_devbox, idle_shutdown_seconds, stop_idle)
-                )
-                tasks.add(task)
-
-        def stop_idle() -> None:
-            log.info("idle for %g s with no running devbox: stopping", idle_shutdown_seconds)
-            remove_state(data_dir, state.pid)
-            server.should_exit = True
-
-        server = _Server(uvicorn_config(activity), data_dir, start_idle_watch)
-        write_state(data_dir, state)
-        if announce is not None:
-            announce(state)
-        try:
-            asyncio.run(server.serve(sockets=[sock]))
-        finally:
-            remove_state(data_dir, state.pid)
-    finally:
-        os.close(lock_fd)
-
-
-def _touch_on_stop(activity: Activity) -> Callable[[str], Any]:
-    async def touch(devbox_id: str) -> None:
-        activity.touch()
-
-    return touch
-
-
-def _devbox_manager(app: Any) -> DevboxManager:
-    for component in app.state.components:
-        manager = component.extra.get("devboxes")
-        if isinstance(manager, DevboxManager):
-            return manager
-    raise RuntimeError("the backend app has no devbox manager")
-
-
-def _connectable(base_url: str) -> str:
-    """A URL a local client can connect to: a wildcard bind address becomes loopback."""
-    return base_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
