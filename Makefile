@@ -30,6 +30,7 @@ bench: install
 	$(BIN)/python -m bench.axons
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.shared_backend
 
 # Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/test_packaging.py checks them).
 dist: install
