@@ -33,8 +33,9 @@ import httpx
 from mcp_server.local import service
 
 EXE = str(Path(sys.executable).with_name("devbox-mcp"))
+CLIENT = {"name": "bench", "version": "1"}
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}  # fmt: skip
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": CLIENT}}  # fmt: skip
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
@@ -115,10 +116,14 @@ def bench_first_call(root: Path, runs: int) -> None:
     base = statistics.median(direct)
     print("spawn → first tools/call answered (median):")
     print(f"  told the backend's URL and key (baseline) {median_ms(direct)}")
-    print(f"  attach to the running shared backend      {median_ms(attach)}  "
-          f"({statistics.median(attach) / base:.2f}x; target ≤ 1.2)")
-    print(f"  start the shared backend (cold)           {median_ms(cold)}  "
-          f"({statistics.median(cold) / base:.2f}x)")
+    print(
+        f"  attach to the running shared backend      {median_ms(attach)}  "
+        f"({statistics.median(attach) / base:.2f}x; target ≤ 1.2)"
+    )
+    print(
+        f"  start the shared backend (cold)           {median_ms(cold)}  "
+        f"({statistics.median(cold) / base:.2f}x)"
+    )
 
 
 def stop_time(proc: subprocess.Popen[str], how: signal.Signals | None) -> float:
@@ -155,7 +160,8 @@ def bench_signals(root: Path, runs: int) -> None:
                         read_until(proc, lambda m: "started" in json.dumps(m.get("params", {})))
                     else:
                         call(proc, 2, "list_devboxes", {})
-                    label = f"stdio, {'call in progress' if busy else 'idle':<16}, {how.name if how else 'stdin closed'}"
+                    state = "call in progress" if busy else "idle"
+                    label = f"stdio, {state:<16}, {how.name if how else 'stdin closed'}"
                     results.setdefault(label, []).append(stop_time(proc, how))
         for how in (signal.SIGINT, signal.SIGTERM):
             for busy in (False, True):
@@ -188,9 +194,17 @@ def http_stop_time(root: Path, how: signal.Signals, devbox: str | None) -> float
         headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
         with httpx.Client(timeout=30) as http:
             opened = http.post(url, json=INIT, headers=headers)
-            session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+            session = {
+                "mcp-session-id": opened.headers["mcp-session-id"],
+                "mcp-protocol-version": "2025-11-25",
+            }
             http.post(url, json=INITIALIZED, headers={**headers, **session})
-            listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_devboxes", "arguments": {}}}
+            listed = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "list_devboxes", "arguments": {}},
+            }
             http.post(url, json=listed, headers={**headers, **session}).raise_for_status()
             if devbox is None:
                 start = time.perf_counter()
@@ -222,14 +236,20 @@ def bench_backend_stop(root: Path, runs: int, devboxes: int) -> None:
         send(proc, INIT, INITIALIZED)
         read_until(proc, lambda m: m.get("id") == 1)
         for n in range(devboxes):
-            box = call(proc, 10 + n, "create_devbox", {"name": f"bench-stop-{n}"})["result"]["structuredContent"]
-            call(proc, 100 + n, "execute", {"devbox_id": box["id"], "command": "sleep 300", "wait_seconds": 0})
+            box = call(proc, 10 + n, "create_devbox", {"name": f"bench-stop-{n}"})["result"][
+                "structuredContent"
+            ]
+            call(
+                proc, 100 + n, "execute", {"devbox_id": box["id"], "command": "sleep 300", "wait_seconds": 0}
+            )
         stop_time(proc, None)
         start = time.perf_counter()
         assert service.stop(data) is not None
         samples.append(time.perf_counter() - start)
-    print(f"local-api --stop with {devboxes} running devbox(es), a command in each: {median_ms(samples)}  "
-          f"max {max(samples) * 1e3:7.1f} ms")
+    print(
+        f"local-api --stop with {devboxes} running devbox(es), a command in each: {median_ms(samples)}  "
+        f"max {max(samples) * 1e3:7.1f} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

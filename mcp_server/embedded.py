@@ -82,7 +82,7 @@ def find_or_start(data_dir: Path, idle_seconds: float | None) -> tuple[ServiceSt
 
 
 def _health(state: ServiceState, timeout: float) -> str:
-    """"ok", "refused" (not listening: stopping or gone) or "timeout" (listening, not answering)."""
+    """ "ok", "refused" (not listening: stopping or gone) or "timeout" (listening, not answering)."""
     timeout = max(timeout, 0.1)
     try:
         response = httpx.get(f"{state.base_url}/healthz", timeout=timeout, trust_env=False)
@@ -107,7 +107,9 @@ def _start(data_dir: Path, idle_seconds: float | None) -> ServiceState:
     # The backend imports this very copy of the package, installed or run from a checkout.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab") as log_file:
+    with open(
+        os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600), "ab"
+    ) as log_file:
         # The shell puts the backend in the background and exits at once: the backend is
         # reparented away from this process, and `$!` tells us its pid.
         launcher = subprocess.run(

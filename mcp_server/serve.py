@@ -37,7 +37,8 @@ def api_clients(data_dir: Path) -> Callable[[], RunloopClient]:
     from .local.service import idle_seconds_from_env
 
     backend = SharedBackend(data_dir, idle_seconds_from_env())
-    log.info("no RUNLOOP_API_KEY: using the embedded backend (data in %s), shared, started on first use", data_dir)
+    log.info("no RUNLOOP_API_KEY: using the shared embedded backend (data in %s), started on first use",
+             data_dir)  # fmt: skip
     return backend.client
 
 

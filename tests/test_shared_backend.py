@@ -40,7 +40,8 @@ SERVE_IN_BACKGROUND = (
     "nohup python3 -m http.server 8080 --bind 127.0.0.1 >/dev/null 2>&1 &"
 )
 FETCH = (
-    "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/', timeout=5).read().decode())\""
+    "python3 -c \"import urllib.request as u; "
+    "print(u.urlopen('http://127.0.0.1:8080/', timeout=5).read().decode())\""
 )
 BACKEND_LINE = re.compile(r"(started|using) the embedded backend at (\S+) \(pid (\d+)")
 
@@ -54,7 +55,9 @@ def server_env(**extra: str) -> dict[str, str]:
 @asynccontextmanager
 async def session(data_dir: Path, log: Path, **env: str) -> AsyncIterator[Client]:
     """One `devbox-mcp serve` process on `data_dir` (embedded backend), its stderr appended to `log`."""
-    params = StdioServerParameters(command=EXE, args=["serve", "--data-dir", str(data_dir)], env=server_env(**env))
+    params = StdioServerParameters(
+        command=EXE, args=["serve", "--data-dir", str(data_dir)], env=server_env(**env)
+    )
     with log.open("a") as errlog:
         async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
             yield client
@@ -149,7 +152,9 @@ async def test_a_devbox_and_its_background_server_outlive_the_process_that_start
         assert state.api_key not in text
 
 
-async def test_two_processes_starting_at_the_same_instant_share_one_backend(data_dir: Path, tmp_path: Path) -> None:
+async def test_two_processes_starting_at_the_same_instant_share_one_backend(
+    data_dir: Path, tmp_path: Path
+) -> None:
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     async with session(data_dir, logs[0]) as a, session(data_dir, logs[1]) as b:
         # Both are up; their first calls, which find or start the backend, go out together.
@@ -196,7 +201,9 @@ async def test_a_killed_backend_is_replaced_and_its_devboxes_come_back_resumable
     assert backend_processes(data_dir) == [new.pid]
 
 
-async def test_local_api_stop_stops_the_sandboxes_and_suspends_the_devboxes(data_dir: Path, tmp_path: Path) -> None:
+async def test_local_api_stop_stops_the_sandboxes_and_suspends_the_devboxes(
+    data_dir: Path, tmp_path: Path
+) -> None:
     async with session(data_dir, tmp_path / "stderr.log") as client:
         devbox = structured(await call_ok(client, "create_devbox", {"name": "stopped"}))["id"]
     state = service.read_state(data_dir)
@@ -207,7 +214,7 @@ async def test_local_api_stop_stops_the_sandboxes_and_suspends_the_devboxes(data
         done = await anyio.run_process([EXE, "local-api", "--stop", "--data-dir", str(data_dir)], check=False)
     assert done.returncode == 0 and f"stopped the backend (pid {state.pid})" in done.stderr.decode()
     assert not service.is_served(data_dir) and service.read_state(data_dir) is None
-    # A clean stop: the sandboxes were stopped and the devbox recorded as suspended, before the backend let go.
+    # A clean stop: sandboxes stopped and the devbox recorded as suspended before the backend let go.
     assert not any(service.process_alive(pid) for pid in sandboxes)
     record = json.loads((data_dir / "devboxes" / devbox / "devbox.json").read_text())
     assert record["status"] == "suspended"
@@ -236,11 +243,14 @@ async def test_an_idle_backend_stops_itself_but_not_while_a_devbox_runs(tmp_path
         service.stop(idle)
 
 
+CLIENT = {"name": "raw", "version": "1"}
+
+
 def initialize(proc: subprocess.Popen[str]) -> None:
     assert proc.stdin and proc.stdout
     for message in (
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": CLIENT}},
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
     ):  # fmt: skip
         proc.stdin.write(json.dumps(message) + "\n")
@@ -248,7 +258,9 @@ def initialize(proc: subprocess.Popen[str]) -> None:
     assert json.loads(proc.stdout.readline())["id"] == 1
 
 
-def call_and_wait_for(proc: subprocess.Popen[str], name: str, arguments: dict, until: Callable[[dict], bool]) -> None:
+def call_and_wait_for(
+    proc: subprocess.Popen[str], name: str, arguments: dict, until: Callable[[dict], bool]
+) -> None:
     """Send a tools/call with a progress token; read stdout until a message satisfies `until`."""
     assert proc.stdin and proc.stdout
     request = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
@@ -270,9 +282,11 @@ LOOK_FOR_THE_SLEEP = (
 
 
 async def long_command_runs(data_dir: Path, log: Path, devbox: str) -> bool:
-    """Whether `LONG_COMMAND`'s sleep still runs (a stopped server abandons its calls' commands, not kills them)."""
+    """Whether `LONG_COMMAND`'s sleep still runs (a stopped server abandons its calls' commands)."""
     async with session(data_dir, log) as client:
-        return "RUNNING" in text_of(await call_ok(client, "execute", {"devbox_id": devbox, "command": LOOK_FOR_THE_SLEEP}))
+        return "RUNNING" in text_of(
+            await call_ok(client, "execute", {"devbox_id": devbox, "command": LOOK_FOR_THE_SLEEP})
+        )
 
 
 async def create_devbox(data_dir: Path, log: Path, name: str) -> str:
@@ -312,7 +326,9 @@ def test_a_signal_stops_a_stdio_server_mid_call_and_its_devbox_keeps_running(
     assert anyio.run(long_command_runs, data_dir, tmp_path / "after.log", devbox)
 
 
-async def test_sigterm_stops_an_http_server_mid_call_and_the_command_goes_on(data_dir: Path, tmp_path: Path) -> None:
+async def test_sigterm_stops_an_http_server_mid_call_and_the_command_goes_on(
+    data_dir: Path, tmp_path: Path
+) -> None:
     from http_support import http_client
 
     devbox = await create_devbox(data_dir, tmp_path / "setup.log", "http-signals")

@@ -174,7 +174,9 @@ def start_lock(data_dir: Path, timeout: float) -> Iterator[None]:
         deadline = time.monotonic() + timeout
         while not _try_flock(fd):
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"another process has been starting the backend of {data_dir} for {timeout:g} s")
+                raise TimeoutError(
+                    f"another process has been starting the backend of {data_dir} for {timeout:g} s"
+                )
             time.sleep(0.02)
         yield
     finally:
