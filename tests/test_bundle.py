@@ -33,6 +33,8 @@ from packaging_support import (
     uv_offline_env,
 )
 
+from mcp_server.local import service
+
 pytestmark = needs_mcpb
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -172,11 +174,14 @@ async def test_bundle_starts_with_uv_and_serves_mcp(bundle: Path, manifest: dict
     config = host_config(manifest, directory, {})
     env = uv_offline_env(tmp_path, XDG_DATA_HOME=str(tmp_path / "data"), **config["env"])
     params = StdioServerParameters(command=str(UV), args=config["args"], env=env, cwd=str(tmp_path))
-    with (tmp_path / "stderr.log").open("w") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
-            listed = await client.list_tools()
-            assert sorted(t.name for t in listed.tools) == TOOL_NAMES
-            await call_ok(client, "list_devboxes", {})
+    try:
+        with (tmp_path / "stderr.log").open("w") as errlog:
+            async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+                listed = await client.list_tools()
+                assert sorted(t.name for t in listed.tools) == TOOL_NAMES
+                await call_ok(client, "list_devboxes", {})
+    finally:
+        service.stop(tmp_path / "data" / "devbox-mcp")  # the shared backend the bundle's server started
     stderr = (tmp_path / "stderr.log").read_text()
     assert "embedded backend" in stderr
     assert (directory / ".venv").is_dir()  # uv installed it into the extension's directory
