@@ -4,7 +4,7 @@ Prints, measured in the same run (medians over `--runs`):
 - a fresh `devbox-mcp serve` process: spawn → initialize → first `tools/call` answered, when it
   starts the backend (cold), when it finds the running one (attach), and when it is simply told
   the backend's URL and key (the baseline: no discovery at all); attach/baseline is the cost
-  of discovery (target ≤ 1.2);
+  of discovery (target ≤ 1.2); and finding the running backend alone, in process;
 - SIGINT / SIGTERM → exit of a stdio server, idle and with an `execute` call in progress, against
   the baseline of a normal stop (the client closes stdin); and of an HTTP server with an open
   session (target: every one under 1 s);
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from mcp_server.embedded import find_or_start
 from mcp_server.local import service
 
 EXE = str(Path(sys.executable).with_name("devbox-mcp"))
@@ -102,6 +103,11 @@ def bench_first_call(root: Path, runs: int) -> None:
     state = service.read_state(shared)
     assert state is not None
     told = env(RUNLOOP_BASE_URL=state.base_url, RUNLOOP_API_KEY=state.api_key)
+    found = []
+    for _ in range(max(runs, 20)):
+        start = time.perf_counter()
+        assert find_or_start(shared, None) == (state, False)
+        found.append(time.perf_counter() - start)
     try:
         for i in range(runs):
             fresh = root / f"cold-{i}"
@@ -124,6 +130,7 @@ def bench_first_call(root: Path, runs: int) -> None:
         f"  start the shared backend (cold)           {median_ms(cold)}  "
         f"({statistics.median(cold) / base:.2f}x)"
     )
+    print(f"finding the running backend alone (state file, lock, /healthz): {median_ms(found)}")
 
 
 def stop_time(proc: subprocess.Popen[str], how: signal.Signals | None) -> float:
