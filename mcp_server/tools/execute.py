@@ -28,7 +28,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
-from .. import budgets
+from ..budgets import wait_seconds as wait_budget
 from ..progress import output_progress
 from ..resources import output_resource_links
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
@@ -259,7 +259,7 @@ def register(server: MCPServer) -> None:
         st = state(ctx)
         if attach_stdin and command_id is not None:
             raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
-        wait = budgets.wait_seconds(ctx, st.settings, wait_seconds)
+        wait = wait_budget(ctx, st.settings, wait_seconds)
         cid = None if attach_stdin else command_id or new_command_id()
         started = time.monotonic()
         execution_id: str | None = None
@@ -306,7 +306,7 @@ def register(server: MCPServer) -> None:
                 pattern = re.compile(until)
             except re.error as exc:
                 raise ToolError(f"until is not a valid regular expression: {exc}") from None
-        wait = budgets.wait_seconds(ctx, st.settings, wait_seconds)
+        wait = wait_budget(ctx, st.settings, wait_seconds)
         got = await follow(
             ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
             wait=wait, until=pattern,
