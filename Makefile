@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 	@./.ci/node-tools
 	@./.ci/wheelhouse
+	@./.ci/framework-clients
 
 $(STAMP): pyproject.toml Makefile
 	@./.ci/ensure-system-packages

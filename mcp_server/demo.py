@@ -23,7 +23,9 @@ from typing import Any
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, Implementation
+
+from . import __version__
 
 from .local import service
 
@@ -76,7 +78,10 @@ async def run_demo(data_dir: Path) -> None:
     step("Start devbox-mcp over stdio (embedded backend: no RUNLOOP_API_KEY)")
     # The server's stderr (its log) goes to a file; its start-up line says which API it uses.
     with tempfile.TemporaryFile("w+") as errlog:
-        async with Client(stdio_client(params, errlog=errlog), mode="auto") as client:
+        # Named, so the server holds calls the default 50 s: the SDK's default name "mcp" is also
+        # sent by clients that time out after 5 s, and gets 3 s holds (budgets.py).
+        me = Implementation(name="devbox-mcp-demo", version=__version__)
+        async with Client(stdio_client(params, errlog=errlog), mode="auto", client_info=me) as client:
             errlog.seek(0)
             show(f"{DIM}{errlog.read().strip()}{RESET}")
             await drive(client, lambda: Client(stdio_client(params, errlog=errlog), mode="auto"))

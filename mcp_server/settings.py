@@ -12,8 +12,9 @@ LINK_MODES: tuple[LinkMode, ...] = ("auto", "always", "never")
 
 @dataclass(frozen=True)
 class Settings:
-    # How long `execute`/`stream_logs` hold a call by default: under the 60 s at which common clients give up.
-    wait_seconds: float = 50.0
+    # How long `execute`/`stream_logs` hold a call by default. Unset (None): 50 s, less for clients
+    # known to time out sooner (budgets.py); set, it applies to every client.
+    wait_seconds: float | None = None
     # Upper bound a caller may ask for with `wait_seconds` (clients with longer ceilings can use it).
     max_wait_seconds: float = 600.0
     # Text budget of one result (command output, file text), in UTF-8 bytes.
@@ -52,7 +53,7 @@ class Settings:
             if isinstance(f.default, str):
                 values[f.name] = raw.strip().lower()
                 continue
-            kind = float if isinstance(f.default, float) else int
+            kind = int if f.type == "int" else float
             try:
                 values[f.name] = kind(raw)
             except ValueError:

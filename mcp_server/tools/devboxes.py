@@ -12,8 +12,9 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
+from .. import budgets
 from ..resources import resources_list_changed
-from ..runloop import DevboxView, RunloopError
+from ..runloop import DevboxView, RunloopError, WaitTimeout
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
 
 READY = ("running", "failure", "shutdown")
@@ -56,13 +57,20 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
         return view
     last_status = view.status
     devbox_id = view.id
+    hold = budgets.boot_seconds(ctx, st.settings)
     with api_errors("waiting for the devbox to run"):
-        async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=st.settings.boot_timeout):
-            if view.status != last_status:
-                steps += 1
-                last_status = view.status
-                elapsed = time.monotonic() - start
-                await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status} ({elapsed:.1f} s)")
+        try:
+            async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=hold):
+                if view.status != last_status:
+                    steps += 1
+                    last_status = view.status
+                    elapsed = time.monotonic() - start
+                    await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status} ({elapsed:.1f} s)")
+        except WaitTimeout as exc:
+            if hold >= st.settings.boot_timeout or not isinstance(exc.last, DevboxView):
+                raise
+            # The client's timeout is near (budgets.py): hand the devbox back still booting.
+            return exc.last
     return view
 
 
@@ -83,7 +91,8 @@ def register(server: MCPServer) -> None:
         ] = None,
     ) -> DevboxInfo:
         """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
-        Cancelling the call shuts the new devbox down."""
+        Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
+        return the devbox still starting: get_devbox shows when it runs."""
         st = state(ctx)
         with api_errors():
             view = await st.client.create_devbox(
@@ -103,7 +112,7 @@ def register(server: MCPServer) -> None:
                 except RunloopError:
                     pass
             raise
-        if view.status != "running":
+        if view.status in ("failure", "shutdown"):
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
         await resources_list_changed(ctx.mcp_server)

@@ -28,6 +28,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
+from ..budgets import wait_seconds as wait_budget
 from ..progress import output_progress
 from ..resources import output_resource_links
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
@@ -241,7 +242,7 @@ def register(server: MCPServer) -> None:
         command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
         wait_seconds: Annotated[
             float | None,
-            Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50)"),
+            Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50, less if the client times out sooner)"),
         ] = None,
         command_id: Annotated[
             str | None,
@@ -258,7 +259,7 @@ def register(server: MCPServer) -> None:
         st = state(ctx)
         if attach_stdin and command_id is not None:
             raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
-        wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
+        wait = wait_budget(ctx, st.settings, wait_seconds)
         cid = None if attach_stdin else command_id or new_command_id()
         started = time.monotonic()
         execution_id: str | None = None
@@ -270,7 +271,8 @@ def register(server: MCPServer) -> None:
                 else:
                     view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
             execution_id = view.execution_id
-            got = await follow(ctx, st, devbox_id, execution_id, wait=wait)
+            # The budget counts from the call's start: starting the command took part of it.
+            got = await follow(ctx, st, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
             with api_errors():
                 final = await final_state(st.client, devbox_id, execution_id, got.complete)
         except anyio.get_cancelled_exc_class():
@@ -288,7 +290,7 @@ def register(server: MCPServer) -> None:
         stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
         stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
         wait_seconds: Annotated[
-            float | None, Field(ge=0, le=3600, description="how long to follow (default 50)")
+            float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
         ] = None,
         until: Annotated[
             str | None,
@@ -304,7 +306,7 @@ def register(server: MCPServer) -> None:
                 pattern = re.compile(until)
             except re.error as exc:
                 raise ToolError(f"until is not a valid regular expression: {exc}") from None
-        wait = min(st.settings.wait_seconds if wait_seconds is None else wait_seconds, st.settings.max_wait_seconds)
+        wait = wait_budget(ctx, st.settings, wait_seconds)
         got = await follow(
             ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
             wait=wait, until=pattern,
