@@ -26,7 +26,6 @@ from mcp.client.stdio import stdio_client
 from mcp.types import CallToolResult, Implementation
 
 from . import __version__
-
 from .local import service
 
 BOLD, DIM, GREEN, RED, RESET = ("\x1b[1m", "\x1b[2m", "\x1b[32m", "\x1b[31m", "\x1b[0m")
