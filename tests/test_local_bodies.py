@@ -144,6 +144,7 @@ def test_a_devbox_that_stops_during_an_upload_is_400_not_500(backend: RunningBac
     headers = {"Authorization": f"Bearer {backend.api_key}", **MULTIPART}
     sock = open_chunked(port, f"/v1/devboxes/{view.id}/upload_file", headers, file_head(), b"s" * 4096, 64 * 1024)
     sdk.devboxes.suspend(view.id)
+    sdk.devboxes.await_suspended(view.id)  # suspend returns while the devbox is still suspending
     result = finish_chunked(sock, b"\r\n" + field("path", "late.bin")[:-2] + END)
     assert result.status == 400, result
     assert "suspended; resume it first" in json.loads(result.body)["message"]
