@@ -61,3 +61,32 @@ def test_escapes_fail_inside_executions(sdk, pair, backend: RunningBackend) -> N
     assert "Permission denied" in result.stderr
     assert "/root" in result.stderr and str(backend.config.data_dir) in result.stderr
     assert "unshare failed" in result.stderr
+
+
+
+# keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): answers a keyring id unless filtered.
+KEYCTL_PROBE = (
+    "python3 -c \"import ctypes, os, platform; libc = ctypes.CDLL(None, use_errno=True); "
+    "nr = {'x86_64': 250, 'aarch64': 219}[platform.machine()]; "
+    "print('keyctl', libc.syscall(nr, 0, -3, 0), os.strerror(ctypes.get_errno()))\""
+)
+
+
+def _status_fields(output: str, path: str) -> dict[str, str]:
+    """`grep` lines `path:Name:\tvalue` as {Name: value}."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith(path + ":"):
+            name, value = line[len(path) + 1 :].split(":", 1)
+            found[name] = value.strip()
+    return found
+
+
+def test_executions_have_the_first_processs_no_new_privs_and_seccomp_filter(sdk, pair) -> None:  # noqa: ANN001
+    """nsenter'd commands used to run with neither; now both, as bubblewrap's own child (pid 1 here)."""
+    a, _ = pair
+    result = run(sdk, a.id, f"grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status /proc/1/status; {KEYCTL_PROBE}")
+    own, first = _status_fields(result.stdout, "/proc/self/status"), _status_fields(result.stdout, "/proc/1/status")
+    assert own == first == {"NoNewPrivs": "1", "Seccomp": "2"}, result.stdout
+    # The filter is the one meant: the host's keyrings are out of reach.
+    assert "keyctl -1 Operation not permitted" in result.stdout, result.stdout + result.stderr
