@@ -12,9 +12,13 @@ What it refuses is kernel surface a devbox has no use for, after flatpak's filte
 companion of bubblewrap: the host's kernel log and keyrings, kernel modules and kexec, new
 user namespaces (bubblewrap already forbids them for a root backend; this makes a non-root one
 the same), mounts (nsenter needs `setns` and `chroot`, so those stay), clone3 (whose flags a
-filter cannot read: ENOSYS makes libc fall back to clone), and typing into a terminal (TIOCSTI,
-TIOCLINUX). Everything else a development machine does (ptrace for debuggers, perf, NUMA calls)
-is allowed.
+filter cannot read: ENOSYS makes libc fall back to clone), typing into a terminal (TIOCSTI,
+TIOCLINUX), and setting a setuid bit (chmod and its kin; as the Nix build sandbox does): the
+devbox user is the backend's uid on the host, so such a file would be a setuid program of that
+uid in the data directory (see `storage`). A file created with a setuid mode is harmless: the
+kernel clears the bit at the first write by a process without CAP_FSETID. Setgid stays allowed
+(`chmod g+s` on shared directories is common). Everything else a development machine does
+(ptrace for debuggers, perf, NUMA calls) is allowed.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ _SECCOMP_MODE_FILTER = 2
 _CLONE_NEWUSER = 0x10000000
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
+_S_ISUID = 0o4000
+# Where each mode-setting call has its mode: a setuid bit there is refused.
+_MODE_ARGUMENT = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
 # Other ABIs the native one can run (a 32-bit program on x86_64): filtered too, not killed.
 _COMPAT_ARCHES = {
     0xC000003E: (0x40000003, 0x4000003E),  # x86_64: x86, x32
@@ -121,6 +128,8 @@ def program() -> bytes:
         refuse("clone", errno.EPERM, _ArgCmp(0, _CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
         for request in (_TIOCSTI, _TIOCLINUX):
             refuse("ioctl", errno.EPERM, _ArgCmp(1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
+        for syscall, index in _MODE_ARGUMENT.items():
+            refuse(syscall, errno.EPERM, _ArgCmp(index, _CMP_MASKED_EQ, _S_ISUID, _S_ISUID))
         fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
         try:
             rc = lib.seccomp_export_bpf(ctx, fd)
