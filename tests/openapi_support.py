@@ -245,3 +245,80 @@ def _replace(schemas: dict[str, Any], location: str, replacement: Any) -> None:
     for part in parts[:-1]:
         node = node[part]
     node[parts[-1]] = copy.deepcopy(replacement)
+
+
+# The request bodies the embedded backend takes, by document: vendored for it in
+# mcp_server/local/published_schemas.py with everything they reference (see `vendored_schemas`).
+BACKEND_REQUEST_SCHEMAS = {
+    "runloop-devbox-api.yml": [
+        "DevboxCreateParameters", "DevboxUpdateParameters", "DevboxWaitForStatusRequest",
+        "DevboxReadFileParameters", "DevboxWriteFileParameters", "DevboxDownloadFileParameters",
+        "DevboxCreateExecutionParameters", "DevboxStartExecutionParameters", "DevboxWaitForCommandRequest",
+        "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus",
+    ],
+    "runloop-axons-api.yml": ["AxonCreateParams", "PublishParams", "SqlStatementParams", "SqlBatchParams"],
+}  # fmt: skip
+_DROPPED_KEYS = ("description", "example", "title", "default", "discriminator")
+
+
+def vendored_schemas(directory: Path) -> dict[str, Any]:
+    """`BACKEND_REQUEST_SCHEMAS` and every schema they reference, from the documents as published
+    (no allowances), annotations dropped, `$ref`s as `#/<name>`."""
+    out: dict[str, Any] = {}
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, list):
+            return [strip(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        kept = {}
+        for key, value in node.items():
+            if key in _DROPPED_KEYS or key.startswith("x-"):
+                continue
+            if key == "$ref":
+                value = "#/" + value.rsplit("/", 1)[1]
+            kept[key] = value if key in ("enum", "required") else strip(value)
+        if "properties" in node:
+            kept["properties"] = {name: strip(schema) for name, schema in node["properties"].items()}
+        return kept
+
+    for document, roots in BACKEND_REQUEST_SCHEMAS.items():
+        schemas = yaml.safe_load((directory / document).read_text())["components"]["schemas"]
+        pending = list(roots)
+        while pending:
+            name = pending.pop()
+            if name in out:
+                continue
+            out[name] = strip(schemas[name])
+            pending += re.findall(r"'\$ref': '#/([^']+)'", repr(out[name]))
+    return dict(sorted(out.items()))
+
+
+def vendored_module(directory: Path) -> str:
+    import pprint
+
+    return (
+        '"""The published request schemas the embedded backend checks bodies against (see `validation`).\n\n'
+        "Generated from shared/reference/openapi/ by `python tests/openapi_support.py --write`: the\n"
+        "request bodies the backend takes and the schemas they reference, annotations dropped. Do not\n"
+        "edit: tests/test_contract.py fails when this differs from the documents.\n"
+        '"""\n\n'
+        "from typing import Any\n\n"
+        f"SCHEMAS: dict[str, Any] = {pprint.pformat(vendored_schemas(directory), width=110, sort_dicts=False)}\n"
+    )
+
+
+VENDORED = REPO / "mcp_server" / "local" / "published_schemas.py"
+
+if __name__ == "__main__":
+    import sys
+
+    found = spec_dir()
+    if found is None:
+        sys.exit("the published OpenAPI documents are not on this machine")
+    text = vendored_module(found)
+    if "--write" in sys.argv:
+        VENDORED.write_text(text)
+        print(f"wrote {VENDORED}")
+    else:
+        print(text)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -22,11 +22,10 @@ from faultproxy import FaultProxy, running_proxy
 from mcp import Client
 from mcp.types import CallToolResult, ResourceTemplateReference
 from mcp_support import call_ok, make_server, text_of
-from openapi_support import ALLOWANCES, QUERY_ALLOWANCES, PublishedApi, spec_dir
+from openapi_support import ALLOWANCES, QUERY_ALLOWANCES, VENDORED, PublishedApi, spec_dir, vendored_module
+from runloop_support import served_routes
 
 from mcp_server.local.server import RunningBackend
-
-pytestmark = pytest.mark.anyio
 
 SPECS = spec_dir()
 if SPECS is None:
@@ -136,6 +135,7 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     return called
 
 
+@pytest.mark.anyio
 async def test_every_request_of_every_tool_is_one_the_published_api_accepts(
     recorded: tuple[Client, FaultProxy], backend: RunningBackend, api: PublishedApi
 ) -> None:
@@ -184,3 +184,109 @@ def test_the_checker_refuses_what_the_documents_refuse(api: PublishedApi) -> Non
         "SqlStatementParams.properties.params.items",
     ]
     assert [(q[1], q[2]) for q in QUERY_ALLOWANCES] == [("/v1/axons", "search")]
+
+
+# -- the backend refuses what the published schemas refuse ----------------------------------------
+
+
+def test_the_backends_vendored_schemas_are_the_published_ones() -> None:
+    """mcp_server/local/published_schemas.py is generated from the documents; regenerate it when they change."""
+    assert SPECS is not None
+    assert VENDORED.read_text() == vendored_module(SPECS), "run: python tests/openapi_support.py --write"
+
+
+def _invalid_values(api: PublishedApi, document: str, schema: dict[str, Any]) -> list[Any]:
+    """Values the published `schema` refuses: the wrong type, or a value outside its enum or range."""
+    schema = api.resolve(document, schema)
+    if "enum" in schema:
+        return ["no-such-value"]
+    kind = schema.get("type")
+    values: list[Any] = {
+        "string": [12345], "integer": ["seven"], "number": ["seven"], "boolean": ["yes"],
+        "array": ["not-an-array"], "object": ["not-an-object"],
+    }.get(kind, [])  # fmt: skip
+    if schema.get("format") == "int32":
+        values.append(2**40)
+    if kind == "array":
+        values += [[bad] for bad in _invalid_values(api, document, schema.get("items", {}))]
+    return values
+
+
+@pytest.fixture(scope="module")
+def targets(sdk) -> Any:  # noqa: ANN001
+    """A running devbox, a running execution in it, and an axon: the ids the routes need."""
+    box = sdk.devboxes.create_and_await_running(launch_parameters={"network_mode": "none"})
+    running = sdk.devboxes.execute_async(box.id, command="sleep 600", attach_stdin=True)
+    axon = sdk.axons.create(name="contract-targets")
+    yield {"devbox": box.id, "execution": running.execution_id, "axon": axon.id}
+    sdk.devboxes.shutdown(box.id)
+
+
+# A valid body per operation (what is required): each case changes one field of it.
+VALID_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/devboxes/{id}/wait_for_status": {"statuses": ["running"]},
+    "/v1/devboxes/{devbox_id}/executions/{execution_id}/wait_for_status": {"statuses": ["completed"]},
+    "/v1/devboxes/{id}/execute": {"command": "true", "command_id": "contract-bad-values"},
+    "/v1/devboxes/{id}/execute_async": {"command": "true"},
+    "/v1/devboxes/{id}/execute_sync": {"command": "true"},
+    "/v1/devboxes/{id}/read_file_contents": {"file_path": "missing.txt"},
+    "/v1/devboxes/{id}/write_file_contents": {"file_path": "contract.txt", "contents": ""},
+    "/v1/devboxes/{id}/download_file": {"path": "missing.txt"},
+    "/v1/axons/{id}/publish": {"source": "s", "event_type": "t", "origin": "USER_EVENT", "payload": "{}"},
+    "/v1/axons/{id}/sql/query": {"sql": "SELECT 1"},
+    "/v1/axons/{id}/sql/batch": {"statements": [{"sql": "SELECT 1"}]},
+}
+
+
+def _cases(api: PublishedApi, backend: RunningBackend) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """(method, path template, a valid body with one bad field, that field's name) for every
+    published JSON body the backend takes, each top-level field and each of launch_parameters."""
+    served = served_routes(backend)
+    for op in api.operations:
+        if (op.method, re.sub(r"\{[^}]*\}", "{}", op.template)) not in served:
+            continue
+        body = op.op.get("requestBody", {}).get("content", {}).get("application/json")
+        if body is None:
+            continue
+        schema = api.resolve(op.document, body["schema"])
+        valid = VALID_BODIES.get(op.template, {})
+        for name, prop in schema.get("properties", {}).items():
+            for bad in _invalid_values(api, op.document, prop):
+                yield op.method, op.template, {**valid, name: bad}, name
+            if name == "launch_parameters":
+                nested = api.resolve(op.document, prop)
+                for inner, inner_prop in nested.get("properties", {}).items():
+                    for bad in _invalid_values(api, op.document, inner_prop):
+                        yield op.method, op.template, {**valid, name: {inner: bad}}, f"{name}.{inner}"
+
+
+def test_the_backend_refuses_what_the_published_schemas_refuse(
+    api: PublishedApi, backend: RunningBackend, http: Any, targets: dict[str, str]
+) -> None:
+    cases = list(_cases(api, backend))
+    templates = {template for _, template, _, _ in cases}
+    assert {"/v1/devboxes", "/v1/devboxes/{id}/wait_for_status", "/v1/devboxes/{id}/execute",
+            "/v1/devboxes/{devbox_id}/executions/{execution_id}/wait_for_status", "/v1/axons/{id}/sql/batch",
+            "/v1/axons/{id}/publish"} <= templates, templates  # fmt: skip
+    wrong = []
+    for method, template, body, field in cases:
+        path = (
+            template.replace("{devbox_id}", targets["devbox"]).replace("{execution_id}", targets["execution"])
+            .replace("{id}", targets["axon"] if template.startswith("/v1/axons") else targets["devbox"])
+        )  # fmt: skip
+        response = http.request(method, path, json=body)
+        message = response.json().get("message", "") if response.headers.get("content-type", "").startswith("application/json") else ""
+        if response.status_code != 400 or field.rsplit(".", 1)[-1] not in message:
+            wrong.append(f"{method} {template} {json.dumps(body)[:80]} -> {response.status_code} {message[:120]}")
+    assert not wrong, f"{len(wrong)} of {len(cases)} bad values were not refused with 400 naming the field:\n" + "\n".join(wrong)
+    refused = http.get("/v1/devboxes", params={"status": "queued"})
+    assert refused.status_code == 400 and "status" in refused.json()["message"]
+
+
+def test_the_backend_ignores_fields_it_does_not_know(http: Any, targets: dict[str, str]) -> None:
+    """Newer (or older) SDKs send fields this server does not know: they are not errors."""
+    response = http.post(
+        f"/v1/devboxes/{targets['devbox']}/execute_async",
+        json={"command": "true", "shell_name": None, "a_future_field": {"any": ["shape"]}},
+    )
+    assert response.status_code == 200, response.text
