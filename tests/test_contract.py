@@ -23,7 +23,6 @@ from mcp import Client
 from mcp.types import CallToolResult, ResourceTemplateReference
 from mcp_support import call_ok, make_server, text_of
 from openapi_support import ALLOWANCES, QUERY_ALLOWANCES, VENDORED, PublishedApi, spec_dir, vendored_module
-from runloop_support import served_routes
 
 from mcp_server.local.server import RunningBackend
 
@@ -61,7 +60,7 @@ async def _create_devbox(client: Client, proxy: FaultProxy, backend: RunningBack
 
     async def create() -> None:
         result["create"] = await call_ok(client, "create_devbox", {
-            "name": "contract", "environment_variables": {"MODE": "contract"}, "network_mode": "none",
+            "name": "contract", "environment_variables": [{"name": "MODE", "value": "contract"}], "network_mode": "none",
             "launch_commands": [f"until [ -e {GO_FILE} ]; do sleep 0.02; done"],
         })  # fmt: skip
 
@@ -84,7 +83,7 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
         called.add(tool)
         return await call_ok(client, tool, args)
 
-    axon = _id(await call("create_axon", {"name": "contract", "metadata": {"team": "qa"}}), "axn")
+    axon = _id(await call("create_axon", {"name": "contract", "metadata": [{"name": "team", "value": "qa"}]}), "axn")
     await call("list_axons", {"name": "contract", "limit": 5})
     await call("publish_event", {"axon_id": axon, "event_type": "note", "payload": {"n": 1}, "source": "contract",
                                  "origin": "USER_EVENT"})  # fmt: skip
@@ -238,10 +237,19 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
 }
 
 
+def _served(backend: RunningBackend) -> set[tuple[str, str]]:
+    """(method, path with every parameter as {}) of each route the backend serves."""
+    return {
+        (method, re.sub(r"\{[^}]*\}", "{}", route.path))
+        for route in backend._server.config.app.routes
+        for method in getattr(route, "methods", None) or ()
+    }
+
+
 def _cases(api: PublishedApi, backend: RunningBackend) -> Iterator[tuple[str, str, dict[str, Any], str]]:
     """(method, path template, a valid body with one bad field, that field's name) for every
     published JSON body the backend takes, each top-level field and each of launch_parameters."""
-    served = served_routes(backend)
+    served = _served(backend)
     for op in api.operations:
         if (op.method, re.sub(r"\{[^}]*\}", "{}", op.template)) not in served:
             continue
