@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,19 +46,47 @@ import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from mcp_server.local.storage import Storage
-Storage(Path(sys.argv[2])).open()
-print("mounted", flush=True)
+storage = Storage(Path(sys.argv[2]))
+storage.open()
+print(storage._guard.pid, flush=True)
+if sys.argv[3] == "guard too":
+    os.kill(storage._guard.pid, signal.SIGKILL)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_killed_backends_bind_is_adopted_and_removed(tmp_path: Path) -> None:
-    root = (tmp_path / "devboxes").resolve()
+def _killed_backend(root: Path, how: str) -> int:
+    """A backend that mounted `root` and was killed (with its guard, if `how` says so): the guard's pid."""
     result = subprocess.run(
-        [sys.executable, "-c", KILLED, str(Path(__file__).resolve().parent.parent), str(root)],
+        [sys.executable, "-c", KILLED, str(Path(__file__).resolve().parent.parent), str(root), how],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == -signal.SIGKILL and result.stdout == "mounted\n", result.stderr
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    return int(result.stdout)
+
+
+def _wait_gone(pid: int) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([pidfd], [], [], 30)[0], f"process {pid} is still running"
+    finally:
+        os.close(pidfd)
+
+
+def test_a_killed_backends_guard_removes_the_bind(tmp_path: Path) -> None:
+    """kill -9 gives the backend no chance to unmount: its guard does, so the data dir stays deletable."""
+    root = (tmp_path / "devboxes").resolve()
+    _wait_gone(_killed_backend(root, "backend only"))
+    assert str(root) not in _mount_points()
+    shutil.rmtree(root)
+
+
+def test_a_bind_left_behind_is_adopted_and_removed(tmp_path: Path) -> None:
+    root = (tmp_path / "devboxes").resolve()
+    _killed_backend(root, "guard too")
     assert str(root) in _mount_points()  # left behind
     storage = Storage(root)
     storage.open()

@@ -4,9 +4,11 @@
   made setuid in a home would be a setuid-root program in the data directory. Devboxes cannot
   make one (the seccomp filter refuses setuid/setgid modes), and while the backend runs the
   storage directory is also bind-mounted onto itself `nosuid,nodev` (other flags kept), so a
-  setuid file that got there anyway runs with its caller's rights. The mount goes at exit; one
-  left by a killed backend is adopted by the next. Between runs the directory's mode (0700)
-  keeps other users out.
+  setuid file that got there anyway runs with its caller's rights. The mount goes at exit; if
+  the backend dies without removing it (kill -9), a guard process does (it waits on a pipe only
+  the backend holds, like a sandbox's lifeline), so no mount outlives its backend to make the
+  data directory undeletable; one left all the same is adopted by the next backend. Between runs
+  the directory's mode (0700) keeps other users out.
 - No host paths inside: the files a devbox's processes get as stdout and stderr (executions,
   launch commands, the entrypoint) are opened through a detached clone of that mount
   (`open_tree`), whose root is the storage directory, so `/proc/self/fd/1` in a devbox reads
@@ -18,9 +20,11 @@ user is its own unprivileged uid, whose setuid files grant nothing more than tha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 log = logging.getLogger("devbox_mcp.local")
@@ -35,6 +39,9 @@ _KEPT_FLAGS = (  # statvfs flag -> mount flag, kept when remounting nosuid
     (os.ST_NODIRATIME, _MS_NODIRATIME),
     (os.ST_RELATIME, _MS_RELATIME),
 )
+# Unmounts the storage once its stdin ends, i.e. when the backend is gone; deaf to the signals
+# that end a terminal's process group (it has a session of its own too).
+_GUARD_SCRIPT = 'trap "" INT TERM HUP QUIT; read -r _; exec umount -l "$0"'
 _SYS_OPEN_TREE = 428  # the same number on every architecture (added in Linux 5.2)
 _OPEN_TREE_CLONE, _AT_RECURSIVE = 1, 0x8000
 
@@ -75,6 +82,8 @@ class Storage:
         self.root = root.resolve()  # mountinfo and open_tree name it so
         self._clone: int | None = None  # detached clone of the storage mount
         self._mounted = False  # the nosuid bind is ours to remove at exit
+        self._guard: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # the guard unmounts when this closes
 
     @property
     def nosuid(self) -> bool:
@@ -91,6 +100,8 @@ class Storage:
             self._mount_nosuid(libc)
         except OSError as exc:
             log.warning("could not mount the devbox storage %s nosuid: %s", self.root, exc)
+        if self._mounted:
+            self._start_guard()
         try:
             flags = _OPEN_TREE_CLONE | _AT_RECURSIVE | os.O_CLOEXEC
             self._clone = _check(libc.syscall(_SYS_OPEN_TREE, -100, str(self.root).encode(), flags), "open_tree")
@@ -113,6 +124,18 @@ class Storage:
             "remount nosuid",
         )
 
+    def _start_guard(self) -> None:
+        read_end, self._lifeline = os.pipe()  # both close-on-exec: no other child holds the write end
+        try:
+            self._guard = subprocess.Popen(
+                ["/bin/sh", "-c", _GUARD_SCRIPT, str(self.root)],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            log.warning("no guard for the devbox storage mount (a crash would leave it mounted): %s", exc)
+        finally:
+            os.close(read_end)
+
     def open_file(self, path: Path, flags: int, mode: int = 0o600) -> int:
         """Open a file under the storage directory to hand to a devbox process as its output."""
         if self._clone is None:
@@ -123,6 +146,14 @@ class Storage:
         if self._clone is not None:
             os.close(self._clone)
             self._clone = None
+        if self._guard is not None:  # first, or it would unmount whatever is mounted here next
+            with contextlib.suppress(ProcessLookupError):
+                self._guard.kill()
+            self._guard.wait()
+            self._guard = None
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._mounted:
             try:
                 _check(_libc().umount2(str(self.root).encode(), _MNT_DETACH), "umount")
