@@ -374,7 +374,7 @@ def test_system_event_is_refused(sdk: Runloop, axon) -> None:
         ({"event_type": "t", "origin": "USER_EVENT", "payload": 5, "source": "s"}, 400, "JSON-encode"),
         ({"event_type": "t", "origin": "MARTIAN", "payload": "{}", "source": "s"}, 400, "EXTERNAL_EVENT"),
         ({"event_type": 3, "origin": "USER_EVENT", "payload": "{}", "source": "s"}, 400, "event_type must be a string"),
-        ({"origin": "USER_EVENT", "payload": "{}", "source": "s"}, 422, "event_type"),
+        ({"origin": "USER_EVENT", "payload": "{}", "source": "s"}, 400, "event_type"),
         ({"event_type": "t", "origin": "USER_EVENT", "payload": "x" * (1024 * 1024 + 1), "source": "s"}, 413, "limit"),
     ],
 )

@@ -169,9 +169,9 @@ def test_wait_for_status_rejects_bad_input(http: httpx.Client, devbox) -> None: 
     url = f"/v1/devboxes/{devbox.id}/wait_for_status"
     assert http.post(url, json={"statuses": ["sleeping"]}).status_code == 400
     assert http.post(url, json={"statuses": ["running"], "timeout_seconds": 31}).status_code == 400
-    assert http.post(url, json={"statuses": []}).status_code == 422
-    assert http.post(url, json={"statuses": "running"}).status_code == 422
-    assert http.post(url, json={"statuses": ["running"], "timeout_seconds": "soon"}).status_code == 422
+    assert http.post(url, json={"statuses": []}).status_code == 400
+    assert http.post(url, json={"statuses": "running"}).status_code == 400
+    assert http.post(url, json={"statuses": ["running"], "timeout_seconds": "soon"}).status_code == 400
 
 
 def test_wait_for_status_wakes_on_the_change(sdk, http: httpx.Client) -> None:  # noqa: ANN001
@@ -254,20 +254,20 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (b'{"launch_parameters": {"x": NaN}}', 400, "NaN is not a JSON number"),
         (b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nested too deeply"),
         (b'{"metadata": {"k": "v"}, "extra": -Infinity}', 400, "-Infinity is not a JSON number"),
-        (json.dumps({"name": 123}).encode(), 422, "name"),
-        (json.dumps({"environment_variables": {"A": 1}}).encode(), 422, "environment_variables"),
-        (json.dumps({"environment_variables": {"BAD-NAME": "x"}}).encode(), 422, "BAD-NAME"),
-        (json.dumps({"launch_parameters": {"launch_commands": "ls"}}).encode(), 422, "launch_commands"),
-        (json.dumps({"launch_parameters": {"network_mode": "internet"}}).encode(), 422, "network_mode"),
-        (json.dumps({"metadata": ["a"]}).encode(), 422, "metadata"),
+        (json.dumps({"name": 123}).encode(), 400, "name"),
+        (json.dumps({"environment_variables": {"A": 1}}).encode(), 400, "environment_variables"),
+        (json.dumps({"environment_variables": {"BAD-NAME": "x"}}).encode(), 400, "BAD-NAME"),
+        (json.dumps({"launch_parameters": {"launch_commands": "ls"}}).encode(), 400, "launch_commands"),
+        (json.dumps({"launch_parameters": {"network_mode": "internet"}}).encode(), 400, "network_mode"),
+        (json.dumps({"metadata": ["a"]}).encode(), 400, "metadata"),
         (json.dumps({"blueprint_id": "bpt_x"}).encode(), 400, "blueprint_id"),
         (json.dumps({"file_mounts": {"/etc/passwd": "x"}}).encode(), 400, "/home/user"),
         (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "environment_variables"),
         (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
-        (json.dumps({"entrypoint": ["ls"]}).encode(), 422, "entrypoint"),
-        (json.dumps({"entrypoint": "serve\0"}).encode(), 422, "NUL"),
-        (json.dumps({"environment_variables": {"A": "x\0y"}}).encode(), 422, "value of A"),
-        (json.dumps({"launch_parameters": {"launch_commands": ["ls\0"]}}).encode(), 422, "NUL"),
+        (json.dumps({"entrypoint": ["ls"]}).encode(), 400, "entrypoint"),
+        (json.dumps({"entrypoint": "serve\0"}).encode(), 400, "NUL"),
+        (json.dumps({"environment_variables": {"A": "x\0y"}}).encode(), 400, "value of A"),
+        (json.dumps({"launch_parameters": {"launch_commands": ["ls\0"]}}).encode(), 400, "NUL"),
         (
             json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "root"}}}).encode(),
             400,
@@ -284,7 +284,7 @@ def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, 
 
 
 def test_update_rejects_wrong_types(http: httpx.Client, devbox) -> None:  # noqa: ANN001
-    assert http.post(f"/v1/devboxes/{devbox.id}", json={"metadata": "x"}).status_code == 422
+    assert http.post(f"/v1/devboxes/{devbox.id}", json={"metadata": "x"}).status_code == 400
     assert (
         http.post(
             f"/v1/devboxes/{devbox.id}", content=b"{", headers={"Content-Type": "application/json"}

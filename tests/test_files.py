@@ -168,15 +168,15 @@ def test_oversized_upload_is_413(http: httpx.Client, devbox, monkeypatch: pytest
     ("endpoint", "body", "status", "fragment"),
     [
         ("read_file_contents", b"{oops", 400, "not valid JSON"),
-        ("read_file_contents", json.dumps({}).encode(), 422, "file_path"),
-        ("read_file_contents", json.dumps({"file_path": 5}).encode(), 422, "file_path"),
+        ("read_file_contents", json.dumps({}).encode(), 400, "file_path"),
+        ("read_file_contents", json.dumps({"file_path": 5}).encode(), 400, "file_path"),
         ("read_file_contents", json.dumps({"file_path": ""}).encode(), 400, "non-empty"),
         ("read_file_contents", json.dumps({"file_path": "a\u0000b"}).encode(), 400, "NUL"),
-        ("write_file_contents", json.dumps({"file_path": "x.txt"}).encode(), 422, "contents"),
+        ("write_file_contents", json.dumps({"file_path": "x.txt"}).encode(), 400, "contents"),
         (
             "write_file_contents",
             json.dumps({"file_path": "x.txt", "contents": ["a"]}).encode(),
-            422,
+            400,
             "contents",
         ),
         (
@@ -185,7 +185,7 @@ def test_oversized_upload_is_413(http: httpx.Client, devbox, monkeypatch: pytest
             400,
             "longer",
         ),
-        ("download_file", json.dumps({"file_path": "x"}).encode(), 422, "path"),
+        ("download_file", json.dumps({"file_path": "x"}).encode(), 400, "path"),
     ],
 )
 def test_bad_file_requests(

@@ -289,12 +289,10 @@ def test_sandbox_start_failure_is_clear(loop: asyncio.AbstractEventLoop, tmp_pat
 
 
 NON_ROOT_SCRIPT = r"""
-import asyncio, importlib.util, subprocess, sys
+import asyncio, subprocess, sys
 from pathlib import Path
-spec = importlib.util.spec_from_file_location("sandbox_under_test", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = module
-spec.loader.exec_module(module)
+sys.path.insert(0, sys.argv[1])
+from mcp_server.local import sandbox as module  # the standard library only: a system python3 runs it
 
 async def main():
     base = Path(sys.argv[2])
@@ -328,9 +326,9 @@ def test_sandbox_works_for_a_backend_without_root() -> None:
         os.chown(base, uid, uid)
         script = base / "run.py"
         script.write_text(NON_ROOT_SCRIPT)
-        sandbox_py = Path(__file__).resolve().parent.parent / "mcp_server" / "local" / "sandbox.py"
+        root = Path(__file__).resolve().parent.parent
         result = subprocess.run(
-            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", str(script), str(sandbox_py), str(base / "box")],
+            ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3", str(script), str(root), str(base / "box")],
             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(base)},
         )  # fmt: skip
         assert result.returncode == 0, result.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +65,95 @@ def test_escapes_fail_inside_executions(sdk, pair, backend: RunningBackend) -> N
     assert "Permission denied" in result.stderr
     assert "/root" in result.stderr and str(backend.config.data_dir) in result.stderr
     assert "unshare failed" in result.stderr
+
+
+
+# keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): answers a keyring id unless filtered.
+KEYCTL_PROBE = (
+    "python3 -c \"import ctypes, os, platform; libc = ctypes.CDLL(None, use_errno=True); "
+    "nr = {'x86_64': 250, 'aarch64': 219}[platform.machine()]; "
+    "print('keyctl', libc.syscall(nr, 0, -3, 0), os.strerror(ctypes.get_errno()))\""
+)
+
+
+def _status_fields(output: str, path: str) -> dict[str, str]:
+    """`grep` lines `path:Name:\tvalue` as {Name: value}."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith(path + ":"):
+            name, value = line[len(path) + 1 :].split(":", 1)
+            found[name] = value.strip()
+    return found
+
+
+def test_executions_have_the_first_processs_no_new_privs_and_seccomp_filter(sdk, pair) -> None:  # noqa: ANN001
+    """nsenter'd commands used to run with neither; now both, as bubblewrap's own child (pid 1 here)."""
+    a, _ = pair
+    result = run(sdk, a.id, f"grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status /proc/1/status; {KEYCTL_PROBE}")
+    own, first = _status_fields(result.stdout, "/proc/self/status"), _status_fields(result.stdout, "/proc/1/status")
+    assert own == first == {"NoNewPrivs": "1", "Seccomp": "2"}, result.stdout
+    # The filter is the one meant: the host's keyrings are out of reach.
+    assert "keyctl -1 Operation not permitted" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_devbox_cannot_make_a_setuid_file(sdk, pair) -> None:  # noqa: ANN001
+    """Its user is the backend's uid on the host (root here): a setuid file would be a host setuid-root program."""
+    a, _ = pair
+    result = run(
+        sdk,
+        a.id,
+        "cp /usr/bin/id ~/myid; chmod 4755 ~/myid; chmod u+s ~/myid; stat -c %a ~/myid; "
+        "mkdir -p ~/shared && chmod g+s ~/shared && stat -c %a ~/shared",
+    )
+    assert result.stdout.split() == ["755", "2755"], result.stdout + result.stderr
+    assert result.stderr.count("Operation not permitted") == 2, result.stderr
+
+
+def _euid_of(path: Path) -> str:
+    """Run `path -u` (a copy of id) as nobody: the effective uid it gets."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"/proc/self/fd/{fd}", "-u"],
+            pass_fds=(fd,), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root (mounts) and setpriv")
+def test_a_setuid_file_in_devbox_storage_gives_no_privileges_on_the_host(pair, backend: RunningBackend) -> None:  # noqa: ANN001
+    """Should one get there (made by an older backend, say), devbox storage is mounted nosuid on the host."""
+    a, _ = pair
+    storage = backend.config.data_dir / "devboxes"
+    assert os.statvfs(storage).f_flag & os.ST_NOSUID
+    planted = storage / a.id / "home" / "setuid-id"
+    control = backend.config.data_dir / "setuid-id-control"  # same filesystem, outside devbox storage
+    for path in (planted, control):
+        shutil.copy("/usr/bin/id", path)
+        os.chmod(path, 0o4755)  # owned by root: the test runs as root
+    try:
+        assert _euid_of(control) == "0"  # setuid works on this filesystem ...
+        assert _euid_of(planted) == "65534"  # ... but not in devbox storage
+    finally:
+        planted.unlink()
+        control.unlink()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a detached mount needs root")
+def test_output_files_name_no_host_path_inside_the_devbox(sdk, backend: RunningBackend) -> None:  # noqa: ANN001
+    """/proc/self/fd/1 and 2 of executions and launch commands show paths from the storage root only."""
+    box = sdk.devboxes.create_and_await_running(
+        launch_parameters={"launch_commands": ["readlink /proc/self/fd/2 > ~/launch-fd"]}
+    )
+    try:
+        result = run(sdk, box.id, "readlink /proc/self/fd/1 /proc/self/fd/2; cat ~/launch-fd")
+        paths = result.stdout.split()
+        out = f"/{box.id}/executions/{result.execution_id}/std"
+        assert paths == [out + "out", out + "err", f"/{box.id}/setup/0.log"], paths
+        host_parts = {part for part in backend.config.data_dir.resolve().parts if part != "/"}
+        assert not host_parts & {part for path in paths for part in Path(path).parts}, paths
+    finally:
+        sdk.devboxes.shutdown(box.id)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -45,6 +45,8 @@ class _Body(BaseModel):
 
 
 class CreateAxon(_Body):
+    published_schema: ClassVar[str] = "AxonCreateParams"
+
     name: str | None = Field(default=None, max_length=MAX_LABEL_CHARS)
     metadata: dict[str, str] | None = None
 
@@ -54,7 +56,8 @@ class UpdateAxon(_Body):
 
 
 class Publish(_Body):
-    # Typed loosely so that wrong types get our own messages below rather than pydantic's.
+    # Typed loosely so that wrong types get our own messages below rather than pydantic's; they
+    # check every field of the published PublishParams (so no `published_schema` here).
     source: Any
     event_type: Any
     origin: Any
@@ -62,11 +65,15 @@ class Publish(_Body):
 
 
 class SqlStatementBody(_Body):
+    published_schema: ClassVar[str] = "SqlStatementParams"
+
     sql: str
     params: list[Any] | None = None
 
 
 class SqlBatchBody(_Body):
+    published_schema: ClassVar[str] = "SqlBatchParams"
+
     statements: list[SqlStatementBody] = Field(max_length=axon_sql.MAX_STATEMENTS)
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from . import files, uploads
+from . import files, uploads, validation
 from .config import Component, LocalConfig
-from .devboxes import STATUSES, DevboxManager
+from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
@@ -21,6 +21,7 @@ MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSUPPORTED_SOURCES = ("blueprint_id", "blueprint_name", "snapshot_id")
+_VIEW_STATUSES = validation.enum("DevboxViewStatus")  # what the list filter and wait_for_status take
 
 
 def _no_nul(what: str, text: str) -> str:
@@ -49,6 +50,7 @@ class LaunchParameters(BaseModel):
 
 class CreateBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxCreateParameters"
 
     name: str | None = None
     environment_variables: dict[str, str] | None = None
@@ -79,6 +81,7 @@ class CreateBody(BaseModel):
 
 class UpdateBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxUpdateParameters"
 
     name: str | None = None
     metadata: dict[str, str] | None = None
@@ -86,6 +89,7 @@ class UpdateBody(BaseModel):
 
 class WaitBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxWaitForStatusRequest"
 
     statuses: list[str] = Field(min_length=1)
     timeout_seconds: float | None = None
@@ -93,12 +97,14 @@ class WaitBody(BaseModel):
 
 class ReadBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxReadFileParameters"
 
     file_path: str
 
 
 class WriteBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxWriteFileParameters"
 
     file_path: str
     contents: str
@@ -106,6 +112,7 @@ class WriteBody(BaseModel):
 
 class DownloadBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
+    published_schema: ClassVar[str] = "DevboxDownloadFileParameters"
 
     path: str
 
@@ -204,8 +211,8 @@ class DevboxRoutes:
 
     async def list(self, request: Request) -> Response:
         status = request.query_params.get("status")
-        if status and status not in STATUSES:
-            raise ApiError(400, f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+        if status and status not in _VIEW_STATUSES:
+            raise ApiError(400, f"status must be one of {', '.join(_VIEW_STATUSES)}; got {status!r}")
         # Newest first, as Runloop lists them.
         items = [d.view() for d in reversed(self.manager.all()) if not status or d.status == status]
         return JSONResponse(paginate(request, items, "devboxes"))
@@ -223,9 +230,6 @@ class DevboxRoutes:
         devbox_id = request.path_params["id"]
         self.manager.get(devbox_id)
         body = await parse_body(request, WaitBody)
-        bad = [s for s in body.statuses if s not in STATUSES]
-        if bad:
-            raise ApiError(400, f"unknown status {bad[0]!r}; statuses must be among {', '.join(STATUSES)}")
         timeout = MAX_WAIT_SECONDS if body.timeout_seconds is None else body.timeout_seconds
         if not 0 <= timeout <= MAX_WAIT_SECONDS:
             raise ApiError(

@@ -26,6 +26,7 @@ from .config import LocalConfig
 from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
 from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
+from .storage import Storage
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -152,7 +153,8 @@ class DevboxManager:
 
     def __init__(self, config: LocalConfig) -> None:
         self.config = config
-        self.root = config.data_dir / "devboxes"
+        self.storage = Storage(config.data_dir / "devboxes")
+        self.root = self.storage.root
         self._devboxes: dict[str, Devbox] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -167,10 +169,7 @@ class DevboxManager:
     # -- registry --------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Only root (the backend) may enter: homes hold files the sandbox user (host uid) made,
-        # setuid bits included, which must not be reachable by other host users.
-        os.chmod(self.root, 0o700)
+        self.storage.open()
         await asyncio.to_thread(warm_up)
         for path in sorted(self.root.glob("*/devbox.json")):
             try:
@@ -215,6 +214,7 @@ class DevboxManager:
         # shutdown should cost the slowest sandbox, not their sum.
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
+        self.storage.close()
 
     @staticmethod
     def _remove_partial_writes(devbox: Devbox) -> None:
@@ -518,7 +518,7 @@ class DevboxManager:
         setup_dir.mkdir(exist_ok=True)
         for index, command in enumerate(commands):
             output_path = setup_dir / f"{index}.log"
-            output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            output = self.storage.open_file(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
             try:
                 proc = await devbox.sandbox.spawn(
                     command,
@@ -556,7 +556,7 @@ class DevboxManager:
             return
         sandbox = devbox.sandbox
         output_path = devbox.state_dir / "entrypoint.log"
-        output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        output = self.storage.open_file(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
         try:
             proc = await sandbox.spawn(
                 devbox.entrypoint,

@@ -6,6 +6,7 @@ Request parsing and rules live here; `executions.ExecutionManager` does the work
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
@@ -27,30 +28,42 @@ class _Body(BaseModel):
 
 
 class ExecuteAsyncBody(_Body):
+    published_schema: ClassVar[str] = "DevboxCreateExecutionParameters"
+
     command: StrictStr
     attach_stdin: StrictBool | None = None
 
 
 class ExecuteBody(_Body):
+    published_schema: ClassVar[str] = "DevboxStartExecutionParameters"
+
     command: StrictStr
     command_id: StrictStr | None = None
     optimistic_timeout: StrictInt | StrictFloat | None = None
 
 
 class ExecuteSyncBody(_Body):
+    published_schema: ClassVar[str] = "DevboxCreateExecutionParameters"
+
     command: StrictStr
 
 
 class WaitBody(_Body):
+    published_schema: ClassVar[str] = "DevboxWaitForCommandRequest"
+
     statuses: list[StrictStr]
     timeout_seconds: StrictInt | StrictFloat | None = None
 
 
 class KillBody(_Body):
+    published_schema: ClassVar[str] = "DevboxKillExecutionRequest"
+
     kill_process_group: StrictBool | None = None
 
 
 class StdinBody(_Body):
+    published_schema: ClassVar[str] = "DevboxSendStdInRequest"
+
     text: StrictStr | None = None
     signal: StrictStr | None = None
 

@@ -358,8 +358,9 @@ class ExecutionManager:
             )
             ex = Execution(record, directory)
             flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-            out_fd = os.open(ex.path("stdout"), flags)
-            err_fd = os.open(ex.path("stderr"), flags)
+            # Through the storage's detached mount: the command's /proc/self/fd/1 names no host path.
+            out_fd = self.devboxes.storage.open_file(ex.path("stdout"), flags)
+            err_fd = self.devboxes.storage.open_file(ex.path("stderr"), flags)
             try:
                 ex.process = await devbox.sandbox.spawn(
                     command,

@@ -14,6 +14,7 @@ import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from . import validation
 from .errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -54,7 +55,8 @@ async def read_body(request: Request, limit: int = MAX_JSON_BODY) -> bytearray:
 
 
 async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body into `model`: 413 past the size limit, 400 for malformed JSON, 422 for wrong fields.
+    """Parse a JSON body into `model`: 413 past the size limit, 400 for malformed JSON and for
+    fields the model, or the published schema it names (`published_schema`, see `validation`), refuses.
 
     An empty body counts as `{}` because the SDK sends none for argument-less POSTs.
     """
@@ -77,10 +79,13 @@ async def parse_body(request: Request, model: type[M]) -> M:
             "request body is not valid Unicode: a string holds a lone surrogate escape (\\ud800-\\udfff); "
             "send UTF-8 text",
         )
+    published = getattr(model, "published_schema", None)
+    if published is not None:
+        validation.check(published, data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, validation_message(exc)) from None
+        raise ApiError(400, validation_message(exc)) from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -10,6 +10,10 @@ another uid could not reach a data directory under a private home. When the back
 the sandbox user therefore owns root's files, so the mount list is the boundary: system
 directories read-only, host secrets masked (the known ones and anything in /etc that is not
 world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
+
+Every process in the sandbox runs with `no_new_privs` and the seccomp filter of `seccomp`: the
+first one gets them from bubblewrap (`--seccomp`), executions from the thread that forks their
+`nsenter` (`spawner`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from . import seccomp, spawner
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -127,6 +133,9 @@ def sandbox_unavailable_reason() -> str | None:
         return "bubblewrap is not installed. " + INSTALL_HINT
     if not found["nsenter"]:
         return "nsenter (util-linux) is not installed; install it with `apt-get install util-linux`"
+    no_filter = seccomp.unavailable_reason()
+    if no_filter:
+        return no_filter
     failure = _probe(found["bwrap"])
     if failure:
         return (
@@ -159,10 +168,12 @@ def _probe(bwrap: str) -> str | None:
 
 
 def warm_up() -> None:
-    """Look up the tools and scan /etc and /proc now, so the first devbox starts as fast as the rest."""
+    """Look up the tools, build the seccomp filter, scan /etc and /proc and start the spawning
+    thread now, so the first devbox starts as fast as the rest."""
     if sandbox_unavailable_reason() is None:
         _etc_masks()
         _proc_read_only()
+        spawner.warm_up()
 
 
 @functools.cache
@@ -354,6 +365,7 @@ class Sandbox:
             "--chdir", SANDBOX_HOME,
             "--setenv", "HOME", SANDBOX_HOME,
             "--info-fd", str(fds["info"]),
+            "--seccomp", str(fds["seccomp"]),
         ]  # fmt: skip
         return args
 
@@ -363,6 +375,7 @@ class Sandbox:
         info_r, info_w = os.pipe()
         try:
             fds["info"] = info_w
+            fds["seccomp"] = seccomp.memfd()
             for path, data in _generated_files(spec).items():
                 fds[path] = _memfd(os.path.basename(path), data)
             for path in _etc_masks()[0]:
@@ -508,16 +521,17 @@ class Sandbox:
             self._unsafe_groups.add(proc.pid)
             return proc
         assert self.init_pid is not None
-        return await asyncio.create_subprocess_exec(
-            tools()["nsenter"] or "nsenter",
-            "-t", str(self.init_pid),
-            *self._ns_flags, "-r", "-w",
-            # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
-            # which an unprivileged user namespace forbids). Capabilities go at the exec.
-            "--preserve-credentials",
-            "--", "/bin/bash", "-c", command, "bash", *args,
+        return await spawner.spawn(
+            [
+                tools()["nsenter"] or "nsenter",
+                "-t", str(self.init_pid),
+                *self._ns_flags, "-r", "-w",
+                # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
+                # which an unprivileged user namespace forbids). Capabilities go at the exec.
+                "--preserve-credentials",
+                "--", "/bin/bash", "-c", command, "bash", *args,
+            ],
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
-            start_new_session=True,
         )  # fmt: skip
 
     # -- stop ------------------------------------------------------------------------------

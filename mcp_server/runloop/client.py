@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -303,13 +304,16 @@ class RunloopClient:
         self, path: str, body: dict[str, Any], model: type[M], *, what: str, hold: float, timeout_seconds: float,
         params: Mapping[str, Any] | None = None,
     ) -> M:
-        """POST a long-poll repeatedly (each held ≤ `hold` s) until it answers or `timeout` passes."""
+        """POST a long-poll repeatedly (each held ≤ `hold` s) until it answers or `timeout` passes.
+
+        The API takes the hold in whole seconds, so the last one may end up to a second late.
+        """
         deadline = time.monotonic() + timeout_seconds
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(what, timeout_seconds)
-            hold_now = max(0.01, round(min(hold, remaining), 3))
+            hold_now = max(1, math.ceil(min(hold, remaining)))
             response = await self._send(
                 "POST",
                 path,
@@ -384,6 +388,8 @@ class RunloopClient:
     async def list_devboxes(
         self, *, status: str | None = None, limit: int | None = None, starting_after: str | None = None
     ) -> DevboxListPage:
+        if status is not None and status not in DEVBOX_STATUSES:
+            raise InvalidArgument(f"cannot list by status {status!r}; the API filters by {', '.join(DEVBOX_STATUSES)}")
         params = {"status": status, "limit": limit, "starting_after": starting_after}
         return await self._get("/v1/devboxes", DevboxListPage, params=params)
 
@@ -408,6 +414,9 @@ class RunloopClient:
         wanted = list(dict.fromkeys(statuses))
         if not wanted:
             raise InvalidArgument("statuses must name at least one devbox status")
+        unknown = [s for s in wanted if s not in DEVBOX_STATUSES]
+        if unknown:
+            raise InvalidArgument(f"cannot wait for status {unknown[0]!r}; the API waits for {', '.join(DEVBOX_STATUSES)}")
         return await self._long_poll(
             f"/v1/devboxes/{_seg(devbox_id)}/wait_for_status",
             {"statuses": wanted},

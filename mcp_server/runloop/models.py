@@ -22,8 +22,9 @@ Text = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
 
 # --- devboxes -------------------------------------------------------------------------------
 
+# The published API's DevboxViewStatus: the only values `wait_for_status` and the list filter take.
+# (Views may also say "queued" or "scheduled", which newer SDKs know, before these.)
 DEVBOX_STATUSES: tuple[str, ...] = (
-    "queued",
     "provisioning",
     "initializing",
     "running",

@@ -122,7 +122,7 @@ def register(server: MCPServer) -> None:
     async def list_devboxes(
         ctx: Context,
         status: Annotated[
-            Literal["queued", "provisioning", "initializing", "running", "suspending", "suspended",
+            Literal["provisioning", "initializing", "running", "suspending", "suspended",
                     "resuming", "failure", "shutdown"] | None,
             Field(description="only devboxes in this status"),
         ] = None,
