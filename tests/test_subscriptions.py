@@ -16,48 +16,18 @@ import pytest
 from faultproxy import FaultProxy, fault_proxy_fixture  # noqa: F401
 from mcp import Client, MCPError
 from mcp.client.subscriptions import ResourcesListChanged, ResourceUpdated
-from mcp.types import ResourceListChangedNotification, ResourceUpdatedNotification
 from mcp_support import MODES, call_ok, make_server, structured
+from subscription_support import Updates, direct_publish, idle, new_axon, wait_for
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.resources import hub_stats, resources_handle
 from mcp_server.runloop import RunloopClient
 from mcp_server.server import build_server
-from mcp_server.subscriptions import MAX_URIS_PER_LISTEN, HubStats, _Sender
+from mcp_server.subscriptions import MAX_URIS_PER_LISTEN, _Sender
 
 pytestmark = pytest.mark.anyio
 
-DEADLINE = 20.0
 BURST = 150
-
-
-class Updates:
-    """Resource updates and list changes a client received, in either era, with a way to wait."""
-
-    def __init__(self) -> None:
-        self.uris: list[str] = []
-        self.list_changes = 0
-        self._changed = anyio.Event()
-
-    def add(self, uri: str | None) -> None:
-        if uri is None:
-            self.list_changes += 1
-        else:
-            self.uris.append(uri)
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        with anyio.fail_after(DEADLINE):
-            while not condition():
-                await self._changed.wait()
-
-    async def handle(self, message: Any) -> None:
-        """Handshake-era `message_handler`."""
-        if isinstance(message, ResourceUpdatedNotification):
-            self.add(message.params.uri)
-        elif isinstance(message, ResourceListChangedNotification):
-            self.add(None)
 
 
 @asynccontextmanager
@@ -86,23 +56,6 @@ async def subscribed(server: Any, mode: str, uris: list[str], *, list_changes: b
                 tg.cancel_scope.cancel()
 
 
-async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Poll `check` until true, or fail after the deadline saying what never happened."""
-    with anyio.move_on_after(DEADLINE):
-        while True:
-            result = check()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def idle(stats: HubStats | None) -> bool:
-    return stats is not None and stats == HubStats(0, 0, 0, 0, 0)
-
-
 def backend_streams(backend: RunningBackend, axon_id: str) -> int:
     """SSE subscriptions to `axon_id` the backend is serving right now (read from uvicorn's
     in-flight request tasks, each holding its ASGI scope)."""
@@ -113,20 +66,6 @@ def backend_streams(backend: RunningBackend, axon_id: str) -> int:
         path = getattr(cycle, "scope", {}).get("path", "")
         count += path == f"/v1/axons/{axon_id}/subscribe/sse"
     return count
-
-
-async def direct_publish(backend: RunningBackend, axon_id: str, payload: Any) -> int:
-    async with httpx.AsyncClient(base_url=backend.base_url,
-                                 headers={"Authorization": f"Bearer {backend.api_key}"}) as http:
-        r = await http.post(f"/v1/axons/{axon_id}/publish", json={
-            "event_type": "direct", "origin": "EXTERNAL_EVENT", "source": "test", "payload": json.dumps(payload)})
-        r.raise_for_status()
-        return r.json()["sequence"]
-
-
-async def new_axon(backend: RunningBackend) -> str:
-    async with RunloopClient(backend.base_url, backend.api_key) as client:
-        return (await client.create_axon(name="subs")).id
 
 
 @pytest.mark.parametrize("mode", MODES)

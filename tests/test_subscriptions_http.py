@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from mcp import Client
 from mcp_support import MODES, make_server
-from test_subscriptions import Updates, direct_publish, idle, new_axon, wait_for
+from subscription_support import Updates, direct_publish, idle, new_axon, wait_for
 
 from mcp_server.local.server import RunningBackend
 from mcp_server.resources import hub_stats

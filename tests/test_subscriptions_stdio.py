@@ -13,7 +13,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp_support import MODES, call_ok, structured
-from test_subscriptions import Updates, direct_publish, new_axon
+from subscription_support import Updates, direct_publish, new_axon
 
 from mcp_server.local.server import RunningBackend
 
