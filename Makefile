@@ -33,7 +33,7 @@ bench: install
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.shared_backend
 
-# Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/test_packaging.py checks them).
+# Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/commands/test_packaging.py checks them).
 dist: install
 	rm -rf dist/devbox_mcp-*
 	$(BIN)/python -m build --no-isolation --outdir dist .

@@ -201,7 +201,7 @@ def start_backend_process(data_dir: Path) -> tuple[subprocess.Popen[bytes], Runn
     """`devbox-mcp local-api` as a child process, so its memory can be measured on its own."""
     key, port = "bench-" + uuid.uuid4().hex, _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_server.cli", "local-api", "--port", str(port), "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "mcp_server", "local-api", "--port", str(port), "--data-dir", str(data_dir)],
         env={**os.environ, "DEVBOX_LOCAL_API_KEY": key},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from faultproxy import running_proxy  # noqa: E402
 from runloop_api_client import AsyncRunloop  # noqa: E402
+from support.faultproxy import running_proxy  # noqa: E402
 
 from mcp_server.local.server import start_in_thread  # noqa: E402
 from mcp_server.runloop import RunloopClient  # noqa: E402

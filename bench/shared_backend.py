@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from mcp_server.embedded import find_or_start
+from mcp_server.commands.embedded import find_or_start
 from mcp_server.local import service
 
 EXE = str(Path(sys.executable).with_name("devbox-mcp"))

@@ -6,6 +6,6 @@ entry point), as long as the package is installed in the interpreter that runs i
 
 import sys
 
-from mcp_server.cli import main
+from mcp_server.commands.cli import main
 
 sys.exit(main())

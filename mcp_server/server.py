@@ -14,7 +14,7 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__
-from .protocol_extras import add_protocol_extras
+from .logging_and_completion import add_protocol_extras
 from .resources import register_resources
 from .runloop import RunloopClient
 from .settings import Settings

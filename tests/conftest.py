@@ -9,10 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 from mcp import Client
-from mcp_support import MODES, make_server
+from support.mcp_client import MODES, make_server
 
 from mcp_server.local import service
 from mcp_server.local.server import RunningBackend, start_in_thread
+
+# Fixtures of the shared helpers (tests/support/), registered once for every test. tests/ is on
+# sys.path (pytest puts a rootless conftest's folder there), so `support` imports as a package.
+pytest_plugins = ["support.faultproxy"]
 
 
 @pytest.fixture(scope="session")

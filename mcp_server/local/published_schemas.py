@@ -1,8 +1,8 @@
 """The published request schemas the embedded backend checks bodies against (see `validation`).
 
-Generated from shared/reference/openapi/ by `python tests/openapi_support.py --write`: the
+Generated from shared/reference/openapi/ by `python tests/support/openapi.py --write`: the
 request bodies the backend takes and the schemas they reference, annotations dropped. Do not
-edit: tests/test_contract.py fails when this differs from the documents.
+edit: tests/runloop/test_contract.py fails when this differs from the documents.
 """
 
 from typing import Any

@@ -12,7 +12,7 @@ request in progress (open streams and long-polls count as requests) and no devbo
 sandbox (provisioning, initializing, running, suspending or resuming); the clock restarts at
 the end of every request and when a sandbox stops.
 
-Finding or starting a backend is the commands' job (`mcp_server/embedded.py`); `start_lock`
+Finding or starting a backend is the commands' job (`mcp_server/commands/embedded.py`); `start_lock`
 here is what they serialise on, so two processes starting at once share one backend.
 """
 

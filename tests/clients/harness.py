@@ -28,7 +28,7 @@ from typing import Any
 
 from clients import fake_model
 from clients.fake_model import PLAN, STEP_ECHO, STEP_READ, STEP_SEQ, STEP_SQL
-from mcp_server.install import devbox_command, install
+from mcp_server.commands.install import devbox_command, install
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"

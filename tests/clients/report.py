@@ -1,6 +1,6 @@
 """What each agent CLI hands its model, as figures: `sudo .venv/bin/python tests/clients/report.py [shapes]`.
 
-Without arguments: runs Claude Code and Codex over the devbox plan (as tests/test_agent_clis.py
+Without arguments: runs Claude Code and Codex over the devbox plan (as tests/commands/test_agent_clis.py
 does) and prints, per tool call, the bytes of the result the CLI put into the next model request
 and which expected items reached the model. With `shapes`: runs them against shapes_server.py and
 prints, per result shape (text, structured content, resource link, error, embedded resource,

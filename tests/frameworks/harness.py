@@ -1,5 +1,5 @@
 """Runs a framework runner in its own environment against `devbox-mcp` and reads back what the
-framework handed its model, call by call. Used by tests/test_frameworks.py; run directly it prints
+framework handed its model, call by call. Used by tests/commands/test_frameworks.py; run directly it prints
 the bytes each framework hands its model per call:
 
     .venv/bin/python tests/frameworks/harness.py

@@ -1,0 +1,133 @@
+"""tool_schemas/ matches the code, the tool list stays small and well annotated, and every
+framework accepts the schemas strictly (no `$ref`, no open maps: openai-agents converts each
+input schema to OpenAI's strict mode without falling back)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import pytest
+from jsonschema import Draft202012Validator
+from mcp import Client
+from pydantic import TypeAdapter
+
+from mcp_server.commands.schemas import main, render, tool_schemas
+from mcp_server.runloop import RunloopClient
+from mcp_server.server import build_server
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "tool_schemas"
+CORE = {"create_devbox", "execute", "stream_logs", "read_file", "publish_event", "sql_query"}
+ALL = CORE | {
+    "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
+    "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch",
+}
+
+
+def test_checked_in_schemas_match_the_code() -> None:
+    docs = anyio.run(tool_schemas)
+    on_disk = {p.stem: p.read_text(encoding="utf-8") for p in SCHEMAS.glob("*.json")}
+    assert sorted(on_disk) == sorted(docs), "run `devbox-mcp schemas --write`"
+    for name, doc in docs.items():
+        assert on_disk[name] == render(doc), f"tool_schemas/{name}.json is stale: run `devbox-mcp schemas --write`"
+
+
+def test_schemas_write_produces_the_files(tmp_path: Path) -> None:
+    (tmp_path / "gone_tool.json").write_text("{}")
+    assert main(write=True, directory=tmp_path) == 0
+    assert {p.stem for p in tmp_path.glob("*.json")} == ALL
+    doc = json.loads((tmp_path / "execute.json").read_text())
+    assert set(doc) == {"name", "description", "inputSchema", "outputSchema", "annotations"}
+
+
+def test_every_tool_has_description_schemas_and_all_four_hints() -> None:
+    docs = anyio.run(tool_schemas)
+    assert set(docs) == ALL
+    for name, doc in docs.items():
+        assert doc["description"] and len(doc["description"]) < 400, name
+        assert doc["inputSchema"]["type"] == "object", name
+        assert doc["outputSchema"] and doc["outputSchema"]["type"] == "object", name
+        hints = doc["annotations"]
+        for key in ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"):
+            assert isinstance(hints.get(key), bool), (name, key)
+
+
+def test_execute_says_plainly_that_it_runs_a_shell_command() -> None:
+    # Clients with tool search (Codex) match a task like "run a shell command" against these words.
+    execute = anyio.run(tool_schemas)["execute"]
+    assert execute["description"].startswith("Run a shell command in a devbox")
+    assert execute["annotations"]["title"] == "Run shell command"
+
+
+def test_annotations_are_true_to_what_tools_do() -> None:
+    docs = anyio.run(tool_schemas)
+    read_only = {n for n, d in docs.items() if d["annotations"]["readOnlyHint"]}
+    assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons"}
+    destructive = {n for n, d in docs.items() if d["annotations"]["destructiveHint"]}
+    assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch", "sql_query", "execute", "send_stdin"} <= destructive
+    assert not {"create_devbox", "create_axon", "publish_event", "suspend_devbox", "resume_devbox"} & destructive
+    assert not destructive & read_only
+    assert docs["execute"]["annotations"]["openWorldHint"] is True
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _unconnected_server():
+    return build_server(lambda: RunloopClient("http://127.0.0.1:9", "unused"))
+
+
+def test_published_schemas_are_self_contained_without_refs() -> None:
+    docs = anyio.run(tool_schemas)
+    for name, doc in docs.items():
+        for kind in ("inputSchema", "outputSchema"):
+            for node in _walk(doc[kind]):
+                assert not (isinstance(node, dict) and ({"$ref", "$defs"} & set(node))), (name, kind, node)
+            Draft202012Validator.check_schema(doc[kind])
+
+
+def test_every_input_schema_converts_to_openai_strict_mode_without_falling_back() -> None:
+    """openai-agents' own MCP conversion (`convert_schemas_to_strict=True`): strict for every tool,
+    every property kept, and every optional argument still optional (strict mode makes all of
+    them required, so each one has a default or accepts null, and the server takes that null)."""
+    from agents.mcp import MCPServerStdio, MCPUtil
+
+    async def convert() -> list[tuple[Any, Any]]:
+        server = _unconnected_server()
+        tools = await server.list_tools()
+        host = MCPServerStdio(params={"command": "true"}, name="devbox")  # never started
+        arg_models = {t.name: t.fn_metadata.arg_model for t in server._tool_manager.list_tools()}
+        return [(t, MCPUtil.to_function_tool(t, host, convert_schemas_to_strict=True), arg_models[t.name]) for t in tools]
+
+    converted = anyio.run(convert)
+    assert {t.name for t, _, _ in converted} == ALL
+    for tool, function_tool, arg_model in converted:
+        assert function_tool.strict_json_schema, f"{tool.name}: openai-agents fell back to a non-strict schema"
+        strict = function_tool.params_json_schema
+        assert set(strict["properties"]) == set(tool.input_schema["properties"]), tool.name
+        for prop in set(tool.input_schema["properties"]) - set(tool.input_schema.get("required", [])):
+            field = arg_model.model_fields[prop]
+            if field.default is not None:
+                continue  # the model can always send the default
+            assert Draft202012Validator(strict["properties"][prop]).is_valid(None), (tool.name, prop)
+            annotation = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+            TypeAdapter(annotation).validate_python(None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_tools_list_stays_under_20_kb(mode: str) -> None:
+    async with Client(_unconnected_server(), mode=mode) as client:
+        listed = await client.list_tools()
+    size = len(listed.model_dump_json(by_alias=True, exclude_none=True).encode())
+    assert size < 20_000, f"tools/list is {size} bytes: every conversation pays for it"

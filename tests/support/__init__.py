@@ -1,0 +1,6 @@
+"""What several test layers share: the embedded backend as a process, the fault proxy, the in-memory
+MCP client, HTTP serving, the fast-retry client, subscription helpers.
+
+Fixtures defined here are registered once, in `tests/conftest.py` (`pytest_plugins`); tests import
+only helpers.
+"""
