@@ -1,8 +1,10 @@
 """Building the MCP server: the tools on top of one Runloop client.
 
 `build_server` takes either a ready client (the caller owns and closes it) or a factory called
-once per server run inside its event loop (the server closes what it made). Transports are not
-chosen here: `serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
+once per server run inside its event loop (the server closes what it made). Each run's
+`AppState` holds that client, the settings and the handle to the resources (their subscription
+hub); the server keeps the handle too, for whoever watches the hub. Transports are not chosen
+here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__
-from .logging_and_completion import add_protocol_extras
-from .resources import register_resources
+from .logging_and_completion import add_logging_and_completion
+from .resources import ResourcesHandle, register_resources
 from .runloop import RunloopClient
 from .settings import Settings
 from .tools import register_all
@@ -27,23 +29,29 @@ INSTRUCTIONS = (
 )
 
 
+class DevboxServer(MCPServer):
+    """The MCP server of devbox-mcp: an `MCPServer` that keeps the handle to its resources."""
+
+    resources: ResourcesHandle
+
+
 def build_server(
     client: RunloopClient | Callable[[], RunloopClient], settings: Settings | None = None
-) -> MCPServer:
+) -> DevboxServer:
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(_server: MCPServer) -> AsyncIterator[AppState]:
+    async def lifespan(server: DevboxServer) -> AsyncIterator[AppState]:
         if isinstance(client, RunloopClient):
-            yield AppState(client, settings)
+            yield AppState(client, settings, server.resources)
             return
         made = client()
         try:
-            yield AppState(made, settings)
+            yield AppState(made, settings, server.resources)
         finally:
             await made.aclose()
 
-    server = MCPServer(
+    server = DevboxServer(
         "devbox-mcp",
         version=__version__,
         instructions=INSTRUCTIONS,
@@ -51,8 +59,8 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
-    add_protocol_extras(server)  # logging/setLevel, a default completion/complete (protocol_extras.py)
-    register_resources(server, client, settings)  # wraps that completion handler for our templates
+    server.resources = register_resources(server, client, settings)
+    add_logging_and_completion(server, server.resources.complete)
     compact_schemas(server)
     return server
 

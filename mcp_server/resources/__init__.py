@@ -1,9 +1,11 @@
 """MCP resources: axon event history, devbox views, execution output, with live subscriptions.
 
-`register_resources(mcp, client)` adds the templates, the paginated `resources/list`,
-completions, and subscriptions in both protocol eras to a server. Tools use
-`output_resource_links` (links to full output when a result was cut, for clients that can
-use them: see `links`) and `resources_list_changed` (after creating a devbox or an axon).
+`register_resources(mcp, client, settings)` adds the templates, the paginated `resources/list`,
+and subscriptions in both protocol eras to a server, and returns the handle to what it
+installed. The server keeps the handle in each run's `AppState`, where tools use
+`output_links` (links to full output when a result was cut, for clients that can use them: see
+`links`) and `list_changed` (after creating a devbox or an axon); `complete` answers
+completions of the templates' arguments.
 
 Which client: reads use the client of the server run they arrive on (the lifespan's `client`,
 as the tools do). Subscription followers are shared by every connection and outlive any one of
@@ -13,8 +15,7 @@ factory while at least one follower runs (and closed when the last one stops).
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +26,7 @@ from mcp.types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     CompleteRequestParams,
+    CompleteResult,
     PaginatedRequestParams,
     ReadResourceRequestParams,
     ResourceLink,
@@ -36,7 +38,7 @@ from ..subscriptions import HubStats, SubscriptionHub
 from . import reading
 from .feeds import make_follow
 from .links import ResourceReaders
-from .listing import completion_handler, list_page, remember_execution
+from .listing import list_page, remember_execution, template_completions
 from .uris import (
     AXON_EVENT,
     AXON_EVENTS,
@@ -52,18 +54,10 @@ from .uris import (
     output_uri,
 )
 
-__all__ = [
-    "ResourcesHandle",
-    "hub_stats",
-    "output_resource_links",
-    "register_resources",
-    "resources_handle",
-    "resources_list_changed",
-]
+__all__ = ["ResourcesHandle", "register_resources"]
 
 ClientProvider = RunloopClient | Callable[[], RunloopClient]
-
-_handles: weakref.WeakKeyDictionary[MCPServer, ResourcesHandle] = weakref.WeakKeyDictionary()
+CompleteTemplate = Callable[[Any, CompleteRequestParams], Awaitable[CompleteResult | None]]
 
 
 class SharedClient:
@@ -99,21 +93,53 @@ class SharedClient:
 
 class ResourcesHandle:
     """What `register_resources` installed on one server: its hub, its followers' client, its
-    settings, and which clients have read a resource (who gets resource links)."""
+    settings, which clients have read a resource (who gets resource links), and the completions
+    of the templates' arguments."""
 
-    def __init__(self, hub: SubscriptionHub, shared: SharedClient, settings: Settings, readers: ResourceReaders) -> None:
+    def __init__(
+        self, hub: SubscriptionHub, shared: SharedClient, settings: Settings, readers: ResourceReaders,
+        complete: CompleteTemplate,
+    ) -> None:
         self.hub = hub
         self.shared = shared
         self.settings = settings
         self.readers = readers
+        self.complete = complete
 
     def stats(self) -> HubStats:
         return self.hub.stats()
 
+    async def list_changed(self) -> None:
+        """Tell every client that `resources/list` changed (call after creating a devbox or an axon)."""
+        await self.hub.resources_list_changed()
 
-def register_resources(mcp: MCPServer, client: ClientProvider, settings: Settings | None = None) -> ResourcesHandle:
-    """Add the resources, `resources/list` pagination, completions and subscriptions to `mcp`."""
-    settings = settings or Settings()
+    def output_links(
+        self, session: Any, devbox_id: str, execution_id: str, streams: Iterable[Stream] = STREAMS
+    ) -> list[ResourceLink]:
+        """Links to the full output of `streams` of an execution, for a result that had to cut them,
+        if the requesting client (`session`) can use them (`Settings.resource_links`, see `links`).
+
+        Also remembers the execution, so completions can suggest its id (the API cannot list them).
+        """
+        remember_execution(devbox_id, execution_id)
+        if not self.readers.wants_links(session, self.settings.resource_links):
+            return []
+        return [
+            ResourceLink(
+                type="resource_link",
+                uri=output_uri(devbox_id, execution_id, stream),
+                name=f"{stream}-{execution_id}",
+                title=f"Full {stream} of execution {execution_id}",
+                description=f"The whole {stream}; add ?offset=N&limit=M to read a byte range.",
+                mime_type="text/plain",
+            )
+            for stream in streams
+        ]
+
+
+def register_resources(mcp: MCPServer, client: ClientProvider, settings: Settings) -> ResourcesHandle:
+    """Add the resources, `resources/list` pagination and subscriptions to `mcp`. The handle also
+    completes the templates' arguments: routing `completion/complete` is the server builder's."""
     shared = SharedClient(client)
 
     @asynccontextmanager
@@ -222,15 +248,7 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             return done
 
         low.add_request_handler("resources/read", ReadResourceRequestParams, read_resource)
-    previous = low.get_request_handler("completion/complete")
-    low.add_request_handler(
-        "completion/complete",
-        CompleteRequestParams,
-        completion_handler(client_for, previous.handler if previous is not None else None),  # type: ignore[attr-defined]
-    )
-    handle = ResourcesHandle(hub, shared, settings, readers)
-    _handles[mcp] = handle
-    return handle
+    return ResourcesHandle(hub, shared, settings, readers, template_completions(client_for))
 
 
 def _bus_of(mcp: MCPServer) -> Any:
@@ -249,44 +267,3 @@ def _not_found(uri: str, why: str | None = None) -> MCPError:
 
 def _resource_error(uri: str, message: str) -> MCPError:
     return MCPError(INTERNAL_ERROR, message, data={"uri": uri})
-
-
-def resources_handle(mcp: MCPServer) -> ResourcesHandle | None:
-    return _handles.get(mcp)
-
-
-def hub_stats(mcp: MCPServer) -> HubStats | None:
-    handle = _handles.get(mcp)
-    return handle.stats() if handle is not None else None
-
-
-async def resources_list_changed(mcp: MCPServer) -> None:
-    """Tell every client that `resources/list` changed (call after creating a devbox or an axon)."""
-    handle = _handles.get(mcp)
-    if handle is not None:
-        await handle.hub.resources_list_changed()
-
-
-def output_resource_links(
-    ctx: Context, devbox_id: str, execution_id: str, streams: Iterable[Stream] = STREAMS
-) -> list[ResourceLink]:
-    """Links to the full output of `streams` of an execution, for a result that had to cut them,
-    if the requesting client can use them (`Settings.resource_links`, see `links`).
-
-    Also remembers the execution, so completions can suggest its id (the API cannot list them).
-    """
-    remember_execution(devbox_id, execution_id)
-    handle = _handles.get(ctx.mcp_server)
-    if handle is None or not handle.readers.wants_links(ctx.session, handle.settings.resource_links):
-        return []
-    return [
-        ResourceLink(
-            type="resource_link",
-            uri=output_uri(devbox_id, execution_id, stream),
-            name=f"{stream}-{execution_id}",
-            title=f"Full {stream} of execution {execution_id}",
-            description=f"The whole {stream}; add ?offset=N&limit=M to read a byte range.",
-            mime_type="text/plain",
-        )
-        for stream in streams
-    ]

@@ -153,22 +153,18 @@ async def complete(
     return None
 
 
-Handler = Callable[[Any, CompleteRequestParams], Awaitable[CompleteResult]]
+def template_completions(
+    client_of: Callable[[Any], Any],
+) -> Callable[[Any, CompleteRequestParams], Awaitable[CompleteResult | None]]:
+    """Completions of our templates' arguments; None for any other reference or argument."""
 
-
-def completion_handler(client_of: Callable[[Any], Any], previous: Handler | None) -> Handler:
-    """`completion/complete` for our templates; other references go to the handler registered before."""
-
-    async def handler(ctx: Any, params: CompleteRequestParams) -> CompleteResult:
+    async def handler(ctx: Any, params: CompleteRequestParams) -> CompleteResult | None:
         ref = params.ref
-        if isinstance(ref, ResourceTemplateReference):
-            known = dict((params.context.arguments or {}) if params.context else {})
-            async with client_of(ctx) as client:
-                completion = await complete(client, ref.uri, params.argument.name, params.argument.value, known)
-            if completion is not None:
-                return CompleteResult(completion=completion)
-        if previous is not None:
-            return await previous(ctx, params)
-        return CompleteResult(completion=Completion(values=[], total=0, has_more=False))
+        if not isinstance(ref, ResourceTemplateReference):
+            return None
+        known = dict((params.context.arguments or {}) if params.context else {})
+        async with client_of(ctx) as client:
+            completion = await complete(client, ref.uri, params.argument.name, params.argument.value, known)
+        return CompleteResult(completion=completion) if completion is not None else None
 
     return handler

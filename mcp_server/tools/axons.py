@@ -16,7 +16,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
 from pydantic import BaseModel, Field, JsonValue
 
-from ..resources import resources_list_changed
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
 from .common import AxonId, Labels, annotations, api_errors, as_map, page_text, result, state
@@ -144,7 +143,7 @@ def register(server: MCPServer) -> None:
         """Create an axon: an event stream with a SQL-queryable history."""
         with api_errors():
             view = await state(ctx).client.create_axon(name=name, metadata=as_map("metadata", metadata))
-        await resources_list_changed(ctx.mcp_server)
+        await state(ctx).resources.list_changed()
         return axon_info(view)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List axons"))

@@ -12,16 +12,19 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..resources import ResourcesHandle
 from ..runloop import RunloopClient, RunloopError
 from ..settings import Settings
 
 
 @dataclass
 class AppState:
-    """Lives for one server run (the MCP lifespan): the API client and the settings."""
+    """Lives for one server run (the MCP lifespan): the API client, the settings, and the handle to
+    the resources (list changes, links to full output)."""
 
     client: RunloopClient
     settings: Settings
+    resources: ResourcesHandle
 
 
 def state(ctx: Context) -> AppState:

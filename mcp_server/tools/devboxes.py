@@ -13,7 +13,6 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from .. import budgets
-from ..resources import resources_list_changed
 from ..runloop import DevboxView, RunloopError, WaitTimeout
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
 
@@ -115,7 +114,7 @@ def register(server: MCPServer) -> None:
         if view.status in ("failure", "shutdown"):
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
-        await resources_list_changed(ctx.mcp_server)
+        await state(ctx).resources.list_changed()
         return info(view)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
@@ -147,7 +146,7 @@ def register(server: MCPServer) -> None:
         """Shut a devbox down for good: its processes stop and its files are gone."""
         with api_errors():
             view = await state(ctx).client.shutdown_devbox(devbox_id)
-        await resources_list_changed(ctx.mcp_server)
+        await state(ctx).resources.list_changed()
         return info(view)
 
     @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
@@ -155,7 +154,7 @@ def register(server: MCPServer) -> None:
         """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
         with api_errors():
             view = await state(ctx).client.suspend_devbox(devbox_id)
-        await resources_list_changed(ctx.mcp_server)
+        await state(ctx).resources.list_changed()
         return info(view)
 
     @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
@@ -164,5 +163,5 @@ def register(server: MCPServer) -> None:
         with api_errors():
             view = await state(ctx).client.resume_devbox(devbox_id)
         view = await wait_running(ctx, view)
-        await resources_list_changed(ctx.mcp_server)
+        await state(ctx).resources.list_changed()
         return info(view)

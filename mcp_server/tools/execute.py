@@ -30,7 +30,6 @@ from pydantic import BaseModel, Field
 
 from ..budgets import wait_seconds as wait_budget
 from ..progress import output_progress
-from ..resources import output_resource_links
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
@@ -427,5 +426,5 @@ def _with_links(
     """Add links to the full output resources of the streams the result had to cut, for a client
     that can use them (the text and structured content say how to read the rest either way)."""
     cut = [s for s in STREAMS if shaped[s].truncated]
-    res.content.extend(output_resource_links(ctx, devbox_id, execution_id, cut))
+    res.content.extend(state(ctx).resources.output_links(ctx.session, devbox_id, execution_id, cut))
     return res

@@ -20,7 +20,6 @@ from support.mcp_client import MODES, call_ok, make_server, structured
 from support.subscriptions import Updates, direct_publish, idle, new_axon, wait_for
 
 from mcp_server.local.server import RunningBackend
-from mcp_server.resources import hub_stats, resources_handle
 from mcp_server.runloop import RunloopClient
 from mcp_server.server import build_server
 from mcp_server.subscriptions import MAX_URIS_PER_LISTEN, _Sender
@@ -93,7 +92,7 @@ async def test_every_publish_sends_an_update_and_reads_catch_up_in_order(backend
         assert set(updates.uris) == {uri}
     assert read == published
     assert [s for s, _ in published] == list(range(1, 21))
-    await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+    await wait_for(lambda: idle(server.resources.stats()), "the hub to be idle")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -127,8 +126,8 @@ async def test_subscribing_to_an_unknown_axon_is_refused_or_silent(backend: Runn
                 assert err.value.error.code == -32602 and "not found" in err.value.error.message
     else:  # listen acknowledges any URI (as the spec says); the follower stops at the 404
         async with subscribed(server, mode, ["axon://axn_nope/events"]):
-            await wait_for(lambda: hub_stats(server).followers == 0, "the follower of a missing axon to stop")
-    await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+            await wait_for(lambda: server.resources.stats().followers == 0, "the follower of a missing axon to stop")
+    await wait_for(lambda: idle(server.resources.stats()), "the hub to be idle")
 
 
 async def test_a_listen_stream_with_too_many_uris_is_refused(backend: RunningBackend) -> None:
@@ -139,7 +138,7 @@ async def test_a_listen_stream_with_too_many_uris_is_refused(backend: RunningBac
             async with client.listen(resource_subscriptions=uris):
                 pass
     assert err.value.error.code == -32602 and f"at most {MAX_URIS_PER_LISTEN}" in err.value.error.message
-    assert idle(hub_stats(server))
+    assert idle(server.resources.stats())
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -156,7 +155,7 @@ async def test_the_upstream_resumes_after_drops_without_missing_or_repeating(
             before = len(updates.uris)
             await direct_publish(backend, axon, i)
             await updates.until(lambda before=before: len(updates.uris) > before)
-        assert hub_stats(server).followers == 1
+        assert server.resources.stats().followers == 1
     resumed_after = [int(r.target.split("after_sequence=")[1].split("&")[0]) for r in fault_proxy.seen(r"/subscribe/sse")]
     # Resumed after each event in turn (the last resume may not have happened before the client
     # left): none lost, none repeated.
@@ -172,7 +171,7 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
         # Clients of both eras on one axon share one upstream stream.
         async with subscribed(server, "legacy", [uri]) as (_, first), subscribed(server, "auto", [uri]) as (_, second):
             async with subscribed(server, "legacy", [uri, f"{uri}?limit=5"]) as (_, third):
-                stats = hub_stats(server)
+                stats = server.resources.stats()
                 assert stats is not None and stats.followers == 1 and stats.subscribed_uris == 2
                 assert stats.legacy_peers == 2 and stats.listen_streams == 1
                 await wait_for(lambda: backend_streams(backend, axon) == 1, "one upstream stream")
@@ -184,24 +183,23 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
         for i in range(100):
             mode = MODES[i % 2]
             async with subscribed(server, mode, [uri]) as (client, _):
-                assert hub_stats(server).followers == 1
+                assert server.resources.stats().followers == 1
                 if mode == "legacy" and i % 4 == 0:
                     await client.unsubscribe_resource(uri)  # unsubscribe, then disconnect
-                    assert hub_stats(server).followers == 0
+                    assert server.resources.stats().followers == 0
             # otherwise: disconnect while subscribed
-        await wait_for(lambda: idle(hub_stats(server)), "every subscriber, follower and task to be gone")
+        await wait_for(lambda: idle(server.resources.stats()), "every subscriber, follower and task to be gone")
         await wait_for(lambda: backend_streams(backend, axon) == 0, "the backend to serve no stream")
 
 
 async def test_the_followers_own_client_is_closed_when_the_last_follower_stops(backend: RunningBackend) -> None:
     server = make_server(backend)  # a client factory: followers get a client of their own
     axon = await new_axon(backend)
-    handle = resources_handle(server)
-    assert handle is not None
+    handle = server.resources
     for mode in MODES * 3:
         async with subscribed(server, mode, [f"axon://{axon}/events"]):
             assert handle.shared.open
-        await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+        await wait_for(lambda: idle(server.resources.stats()), "the hub to be idle")
         assert not handle.shared.open
 
 
@@ -226,15 +224,15 @@ async def test_output_subscription_updates_while_growing_and_once_on_completion(
         await call_ok(client, "write_file", {"devbox_id": devbox, "path": "go", "contents": ""})
         await updates.until(lambda: len(updates.uris) > seen)
         await wait_for(lambda: _ends_with(text, "second\n"), "the second line")
-        assert hub_stats(server).followers == 1
+        assert server.resources.stats().followers == 1
         seen = len(updates.uris)
         # The command now ends without printing: the completion alone sends the last update.
         await call_ok(client, "write_file", {"devbox_id": devbox, "path": "end", "contents": ""})
         await updates.until(lambda: len(updates.uris) > seen)
-        await wait_for(lambda: hub_stats(server).followers == 0, "the follower to finish with the execution")
+        await wait_for(lambda: server.resources.stats().followers == 0, "the follower to finish with the execution")
         assert await text() == "first\nsecond\n"
         assert set(updates.uris) == {uri}
-    await wait_for(lambda: idle(hub_stats(server)), "the hub to be idle")
+    await wait_for(lambda: idle(server.resources.stats()), "the hub to be idle")
 
 
 async def all_uris(client: Client) -> list[str]:
@@ -319,7 +317,7 @@ async def test_devbox_subscription_follows_status_changes_until_shutdown(backend
         async def status() -> str:
             return json.loads((await client.read_resource(uri)).contents[0].text)["status"]
 
-        assert hub_stats(server).followers == 1
+        assert server.resources.stats().followers == 1
         await call_ok(client, "suspend_devbox", {"devbox_id": devbox})
         await updates.until(lambda: bool(updates.uris))
         await wait_for(lambda: _is(status, "suspended"), "the devbox to be suspended")
@@ -329,7 +327,7 @@ async def test_devbox_subscription_follows_status_changes_until_shutdown(backend
         seen = len(updates.uris)
         await call_ok(client, "shutdown_devbox", {"devbox_id": devbox})
         await updates.until(lambda: len(updates.uris) > seen)
-        await wait_for(lambda: hub_stats(server).followers == 0, "the follower to stop at shutdown")
+        await wait_for(lambda: server.resources.stats().followers == 0, "the follower to stop at shutdown")
         assert await status() == "shutdown" and set(updates.uris) == {uri}
 
 
@@ -343,12 +341,12 @@ async def test_deleting_the_axon_sends_a_last_update_and_stops_its_upstream(back
     axon = await new_axon(backend)
     uri = f"axon://{axon}/events"
     async with subscribed(server, mode, [uri]) as (client, updates):
-        assert hub_stats(server).followers == 1
+        assert server.resources.stats().followers == 1
         async with httpx.AsyncClient(base_url=backend.base_url,
                                      headers={"Authorization": f"Bearer {backend.api_key}"}) as http:
             (await http.delete(f"/v1/axons/{axon}")).raise_for_status()
         await updates.until(lambda: updates.uris == [uri])
-        await wait_for(lambda: hub_stats(server).followers == 0, "the follower to stop")
+        await wait_for(lambda: server.resources.stats().followers == 0, "the follower to stop")
         with pytest.raises(MCPError) as err:
             await client.read_resource(uri)
         assert err.value.error.code == -32602 and "was deleted" in err.value.error.message

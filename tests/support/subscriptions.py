@@ -60,8 +60,8 @@ async def wait_for(check: Callable[[], Awaitable[bool] | bool], what: str) -> No
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def idle(stats: HubStats | None) -> bool:
-    return stats is not None and stats == HubStats(0, 0, 0, 0, 0)
+def idle(stats: HubStats) -> bool:
+    return stats == HubStats(0, 0, 0, 0, 0)
 
 
 async def direct_publish(backend: RunningBackend, axon_id: str, payload: Any) -> int:

@@ -18,7 +18,6 @@ from support.mcp_client import MODES, make_server
 from support.subscriptions import Updates, direct_publish, idle, new_axon, wait_for
 
 from mcp_server.local.server import RunningBackend
-from mcp_server.resources import hub_stats
 
 pytestmark = pytest.mark.anyio
 
@@ -62,4 +61,4 @@ async def test_updates_over_streamable_http_and_release_on_leave(
                     updates.add(getattr(event, "uri", None))
                     break
             assert updates.uris == [uri]
-    await wait_for(lambda: idle(hub_stats(server)), "the session's subscriptions to be released")
+    await wait_for(lambda: idle(server.resources.stats()), "the session's subscriptions to be released")
