@@ -14,7 +14,9 @@
 standard library and third-party packages, except those in `MAY_NOT_IMPORT`). So: `local/`
 knows neither the MCP layer nor the client, and the client knows neither MCP nor `local/`;
 tools and resources reach the API through the client only; the transport serves any MCP
-server; only the commands import both sides.
+server; only the commands import both sides. Inside `local/`, the domain (devboxes, executions,
+axons, files) never imports the HTTP routes (`*_api` modules): they are wired where the app is
+built (`WIRING`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ MAY_NOT_IMPORT: dict[str, set[str]] = {
     "runloop": {"mcp", "starlette", "uvicorn"},
 }
 FOLDERS = {"runloop", "local", "resources", "tools", "transport", "commands"}
+# The modules of local/ that may import routes: the app, what serves it, and the routes themselves.
+WIRING = {"mcp_server.local", "mcp_server.local.app", "mcp_server.local.server", "mcp_server.local.service"}
+
+
+def is_routes(module: str) -> bool:
+    return module.startswith("mcp_server.local.") and module.rsplit(".", 1)[-1].endswith(("_api", "routes"))
 
 
 def part_of(module: str) -> str:
@@ -88,11 +96,15 @@ def violations(module: str, source: str, is_package: bool = False) -> list[str]:
     part = part_of(module)
     allowed = MAY_IMPORT[part] | {part}
     out = []
+    domain = part == "local" and module not in WIRING and not is_routes(module)
     for line, targets in imports_of(module, source, is_package):
         for target in targets:
             top = target.split(".")[0]
             if top == "mcp_server" and part_of(target) not in allowed:
                 out.append(f"{module}:{line}: {part} may not import {target} ({part_of(target)})")
+                break
+            if domain and is_routes(target):
+                out.append(f"{module}:{line}: the domain may not import its routes ({target}); wire them where the app is built")
                 break
             if top in MAY_NOT_IMPORT.get(part, ()):
                 out.append(f"{module}:{line}: {part} may not import {target}")
@@ -124,6 +136,7 @@ def test_no_module_breaks_a_boundary() -> None:
         ("mcp_server.resources.reading", "from ..tools.common import state"),
         ("mcp_server.transport.http_app", "from ..server import build_server"),
         ("mcp_server.shaping", "from . import tools"),
+        ("mcp_server.local.executions", "def routes():\n    from .execution_api import routes"),
     ],
 )
 def test_a_forbidden_import_is_found(module: str, source: str) -> None:

@@ -14,6 +14,7 @@ from . import files, uploads, validation
 from .config import Component, LocalConfig
 from .devboxes import DevboxManager
 from .errors import ApiError
+from .execution_api import routes as execution_routes
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
 
@@ -294,7 +295,7 @@ def build(config: LocalConfig) -> Component:
     manager = DevboxManager(config)
     executions = ExecutionManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*executions.routes(), *DevboxRoutes(manager).routes()]
+    routes = [*execution_routes(executions), *DevboxRoutes(manager).routes()]
 
     async def startup() -> None:
         await manager.startup()

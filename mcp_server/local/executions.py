@@ -35,8 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from starlette.routing import Route
-
 from . import childwatch
 from .errors import ApiError, disk_full, is_disk_full, not_found
 from .http import IdempotencyCache
@@ -270,11 +268,6 @@ class ExecutionManager:
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         devboxes.on_stop.append(self._on_devbox_stop)
-
-    def routes(self) -> list[Route]:
-        from .execution_api import routes
-
-        return routes(self)
 
     async def startup(self) -> None:
         """A devbox's executions are loaded from disk when it is first used; nothing to load here."""
