@@ -1,5 +1,6 @@
 """The architecture of mcp_server, as rules on imports, checked on every module (ast, no import).
 
+    net          net.py: what both HTTP servers share (listening socket, uvicorn, URL)
     runloop/     the Runloop API client (HTTP, retries, errors, resumable streams)
     local/       the embedded backend: a Runloop-compatible API on this machine
     core         the MCP building blocks at the package root: settings, shaping, progress,
@@ -29,20 +30,22 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "mcp_server"
 
 MAY_IMPORT: dict[str, set[str]] = {
+    "net": set(),
     "runloop": set(),
-    "local": set(),
+    "local": {"net"},
     "core": set(),
     "resources": {"core", "runloop"},
     "tools": {"core", "resources", "runloop"},
     "server": {"core", "resources", "tools", "runloop"},
-    "transport": set(),
-    "commands": {"core", "resources", "tools", "server", "runloop", "transport", "local"},
+    "transport": {"net"},
+    "commands": {"core", "resources", "tools", "server", "runloop", "transport", "local", "net"},
 }
 MAY_NOT_IMPORT: dict[str, set[str]] = {
+    "net": {"mcp"},
     "local": {"mcp"},  # the MCP SDK
     "runloop": {"mcp", "starlette", "uvicorn"},
 }
-FOLDERS = {"runloop", "local", "resources", "tools", "transport", "commands"}
+FOLDERS = {"net", "runloop", "local", "resources", "tools", "transport", "commands"}
 # The modules of local/ that may import routes: the app, what serves it, and the routes themselves.
 WIRING = {"mcp_server.local", "mcp_server.local.app", "mcp_server.local.server", "mcp_server.local.service"}
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..net import base_url, listen, uvicorn_config
 from .app import create_app
 from .config import LocalConfig
 from .devboxes import DevboxManager
@@ -40,33 +40,9 @@ def generate_api_key() -> str:
     return "dbxlocal_" + secrets.token_urlsafe(24)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
-    # without it every response waits ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(False)
-    return sock
-
-
-def uvicorn_config(app: ASGIApp) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        # Requests still open when asked to stop (streams, long-polls) get this long to end.
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        timeout_keep_alive=30,
-    )
-
-
-def base_url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _uvicorn_config(app: ASGIApp) -> uvicorn.Config:
+    # Requests still open when asked to stop (streams, long-polls) get GRACEFUL_SHUTDOWN_SECONDS to end.
+    return uvicorn_config(app, graceful_shutdown_seconds=GRACEFUL_SHUTDOWN_SECONDS, keep_alive_seconds=30)
 
 
 @dataclass
@@ -94,8 +70,8 @@ def start_in_thread(
     config = LocalConfig(
         data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox
     )
-    sock = bind_socket(host, port)
-    server = uvicorn.Server(uvicorn_config(create_app(config)))
+    sock = listen(host, port)
+    server = uvicorn.Server(_uvicorn_config(create_app(config)))
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -112,7 +88,7 @@ def start_in_thread(
                 f"the embedded backend failed to start: {failure[0] if failure else 'unknown error'}"
             )
         threading.Event().wait(0.005)
-    return RunningBackend(base_url_of(sock), config.api_key, config, server, thread)
+    return RunningBackend(base_url(sock), config.api_key, config, server, thread)
 
 
 # -- a registered backend process ---------------------------------------------------------
@@ -189,10 +165,10 @@ def serve_registered(
     data_dir = Path(config.data_dir)
     lock_fd = hold_data_dir(data_dir)
     try:
-        sock = bind_socket(host, port)
+        sock = listen(host, port)
         state = ServiceState(
             pid=os.getpid(),
-            base_url=_connectable(base_url_of(sock)),
+            base_url=_connectable(base_url(sock)),
             api_key=config.api_key,
             started_at=time.time(),
             idle_shutdown_seconds=idle_shutdown_seconds,
@@ -216,7 +192,7 @@ def serve_registered(
             remove_state(data_dir, state.pid)
             server.should_exit = True
 
-        server = _Server(uvicorn_config(activity), data_dir, start_idle_watch)
+        server = _Server(_uvicorn_config(activity), data_dir, start_idle_watch)
         write_state(data_dir, state)
         if announce is not None:
             announce(state)

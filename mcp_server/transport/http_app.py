@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import secrets
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..net import base_url, listen, uvicorn_config
 from . import http_guard as guard
 from .event_store import BoundedEventStore, SessionScope, session_scope
 
@@ -181,28 +181,9 @@ async def _with_session_scope(app: ASGIApp, scope: Scope, receive: Receive, send
         session_scope.reset(reset)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
-
-
-def endpoint_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{guard.url_host(host)}:{port}{MCP_PATH}"
-
-
 def uvicorn_server(app: ASGIApp, server_class: type[uvicorn.Server] = uvicorn.Server) -> uvicorn.Server:
-    # access_log off: request lines are not ours to keep, and a mistaken client may put a
-    # token in the URL. No `server: uvicorn` header: it tells a prober what to try.
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=3,
-        server_header=False,
-    )
-    return server_class(config)
+    # No `server: uvicorn` header: it tells a prober what to try.
+    return server_class(uvicorn_config(app, graceful_shutdown_seconds=3, server_header=False))
 
 
 class StoppingServer(uvicorn.Server):
@@ -246,7 +227,7 @@ def run_http(
         stateless=stateless,
     )
     try:
-        sock = bind(host, port)
+        sock = listen(host, port)
     except OSError as exc:
         print(
             f"devbox-mcp: cannot listen on {host}:{port}: {exc.strerror}; pick another --port",
@@ -255,7 +236,7 @@ def run_http(
         return 2
     server = uvicorn_server(build_http_app(factory, options), StoppingServer)
     lines = [
-        f"devbox-mcp: MCP over streamable HTTP at {endpoint_url(sock)}"
+        f"devbox-mcp: MCP over streamable HTTP at {base_url(sock)}{MCP_PATH}"
         + (" (stateless)" if stateless else "")
     ]
     if token is None:

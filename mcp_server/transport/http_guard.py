@@ -16,6 +16,8 @@ from urllib.parse import parse_qs
 
 from starlette.types import Receive, Scope, Send
 
+from ..net import url_host
+
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 RESOURCE_METADATA_PATH = "/.well-known/oauth-protected-resource"
 # Names a token might travel under in a URL; any of them is refused (URLs end up in logs).
@@ -29,10 +31,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
 from mcp_server.local import service
-from mcp_server.transport.http_app import HttpOptions, bind, build_http_app, endpoint_url, uvicorn_server
+from mcp_server.net import base_url, listen
+from mcp_server.transport.http_app import MCP_PATH, HttpOptions, build_http_app, uvicorn_server
 
 
 @dataclass
@@ -76,7 +77,7 @@ def small_server(probe: Probe | None = None) -> MCPServer:
 @contextlib.contextmanager
 def serve(app, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a loopback port in a thread; yields the `/mcp` URL."""
-    sock = bind(host, 0)
+    sock = listen(host, 0)
     server = uvicorn_server(app)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
@@ -86,7 +87,7 @@ def serve(app, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("test HTTP server failed to start")
         ready.wait(0.005)
     try:
-        yield endpoint_url(sock)
+        yield base_url(sock) + MCP_PATH
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -4,16 +4,13 @@ session (or the listen) releases the upstream."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-import uvicorn
 from mcp import Client
+from support.http_serving import serve
 from support.mcp_client import MODES, make_server
 from support.subscriptions import Updates, direct_publish, idle, new_axon, wait_for
 
@@ -24,20 +21,10 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture(scope="module")
 def http_server(backend: RunningBackend) -> Iterator[tuple[str, Any]]:
+    """The SDK's own streamable HTTP app (no guards of ours) of a server built over the backend."""
     server = make_server(backend)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = uvicorn.Server(uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=app.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not app.started:
-        assert time.monotonic() < deadline, "the HTTP server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/mcp", server
-    app.should_exit = True
-    thread.join(10)
+    with serve(server.streamable_http_app()) as url:
+        yield url, server
 
 
 @pytest.mark.parametrize("mode", MODES)
