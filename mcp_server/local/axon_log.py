@@ -30,6 +30,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 import apsw
 
+from .clock import now_ms
 from .errors import ApiError
 
 log = logging.getLogger("devbox_mcp.local.axons")
@@ -120,10 +121,6 @@ class _Publish:
 
 
 _STOP = object()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def open_database(path: Path) -> apsw.Connection:

@@ -24,7 +24,8 @@ import anyio
 import apsw
 
 from . import axon_sql
-from .axon_log import EventLog, now_ms, open_database
+from .axon_log import EventLog, open_database
+from .clock import now_ms
 from .errors import ApiError
 from .ids import new_id
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .clock import now_ms
 from .config import LocalConfig
 from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
@@ -38,10 +39,6 @@ STATUSES = (
 _LIVE = ("provisioning", "initializing", "running", "suspending", "resuming")
 MAX_LOG_ENTRIES = 10_000
 SETUP_OUTPUT_LIMIT = 64 * 1024  # bytes of a launch command's output kept in its log entry
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

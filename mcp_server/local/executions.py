@@ -29,13 +29,13 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import childwatch
+from .clock import now_ms
 from .errors import ApiError, disk_full, is_disk_full, not_found
 from .http import IdempotencyCache
 from .ids import new_id
@@ -56,10 +56,6 @@ VIEW_MAX_BYTES = 1024 * 1024  # per stream in an execution view, whatever `last_
 SYNC_MAX_BYTES = 4 * 1024 * 1024  # per stream in an `execute_sync` answer (the tail)
 STDIN_MAX_PENDING = 1024 * 1024  # unread stdin bytes accepted before `send_std_in` refuses more
 RESTART_NOTE = "\n[devbox-mcp] the backend stopped while this command was running, which killed it (exit status 137)\n"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
