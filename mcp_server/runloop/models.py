@@ -7,7 +7,7 @@ must never break a call. Only the fields the tools read are declared.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -24,16 +24,10 @@ Text = Annotated[str, BeforeValidator(lambda v: "" if v is None else v)]
 
 # The published API's DevboxViewStatus: the only values `wait_for_status` and the list filter take.
 # (Views may also say "queued" or "scheduled", which newer SDKs know, before these.)
-DEVBOX_STATUSES: tuple[str, ...] = (
-    "provisioning",
-    "initializing",
-    "running",
-    "suspending",
-    "suspended",
-    "resuming",
-    "failure",
-    "shutdown",
-)
+DevboxStatus = Literal[
+    "provisioning", "initializing", "running", "suspending", "suspended", "resuming", "failure", "shutdown"
+]
+DEVBOX_STATUSES: tuple[str, ...] = get_args(DevboxStatus)
 # A devbox in one of these will not become running by waiting.
 DEVBOX_TERMINAL_STATUSES = frozenset({"failure", "shutdown"})
 

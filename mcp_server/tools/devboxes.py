@@ -13,10 +13,12 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from .. import budgets
-from ..runloop import DevboxView, RunloopError, WaitTimeout
+from ..runloop import DevboxStatus, DevboxView, RunloopError, WaitTimeout
+from ..runloop.models import DEVBOX_TERMINAL_STATUSES
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
 
-READY = ("running", "failure", "shutdown")
+# Where waiting for a devbox to run ends: running, or a status it does not come back from.
+READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
 
 
 class DevboxInfo(BaseModel):
@@ -111,7 +113,7 @@ def register(server: MCPServer) -> None:
                 except RunloopError:
                     pass
             raise
-        if view.status in ("failure", "shutdown"):
+        if view.status in DEVBOX_TERMINAL_STATUSES:
             reason = view.failure_reason or view.shutdown_reason or "no reason given"
             raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
         await state(ctx).resources.list_changed()
@@ -120,11 +122,7 @@ def register(server: MCPServer) -> None:
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
     async def list_devboxes(
         ctx: Context,
-        status: Annotated[
-            Literal["provisioning", "initializing", "running", "suspending", "suspended",
-                    "resuming", "failure", "shutdown"] | None,
-            Field(description="only devboxes in this status"),
-        ] = None,
+        status: Annotated[DevboxStatus | None, Field(description="only devboxes in this status")] = None,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
         starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
     ) -> Annotated[CallToolResult, DevboxList]:
