@@ -36,7 +36,7 @@ from ..runloop import NotFound, RunloopClient, RunloopError
 from ..settings import Settings
 from ..subscriptions import HubStats, SubscriptionHub
 from . import reading
-from .feeds import make_follow
+from .feeds import KINDS, make_follow
 from .links import ResourceReaders
 from .listing import list_page, remember_execution, template_completions
 from .uris import (
@@ -45,9 +45,6 @@ from .uris import (
     DEVBOX,
     EXECUTION_OUTPUT,
     STREAMS,
-    AxonFeed,
-    DevboxFeed,
-    OutputFeed,
     Stream,
     feed_of,
     is_ours,
@@ -216,12 +213,7 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             return  # a single event: it exists or not, but never changes
         async with client_for(ctx) as c:
             try:
-                if isinstance(feed, AxonFeed):
-                    await c.get_axon(feed.axon_id)
-                elif isinstance(feed, DevboxFeed):
-                    await c.get_devbox(feed.devbox_id)
-                elif isinstance(feed, OutputFeed):
-                    await c.get_execution(feed.devbox_id, feed.execution_id, last_n=0)
+                await KINDS[type(feed)].check(c, feed)
             except NotFound as exc:
                 # The API's message names what is missing and says what to do (executions, for
                 # one, are not in resources/list).

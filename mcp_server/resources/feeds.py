@@ -1,16 +1,19 @@
 """Following upstream feeds for subscriptions: an axon's SSE stream, a devbox's status (long-polls),
 an execution's output stream.
 
-Each function runs one upstream stream (the client resumes it across drops: after the last
+Each `follow_*` runs one upstream stream (the client resumes it across drops: after the last
 sequence seen, or at the byte count received) and calls `changed()` on every change. They are
 run by the subscription hub, one per feed, and cancelled when the last subscriber leaves,
-which closes the upstream connection.
+which closes the upstream connection. `KINDS` is the one place that says, per kind of feed, how
+to follow it and how to check that its resource exists.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
 
 from ..runloop import RunloopClient
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
@@ -61,16 +64,39 @@ async def follow_output(client: RunloopClient, feed: OutputFeed, changed: Change
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
+async def check_axon(client: RunloopClient, feed: AxonFeed) -> None:
+    await client.get_axon(feed.axon_id)
+
+
+async def check_devbox(client: RunloopClient, feed: DevboxFeed) -> None:
+    await client.get_devbox(feed.devbox_id)
+
+
+async def check_output(client: RunloopClient, feed: OutputFeed) -> None:
+    await client.get_execution(feed.devbox_id, feed.execution_id, last_n=0)
+
+
+@dataclass(frozen=True)
+class FeedKind:
+    """How to follow one kind of feed, and how to check that its resource exists (the client
+    raises `NotFound` when it does not)."""
+
+    follow: Callable[[RunloopClient, Any, Changed, Ready], Awaitable[None]]
+    check: Callable[[RunloopClient, Any], Awaitable[None]]
+
+
+KINDS: dict[type, FeedKind] = {
+    AxonFeed: FeedKind(follow_axon, check_axon),
+    DevboxFeed: FeedKind(follow_devbox, check_devbox),
+    OutputFeed: FeedKind(follow_output, check_output),
+}
+
+
 def make_follow(lease: Lease) -> Callable[[object, Changed, Ready], Awaitable[None]]:
-    """The hub's `follow`: dispatch on the feed type, holding a client for as long as it runs."""
+    """The hub's `follow`: the feed's kind's, holding a client for as long as it runs."""
 
     async def follow(feed: object, changed: Changed, ready: Ready) -> None:
         async with lease() as client:
-            if isinstance(feed, AxonFeed):
-                await follow_axon(client, feed, changed, ready)
-            elif isinstance(feed, DevboxFeed):
-                await follow_devbox(client, feed, changed, ready)
-            elif isinstance(feed, OutputFeed):
-                await follow_output(client, feed, changed, ready)
+            await KINDS[type(feed)].follow(client, feed, changed, ready)
 
     return follow
