@@ -157,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _local_api(args: argparse.Namespace) -> int:
     from ..local import service
-    from ..local.config import LocalConfig
+    from ..local.config import LocalConfig, check_env
     from ..local.server import generate_api_key, serve_registered
 
     data_dir = (args.data_dir or default_data_dir()).absolute()
     if args.status or args.stop:
         return _local_api_control(service, data_dir, stop=args.stop)
+    try:
+        check_env()
+    except ValueError as exc:
+        print(f"devbox-mcp: {exc}", file=sys.stderr)
+        return 2
     if args.idle_shutdown < 0:
         print("devbox-mcp: --idle-shutdown must be 0 (never) or a number of seconds", file=sys.stderr)
         return 2

@@ -33,9 +33,11 @@ def api_clients(data_dir: Path) -> Callable[[], RunloopClient]:
     if config.api_key:
         log.info("using the Runloop API at %s", config.base_url)
         return lambda: RunloopClient.from_config(config)
+    from ..local.config import check_env
     from ..local.service import idle_seconds_from_env
     from .embedded import SharedBackend
 
+    check_env()  # the backend's own settings: refused here, not in a background process's log
     backend = SharedBackend(data_dir, idle_seconds_from_env())
     log.info("no RUNLOOP_API_KEY: using the shared embedded backend (data in %s), started on first use",
              data_dir)  # fmt: skip

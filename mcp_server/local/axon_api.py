@@ -17,7 +17,6 @@ Limits a client can run into (also in the README's axon section):
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -30,14 +29,13 @@ from starlette.routing import Route
 from . import axon_sql, sse
 from .axon_log import EventLog
 from .axons import PUBLISHABLE_ORIGINS, AxonRecord, AxonStore
-from .config import Component, LocalConfig
+from .config import Component, LocalConfig, env_seconds
 from .errors import ApiError
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool, query_int
 from .sse import KEEPALIVE, encode_error, encode_event, sse_response, wait_or_timeout
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_LABEL_CHARS = 1024
-DEFAULT_IDLE_SECONDS = 900.0
 
 
 class _Body(BaseModel):
@@ -75,14 +73,6 @@ class SqlBatchBody(_Body):
     published_schema: ClassVar[str] = "SqlBatchParams"
 
     statements: list[SqlStatementBody] = Field(max_length=axon_sql.MAX_STATEMENTS)
-
-
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        return default
 
 
 def _check_publish(body: Publish) -> None:
@@ -297,10 +287,10 @@ async def _stream(log: EventLog, axon_id: str, cursor: int, idle_seconds: float)
 
 def build(config: LocalConfig) -> Component:
     store = AxonStore(
-        config.data_dir / "axons", idle_close_seconds=_env_seconds("DEVBOX_AXON_IDLE_CLOSE_SECONDS", 600.0)
+        config.data_dir / "axons", idle_close_seconds=env_seconds("DEVBOX_AXON_IDLE_CLOSE_SECONDS")
     )
     return Component(
-        routes=_routes(store, _env_seconds("DEVBOX_AXON_SSE_IDLE_SECONDS", DEFAULT_IDLE_SECONDS)),
+        routes=_routes(store, env_seconds("DEVBOX_AXON_SSE_IDLE_SECONDS")),
         startup=store.start,
         shutdown=store.stop,
         extra={"store": store},
