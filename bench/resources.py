@@ -160,7 +160,7 @@ async def timed(fn: Callable[[], Any], n: int) -> list[float]:
 
 
 async def main(events: int) -> None:
-    warnings.simplefilter("ignore")  # resources/subscribe is deprecated in 2026; legacy clients still use it
+    warnings.simplefilter("ignore")  # resources/subscribe is deprecated in 2026; handshake-era clients still use it
     data = Path(tempfile.mkdtemp(prefix="bench-resources-"))
     backend = start_in_thread(data)
     try:

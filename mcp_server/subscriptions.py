@@ -84,7 +84,7 @@ class HubStats:
 
     followers: int  # feeds with a running upstream task
     subscribed_uris: int  # URIs with at least one subscriber (either era)
-    legacy_peers: int  # handshake-era connections holding subscriptions
+    handshake_peers: int  # handshake-era connections holding subscriptions
     listen_streams: int  # open 2026 `subscriptions/listen` streams
     tasks: int  # every task this hub owns (followers and senders)
 
@@ -122,7 +122,7 @@ class _Sender:
 
 
 @dataclass(eq=False)
-class _LegacyPeer:
+class _HandshakePeer:
     """A handshake-era connection: where its notifications go and what it subscribed to."""
 
     session: ServerSession
@@ -147,8 +147,8 @@ class SubscriptionHub:
         self._follow = follow
         self._check = check
         self._followers: dict[Feed, _Follower] = {}
-        self._legacy: dict[object, _LegacyPeer] = {}  # by Connection
-        self._legacy_by_uri: dict[str, set[_LegacyPeer]] = {}
+        self._handshake: dict[object, _HandshakePeer] = {}  # by Connection
+        self._handshake_by_uri: dict[str, set[_HandshakePeer]] = {}
         self._listen_streams = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -157,10 +157,10 @@ class SubscriptionHub:
 
     def install(self, server: Server[Any]) -> None:
         """Serve both eras' subscription methods on `server` and advertise them truthfully."""
-        server.add_request_handler("resources/subscribe", SubscribeRequestParams, self.legacy_subscribe)
-        server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self.legacy_unsubscribe)
+        server.add_request_handler("resources/subscribe", SubscribeRequestParams, self.handshake_subscribe)
+        server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self.handshake_unsubscribe)
         server.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, self.listen)
-        server.middleware.append(self._track_legacy_connection)
+        server.middleware.append(self._track_handshake_connection)
         # MCPServer's handshake-era initialize says listChanged: false; we do send resource
         # list changes (and resource updates), so say so, keeping whatever else was set.
         create = server.create_initialization_options
@@ -177,8 +177,8 @@ class SubscriptionHub:
     def stats(self) -> HubStats:
         return HubStats(
             followers=sum(1 for f in self._followers.values() if f.task is not None),
-            subscribed_uris=len(set(self._legacy_by_uri) | {u for f in self._followers.values() for u in f.uris}),
-            legacy_peers=sum(1 for p in self._legacy.values() if p.uris),
+            subscribed_uris=len(set(self._handshake_by_uri) | {u for f in self._followers.values() for u in f.uris}),
+            handshake_peers=sum(1 for p in self._handshake.values() if p.uris),
             listen_streams=self._listen_streams,
             tasks=len(self._tasks),
         )
@@ -223,9 +223,9 @@ class SubscriptionHub:
 
         Only resource events: those are what the handshake-era capabilities advertise."""
         if isinstance(event, ResourceUpdated):
-            peers = self._legacy_by_uri.get(event.uri, ())
+            peers = self._handshake_by_uri.get(event.uri, ())
         elif isinstance(event, ResourcesListChanged):
-            peers = self._legacy.values()
+            peers = self._handshake.values()
         else:
             return
         for peer in list(peers):
@@ -283,25 +283,25 @@ class SubscriptionHub:
 
     # ---- handshake era: resources/subscribe -----------------------------------------------
 
-    def _peer(self, ctx: ServerRequestContext[Any, Any]) -> _LegacyPeer | None:
+    def _peer(self, ctx: ServerRequestContext[Any, Any]) -> _HandshakePeer | None:
         connection = getattr(ctx.session, "_connection", None)
         if connection is None or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return None
-        peer = self._legacy.get(connection)
+        peer = self._handshake.get(connection)
         if peer is None:
             session = ctx.session
-            peer = _LegacyPeer(session, _Sender(functools.partial(_send_legacy, session), self._spawn))
-            self._legacy[connection] = peer
+            peer = _HandshakePeer(session, _Sender(functools.partial(_send_handshake, session), self._spawn))
+            self._handshake[connection] = peer
             connection.exit_stack.push_async_callback(self._connection_closed, connection)
         return peer
 
-    async def _track_legacy_connection(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+    async def _track_handshake_connection(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
         """Remember every handshake-era connection, so list changes reach it even unsubscribed."""
         if ctx.method != "initialize":
             self._peer(ctx)
         return await call_next(ctx)
 
-    async def legacy_subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+    async def handshake_subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
         if self._check is not None:
             await self._check(ctx, uri)
@@ -310,11 +310,11 @@ class SubscriptionHub:
             raise MCPError(INVALID_REQUEST, "resources/subscribe needs a handshake-era session; use subscriptions/listen")
         if uri not in peer.uris:
             peer.uris.add(uri)
-            self._legacy_by_uri.setdefault(uri, set()).add(peer)
+            self._handshake_by_uri.setdefault(uri, set()).add(peer)
             await self._acquire(uri)
         return EmptyResult()
 
-    async def legacy_unsubscribe(
+    async def handshake_unsubscribe(
         self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
     ) -> EmptyResult:
         peer = self._peer(ctx)
@@ -322,20 +322,20 @@ class SubscriptionHub:
             self._drop(peer, str(params.uri))
         return EmptyResult()
 
-    def _drop(self, peer: _LegacyPeer, uri: str) -> None:
+    def _drop(self, peer: _HandshakePeer, uri: str) -> None:
         if uri not in peer.uris:
             return
         peer.uris.discard(uri)
-        peers = self._legacy_by_uri.get(uri)
+        peers = self._handshake_by_uri.get(uri)
         if peers is not None:
             peers.discard(peer)
             if not peers:
-                del self._legacy_by_uri[uri]
+                del self._handshake_by_uri[uri]
         peer.sender.pending.pop(ResourceUpdated(uri=uri), None)
         self._release(uri)
 
     async def _connection_closed(self, connection: object) -> None:
-        peer = self._legacy.pop(connection, None)
+        peer = self._handshake.pop(connection, None)
         if peer is None:
             return
         for uri in list(peer.uris):
@@ -402,7 +402,7 @@ class SubscriptionHub:
         return SubscriptionsListenResult(_meta=meta)
 
 
-async def _send_legacy(session: ServerSession, event: ServerEvent) -> None:
+async def _send_handshake(session: ServerSession, event: ServerEvent) -> None:
     if isinstance(event, ResourceUpdated):
         await session.send_resource_updated(event.uri)
     elif isinstance(event, ResourcesListChanged):

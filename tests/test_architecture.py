@@ -144,3 +144,26 @@ def test_no_module_breaks_a_boundary() -> None:
 )
 def test_a_forbidden_import_is_found(module: str, source: str) -> None:
     assert len(violations(module, source)) == 1
+
+
+def logger_names(source: str) -> list[tuple[int, str | None]]:
+    """(line, name) of each `logging.getLogger(...)` call; None when the name is not a literal."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "getLogger":
+            arg = node.args[0] if node.args else None
+            found.append((node.lineno, arg.value if isinstance(arg, ast.Constant) else None))
+    return found
+
+
+def test_our_loggers_are_named_devbox_mcp_and_their_part() -> None:
+    """One prefix: `devbox_mcp.<folder or root module>` (`devbox_mcp.local`, `devbox_mcp.subscriptions`);
+    other names only to quiet a library (`httpx`, `mcp`)."""
+    wrong = []
+    for path in MODULES:
+        module = module_name(path)
+        expected = "devbox_mcp." + (module.split(".") + ["?"])[1]
+        for line, name in logger_names(path.read_text()):
+            if name is None or (name.startswith("devbox_mcp") and name != expected):
+                wrong.append(f"{module}:{line}: logger {name!r}, not {expected!r}")
+    assert wrong == []

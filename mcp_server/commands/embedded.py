@@ -35,7 +35,7 @@ from ..local import service
 from ..local.service import ServiceState
 from ..runloop import RunloopClient
 
-log = logging.getLogger("devbox_mcp")
+log = logging.getLogger("devbox_mcp.commands")
 
 # The RunloopClient's base URL; `BackendTransport` replaces it with the backend's on every request.
 PLACEHOLDER_BASE_URL = "http://embedded-backend"

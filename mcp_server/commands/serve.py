@@ -20,7 +20,7 @@ from ..runloop import ClientConfig, RunloopClient
 from ..server import build_server
 from ..settings import Settings
 
-log = logging.getLogger("devbox_mcp")
+log = logging.getLogger("devbox_mcp.commands")
 
 
 def api_clients(data_dir: Path) -> Callable[[], RunloopClient]:

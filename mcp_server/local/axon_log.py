@@ -33,7 +33,7 @@ import apsw
 from .clock import now_ms
 from .errors import ApiError
 
-log = logging.getLogger("devbox_mcp.local.axons")
+log = logging.getLogger("devbox_mcp.local")
 
 EVENTS_TABLE = "rl_axon_events"
 PRIVATE_PREFIX = "rl_private_"

@@ -173,7 +173,7 @@ async def test_subscribers_come_and_go_100_times_without_leaking_streams_or_task
             async with subscribed(server, "legacy", [uri, f"{uri}?limit=5"]) as (_, third):
                 stats = server.resources.stats()
                 assert stats is not None and stats.followers == 1 and stats.subscribed_uris == 2
-                assert stats.legacy_peers == 2 and stats.listen_streams == 1
+                assert stats.handshake_peers == 2 and stats.listen_streams == 1
                 await wait_for(lambda: backend_streams(backend, axon) == 1, "one upstream stream")
                 await direct_publish(backend, axon, "shared")
                 for u in (first, second):

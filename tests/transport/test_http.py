@@ -53,7 +53,7 @@ async def test_abandoned_call_cancels_the_tool(mode: str, stateless: bool) -> No
             assert (await client.call_tool("echo", {"text": "still here"})).content[0].text == "still here"
 
 
-async def test_legacy_stream_resumes_with_last_event_id() -> None:
+async def test_handshake_era_stream_resumes_with_last_event_id() -> None:
     with serve_small(HttpOptions(token=TOKEN, retry_interval_ms=200)) as url:
         async with http_client(url, TOKEN, "legacy") as client:
             seen: list[str | None] = []
