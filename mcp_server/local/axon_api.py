@@ -208,7 +208,7 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
         ident = axon_id(request)
         after = query_int(request, "after_sequence", 0, lo=-(2**63), hi=2**63 - 1) or 0
         await store.log(ident)  # 404 now, before the stream starts
-        return sse_response(_follow(store, ident, max(after, 0), idle_seconds))
+        return sse_response(_subscription(store, ident, max(after, 0), idle_seconds))
 
     async def sql_query(request: Request) -> Response:
         """Run one statement (`sql` with `?` placeholders, `params`) against the axon's database.
@@ -245,7 +245,7 @@ def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
     ]
 
 
-async def _follow(store: AxonStore, axon_id: str, after: int, idle_seconds: float) -> AsyncIterator[bytes]:
+async def _subscription(store: AxonStore, axon_id: str, after: int, idle_seconds: float) -> AsyncIterator[bytes]:
     """The subscriber loop: its cursor is all the state a subscriber holds between pages."""
     try:
         async with store.lease(axon_id) as log:

@@ -49,7 +49,7 @@ class OutputFeed:
     stream: Stream
 
 
-def _seg(value: str) -> str:
+def _uri_segment(value: str) -> str:
     return quote(value, safe="")
 
 
@@ -62,22 +62,22 @@ def axon_events_uri(
     axon_id: str, *, after_sequence: int | None = None, before_sequence: int | None = None, limit: int | None = None
 ) -> str:
     query = _query(after_sequence=after_sequence, before_sequence=before_sequence, limit=limit)
-    return f"axon://{_seg(axon_id)}/events{query}"
+    return f"axon://{_uri_segment(axon_id)}/events{query}"
 
 
 def axon_event_uri(axon_id: str, sequence: int) -> str:
-    return f"axon://{_seg(axon_id)}/events/{sequence}"
+    return f"axon://{_uri_segment(axon_id)}/events/{sequence}"
 
 
 def devbox_uri(devbox_id: str) -> str:
-    return f"devbox://{_seg(devbox_id)}"
+    return f"devbox://{_uri_segment(devbox_id)}"
 
 
 def output_uri(
     devbox_id: str, execution_id: str, stream: Stream, *, offset: int | None = None, limit: int | None = None
 ) -> str:
     query = _query(offset=offset or None, limit=limit)
-    return f"devbox://{_seg(devbox_id)}/executions/{_seg(execution_id)}/{stream}{query}"
+    return f"devbox://{_uri_segment(devbox_id)}/executions/{_uri_segment(execution_id)}/{stream}{query}"
 
 
 def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:

@@ -56,7 +56,7 @@ from .models import (
     StdinResult,
 )
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
-from .streams import follow_axon, follow_output
+from .streams import axon_events, output_chunks
 
 log = logging.getLogger("devbox_mcp.runloop")
 
@@ -383,7 +383,7 @@ class RunloopClient:
         return await self._post("/v1/devboxes", DevboxView, body)
 
     async def get_devbox(self, devbox_id: str) -> DevboxView:
-        return await self._get(f"/v1/devboxes/{_seg(devbox_id)}", DevboxView)
+        return await self._get(f"/v1/devboxes/{_path_segment(devbox_id)}", DevboxView)
 
     async def list_devboxes(
         self, *, status: str | None = None, limit: int | None = None, starting_after: str | None = None
@@ -401,7 +401,7 @@ class RunloopClient:
             body["name"] = name
         if metadata is not None:
             body["metadata"] = dict(metadata)
-        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}", DevboxView, body)
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}", DevboxView, body)
 
     async def wait_for_devbox_status(
         self, devbox_id: str, statuses: Iterable[str], *, timeout_seconds: float = DEFAULT_WAIT_SECONDS
@@ -418,7 +418,7 @@ class RunloopClient:
         if unknown:
             raise InvalidArgument(f"cannot wait for status {unknown[0]!r}; the API waits for {', '.join(DEVBOX_STATUSES)}")
         return await self._long_poll(
-            f"/v1/devboxes/{_seg(devbox_id)}/wait_for_status",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/wait_for_status",
             {"statuses": wanted},
             DevboxView,
             what=f"devbox {devbox_id} to be {'/'.join(wanted)}",
@@ -449,7 +449,7 @@ class RunloopClient:
 
     async def shutdown_devbox(self, devbox_id: str, *, force: bool = False) -> DevboxView:
         params = {"force": True} if force else None
-        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/shutdown", DevboxView, params=params)
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/shutdown", DevboxView, params=params)
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
         return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})
@@ -461,7 +461,7 @@ class RunloopClient:
         """POST a state change. If a retry (after the first attempt's answer was lost) is
         refused because the change already happened, that is success: return the devbox."""
         try:
-            return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/{action}", DevboxView)
+            return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/{action}", DevboxView)
         except (BadRequest, Conflict) as err:
             if err.attempts < 2:
                 raise
@@ -471,10 +471,10 @@ class RunloopClient:
             return view
 
     async def keep_alive_devbox(self, devbox_id: str) -> None:
-        await self._send("POST", f"/v1/devboxes/{_seg(devbox_id)}/keep_alive", idempotency_key=new_request_id())
+        await self._send("POST", f"/v1/devboxes/{_path_segment(devbox_id)}/keep_alive", idempotency_key=new_request_id())
 
     async def get_devbox_logs(self, devbox_id: str, *, execution_id: str | None = None) -> list[LogEntry]:
-        response = await self._send("GET", f"/v1/devboxes/{_seg(devbox_id)}/logs", params={"execution_id": execution_id})
+        response = await self._send("GET", f"/v1/devboxes/{_path_segment(devbox_id)}/logs", params={"execution_id": execution_id})
         return self._parse(response, _LogList).logs
 
     # --- files ---------------------------------------------------------------------------------
@@ -485,7 +485,7 @@ class RunloopClient:
         With `max_bytes`, raises `FileTooLarge` instead of buffering more than that.
         """
         data = await self._read_body(
-            f"/v1/devboxes/{_seg(devbox_id)}/read_file_contents",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/read_file_contents",
             {"file_path": file_path},
             accept="text/plain",
             path_for_errors=file_path,
@@ -496,7 +496,7 @@ class RunloopClient:
 
     async def write_file_contents(self, devbox_id: str, file_path: str, contents: str) -> ExecutionDetail:
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/write_file_contents",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/write_file_contents",
             ExecutionDetail,
             {"file_path": file_path, "contents": contents},
             request_timeout=SLOW_CALL_SECONDS,
@@ -507,7 +507,7 @@ class RunloopClient:
         filename = path.rsplit("/", 1)[-1] or "file"
         await self._send(
             "POST",
-            f"/v1/devboxes/{_seg(devbox_id)}/upload_file",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/upload_file",
             data={"path": path},
             files={"file": (filename, data, "application/octet-stream")},
             idempotency_key=new_request_id(),
@@ -520,7 +520,7 @@ class RunloopClient:
         """Up to `max_bytes` of a file. The body is streamed and reading stops at the cap, so a
         huge file cannot exhaust memory; `truncated` and `size` report what was left."""
         return await self._read_body(
-            f"/v1/devboxes/{_seg(devbox_id)}/download_file",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/download_file",
             {"path": path},
             accept="application/octet-stream",
             path_for_errors=path,
@@ -584,7 +584,7 @@ class RunloopClient:
             body["optimistic_timeout"] = optimistic_timeout
         wait = float(optimistic_timeout or 0)
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/execute",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/execute",
             ExecutionView,
             body,
             params={"last_n": last_n},
@@ -596,18 +596,18 @@ class RunloopClient:
         body: dict[str, Any] = {"command": command}
         if attach_stdin:
             body["attach_stdin"] = True
-        return await self._post(f"/v1/devboxes/{_seg(devbox_id)}/execute_async", ExecutionView, body)
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/execute_async", ExecutionView, body)
 
     async def execute_sync(self, devbox_id: str, command: str) -> ExecutionDetail:
         """Run `command` to completion in one call (deprecated by Runloop; kept for simple uses)."""
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/execute_sync", ExecutionDetail, {"command": command},
+            f"/v1/devboxes/{_path_segment(devbox_id)}/execute_sync", ExecutionDetail, {"command": command},
             request_timeout=SLOW_CALL_SECONDS,
         )
 
     async def get_execution(self, devbox_id: str, execution_id: str, *, last_n: int | None = None) -> ExecutionView:
         return await self._get(
-            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}", ExecutionView,
+            f"/v1/devboxes/{_path_segment(devbox_id)}/executions/{_path_segment(execution_id)}", ExecutionView,
             params={"last_n": last_n},
         )
 
@@ -626,7 +626,7 @@ class RunloopClient:
         """
         wanted = list(dict.fromkeys(statuses))
         return await self._long_poll(
-            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/wait_for_status",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/executions/{_path_segment(execution_id)}/wait_for_status",
             {"statuses": wanted},
             ExecutionView,
             what=f"execution {execution_id} to be {'/'.join(wanted)}",
@@ -640,7 +640,7 @@ class RunloopClient:
     ) -> ExecutionView:
         """Kill the execution (by default its whole process group, so no child survives)."""
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/kill",
+            f"/v1/devboxes/{_path_segment(devbox_id)}/executions/{_path_segment(execution_id)}/kill",
             ExecutionView,
             {"kill_process_group": kill_process_group},
         )
@@ -666,7 +666,7 @@ class RunloopClient:
             raise InvalidArgument(f"signal must be 'EOF' or 'INTERRUPT', not {signal!r}")
         body = {"text": text} if text is not None else {"signal": signal}
         return await self._post(
-            f"/v1/devboxes/{_seg(devbox_id)}/executions/{_seg(execution_id)}/send_std_in", StdinResult, body,
+            f"/v1/devboxes/{_path_segment(devbox_id)}/executions/{_path_segment(execution_id)}/send_std_in", StdinResult, body,
             retry=False,
         )
 
@@ -684,7 +684,7 @@ class RunloopClient:
         """
         if offset < 0:
             raise InvalidArgument(f"offset must be ≥ 0, got {offset}")
-        return follow_output(self._connect_sse, _seg(devbox_id), _seg(execution_id), stream, offset, self.retry)
+        return output_chunks(self._connect_sse, _path_segment(devbox_id), _path_segment(execution_id), stream, offset, self.retry)
 
     # --- axons ---------------------------------------------------------------------------------
 
@@ -708,7 +708,7 @@ class RunloopClient:
         return await self._get("/v1/axons", AxonListPage, params=params)
 
     async def get_axon(self, axon_id: str) -> AxonView:
-        return await self._get(f"/v1/axons/{_seg(axon_id)}", AxonView)
+        return await self._get(f"/v1/axons/{_path_segment(axon_id)}", AxonView)
 
     async def publish(
         self,
@@ -738,14 +738,14 @@ class RunloopClient:
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"payload must be a JSON value: {exc}") from None
         body = {"event_type": event_type, "origin": origin, "payload": encoded, "source": source}
-        return await self._post(f"/v1/axons/{_seg(axon_id)}/publish", PublishResult, body)
+        return await self._post(f"/v1/axons/{_path_segment(axon_id)}/publish", PublishResult, body)
 
     async def list_events(
         self, axon_id: str, *, limit: int | None = None, starting_after: str | int | None = None
     ) -> AxonEventListPage:
         """A page of events, newest first (sequence descending), as the API orders them."""
         params = {"limit": limit, "starting_after": starting_after}
-        return await self._get(f"/v1/axons/{_seg(axon_id)}/events", AxonEventListPage, params=params)
+        return await self._get(f"/v1/axons/{_path_segment(axon_id)}/events", AxonEventListPage, params=params)
 
     async def sql_query(
         self, axon_id: str, sql: str, params: Sequence[Any] | None = None, *, read_only: bool = False
@@ -759,7 +759,7 @@ class RunloopClient:
         body: dict[str, Any] = {"sql": sql}
         if params is not None:
             body["params"] = list(params)
-        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/query", SqlResult, body, retry=read_only)
+        return await self._post(f"/v1/axons/{_path_segment(axon_id)}/sql/query", SqlResult, body, retry=read_only)
 
     async def sql_batch(
         self, axon_id: str, statements: Sequence[SqlStatement | Mapping[str, Any]], *, read_only: bool = False
@@ -768,20 +768,20 @@ class RunloopClient:
         Retried only when `read_only` (see `sql_query`)."""
         items = [s if isinstance(s, SqlStatement) else SqlStatement.model_validate(s) for s in statements]
         body = {"statements": [s.model_dump(exclude_none=True) for s in items]}
-        return await self._post(f"/v1/axons/{_seg(axon_id)}/sql/batch", SqlBatchResult, body, retry=read_only)
+        return await self._post(f"/v1/axons/{_path_segment(axon_id)}/sql/batch", SqlBatchResult, body, retry=read_only)
 
     def subscribe_axon(self, axon_id: str, after_sequence: int | None = None) -> AsyncIterator[AxonEventView]:
         """Events with sequence > `after_sequence` (None: from the first), forever: a dropped or
         idle-closed connection is resumed after the last sequence seen. Close it with `aclose()`
         or by leaving the `async for`."""
-        return follow_axon(self._connect_sse, _seg(axon_id), after_sequence, self.retry)
+        return axon_events(self._connect_sse, _path_segment(axon_id), after_sequence, self.retry)
 
 
 class _LogList(BaseModel):
     logs: list[LogEntry] = []
 
 
-def _seg(value: str) -> str:
+def _path_segment(value: str) -> str:
     """An id as one URL path segment: refuse what would change the path (`/`, `..`, empty)."""
     if not value or "/" in value or value in (".", "..") or "?" in value or "#" in value:
         raise InvalidArgument(f"{value!r} is not a valid id")

@@ -133,7 +133,7 @@ async def _resumable(
             await anyio.sleep(delay)
 
 
-def follow_output(
+def output_chunks(
     connect: Connect,
     devbox_id: str,
     execution_id: str,
@@ -163,7 +163,7 @@ def follow_output(
     return _resumable(connect, path, lambda: {"offset": str(position)}, handle, policy, end_on_close=True)
 
 
-def follow_axon(
+def axon_events(
     connect: Connect, axon_id: str, after_sequence: int | None, policy: RetryPolicy
 ) -> AsyncIterator[AxonEventView]:
     """Events of an axon after `after_sequence` (None: from the first), forever."""

@@ -192,11 +192,11 @@ def register(server: MCPServer) -> None:
                 check_read_only(sql)
             except SqlRefused as exc:
                 raise ToolError(str(exc)) from None
-        st = state(ctx)
+        app = state(ctx)
         with api_errors():
             # Refused above if it could write: a read is safe to retry after a lost answer.
-            res = await st.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
-        rows, note = bounded_rows(res, st.settings.sql_max_rows, st.settings.output_budget)
+            res = await app.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
+        rows, note = bounded_rows(res, app.settings.sql_max_rows, app.settings.output_budget)
         found = QueryResult(
             axon_id=axon_id,
             columns=[Column(name=c.name, type=c.type) for c in res.columns],
@@ -217,9 +217,9 @@ def register(server: MCPServer) -> None:
     ) -> Annotated[CallToolResult, BatchResult]:
         """Run SQL statements atomically (one transaction) on an axon's database; may write.
         If one fails, none is applied."""
-        st = state(ctx)
+        app = state(ctx)
         with api_errors():
-            res = await st.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
+            res = await app.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
         for n, item in enumerate(res.results, 1):
             if item.error is not None or item.success is None:
                 message = item.error.message if item.error is not None else "no result"
@@ -227,11 +227,11 @@ def register(server: MCPServer) -> None:
                     f"sql_batch rolled back, nothing was written: statement {n} of {len(statements)} failed: "
                     f"{truncate_utf8(message, 2000, keep='head')}"
                 )
-        budget = st.settings.output_budget // max(len(res.results), 1)
+        budget = app.settings.output_budget // max(len(res.results), 1)
         items = []
         lines = []
         for n, item in enumerate(res.results, 1):
-            rows, note = bounded_rows(item.success, st.settings.sql_max_rows, budget)
+            rows, note = bounded_rows(item.success, app.settings.sql_max_rows, budget)
             names = [c.name for c in item.success.columns]
             items.append(
                 BatchItem(

@@ -50,7 +50,7 @@ def info(view: DevboxView) -> DevboxInfo:
 
 async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     """Follow the devbox to running (or failure/shutdown), reporting each new status as progress."""
-    st = state(ctx)
+    app = state(ctx)
     start = time.monotonic()
     steps = 1
     await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status}")
@@ -58,17 +58,17 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
         return view
     last_status = view.status
     devbox_id = view.id
-    hold = budgets.boot_seconds(ctx, st.settings)
+    hold = budgets.boot_seconds(ctx, app.settings)
     with api_errors("waiting for the devbox to run"):
         try:
-            async for view in st.client.watch_devbox(devbox_id, READY, timeout_seconds=hold):
+            async for view in app.client.watch_devbox(devbox_id, READY, timeout_seconds=hold):
                 if view.status != last_status:
                     steps += 1
                     last_status = view.status
                     elapsed = time.monotonic() - start
                     await ctx.report_progress(steps, None, f"devbox {view.id}: {view.status} ({elapsed:.1f} s)")
         except WaitTimeout as exc:
-            if hold >= st.settings.boot_timeout or not isinstance(exc.last, DevboxView):
+            if hold >= app.settings.boot_timeout or not isinstance(exc.last, DevboxView):
                 raise
             # The client's timeout is near (budgets.py): hand the devbox back still booting.
             return exc.last
@@ -94,9 +94,9 @@ def register(server: MCPServer) -> None:
         """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
         Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
         return the devbox still starting: get_devbox shows when it runs."""
-        st = state(ctx)
+        app = state(ctx)
         with api_errors():
-            view = await st.client.create_devbox(
+            view = await app.client.create_devbox(
                 name=name,
                 environment_variables=as_map("environment_variables", environment_variables),
                 launch_commands=launch_commands,
@@ -107,9 +107,9 @@ def register(server: MCPServer) -> None:
         except anyio.get_cancelled_exc_class():
             # The caller gave up on it: a devbox nobody holds the id of would run (and cost)
             # until its idle timeout. Shut it down, as a cancelled execute kills its command.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(st.settings.kill_timeout):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(app.settings.kill_timeout):
                 try:
-                    await st.client.shutdown_devbox(view.id)
+                    await app.client.shutdown_devbox(view.id)
                 except RunloopError:
                     pass
             raise

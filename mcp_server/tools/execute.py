@@ -1,7 +1,7 @@
 """Running commands: `execute`, `stream_logs`, `send_stdin`, `kill_execution`.
 
 `execute` starts the command through the idempotent execute endpoint (a retried call with the
-same `command_id` attaches to the same execution instead of running it again), then follows
+same `command_id` attaches to the same execution instead of running it again), then reads
 both output streams. Every chunk feeds the progress notifications; the streams end when the
 command has exited and all its output was sent, so nothing printed just before exit is lost.
 If the wait budget ends first, the call hands off: the command keeps running and the result
@@ -78,8 +78,8 @@ class StdinResult(BaseModel):
 
 
 @dataclass
-class Followed:
-    """What following an execution's streams produced."""
+class StreamsRead:
+    """What reading an execution's two output streams produced."""
 
     offsets: dict[str, int]
     start: dict[str, int]
@@ -125,9 +125,9 @@ class _LineMatcher:
         return ("…" if start else "") + line[start:end] + ("…" if end < len(line) else "")
 
 
-async def follow(
+async def read_streams(
     ctx: Context,
-    st: AppState,
+    app: AppState,
     devbox_id: str,
     execution_id: str,
     *,
@@ -135,11 +135,11 @@ async def follow(
     stderr_offset: int = 0,
     wait: float,
     until: re.Pattern[str] | None = None,
-) -> Followed:
+) -> StreamsRead:
     """Read both streams from the given offsets until they end, `until` matches, or `wait` passes."""
-    keep = max(st.settings.output_budget, 1024)
+    keep = max(app.settings.output_budget, 1024)
     start = {"stdout": stdout_offset, "stderr": stderr_offset}
-    got = Followed(offsets=dict(start), start=dict(start), buffers={s: OutputBuffer(keep) for s in STREAMS})
+    output = StreamsRead(offsets=dict(start), start=dict(start), buffers={s: OutputBuffer(keep) for s in STREAMS})
     matcher = _LineMatcher(until) if until else None
     errors: list[RunloopError] = []
 
@@ -148,8 +148,8 @@ async def follow(
 
     async with output_progress(
         report,
-        interval=st.settings.progress_interval,
-        max_bytes=st.settings.progress_message_bytes,
+        interval=app.settings.progress_interval,
+        max_bytes=app.settings.progress_message_bytes,
         start_bytes=stdout_offset + stderr_offset,
     ) as progress:
         with anyio.move_on_after(wait):
@@ -158,21 +158,21 @@ async def follow(
                 async def pump(stream: Literal["stdout", "stderr"]) -> None:
                     # aclosing, as resources/feeds do: however the loop is left, the SSE connection
                     # is closed here, not when the generator happens to be finalized.
-                    chunks = st.client.stream_output(devbox_id, execution_id, stream, offset=got.offsets[stream])
+                    chunks = app.client.stream_output(devbox_id, execution_id, stream, offset=output.offsets[stream])
                     try:
                         async with aclosing(chunks):
                             async for chunk in chunks:
                                 # No await between receiving a chunk and recording it: a cancel
                                 # here never loses a chunk that the offsets already count.
-                                got.buffers[stream].add(chunk.text)
-                                got.offsets[stream] = chunk.offset
+                                output.buffers[stream].add(chunk.text)
+                                output.offsets[stream] = chunk.offset
                                 progress.feed(chunk.text)
-                                if matcher is not None and len(got.matches) < MAX_MATCHES:
+                                if matcher is not None and len(output.matches) < MAX_MATCHES:
                                     found = matcher.feed(stream, chunk.text)
                                     if found:
-                                        got.matches.extend(found[: MAX_MATCHES - len(got.matches)])
+                                        output.matches.extend(found[: MAX_MATCHES - len(output.matches)])
                                         tg.cancel_scope.cancel()
-                        got.ended[stream] = True
+                        output.ended[stream] = True
                     except RunloopError as exc:
                         errors.append(exc)
                         tg.cancel_scope.cancel()
@@ -181,7 +181,7 @@ async def follow(
                     tg.start_soon(pump, stream)
     if errors:
         raise ToolError(f"reading the output of execution {execution_id} failed: {errors[0]}")
-    return got
+    return output
 
 
 def split_budget(sizes: dict[str, int], budget: int) -> dict[str, int]:
@@ -197,12 +197,12 @@ def split_budget(sizes: dict[str, int], budget: int) -> dict[str, int]:
     return {s: max(a, 256) for s, a in alloc.items()}
 
 
-def shape_streams(got: Followed, settings: Settings) -> dict[str, Shaped]:
-    sizes = {s: got.buffers[s].total for s in STREAMS}
+def shape_streams(output: StreamsRead, settings: Settings) -> dict[str, Shaped]:
+    sizes = {s: output.buffers[s].total for s in STREAMS}
     budgets = split_budget(sizes, settings.output_budget)
     return {
-        s: got.buffers[s].shaped(
-            budgets[s], base_offset=got.start[s], label=s, hint=stream_hint(f"{s}_offset")
+        s: output.buffers[s].shaped(
+            budgets[s], base_offset=output.start[s], label=s, hint=stream_hint(f"{s}_offset")
         )
         for s in STREAMS
     }
@@ -217,10 +217,10 @@ def render_output(shaped: dict[str, Shaped]) -> str:
     return "".join(parts) if parts else "(no output)\n"
 
 
-def continue_hint(devbox_id: str, execution_id: str, got: Followed) -> str:
+def continue_hint(devbox_id: str, execution_id: str, output: StreamsRead) -> str:
     return (
         f"continue with stream_logs devbox_id={devbox_id} execution_id={execution_id} "
-        f"stdout_offset={got.offsets['stdout']} stderr_offset={got.offsets['stderr']}"
+        f"stdout_offset={output.offsets['stdout']} stderr_offset={output.offsets['stderr']}"
         " (or stop it with kill_execution)"
     )
 
@@ -255,10 +255,10 @@ def register(server: MCPServer) -> None:
         """Run a shell command in a devbox. Output streams live as progress; returns exit status,
         duration, stdout and stderr. If still running after wait_seconds, returns status running
         and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
-        st = state(ctx)
+        app = state(ctx)
         if attach_stdin and command_id is not None:
             raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
-        wait = wait_budget(ctx, st.settings, wait_seconds)
+        wait = wait_budget(ctx, app.settings, wait_seconds)
         cid = None if attach_stdin else command_id or new_command_id()
         started = time.monotonic()
         execution_id: str | None = None
@@ -266,20 +266,20 @@ def register(server: MCPServer) -> None:
             with api_errors():
                 if attach_stdin:
                     # The idempotent endpoint has no stdin option; this call is sent once.
-                    view = await st.client.execute_async(devbox_id, command, attach_stdin=True)
+                    view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
                 else:
-                    view = await st.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
+                    view = await app.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
             execution_id = view.execution_id
             # The budget counts from the call's start: starting the command took part of it.
-            got = await follow(ctx, st, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
+            output = await read_streams(ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
             with api_errors():
-                final = await final_state(st.client, devbox_id, execution_id, got.complete)
+                final = await final_state(app.client, devbox_id, execution_id, output.complete)
         except anyio.get_cancelled_exc_class():
             if execution_id is not None or cid is not None:
-                await _kill_cancelled(st, devbox_id, command, cid, execution_id)
+                await _kill_cancelled(app, devbox_id, command, cid, execution_id)
             raise
         duration = time.monotonic() - started
-        return _execute_result(ctx, st, devbox_id, execution_id, cid, got, final, duration, wait)
+        return _execute_result(ctx, app, devbox_id, execution_id, cid, output, final, duration, wait)
 
     @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
     async def stream_logs(
@@ -298,40 +298,40 @@ def register(server: MCPServer) -> None:
     ) -> Annotated[CallToolResult, LogsResult]:
         """Follow a running command's output from the given offsets (live as progress) until it
         completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
-        st = state(ctx)
+        app = state(ctx)
         pattern = None
         if until is not None:
             try:
                 pattern = re.compile(until)
             except re.error as exc:
                 raise ToolError(f"until is not a valid regular expression: {exc}") from None
-        wait = wait_budget(ctx, st.settings, wait_seconds)
-        got = await follow(
-            ctx, st, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
+        wait = wait_budget(ctx, app.settings, wait_seconds)
+        output = await read_streams(
+            ctx, app, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
             wait=wait, until=pattern,
         )
         with api_errors():
-            final = await final_state(st.client, devbox_id, execution_id, got.complete)
-        shaped = shape_streams(got, st.settings)
+            final = await final_state(app.client, devbox_id, execution_id, output.complete)
+        shaped = shape_streams(output, app.settings)
         reason: Literal["completed", "matched", "wait_ended"] = (
-            "matched" if got.matches else "completed" if got.complete else "wait_ended"
+            "matched" if output.matches else "completed" if output.complete else "wait_ended"
         )
-        hint = None if got.complete else continue_hint(devbox_id, execution_id, got)
+        hint = None if output.complete else continue_hint(devbox_id, execution_id, output)
         envelope = LogsResult(
-            **_envelope_fields(devbox_id, execution_id, got, final, shaped),
+            **_envelope_fields(devbox_id, execution_id, output, final, shaped),
             hint=hint,
             stopped_because=reason,
-            matches=got.matches,
+            matches=output.matches,
         )
         if reason == "matched":
-            head = f"matched {until!r} ({len(got.matches)} line(s)); the command is {final.status}"
+            head = f"matched {until!r} ({len(output.matches)} line(s)); the command is {final.status}"
         elif reason == "completed":
             head = f"completed: exit {final.exit_status}"
         else:
             head = f"no end after {wait:g} s; the command is {final.status}"
         lines = [f"{head} · execution {execution_id}"]
-        if got.matches:
-            lines.append("matching lines:\n" + "\n".join(got.matches))
+        if output.matches:
+            lines.append("matching lines:\n" + "\n".join(output.matches))
         if hint:
             lines.append(hint)
         res = result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
@@ -363,54 +363,54 @@ def register(server: MCPServer) -> None:
 
 
 async def _kill_cancelled(
-    st: AppState, devbox_id: str, command: str, command_id: str | None, execution_id: str | None
+    app: AppState, devbox_id: str, command: str, command_id: str | None, execution_id: str | None
 ) -> None:
     """The caller cancelled: kill the command so it leaves no orphan.
 
     If the cancel came while the execute request was in flight, the execution id is unknown;
     asking again with the same command_id returns the same execution (never a second run).
     """
-    with anyio.CancelScope(shield=True), anyio.move_on_after(st.settings.kill_timeout):
+    with anyio.CancelScope(shield=True), anyio.move_on_after(app.settings.kill_timeout):
         if execution_id is None:
             try:
-                view = await st.client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
+                view = await app.client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
             except RunloopError:
                 return
             execution_id = view.execution_id
         try:
-            await st.client.kill_execution(devbox_id, execution_id, kill_process_group=True)
+            await app.client.kill_execution(devbox_id, execution_id, kill_process_group=True)
         except RunloopError:
             pass  # already finished, or the devbox is gone: nothing left to kill
 
 
 def _envelope_fields(
-    devbox_id: str, execution_id: str, got: Followed, final: ExecutionView, shaped: dict[str, Shaped]
+    devbox_id: str, execution_id: str, output: StreamsRead, final: ExecutionView, shaped: dict[str, Shaped]
 ) -> dict[str, object]:
     return {
         "devbox_id": devbox_id,
         "execution_id": execution_id,
         "status": final.status if final.status in ("queued", "running", "completed") else "running",
         "exit_status": final.exit_status if final.status == "completed" else None,
-        "output_complete": got.complete,
+        "output_complete": output.complete,
         "stdout": shaped["stdout"].text,
         "stderr": shaped["stderr"].text,
-        "stdout_offset": got.offsets["stdout"],
-        "stderr_offset": got.offsets["stderr"],
+        "stdout_offset": output.offsets["stdout"],
+        "stderr_offset": output.offsets["stderr"],
         "omitted_bytes": sum(s.omitted_bytes for s in shaped.values()),
     }
 
 
 def _execute_result(
-    ctx: Context, st: AppState, devbox_id: str, execution_id: str, command_id: str | None, got: Followed, final: ExecutionView, duration: float,
+    ctx: Context, app: AppState, devbox_id: str, execution_id: str, command_id: str | None, output: StreamsRead, final: ExecutionView, duration: float,
     wait: float,
 ) -> CallToolResult:
-    shaped = shape_streams(got, st.settings)
-    fields = _envelope_fields(devbox_id, execution_id, got, final, shaped)
-    if got.complete:
+    shaped = shape_streams(output, app.settings)
+    fields = _envelope_fields(devbox_id, execution_id, output, final, shaped)
+    if output.complete:
         head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}"
         hint = None
     else:
-        hint = continue_hint(devbox_id, execution_id, got)
+        hint = continue_hint(devbox_id, execution_id, output)
         if final.status == "completed":
             state_line = f"exit {final.exit_status}, but not all output was read within {wait:g} s"
         else:

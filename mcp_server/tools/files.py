@@ -130,21 +130,21 @@ def register(server: MCPServer) -> None:
         Binary files are refused with their size and type unless binary is true."""
         if tail_lines is not None and (start_line is not None or end_line is not None):
             raise ToolError("use either tail_lines or start_line/end_line, not both")
-        st = state(ctx)
+        app = state(ctx)
         with api_errors():
-            got = await st.client.download_file(devbox_id, path, max_bytes=max(TEXT_SCAN_BYTES, st.settings.binary_cap))
-        data = got.data
+            download = await app.client.download_file(devbox_id, path, max_bytes=max(TEXT_SCAN_BYTES, app.settings.binary_cap))
+        data = download.data
         mime, is_binary = sniff_type(path, data)
-        size = got.size if got.truncated else len(data)
+        size = download.size if download.truncated else len(data)
         size_text = f"{size} bytes" if size is not None else f"more than {len(data)} bytes"
         if is_binary:
-            cap = binary_cap(st.settings, mime)
+            cap = binary_cap(app.settings, mime)
             if not binary:
                 raise ToolError(
                     f"{path} is a binary file ({mime}, {size_text}); not returned as text. "
                     f"Pass binary: true to get it (up to {cap} bytes)"
                 )
-            if got.truncated or len(data) > cap:
+            if download.truncated or len(data) > cap:
                 raise ToolError(
                     f"{path} is {size_text} ({mime}), over the {cap}-byte cap for binary reads; "
                     "process it in the devbox instead (e.g. execute with file, head, xxd)"
@@ -161,7 +161,7 @@ def register(server: MCPServer) -> None:
             return result(envelope, f"{head}, base64:\n{blob}\n")
         if binary:
             raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
-        if got.truncated and tail_lines is not None:
+        if download.truncated and tail_lines is not None:
             # The last lines of the part read are not the file's last lines.
             raise ToolError(
                 f"{path} is {size_text}, more than the {len(data)} bytes read_file scans, so its last lines "
@@ -169,14 +169,14 @@ def register(server: MCPServer) -> None:
             )
         text = data.decode("utf-8", "replace")
         selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
-        shaped = shape(selected, st.settings.output_budget, label=path, hint=line_hint, base_line=first)
+        shaped = shape(selected, app.settings.output_budget, label=path, hint=line_hint, base_line=first)
         envelope = FileRead(
             path=path, kind="text", mime_type=mime, size_bytes=size, text=shaped.text, total_lines=total,
             start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
-            scanned_bytes=len(data) if got.truncated else None,
+            scanned_bytes=len(data) if download.truncated else None,
         )
         note = ""
-        if got.truncated:
+        if download.truncated:
             note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
         head = f"{path}: lines {first}-{last} of {total}{note}\n"
         return result(envelope, head + shaped.text)
