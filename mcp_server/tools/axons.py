@@ -133,119 +133,125 @@ def _clip_row(row: list[Any], budget: int) -> list[Any]:
     return clipped
 
 
-def register(server: MCPServer) -> None:
-    @server.tool(annotations=annotations(title="Create axon"))
-    async def create_axon(
-        ctx: Context,
-        name: Annotated[str | None, Field(max_length=256)] = None,
-        metadata: Annotated[Labels | None, Field(description="string labels")] = None,
-    ) -> AxonInfo:
-        """Create an axon: an event stream with a SQL-queryable history."""
-        with api_errors():
-            view = await state(ctx).client.create_axon(name=name, metadata=as_map("metadata", metadata))
-        await state(ctx).resources.list_changed()
-        return axon_info(view)
+async def create_axon(
+    ctx: Context,
+    name: Annotated[str | None, Field(max_length=256)] = None,
+    metadata: Annotated[Labels | None, Field(description="string labels")] = None,
+) -> AxonInfo:
+    """Create an axon: an event stream with a SQL-queryable history."""
+    with api_errors():
+        view = await state(ctx).client.create_axon(name=name, metadata=as_map("metadata", metadata))
+    await state(ctx).resources.list_changed()
+    return axon_info(view)
 
-    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List axons"))
-    async def list_axons(
-        ctx: Context,
-        name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
-        limit: Annotated[int, Field(ge=1, le=100)] = 20,
-        starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
-    ) -> Annotated[CallToolResult, AxonList]:
-        """List axons."""
-        with api_errors():
-            page = await state(ctx).client.list_axons(name=name, limit=limit, starting_after=starting_after)
-        listing = AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
-        lines = [f"{a.id}  {a.name or ''}{'  (deleted)' if a.deleted else ''}".rstrip() for a in listing.axons]
-        return result(listing, page_text("axon", lines, listing.has_more, listing.axons[-1].id if lines else None))
 
-    @server.tool(annotations=annotations(title="Publish event"))
-    async def publish_event(
-        ctx: Context,
-        axon_id: AxonId,
-        event_type: Annotated[str, Field(min_length=1, max_length=256)],
-        payload: Annotated[JsonValue, Field(description="any JSON value")],
-        source: Annotated[str, Field(min_length=1, max_length=256)] = "devbox-mcp",
-        origin: Literal["AGENT_EVENT", "USER_EVENT", "EXTERNAL_EVENT"] = "AGENT_EVENT",
-    ) -> Published:
-        """Publish an event to an axon. Returns its sequence number and timestamp."""
-        with api_errors():
-            done = await state(ctx).client.publish(
-                axon_id, event_type=event_type, payload=payload, source=source, origin=origin
-            )
-        return Published(axon_id=axon_id, sequence=done.sequence, timestamp_ms=done.timestamp_ms)
+async def list_axons(
+    ctx: Context,
+    name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
+    limit: Annotated[int, Field(ge=1, le=100)] = 20,
+    starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
+) -> Annotated[CallToolResult, AxonList]:
+    """List axons."""
+    with api_errors():
+        page = await state(ctx).client.list_axons(name=name, limit=limit, starting_after=starting_after)
+    listing = AxonList(axons=[axon_info(a) for a in page.axons], has_more=page.has_more)
+    lines = [f"{a.id}  {a.name or ''}{'  (deleted)' if a.deleted else ''}".rstrip() for a in listing.axons]
+    return result(listing, page_text("axon", lines, listing.has_more, listing.axons[-1].id if lines else None))
 
-    # It can write when asked (allow_writes), so it is not read-only, and a write may delete.
-    @server.tool(annotations=annotations(destructive=True, title="SQL query"))
-    async def sql_query(
-        ctx: Context,
-        axon_id: AxonId,
-        sql: Annotated[str, Field(min_length=1, max_length=100_000, description="one statement, ? placeholders")],
-        params: Annotated[list[SqlParam], Field(max_length=1000)] | None = None,
-        allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
-    ) -> Annotated[CallToolResult, QueryResult]:
-        """Run one SQL statement on an axon's database (events are in table rl_axon_events).
-        Read-only unless allow_writes. Rows come back as objects, bounded."""
-        if not allow_writes:
-            try:
-                check_read_only(sql)
-            except SqlRefused as exc:
-                raise ToolError(str(exc)) from None
-        app = state(ctx)
-        with api_errors():
-            # Refused above if it could write: a read is safe to retry after a lost answer.
-            res = await app.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
-        rows, note = bounded_rows(res, app.settings.sql_max_rows, app.settings.output_budget)
-        found = QueryResult(
-            axon_id=axon_id,
-            columns=[Column(name=c.name, type=c.type) for c in res.columns],
-            rows=rows,
-            row_count=len(res.rows),
-            rows_cut=note is not None,
-            changes=res.meta.changes,
-            note=note,
+
+async def publish_event(
+    ctx: Context,
+    axon_id: AxonId,
+    event_type: Annotated[str, Field(min_length=1, max_length=256)],
+    payload: Annotated[JsonValue, Field(description="any JSON value")],
+    source: Annotated[str, Field(min_length=1, max_length=256)] = "devbox-mcp",
+    origin: Literal["AGENT_EVENT", "USER_EVENT", "EXTERNAL_EVENT"] = "AGENT_EVENT",
+) -> Published:
+    """Publish an event to an axon. Returns its sequence number and timestamp."""
+    with api_errors():
+        done = await state(ctx).client.publish(
+            axon_id, event_type=event_type, payload=payload, source=source, origin=origin
         )
-        lines = [_summary(res), *_row_lines(res, rows, note)]
-        return result(found, "\n".join(lines) + "\n")
+    return Published(axon_id=axon_id, sequence=done.sequence, timestamp_ms=done.timestamp_ms)
 
-    @server.tool(annotations=annotations(destructive=True, title="SQL batch"))
-    async def sql_batch(
-        ctx: Context,
-        axon_id: AxonId,
-        statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
-    ) -> Annotated[CallToolResult, BatchResult]:
-        """Run SQL statements atomically (one transaction) on an axon's database; may write.
-        If one fails, none is applied."""
-        app = state(ctx)
-        with api_errors():
-            res = await app.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
-        for n, item in enumerate(res.results, 1):
-            if item.error is not None or item.success is None:
-                message = item.error.message if item.error is not None else "no result"
-                raise ToolError(
-                    f"sql_batch rolled back, nothing was written: statement {n} of {len(statements)} failed: "
-                    f"{truncate_utf8(message, 2000, keep='head')}"
-                )
-        budget = app.settings.output_budget // max(len(res.results), 1)
-        items = []
-        lines = []
-        for n, item in enumerate(res.results, 1):
-            rows, note = bounded_rows(item.success, app.settings.sql_max_rows, budget)
-            names = [c.name for c in item.success.columns]
-            items.append(
-                BatchItem(
-                    columns=names,
-                    rows=rows,
-                    row_count=len(item.success.rows),
-                    rows_cut=note is not None,
-                    changes=item.success.meta.changes,
-                    note=note,
-                )
+
+async def sql_query(
+    ctx: Context,
+    axon_id: AxonId,
+    sql: Annotated[str, Field(min_length=1, max_length=100_000, description="one statement, ? placeholders")],
+    params: Annotated[list[SqlParam], Field(max_length=1000)] | None = None,
+    allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
+) -> Annotated[CallToolResult, QueryResult]:
+    """Run one SQL statement on an axon's database (events are in table rl_axon_events).
+    Read-only unless allow_writes. Rows come back as objects, bounded."""
+    if not allow_writes:
+        try:
+            check_read_only(sql)
+        except SqlRefused as exc:
+            raise ToolError(str(exc)) from None
+    app = state(ctx)
+    with api_errors():
+        # Refused above if it could write: a read is safe to retry after a lost answer.
+        res = await app.client.sql_query(axon_id, sql, params, read_only=not allow_writes)
+    rows, note = bounded_rows(res, app.settings.sql_max_rows, app.settings.output_budget)
+    found = QueryResult(
+        axon_id=axon_id,
+        columns=[Column(name=c.name, type=c.type) for c in res.columns],
+        rows=rows,
+        row_count=len(res.rows),
+        rows_cut=note is not None,
+        changes=res.meta.changes,
+        note=note,
+    )
+    lines = [_summary(res), *_row_lines(res, rows, note)]
+    return result(found, "\n".join(lines) + "\n")
+
+
+async def sql_batch(
+    ctx: Context,
+    axon_id: AxonId,
+    statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
+) -> Annotated[CallToolResult, BatchResult]:
+    """Run SQL statements atomically (one transaction) on an axon's database; may write.
+    If one fails, none is applied."""
+    app = state(ctx)
+    with api_errors():
+        res = await app.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
+    for n, item in enumerate(res.results, 1):
+        if item.error is not None or item.success is None:
+            message = item.error.message if item.error is not None else "no result"
+            raise ToolError(
+                f"sql_batch rolled back, nothing was written: statement {n} of {len(statements)} failed: "
+                f"{truncate_utf8(message, 2000, keep='head')}"
             )
-            lines.append(f"statement {n}: {_summary(item.success)}")
-            lines += _row_lines(item.success, rows, note)
-        return result(BatchResult(axon_id=axon_id, results=items), "\n".join(lines) + "\n")
+    budget = app.settings.output_budget // max(len(res.results), 1)
+    items = []
+    lines = []
+    for n, item in enumerate(res.results, 1):
+        rows, note = bounded_rows(item.success, app.settings.sql_max_rows, budget)
+        names = [c.name for c in item.success.columns]
+        items.append(
+            BatchItem(
+                columns=names,
+                rows=rows,
+                row_count=len(item.success.rows),
+                rows_cut=note is not None,
+                changes=item.success.meta.changes,
+                note=note,
+            )
+        )
+        lines.append(f"statement {n}: {_summary(item.success)}")
+        lines += _row_lines(item.success, rows, note)
+    return result(BatchResult(axon_id=axon_id, results=items), "\n".join(lines) + "\n")
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(create_axon, annotations=annotations(title="Create axon"))
+    server.add_tool(list_axons, annotations=annotations(read_only=True, idempotent=True, title="List axons"))
+    server.add_tool(publish_event, annotations=annotations(title="Publish event"))
+    # It can write when asked (allow_writes), so it is not read-only, and a write may delete.
+    server.add_tool(sql_query, annotations=annotations(destructive=True, title="SQL query"))
+    server.add_tool(sql_batch, annotations=annotations(destructive=True, title="SQL batch"))
 
 
 def _summary(res: SqlResult) -> str:

@@ -75,91 +75,98 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     return view
 
 
-def register(server: MCPServer) -> None:
-    @server.tool(annotations=annotations(title="Create devbox"))
-    async def create_devbox(
-        ctx: Context,
-        name: Annotated[str | None, Field(max_length=256, description="a name to find it by")] = None,
-        environment_variables: Annotated[
-            EnvVars | None, Field(description="environment of every command in the devbox")
-        ] = None,
-        launch_commands: Annotated[
-            list[str] | None, Field(max_length=50, description="shell commands run once at start-up")
-        ] = None,
-        network_mode: Annotated[
-            Literal["isolated", "none", "host"] | None,
-            Field(description="embedded backend only: isolated (own network, default), none, or host"),
-        ] = None,
-    ) -> DevboxInfo:
-        """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
-        Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
-        return the devbox still starting: get_devbox shows when it runs."""
-        app = state(ctx)
-        with api_errors():
-            view = await app.client.create_devbox(
-                name=name,
-                environment_variables=as_map("environment_variables", environment_variables),
-                launch_commands=launch_commands,
-                network_mode=network_mode,
-            )
-        try:
-            view = await wait_running(ctx, view)
-        except anyio.get_cancelled_exc_class():
-            # The caller gave up on it: a devbox nobody holds the id of would run (and cost)
-            # until its idle timeout. Shut it down, as a cancelled execute kills its command.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(app.settings.kill_timeout):
-                try:
-                    await app.client.shutdown_devbox(view.id)
-                except RunloopError:
-                    pass
-            raise
-        if view.status in DEVBOX_TERMINAL_STATUSES:
-            reason = view.failure_reason or view.shutdown_reason or "no reason given"
-            raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
-        await state(ctx).resources.list_changed()
-        return info(view)
-
-    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
-    async def list_devboxes(
-        ctx: Context,
-        status: Annotated[DevboxStatus | None, Field(description="only devboxes in this status")] = None,
-        limit: Annotated[int, Field(ge=1, le=100)] = 20,
-        starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
-    ) -> Annotated[CallToolResult, DevboxList]:
-        """List devboxes (a page at a time)."""
-        with api_errors():
-            page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
-        listing = DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
-        lines = [f"{d.id}  {d.status}  {d.name or ''}".rstrip() for d in listing.devboxes]
-        return result(listing, page_text("devbox", lines, listing.has_more, listing.devboxes[-1].id if lines else None))
-
-    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
-    async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-        """Get a devbox's status and details."""
-        with api_errors():
-            return info(await state(ctx).client.get_devbox(devbox_id))
-
-    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Shut down devbox"))
-    async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-        """Shut a devbox down for good: its processes stop and its files are gone."""
-        with api_errors():
-            view = await state(ctx).client.shutdown_devbox(devbox_id)
-        await state(ctx).resources.list_changed()
-        return info(view)
-
-    @server.tool(annotations=annotations(idempotent=True, title="Suspend devbox"))
-    async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-        """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
-        with api_errors():
-            view = await state(ctx).client.suspend_devbox(devbox_id)
-        await state(ctx).resources.list_changed()
-        return info(view)
-
-    @server.tool(annotations=annotations(idempotent=True, title="Resume devbox"))
-    async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-        """Resume a suspended devbox and wait until it is running."""
-        with api_errors():
-            view = await state(ctx).client.resume_devbox(devbox_id)
+async def create_devbox(
+    ctx: Context,
+    name: Annotated[str | None, Field(max_length=256, description="a name to find it by")] = None,
+    environment_variables: Annotated[
+        EnvVars | None, Field(description="environment of every command in the devbox")
+    ] = None,
+    launch_commands: Annotated[
+        list[str] | None, Field(max_length=50, description="shell commands run once at start-up")
+    ] = None,
+    network_mode: Annotated[
+        Literal["isolated", "none", "host"] | None,
+        Field(description="embedded backend only: isolated (own network, default), none, or host"),
+    ] = None,
+) -> DevboxInfo:
+    """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
+    Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
+    return the devbox still starting: get_devbox shows when it runs."""
+    app = state(ctx)
+    with api_errors():
+        view = await app.client.create_devbox(
+            name=name,
+            environment_variables=as_map("environment_variables", environment_variables),
+            launch_commands=launch_commands,
+            network_mode=network_mode,
+        )
+    try:
         view = await wait_running(ctx, view)
-        await state(ctx).resources.list_changed()
-        return info(view)
+    except anyio.get_cancelled_exc_class():
+        # The caller gave up on it: a devbox nobody holds the id of would run (and cost)
+        # until its idle timeout. Shut it down, as a cancelled execute kills its command.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(app.settings.kill_timeout):
+            try:
+                await app.client.shutdown_devbox(view.id)
+            except RunloopError:
+                pass
+        raise
+    if view.status in DEVBOX_TERMINAL_STATUSES:
+        reason = view.failure_reason or view.shutdown_reason or "no reason given"
+        raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
+    await state(ctx).resources.list_changed()
+    return info(view)
+
+
+async def list_devboxes(
+    ctx: Context,
+    status: Annotated[DevboxStatus | None, Field(description="only devboxes in this status")] = None,
+    limit: Annotated[int, Field(ge=1, le=100)] = 20,
+    starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
+) -> Annotated[CallToolResult, DevboxList]:
+    """List devboxes (a page at a time)."""
+    with api_errors():
+        page = await state(ctx).client.list_devboxes(status=status, limit=limit, starting_after=starting_after)
+    listing = DevboxList(devboxes=[info(d) for d in page.devboxes], has_more=page.has_more)
+    lines = [f"{d.id}  {d.status}  {d.name or ''}".rstrip() for d in listing.devboxes]
+    return result(listing, page_text("devbox", lines, listing.has_more, listing.devboxes[-1].id if lines else None))
+
+
+async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+    """Get a devbox's status and details."""
+    with api_errors():
+        return info(await state(ctx).client.get_devbox(devbox_id))
+
+
+async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+    """Shut a devbox down for good: its processes stop and its files are gone."""
+    with api_errors():
+        view = await state(ctx).client.shutdown_devbox(devbox_id)
+    await state(ctx).resources.list_changed()
+    return info(view)
+
+
+async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+    """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
+    with api_errors():
+        view = await state(ctx).client.suspend_devbox(devbox_id)
+    await state(ctx).resources.list_changed()
+    return info(view)
+
+
+async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+    """Resume a suspended devbox and wait until it is running."""
+    with api_errors():
+        view = await state(ctx).client.resume_devbox(devbox_id)
+    view = await wait_running(ctx, view)
+    await state(ctx).resources.list_changed()
+    return info(view)
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(create_devbox, annotations=annotations(title="Create devbox"))
+    server.add_tool(list_devboxes, annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
+    server.add_tool(get_devbox, annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
+    server.add_tool(shutdown_devbox, annotations=annotations(destructive=True, idempotent=True, title="Shut down devbox"))
+    server.add_tool(suspend_devbox, annotations=annotations(idempotent=True, title="Suspend devbox"))
+    server.add_tool(resume_devbox, annotations=annotations(idempotent=True, title="Resume devbox"))

@@ -232,134 +232,139 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
     return await client.get_execution(devbox_id, execution_id)
 
 
-def register(server: MCPServer) -> None:
-    # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
-    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Run shell command"))
-    async def execute(
-        ctx: Context,
-        devbox_id: DevboxId,
-        command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
-        wait_seconds: Annotated[
-            float | None,
-            Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50, less if the client times out sooner)"),
-        ] = None,
-        command_id: Annotated[
-            str | None,
-            Field(
-                max_length=100, pattern=r"^[\w.:-]+$",
-                description="idempotency key: a retry with the same id never runs the command twice",
-            ),
-        ] = None,
-        attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
-    ) -> Annotated[CallToolResult, ExecuteResult]:
-        """Run a shell command in a devbox. Output streams live as progress; returns exit status,
-        duration, stdout and stderr. If still running after wait_seconds, returns status running
-        and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
-        app = state(ctx)
-        if attach_stdin and command_id is not None:
-            raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
-        wait = wait_budget(ctx, app.settings, wait_seconds)
-        cid = None if attach_stdin else command_id or new_command_id()
-        started = time.monotonic()
-        execution_id: str | None = None
-        try:
-            with api_errors():
-                if attach_stdin:
-                    # The idempotent endpoint has no stdin option; this call is sent once.
-                    view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
-                else:
-                    view = await app.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
-            execution_id = view.execution_id
-            # The budget counts from the call's start: starting the command took part of it.
-            output = await read_streams(ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
-            with api_errors():
-                final = await final_state(app.client, devbox_id, execution_id, output.complete)
-        except anyio.get_cancelled_exc_class():
-            if execution_id is not None or cid is not None:
-                await _kill_cancelled(app, devbox_id, command, cid, execution_id)
-            raise
-        duration = time.monotonic() - started
-        return _execute_result(ctx, app, devbox_id, execution_id, cid, output, final, duration, wait)
-
-    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
-    async def stream_logs(
-        ctx: Context,
-        devbox_id: DevboxId,
-        execution_id: ExecutionId,
-        stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
-        stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
-        wait_seconds: Annotated[
-            float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
-        ] = None,
-        until: Annotated[
-            str | None,
-            Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
-        ] = None,
-    ) -> Annotated[CallToolResult, LogsResult]:
-        """Follow a running command's output from the given offsets (live as progress) until it
-        completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
-        app = state(ctx)
-        pattern = None
-        if until is not None:
-            try:
-                pattern = re.compile(until)
-            except re.error as exc:
-                raise ToolError(f"until is not a valid regular expression: {exc}") from None
-        wait = wait_budget(ctx, app.settings, wait_seconds)
-        output = await read_streams(
-            ctx, app, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
-            wait=wait, until=pattern,
-        )
+async def execute(
+    ctx: Context,
+    devbox_id: DevboxId,
+    command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
+    wait_seconds: Annotated[
+        float | None,
+        Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50, less if the client times out sooner)"),
+    ] = None,
+    command_id: Annotated[
+        str | None,
+        Field(
+            max_length=100, pattern=r"^[\w.:-]+$",
+            description="idempotency key: a retry with the same id never runs the command twice",
+        ),
+    ] = None,
+    attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
+) -> Annotated[CallToolResult, ExecuteResult]:
+    """Run a shell command in a devbox. Output streams live as progress; returns exit status,
+    duration, stdout and stderr. If still running after wait_seconds, returns status running
+    and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
+    app = state(ctx)
+    if attach_stdin and command_id is not None:
+        raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
+    wait = wait_budget(ctx, app.settings, wait_seconds)
+    cid = None if attach_stdin else command_id or new_command_id()
+    started = time.monotonic()
+    execution_id: str | None = None
+    try:
+        with api_errors():
+            if attach_stdin:
+                # The idempotent endpoint has no stdin option; this call is sent once.
+                view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
+            else:
+                view = await app.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
+        execution_id = view.execution_id
+        # The budget counts from the call's start: starting the command took part of it.
+        output = await read_streams(ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
         with api_errors():
             final = await final_state(app.client, devbox_id, execution_id, output.complete)
-        shaped = shape_streams(output, app.settings)
-        reason: Literal["completed", "matched", "wait_ended"] = (
-            "matched" if output.matches else "completed" if output.complete else "wait_ended"
-        )
-        hint = None if output.complete else continue_hint(devbox_id, execution_id, output)
-        envelope = LogsResult(
-            **_envelope_fields(devbox_id, execution_id, output, final, shaped),
-            hint=hint,
-            stopped_because=reason,
-            matches=output.matches,
-        )
-        if reason == "matched":
-            head = f"matched {until!r} ({len(output.matches)} line(s)); the command is {final.status}"
-        elif reason == "completed":
-            head = f"completed: exit {final.exit_status}"
-        else:
-            head = f"no end after {wait:g} s; the command is {final.status}"
-        lines = [f"{head} · execution {execution_id}"]
-        if output.matches:
-            lines.append("matching lines:\n" + "\n".join(output.matches))
-        if hint:
-            lines.append(hint)
-        res = result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
-        return _with_links(ctx, res, devbox_id, execution_id, shaped)
+    except anyio.get_cancelled_exc_class():
+        if execution_id is not None or cid is not None:
+            await _kill_cancelled(app, devbox_id, command, cid, execution_id)
+        raise
+    duration = time.monotonic() - started
+    return _execute_result(ctx, app, devbox_id, execution_id, cid, output, final, duration, wait)
 
-    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
-    async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
-        """Kill a running command and its child processes (the whole process group)."""
-        with api_errors():
-            view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
-        return ExecutionState(
-            devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
-        )
 
-    @server.tool(annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
-    async def send_stdin(
-        ctx: Context,
-        devbox_id: DevboxId,
-        execution_id: ExecutionId,
-        text: Annotated[str | None, Field(min_length=1, max_length=100_000, description="text to write")] = None,
-        signal: Annotated[
-            Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
-        ] = None,
-    ) -> StdinResult:
-        """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
-        with api_errors():  # the client refuses neither or both of text and signal, before sending
-            sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
-        return StdinResult(execution_id=execution_id, success=sent.success)
+async def stream_logs(
+    ctx: Context,
+    devbox_id: DevboxId,
+    execution_id: ExecutionId,
+    stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
+    stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
+    wait_seconds: Annotated[
+        float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
+    ] = None,
+    until: Annotated[
+        str | None,
+        Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
+    ] = None,
+) -> Annotated[CallToolResult, LogsResult]:
+    """Follow a running command's output from the given offsets (live as progress) until it
+    completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
+    app = state(ctx)
+    pattern = None
+    if until is not None:
+        try:
+            pattern = re.compile(until)
+        except re.error as exc:
+            raise ToolError(f"until is not a valid regular expression: {exc}") from None
+    wait = wait_budget(ctx, app.settings, wait_seconds)
+    output = await read_streams(
+        ctx, app, devbox_id, execution_id, stdout_offset=stdout_offset, stderr_offset=stderr_offset,
+        wait=wait, until=pattern,
+    )
+    with api_errors():
+        final = await final_state(app.client, devbox_id, execution_id, output.complete)
+    shaped = shape_streams(output, app.settings)
+    reason: Literal["completed", "matched", "wait_ended"] = (
+        "matched" if output.matches else "completed" if output.complete else "wait_ended"
+    )
+    hint = None if output.complete else continue_hint(devbox_id, execution_id, output)
+    envelope = LogsResult(
+        **_envelope_fields(devbox_id, execution_id, output, final, shaped),
+        hint=hint,
+        stopped_because=reason,
+        matches=output.matches,
+    )
+    if reason == "matched":
+        head = f"matched {until!r} ({len(output.matches)} line(s)); the command is {final.status}"
+    elif reason == "completed":
+        head = f"completed: exit {final.exit_status}"
+    else:
+        head = f"no end after {wait:g} s; the command is {final.status}"
+    lines = [f"{head} · execution {execution_id}"]
+    if output.matches:
+        lines.append("matching lines:\n" + "\n".join(output.matches))
+    if hint:
+        lines.append(hint)
+    res = result(envelope, "\n".join(lines) + "\n" + render_output(shaped))
+    return _with_links(ctx, res, devbox_id, execution_id, shaped)
+
+
+async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
+    """Kill a running command and its child processes (the whole process group)."""
+    with api_errors():
+        view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
+    return ExecutionState(
+        devbox_id=devbox_id, execution_id=execution_id, status=view.status, exit_status=view.exit_status
+    )
+
+
+async def send_stdin(
+    ctx: Context,
+    devbox_id: DevboxId,
+    execution_id: ExecutionId,
+    text: Annotated[str | None, Field(min_length=1, max_length=100_000, description="text to write")] = None,
+    signal: Annotated[
+        Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
+    ] = None,
+) -> StdinResult:
+    """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
+    with api_errors():  # the client refuses neither or both of text and signal, before sending
+        sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
+    return StdinResult(execution_id=execution_id, success=sent.success)
+
+
+def register(server: MCPServer) -> None:
+    # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
+    server.add_tool(execute, annotations=annotations(destructive=True, open_world=True, title="Run shell command"))
+    server.add_tool(stream_logs, annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
+    server.add_tool(kill_execution, annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
+    server.add_tool(send_stdin, annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
 
 
 async def _kill_cancelled(

@@ -113,84 +113,87 @@ def binary_cap(settings: Settings, mime: str) -> int:
     return min(settings.binary_cap, settings.output_budget * 3 // 4)
 
 
-def register(server: MCPServer) -> None:
-    @server.tool(annotations=annotations(read_only=True, idempotent=True, title="Read file"))
-    async def read_file(
-        ctx: Context,
-        devbox_id: DevboxId,
-        path: FilePath,
-        start_line: Annotated[int | None, Field(ge=1, description="1-based")] = None,
-        end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
-        tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
-        binary: Annotated[
-            bool, Field(description="return a binary file: an image as image content, other bytes as base64 (size-capped)")
-        ] = False,
-    ) -> Annotated[CallToolResult, FileRead]:
-        """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.
-        Binary files are refused with their size and type unless binary is true."""
-        if tail_lines is not None and (start_line is not None or end_line is not None):
-            raise ToolError("use either tail_lines or start_line/end_line, not both")
-        app = state(ctx)
-        with api_errors():
-            download = await app.client.download_file(devbox_id, path, max_bytes=max(TEXT_SCAN_BYTES, app.settings.binary_cap))
-        data = download.data
-        mime, is_binary = sniff_type(path, data)
-        size = download.size if download.truncated else len(data)
-        size_text = f"{size} bytes" if size is not None else f"more than {len(data)} bytes"
-        if is_binary:
-            cap = binary_cap(app.settings, mime)
-            if not binary:
-                raise ToolError(
-                    f"{path} is a binary file ({mime}, {size_text}); not returned as text. "
-                    f"Pass binary: true to get it (up to {cap} bytes)"
-                )
-            if download.truncated or len(data) > cap:
-                raise ToolError(
-                    f"{path} is {size_text} ({mime}), over the {cap}-byte cap for binary reads; "
-                    "process it in the devbox instead (e.g. execute with file, head, xxd)"
-                )
-            blob = base64.b64encode(data).decode()
-            head = f"{path}: {mime}, {size} bytes"
-            if mime in IMAGE_TYPES:
-                envelope = FileRead(path=path, kind="image", mime_type=mime, size_bytes=size, content_index=1)
-                return CallToolResult(
-                    content=[TextContent(type="text", text=head), ImageContent(type="image", data=blob, mime_type=mime)],
-                    structured_content=envelope.model_dump(mode="json"),
-                )
-            envelope = FileRead(path=path, kind="binary", mime_type=mime, size_bytes=size, base64=blob)
-            return result(envelope, f"{head}, base64:\n{blob}\n")
-        if binary:
-            raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
-        if download.truncated and tail_lines is not None:
-            # The last lines of the part read are not the file's last lines.
+async def read_file(
+    ctx: Context,
+    devbox_id: DevboxId,
+    path: FilePath,
+    start_line: Annotated[int | None, Field(ge=1, description="1-based")] = None,
+    end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
+    tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
+    binary: Annotated[
+        bool, Field(description="return a binary file: an image as image content, other bytes as base64 (size-capped)")
+    ] = False,
+) -> Annotated[CallToolResult, FileRead]:
+    """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.
+    Binary files are refused with their size and type unless binary is true."""
+    if tail_lines is not None and (start_line is not None or end_line is not None):
+        raise ToolError("use either tail_lines or start_line/end_line, not both")
+    app = state(ctx)
+    with api_errors():
+        download = await app.client.download_file(devbox_id, path, max_bytes=max(TEXT_SCAN_BYTES, app.settings.binary_cap))
+    data = download.data
+    mime, is_binary = sniff_type(path, data)
+    size = download.size if download.truncated else len(data)
+    size_text = f"{size} bytes" if size is not None else f"more than {len(data)} bytes"
+    if is_binary:
+        cap = binary_cap(app.settings, mime)
+        if not binary:
             raise ToolError(
-                f"{path} is {size_text}, more than the {len(data)} bytes read_file scans, so its last lines "
-                f"cannot be read this way; use execute with: tail -n {tail_lines} {shlex.quote(path)}"
+                f"{path} is a binary file ({mime}, {size_text}); not returned as text. "
+                f"Pass binary: true to get it (up to {cap} bytes)"
             )
-        text = data.decode("utf-8", "replace")
-        selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
-        shaped = shape(selected, app.settings.output_budget, label=path, hint=line_hint, base_line=first)
-        envelope = FileRead(
-            path=path, kind="text", mime_type=mime, size_bytes=size, text=shaped.text, total_lines=total,
-            start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
-            scanned_bytes=len(data) if download.truncated else None,
+        if download.truncated or len(data) > cap:
+            raise ToolError(
+                f"{path} is {size_text} ({mime}), over the {cap}-byte cap for binary reads; "
+                "process it in the devbox instead (e.g. execute with file, head, xxd)"
+            )
+        blob = base64.b64encode(data).decode()
+        head = f"{path}: {mime}, {size} bytes"
+        if mime in IMAGE_TYPES:
+            envelope = FileRead(path=path, kind="image", mime_type=mime, size_bytes=size, content_index=1)
+            return CallToolResult(
+                content=[TextContent(type="text", text=head), ImageContent(type="image", data=blob, mime_type=mime)],
+                structured_content=envelope.model_dump(mode="json"),
+            )
+        envelope = FileRead(path=path, kind="binary", mime_type=mime, size_bytes=size, base64=blob)
+        return result(envelope, f"{head}, base64:\n{blob}\n")
+    if binary:
+        raise ToolError(f"{path} is a text file ({mime}); read it without binary: true")
+    if download.truncated and tail_lines is not None:
+        # The last lines of the part read are not the file's last lines.
+        raise ToolError(
+            f"{path} is {size_text}, more than the {len(data)} bytes read_file scans, so its last lines "
+            f"cannot be read this way; use execute with: tail -n {tail_lines} {shlex.quote(path)}"
         )
-        note = ""
-        if download.truncated:
-            note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
-        head = f"{path}: lines {first}-{last} of {total}{note}\n"
-        return result(envelope, head + shaped.text)
+    text = data.decode("utf-8", "replace")
+    selected, first, last, total = select_lines(text, start_line, end_line, tail_lines)
+    shaped = shape(selected, app.settings.output_budget, label=path, hint=line_hint, base_line=first)
+    envelope = FileRead(
+        path=path, kind="text", mime_type=mime, size_bytes=size, text=shaped.text, total_lines=total,
+        start_line=first, end_line=last, omitted_bytes=shaped.omitted_bytes,
+        scanned_bytes=len(data) if download.truncated else None,
+    )
+    note = ""
+    if download.truncated:
+        note = f" (only the first {len(data)} bytes were scanned: the file is larger)"
+    head = f"{path}: lines {first}-{last} of {total}{note}\n"
+    return result(envelope, head + shaped.text)
 
-    @server.tool(annotations=annotations(destructive=True, idempotent=True, title="Write file"))
-    async def write_file(
-        ctx: Context,
-        devbox_id: DevboxId,
-        path: FilePath,
-        contents: Annotated[str, Field(max_length=5_000_000, description="the whole new content (UTF-8 text)")],
-    ) -> FileWritten:
-        """Write a text file in a devbox, replacing it if it exists."""
-        with api_errors():
-            done = await state(ctx).client.write_file_contents(devbox_id, path, contents)
-        if done.exit_status not in (None, 0):
-            raise ToolError(f"write_file {path} failed: {(done.stderr or done.stdout).strip() or f'exit {done.exit_status}'}")
-        return FileWritten(path=path, bytes_written=len(contents.encode()))
+
+async def write_file(
+    ctx: Context,
+    devbox_id: DevboxId,
+    path: FilePath,
+    contents: Annotated[str, Field(max_length=5_000_000, description="the whole new content (UTF-8 text)")],
+) -> FileWritten:
+    """Write a text file in a devbox, replacing it if it exists."""
+    with api_errors():
+        done = await state(ctx).client.write_file_contents(devbox_id, path, contents)
+    if done.exit_status not in (None, 0):
+        raise ToolError(f"write_file {path} failed: {(done.stderr or done.stdout).strip() or f'exit {done.exit_status}'}")
+    return FileWritten(path=path, bytes_written=len(contents.encode()))
+
+
+def register(server: MCPServer) -> None:
+    server.add_tool(read_file, annotations=annotations(read_only=True, idempotent=True, title="Read file"))
+    server.add_tool(write_file, annotations=annotations(destructive=True, idempotent=True, title="Write file"))
