@@ -78,4 +78,7 @@ def create_app(config: LocalConfig) -> Starlette:
     )
     app.add_middleware(BearerAuth, api_key=config.api_key)
     app.state.components = components
+    for component in components:
+        for name, value in component.extra.items():
+            setattr(app.state, name, value)  # what the routes reach as request.app.state.<name>
     return app

@@ -123,126 +123,156 @@ def _matches(record: AxonRecord, request: Request) -> bool:
     return True
 
 
-def _routes(store: AxonStore, idle_seconds: float) -> list[Route]:
-    creations = IdempotencyCache()
+def _axons(request: Request) -> AxonStore:
+    return request.app.state.axons
 
-    def axon_id(request: Request) -> str:
-        return request.path_params["id"]
 
-    async def create_axon(request: Request) -> Response:
-        """Create an axon (`name`, `metadata`); retries with the same `x-request-id` return the same axon."""
-        body = await parse_body(request, CreateAxon)
+def _creations(request: Request) -> IdempotencyCache:
+    return request.app.state.axon_creations
 
-        async def create() -> dict[str, Any]:
-            return (await store.create(body.name, body.metadata or {})).view()
 
-        return JSONResponse(await creations.run(idempotency_key(request, "axon-create"), create))
+def _sse_idle_seconds(request: Request) -> float:
+    return request.app.state.axon_sse_idle_seconds
 
-    async def list_axons(request: Request) -> Response:
-        """Axons, deleted ones included, newest first; filters `id`, `name` (prefix), `search` (id or
-        name substring), `metadata[key]=value`, `metadata[key][in]=a,b`; paginated by axon id."""
-        items = [record.view() for record in store.all() if _matches(record, request)]
-        return JSONResponse(paginate(request, items, "axons"))
 
-    async def get_axon(request: Request) -> Response:
-        """One axon (deleted axons stay readable, with `deleted_at_ms`)."""
-        return JSONResponse(store.get(axon_id(request)).view())
+def _axon_id(request: Request) -> str:
+    return request.path_params["id"]
 
-    async def update_axon(request: Request) -> Response:
-        """Replace the axon's metadata (`{}` clears it; absent leaves it)."""
-        body = await parse_body(request, UpdateAxon)
-        if body.metadata is None:
-            return JSONResponse(store.get(axon_id(request)).view())
-        return JSONResponse((await store.update_metadata(axon_id(request), body.metadata)).view())
 
-    async def delete_axon(request: Request) -> Response:
-        """Delete the axon's events and tables; its record stays readable. Idempotent."""
-        await store.delete(axon_id(request))
-        return JSONResponse({})
+async def create_axon(request: Request) -> Response:
+    """Create an axon (`name`, `metadata`); retries with the same `x-request-id` return the same axon."""
+    store = _axons(request)
+    body = await parse_body(request, CreateAxon)
 
-    async def publish(request: Request) -> Response:
-        """Append an event; answers `{sequence, timestamp_ms}` once the event is on disk.
+    async def create() -> dict[str, Any]:
+        return (await store.create(body.name, body.metadata or {})).view()
 
-        Sequences start at 1 and have no gaps. A publish retried with the same `x-request-id`
-        (the official SDKs reuse it across retries) gets the first answer and stores nothing new.
-        """
-        body = await parse_body(request, Publish)
-        _check_publish(body)
-        async with store.lease(axon_id(request)) as log:
-            result = await log.publish(
-                origin=body.origin,
-                source=body.source,
-                event_type=body.event_type,
-                payload=body.payload,
-                request_id=request.headers.get("x-request-id") or None,
-            )
-        return JSONResponse({"sequence": result.sequence, "timestamp_ms": result.timestamp_ms})
+    return JSONResponse(await _creations(request).run(idempotency_key(request, "axon-create"), create))
 
-    async def list_events(request: Request) -> Response:
-        """History, newest first. `starting_after` is the sequence of the last event of the previous
-        page (the SDK passes it as a string); `total_count` is the highest sequence."""
-        ident = axon_id(request)
-        limit = query_int(request, "limit", 20, lo=1, hi=5000) or 20
-        raw_after = request.query_params.get("starting_after")
-        try:
-            after = int(raw_after) if raw_after else None
-        except ValueError:
-            raise ApiError(400, f"starting_after must be an event sequence (an integer), got {raw_after!r}") from None
-        async with store.lease(ident) as log:
-            newest = log.last_sequence
-            top = newest if after is None else min(after - 1, newest)
-            events = await log.read_desc(top, limit) if top >= 1 else []
-        body: dict[str, Any] = {
-            "events": [event.view(ident) for event in events],
-            "has_more": bool(events) and events[-1].sequence > 1,
-        }
-        if query_bool(request, "include_total_count", True):
-            body["total_count"] = newest
-        return JSONResponse(body)
 
-    async def subscribe(request: Request) -> Response:
-        """SSE: every event after `after_sequence` (from the first when absent), then live ones, in
-        order, each as `data: <AxonEventView>`; `:` keep-alives while idle. After `idle_seconds`
-        without events the stream ends with `event: error` code 408: re-subscribe with the last
-        sequence seen to continue exactly where it stopped."""
-        ident = axon_id(request)
-        after = query_int(request, "after_sequence", 0, lo=-(2**63), hi=2**63 - 1) or 0
-        await store.log(ident)  # 404 now, before the stream starts
-        return sse_response(_subscription(store, ident, max(after, 0), idle_seconds))
+async def list_axons(request: Request) -> Response:
+    """Axons, deleted ones included, newest first; filters `id`, `name` (prefix), `search` (id or
+    name substring), `metadata[key]=value`, `metadata[key][in]=a,b`; paginated by axon id."""
+    store = _axons(request)
+    items = [record.view() for record in store.all() if _matches(record, request)]
+    return JSONResponse(paginate(request, items, "axons"))
 
-    async def sql_query(request: Request) -> Response:
-        """Run one statement (`sql` with `?` placeholders, `params`) against the axon's database.
 
-        `rl_axon_events(sequence, timestamp_ms, origin, source, event_type, payload)` is the
-        read-only history; create your own tables freely. Limits: 10,000 rows (or 16 MiB of
-        JSON) returned, then `rows_read_limit_reached: true`; 4 MiB per value; 5 s. SQL errors
-        are 400 with SQLite's message. BLOBs come back base64-encoded.
-        """
-        body = await parse_body(request, SqlStatementBody)
-        stmt = axon_sql.Statement(body.sql, body.params or [])
-        return JSONResponse(await store.sql_query(axon_id(request), stmt))
+async def get_axon(request: Request) -> Response:
+    """One axon (deleted axons stay readable, with `deleted_at_ms`)."""
+    store = _axons(request)
+    return JSONResponse(store.get(_axon_id(request)).view())
 
-    async def sql_batch(request: Request) -> Response:
-        """Run `statements` in one transaction: all applied, or none. One result per statement:
-        `success` for those that ran, `error` for the failing one and the ones after it (not run).
-        Same limits as /sql/query, but the 5 s are for the whole batch; over them, or with
-        transaction control (BEGIN, COMMIT, ...), the batch is rolled back and answered 400."""
-        body = await parse_body(request, SqlBatchBody)
-        stmts = [axon_sql.Statement(s.sql, s.params or []) for s in body.statements]
-        return JSONResponse({"results": await store.sql_batch(axon_id(request), stmts)})
 
-    return [
-        Route("/v1/axons", create_axon, methods=["POST"]),
-        Route("/v1/axons", list_axons, methods=["GET"]),
-        Route("/v1/axons/{id}", get_axon, methods=["GET"]),
-        Route("/v1/axons/{id}", update_axon, methods=["POST"]),
-        Route("/v1/axons/{id}", delete_axon, methods=["DELETE"]),
-        Route("/v1/axons/{id}/publish", publish, methods=["POST"]),
-        Route("/v1/axons/{id}/events", list_events, methods=["GET"]),
-        Route("/v1/axons/{id}/subscribe/sse", subscribe, methods=["GET"]),
-        Route("/v1/axons/{id}/sql/query", sql_query, methods=["POST"]),
-        Route("/v1/axons/{id}/sql/batch", sql_batch, methods=["POST"]),
-    ]
+async def update_axon(request: Request) -> Response:
+    """Replace the axon's metadata (`{}` clears it; absent leaves it)."""
+    store = _axons(request)
+    body = await parse_body(request, UpdateAxon)
+    if body.metadata is None:
+        return JSONResponse(store.get(_axon_id(request)).view())
+    return JSONResponse((await store.update_metadata(_axon_id(request), body.metadata)).view())
+
+
+async def delete_axon(request: Request) -> Response:
+    """Delete the axon's events and tables; its record stays readable. Idempotent."""
+    store = _axons(request)
+    await store.delete(_axon_id(request))
+    return JSONResponse({})
+
+
+async def publish(request: Request) -> Response:
+    """Append an event; answers `{sequence, timestamp_ms}` once the event is on disk.
+
+    Sequences start at 1 and have no gaps. A publish retried with the same `x-request-id`
+    (the official SDKs reuse it across retries) gets the first answer and stores nothing new.
+    """
+    store = _axons(request)
+    body = await parse_body(request, Publish)
+    _check_publish(body)
+    async with store.lease(_axon_id(request)) as log:
+        result = await log.publish(
+            origin=body.origin,
+            source=body.source,
+            event_type=body.event_type,
+            payload=body.payload,
+            request_id=request.headers.get("x-request-id") or None,
+        )
+    return JSONResponse({"sequence": result.sequence, "timestamp_ms": result.timestamp_ms})
+
+
+async def list_events(request: Request) -> Response:
+    """History, newest first. `starting_after` is the sequence of the last event of the previous
+    page (the SDK passes it as a string); `total_count` is the highest sequence."""
+    store = _axons(request)
+    ident = _axon_id(request)
+    limit = query_int(request, "limit", 20, lo=1, hi=5000) or 20
+    raw_after = request.query_params.get("starting_after")
+    try:
+        after = int(raw_after) if raw_after else None
+    except ValueError:
+        raise ApiError(400, f"starting_after must be an event sequence (an integer), got {raw_after!r}") from None
+    async with store.lease(ident) as log:
+        newest = log.last_sequence
+        top = newest if after is None else min(after - 1, newest)
+        events = await log.read_desc(top, limit) if top >= 1 else []
+    body: dict[str, Any] = {
+        "events": [event.view(ident) for event in events],
+        "has_more": bool(events) and events[-1].sequence > 1,
+    }
+    if query_bool(request, "include_total_count", True):
+        body["total_count"] = newest
+    return JSONResponse(body)
+
+
+async def subscribe(request: Request) -> Response:
+    """SSE: every event after `after_sequence` (from the first when absent), then live ones, in
+    order, each as `data: <AxonEventView>`; `:` keep-alives while idle. After `idle_seconds`
+    without events the stream ends with `event: error` code 408: re-subscribe with the last
+    sequence seen to continue exactly where it stopped."""
+    store = _axons(request)
+    ident = _axon_id(request)
+    after = query_int(request, "after_sequence", 0, lo=-(2**63), hi=2**63 - 1) or 0
+    await store.log(ident)  # 404 now, before the stream starts
+    return sse_response(_subscription(store, ident, max(after, 0), _sse_idle_seconds(request)))
+
+
+async def sql_query(request: Request) -> Response:
+    """Run one statement (`sql` with `?` placeholders, `params`) against the axon's database.
+
+    `rl_axon_events(sequence, timestamp_ms, origin, source, event_type, payload)` is the
+    read-only history; create your own tables freely. Limits: 10,000 rows (or 16 MiB of
+    JSON) returned, then `rows_read_limit_reached: true`; 4 MiB per value; 5 s. SQL errors
+    are 400 with SQLite's message. BLOBs come back base64-encoded.
+    """
+    store = _axons(request)
+    body = await parse_body(request, SqlStatementBody)
+    stmt = axon_sql.Statement(body.sql, body.params or [])
+    return JSONResponse(await store.sql_query(_axon_id(request), stmt))
+
+
+async def sql_batch(request: Request) -> Response:
+    """Run `statements` in one transaction: all applied, or none. One result per statement:
+    `success` for those that ran, `error` for the failing one and the ones after it (not run).
+    Same limits as /sql/query, but the 5 s are for the whole batch; over them, or with
+    transaction control (BEGIN, COMMIT, ...), the batch is rolled back and answered 400."""
+    store = _axons(request)
+    body = await parse_body(request, SqlBatchBody)
+    stmts = [axon_sql.Statement(s.sql, s.params or []) for s in body.statements]
+    return JSONResponse({"results": await store.sql_batch(_axon_id(request), stmts)})
+
+
+ROUTES = [
+    Route("/v1/axons", create_axon, methods=["POST"]),
+    Route("/v1/axons", list_axons, methods=["GET"]),
+    Route("/v1/axons/{id}", get_axon, methods=["GET"]),
+    Route("/v1/axons/{id}", update_axon, methods=["POST"]),
+    Route("/v1/axons/{id}", delete_axon, methods=["DELETE"]),
+    Route("/v1/axons/{id}/publish", publish, methods=["POST"]),
+    Route("/v1/axons/{id}/events", list_events, methods=["GET"]),
+    Route("/v1/axons/{id}/subscribe/sse", subscribe, methods=["GET"]),
+    Route("/v1/axons/{id}/sql/query", sql_query, methods=["POST"]),
+    Route("/v1/axons/{id}/sql/batch", sql_batch, methods=["POST"]),
+]
 
 
 async def _subscription(store: AxonStore, axon_id: str, after: int, idle_seconds: float) -> AsyncIterator[bytes]:
@@ -290,8 +320,12 @@ def build(config: LocalConfig) -> Component:
         config.data_dir / "axons", idle_close_seconds=env_seconds("DEVBOX_AXON_IDLE_CLOSE_SECONDS")
     )
     return Component(
-        routes=_routes(store, env_seconds("DEVBOX_AXON_SSE_IDLE_SECONDS")),
+        routes=ROUTES,
         startup=store.start,
         shutdown=store.stop,
-        extra={"store": store},
+        extra={
+            "axons": store,
+            "axon_creations": IdempotencyCache(),
+            "axon_sse_idle_seconds": env_seconds("DEVBOX_AXON_SSE_IDLE_SECONDS"),
+        },
     )

@@ -51,7 +51,8 @@ def check_env(environ: Mapping[str, str] | None = None) -> None:
 
 @dataclass
 class Component:
-    """One API area (devboxes, axons): its routes, and what to do at start-up and shutdown."""
+    """One API area (devboxes, axons): its routes, what to do at start-up and shutdown, and what its
+    routes (module-level functions) reach as `request.app.state.<name>`: its managers and caches."""
 
     routes: list[BaseRoute]
     startup: Callable[[], Awaitable[None]] | None = None

@@ -8,13 +8,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
-from . import files, uploads, validation
+from . import execution_api, files, uploads, validation
 from .config import Component, LocalConfig
 from .devboxes import DevboxManager
 from .errors import ApiError
-from .execution_api import routes as execution_routes
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
 
@@ -118,184 +117,222 @@ class DownloadBody(BaseModel):
     path: str
 
 
-class DevboxRoutes:
-    def __init__(self, manager: DevboxManager) -> None:
-        self.manager = manager
-        self.idempotency = IdempotencyCache()
+def _devboxes(request: Request) -> DevboxManager:
+    return request.app.state.devboxes
 
-    def routes(self) -> list[BaseRoute]:
-        p = "/v1/devboxes"
-        return [
-            Route(p, self.create, methods=["POST"]),
-            Route(p, self.list, methods=["GET"]),
-            Route(f"{p}/create_and_await_running", self.create_and_await_running, methods=["POST"]),
-            Route(p + "/{id}", self.get, methods=["GET"]),
-            Route(p + "/{id}", self.update, methods=["POST"]),
-            Route(p + "/{id}/wait_for_status", self.wait_for_status, methods=["POST"]),
-            Route(p + "/{id}/shutdown", self.shutdown, methods=["POST"]),
-            Route(p + "/{id}/suspend", self.suspend, methods=["POST"]),
-            Route(p + "/{id}/resume", self.resume, methods=["POST"]),
-            Route(p + "/{id}/keep_alive", self.keep_alive, methods=["POST"]),
-            Route(p + "/{id}/logs", self.logs, methods=["GET"]),
-            Route(p + "/{id}/usage", self.usage, methods=["GET"]),
-            Route(p + "/{id}/read_file_contents", self.read_file_contents, methods=["POST"]),
-            Route(p + "/{id}/write_file_contents", self.write_file_contents, methods=["POST"]),
-            Route(p + "/{id}/upload_file", self.upload_file, methods=["POST"]),
-            Route(p + "/{id}/download_file", self.download_file, methods=["POST"]),
-        ]
 
-    # -- devboxes --------------------------------------------------------------------------
+def _creations(request: Request) -> IdempotencyCache:
+    return request.app.state.devbox_creations
 
-    async def _create(self, request: Request) -> dict[str, Any]:
-        body = await parse_body(request, CreateBody)
-        for key in _UNSUPPORTED_SOURCES:
-            if getattr(body, key):
-                raise ApiError(
-                    400,
-                    f"{key} is not supported by the embedded backend (no blueprints or snapshots); "
-                    "create a devbox without it and use launch_parameters.launch_commands to set it up",
-                )
-        if body.secrets:
+
+# -- devboxes --------------------------------------------------------------------------
+
+async def _create(request: Request) -> dict[str, Any]:
+    devboxes = _devboxes(request)
+    body = await parse_body(request, CreateBody)
+    for key in _UNSUPPORTED_SOURCES:
+        if getattr(body, key):
             raise ApiError(
                 400,
-                "secrets are not supported by the embedded backend (it has no secret store); "
-                "pass the values in environment_variables instead",
+                f"{key} is not supported by the embedded backend (no blueprints or snapshots); "
+                "create a devbox without it and use launch_parameters.launch_commands to set it up",
             )
-        if body.code_mounts:
-            raise ApiError(
-                400,
-                "code_mounts are not supported by the embedded backend; clone the repository with a "
-                "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
-            )
-        user = (
-            (body.launch_parameters.model_extra or {}).get("user_parameters")
-            if body.launch_parameters
-            else None
+    if body.secrets:
+        raise ApiError(
+            400,
+            "secrets are not supported by the embedded backend (it has no secret store); "
+            "pass the values in environment_variables instead",
         )
-        if isinstance(user, dict) and (
-            user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
-        ):
-            raise ApiError(
-                400,
-                "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
-                "`user` (uid 1000), never as root; leave user_parameters out",
-            )
-        for path in body.file_mounts or {}:
-            files.home_relative(path, "file_mounts path")
-        params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
-        devbox = self.manager.create(
-            name=body.name,
-            environment_variables=body.environment_variables or {},
-            launch_parameters=params,
-            metadata=body.metadata or {},
-            file_mounts=body.file_mounts or {},
-            entrypoint=body.entrypoint,
+    if body.code_mounts:
+        raise ApiError(
+            400,
+            "code_mounts are not supported by the embedded backend; clone the repository with a "
+            "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
         )
-        return devbox.view()
+    user = (
+        (body.launch_parameters.model_extra or {}).get("user_parameters")
+        if body.launch_parameters
+        else None
+    )
+    if isinstance(user, dict) and (
+        user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
+    ):
+        raise ApiError(
+            400,
+            "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
+            "`user` (uid 1000), never as root; leave user_parameters out",
+        )
+    for path in body.file_mounts or {}:
+        files.home_relative(path, "file_mounts path")
+    params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    devbox = devboxes.create(
+        name=body.name,
+        environment_variables=body.environment_variables or {},
+        launch_parameters=params,
+        metadata=body.metadata or {},
+        file_mounts=body.file_mounts or {},
+        entrypoint=body.entrypoint,
+    )
+    return devbox.view()
 
-    async def create(self, request: Request) -> Response:
-        view = await self.idempotency.run(idempotency_key(request, "create"), lambda: self._create(request))
-        return JSONResponse(self.manager.get(view["id"]).view())
 
-    async def create_and_await_running(self, request: Request) -> Response:
-        view = await self.idempotency.run(idempotency_key(request, "create"), lambda: self._create(request))
-        devbox_id = view["id"]
-        try:
-            devbox = await self.manager.wait_for_status(
-                devbox_id, ("running", "failure", "shutdown", "suspended"), CREATE_AWAIT_SECONDS
-            )
-        except ApiError as exc:
-            if exc.status != 408:
-                raise
-            devbox = self.manager.get(devbox_id)  # still booting: the SDK keeps waiting
-        return JSONResponse(devbox.view())
+async def create_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    view = await _creations(request).run(idempotency_key(request, "create"), lambda: _create(request))
+    return JSONResponse(devboxes.get(view["id"]).view())
 
-    async def list(self, request: Request) -> Response:
-        status = request.query_params.get("status")
-        if status and status not in _VIEW_STATUSES:
-            raise ApiError(400, f"status must be one of {', '.join(_VIEW_STATUSES)}; got {status!r}")
-        # Newest first, as Runloop lists them.
-        items = [d.view() for d in reversed(self.manager.all()) if not status or d.status == status]
-        return JSONResponse(paginate(request, items, "devboxes"))
 
-    async def get(self, request: Request) -> Response:
-        return JSONResponse(self.manager.get(request.path_params["id"]).view())
+async def create_and_await_running(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    view = await _creations(request).run(idempotency_key(request, "create"), lambda: _create(request))
+    devbox_id = view["id"]
+    try:
+        devbox = await devboxes.wait_for_status(
+            devbox_id, ("running", "failure", "shutdown", "suspended"), CREATE_AWAIT_SECONDS
+        )
+    except ApiError as exc:
+        if exc.status != 408:
+            raise
+        devbox = devboxes.get(devbox_id)  # still booting: the SDK keeps waiting
+    return JSONResponse(devbox.view())
 
-    async def update(self, request: Request) -> Response:
-        devbox_id = request.path_params["id"]
-        self.manager.get(devbox_id)
-        body = await parse_body(request, UpdateBody)
-        return JSONResponse(self.manager.update(devbox_id, name=body.name, metadata=body.metadata).view())
 
-    async def wait_for_status(self, request: Request) -> Response:
-        devbox_id = request.path_params["id"]
-        self.manager.get(devbox_id)
-        body = await parse_body(request, WaitBody)
-        timeout = MAX_WAIT_SECONDS if body.timeout_seconds is None else body.timeout_seconds
-        if not 0 <= timeout <= MAX_WAIT_SECONDS:
-            raise ApiError(
-                400, f"timeout_seconds must be between 0 and {MAX_WAIT_SECONDS:g}; got {timeout:g}"
-            )
-        devbox = await self.manager.wait_for_status(devbox_id, body.statuses, timeout)
-        return JSONResponse(devbox.view())
+async def list_devboxes(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    status = request.query_params.get("status")
+    if status and status not in _VIEW_STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(_VIEW_STATUSES)}; got {status!r}")
+    # Newest first, as Runloop lists them.
+    items = [d.view() for d in reversed(devboxes.all()) if not status or d.status == status]
+    return JSONResponse(paginate(request, items, "devboxes"))
 
-    async def shutdown(self, request: Request) -> Response:
-        return JSONResponse((await self.manager.shutdown_devbox(request.path_params["id"])).view())
 
-    async def suspend(self, request: Request) -> Response:
-        return JSONResponse((await self.manager.suspend(request.path_params["id"])).view())
+async def get_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    return JSONResponse(devboxes.get(request.path_params["id"]).view())
 
-    async def resume(self, request: Request) -> Response:
-        return JSONResponse((await self.manager.resume(request.path_params["id"])).view())
 
-    async def keep_alive(self, request: Request) -> Response:
-        self.manager.keep_alive(request.path_params["id"])
-        return JSONResponse({})
+async def update_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    body = await parse_body(request, UpdateBody)
+    return JSONResponse(devboxes.update(devbox_id, name=body.name, metadata=body.metadata).view())
 
-    async def usage(self, request: Request) -> Response:
-        return JSONResponse(self.manager.get(request.path_params["id"]).usage())
 
-    async def logs(self, request: Request) -> Response:
-        entries = self.manager.logs(request.path_params["id"], request.query_params.get("execution_id"))
-        return JSONResponse({"logs": entries})
+async def wait_for_devbox_status(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    body = await parse_body(request, WaitBody)
+    timeout = MAX_WAIT_SECONDS if body.timeout_seconds is None else body.timeout_seconds
+    if not 0 <= timeout <= MAX_WAIT_SECONDS:
+        raise ApiError(
+            400, f"timeout_seconds must be between 0 and {MAX_WAIT_SECONDS:g}; got {timeout:g}"
+        )
+    devbox = await devboxes.wait_for_status(devbox_id, body.statuses, timeout)
+    return JSONResponse(devbox.view())
 
-    # -- files -----------------------------------------------------------------------------
 
-    async def read_file_contents(self, request: Request) -> Response:
-        devbox = self.manager.require_running(request.path_params["id"])
-        body = await parse_body(request, ReadBody)
-        path = files.check_path(body.file_path, "file_path")
-        text = await files.read_text(devbox, path)
-        return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+async def shutdown_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
 
-    async def write_file_contents(self, request: Request) -> Response:
-        devbox = self.manager.require_running(request.path_params["id"])
-        body = await parse_body(request, WriteBody)
-        path = files.check_path(body.file_path, "file_path")
-        await files.write(devbox, path, body.contents.encode("utf-8"))
-        self.manager.add_log(devbox.id, {"source": "files", "message": f"wrote {path}"})
-        return JSONResponse({"devbox_id": devbox.id, "exit_status": 0, "stdout": "", "stderr": ""})
 
-    async def upload_file(self, request: Request) -> Response:
-        devbox = self.manager.require_running(request.path_params["id"])
-        path = await uploads.receive(request, devbox)
-        self.manager.add_log(devbox.id, {"source": "files", "message": f"uploaded {path}"})
-        return JSONResponse({})
+async def suspend_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    return JSONResponse((await devboxes.suspend(request.path_params["id"])).view())
 
-    async def download_file(self, request: Request) -> Response:
-        devbox = self.manager.require_running(request.path_params["id"])
-        body = await parse_body(request, DownloadBody)
-        path = files.check_path(body.path, "path")
-        _size, chunks = await files.download(devbox, path)
-        # No Content-Length: the file may change while it streams.
-        return StreamingResponse(chunks, media_type="application/octet-stream")
+
+async def resume_devbox(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    return JSONResponse((await devboxes.resume(request.path_params["id"])).view())
+
+
+async def keep_alive(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devboxes.keep_alive(request.path_params["id"])
+    return JSONResponse({})
+
+
+async def devbox_usage(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    return JSONResponse(devboxes.get(request.path_params["id"]).usage())
+
+
+async def devbox_logs(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    entries = devboxes.logs(request.path_params["id"], request.query_params.get("execution_id"))
+    return JSONResponse({"logs": entries})
+
+
+# -- files -----------------------------------------------------------------------------
+
+
+async def read_file_contents(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox = devboxes.require_running(request.path_params["id"])
+    body = await parse_body(request, ReadBody)
+    path = files.check_path(body.file_path, "file_path")
+    text = await files.read_text(devbox, path)
+    return PlainTextResponse(text, media_type="text/plain; charset=utf-8")
+
+
+async def write_file_contents(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox = devboxes.require_running(request.path_params["id"])
+    body = await parse_body(request, WriteBody)
+    path = files.check_path(body.file_path, "file_path")
+    await files.write(devbox, path, body.contents.encode("utf-8"))
+    devboxes.add_log(devbox.id, {"source": "files", "message": f"wrote {path}"})
+    return JSONResponse({"devbox_id": devbox.id, "exit_status": 0, "stdout": "", "stderr": ""})
+
+
+async def upload_file(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox = devboxes.require_running(request.path_params["id"])
+    path = await uploads.receive(request, devbox)
+    devboxes.add_log(devbox.id, {"source": "files", "message": f"uploaded {path}"})
+    return JSONResponse({})
+
+
+async def download_file(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox = devboxes.require_running(request.path_params["id"])
+    body = await parse_body(request, DownloadBody)
+    path = files.check_path(body.path, "path")
+    _size, chunks = await files.download(devbox, path)
+    # No Content-Length: the file may change while it streams.
+    return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+
+
+ROUTES = [
+    Route("/v1/devboxes", create_devbox, methods=["POST"]),
+    Route("/v1/devboxes", list_devboxes, methods=["GET"]),
+    Route("/v1/devboxes/create_and_await_running", create_and_await_running, methods=["POST"]),
+    Route("/v1/devboxes/{id}", get_devbox, methods=["GET"]),
+    Route("/v1/devboxes/{id}", update_devbox, methods=["POST"]),
+    Route("/v1/devboxes/{id}/wait_for_status", wait_for_devbox_status, methods=["POST"]),
+    Route("/v1/devboxes/{id}/shutdown", shutdown_devbox, methods=["POST"]),
+    Route("/v1/devboxes/{id}/suspend", suspend_devbox, methods=["POST"]),
+    Route("/v1/devboxes/{id}/resume", resume_devbox, methods=["POST"]),
+    Route("/v1/devboxes/{id}/keep_alive", keep_alive, methods=["POST"]),
+    Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
+    Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
+    Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
+    Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),
+    Route("/v1/devboxes/{id}/upload_file", upload_file, methods=["POST"]),
+    Route("/v1/devboxes/{id}/download_file", download_file, methods=["POST"]),
+]
 
 
 def build(config: LocalConfig) -> Component:
     manager = DevboxManager(config)
     executions = ExecutionManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_routes(executions), *DevboxRoutes(manager).routes()]
+    routes = [*execution_api.ROUTES, *ROUTES]
 
     async def startup() -> None:
         await manager.startup()
@@ -309,5 +346,5 @@ def build(config: LocalConfig) -> Component:
         routes=routes,
         startup=startup,
         shutdown=shutdown,
-        extra={"devboxes": manager, "executions": executions},
+        extra={"devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions},
     )

@@ -6,7 +6,7 @@ Request parsing and rules live here; `executions.ExecutionManager` does the work
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import ApiError
-from .executions import STATUSES, ExecutionManager
+from .executions import STATUSES, Execution, ExecutionManager
 from .http import idempotency_key, parse_body, query_int
 from .output import stream_output
 from .sse import sse_response, wait_or_timeout
@@ -101,121 +101,145 @@ def _offset(request: Request) -> int:
     return value
 
 
-def routes(manager: ExecutionManager) -> list[Route]:
-    async def execute_async(request: Request) -> Response:
-        devbox_id = request.path_params["id"]
-        body = await parse_body(request, ExecuteAsyncBody)
-        command = _check_command(body.command)
-        last_n = _last_n(request)
+def _executions(request: Request) -> ExecutionManager:
+    return request.app.state.executions
+
+
+async def execute_async(request: Request) -> Response:
+    manager = _executions(request)
+    devbox_id = request.path_params["id"]
+    body = await parse_body(request, ExecuteAsyncBody)
+    command = _check_command(body.command)
+    last_n = _last_n(request)
+
+    async def start():
+        return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
+
+    ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
+    return JSONResponse(manager.view(ex, last_n))
+
+
+async def execute(request: Request) -> Response:
+    manager = _executions(request)
+    devbox_id = request.path_params["id"]
+    body = await parse_body(request, ExecuteBody)
+    command = _check_command(body.command)
+    last_n = _last_n(request)
+    optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
+    if body.command_id is not None and not body.command_id.strip():
+        raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
+    if body.command_id is not None:
+        ex = await manager.start(devbox_id, command, command_id=body.command_id)
+    else:  # no command_id (not the SDK's way): the idempotency header still guards retries
 
         async def start():
-            return await manager.start(devbox_id, command, attach_stdin=bool(body.attach_stdin))
+            return await manager.start(devbox_id, command)
 
-        ex = await manager.idempotency.run(idempotency_key(request, f"execute_async:{devbox_id}"), start)
-        return JSONResponse(manager.view(ex, last_n))
+        ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
+    await wait_or_timeout(ex.done.wait, optimistic)
+    return JSONResponse(manager.view(ex, last_n))
 
-    async def execute(request: Request) -> Response:
-        devbox_id = request.path_params["id"]
-        body = await parse_body(request, ExecuteBody)
-        command = _check_command(body.command)
-        last_n = _last_n(request)
-        optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
-        if body.command_id is not None and not body.command_id.strip():
-            raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
-        if body.command_id is not None:
-            ex = await manager.start(devbox_id, command, command_id=body.command_id)
-        else:  # no command_id (not the SDK's way): the idempotency header still guards retries
 
-            async def start():
-                return await manager.start(devbox_id, command)
+async def execute_sync(request: Request) -> Response:
+    manager = _executions(request)
+    devbox_id = request.path_params["id"]
+    body = await parse_body(request, ExecuteSyncBody)
+    command = _check_command(body.command)
 
-            ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
-        await wait_or_timeout(ex.done.wait, optimistic)
-        return JSONResponse(manager.view(ex, last_n))
+    async def run():
+        ex = await manager.start(devbox_id, command)
+        await ex.done.wait()
+        return ex
 
-    async def execute_sync(request: Request) -> Response:
-        devbox_id = request.path_params["id"]
-        body = await parse_body(request, ExecuteSyncBody)
-        command = _check_command(body.command)
+    # The cache keeps the execution, not its view: views hold up to 8 MiB of output, and the
+    # cache keeps thousands of entries for an hour.
+    ex = await manager.idempotency.run(idempotency_key(request, f"execute_sync:{devbox_id}"), run)
+    return JSONResponse(manager.sync_view(ex))
 
-        async def run():
-            ex = await manager.start(devbox_id, command)
-            await ex.done.wait()
-            return ex
 
-        # The cache keeps the execution, not its view: views hold up to 8 MiB of output, and the
-        # cache keeps thousands of entries for an hour.
-        ex = await manager.idempotency.run(idempotency_key(request, f"execute_sync:{devbox_id}"), run)
-        return JSONResponse(manager.sync_view(ex))
+def _lookup(request: Request) -> Execution:
+    return _executions(request).get(request.path_params["devbox_id"], request.path_params["execution_id"])
 
-    def lookup(request: Request):
-        return manager.get(request.path_params["devbox_id"], request.path_params["execution_id"])
 
-    async def get_execution(request: Request) -> Response:
-        last_n = _last_n(request)
-        return JSONResponse(manager.view(lookup(request), last_n))
+async def get_execution(request: Request) -> Response:
+    manager = _executions(request)
+    last_n = _last_n(request)
+    return JSONResponse(manager.view(_lookup(request), last_n))
 
-    async def wait_for_status(request: Request) -> Response:
-        ex = lookup(request)
-        body = await parse_body(request, WaitBody)
-        last_n = _last_n(request)
-        if not body.statuses:
-            raise ApiError(400, "statuses must name at least one of: queued, running, completed")
-        unknown = [s for s in body.statuses if s not in STATUSES]
-        if unknown:
-            raise ApiError(400, f"unknown execution status {unknown[0]!r}; use queued, running or completed")
-        timeout = _seconds("timeout_seconds", body.timeout_seconds, MAX_WAIT_SECONDS)
-        if not await manager.wait_for(ex, body.statuses, timeout):
-            raise ApiError(
-                408,
-                f"execution {ex.id} is still {ex.record.status} after {timeout:g} s; call wait_for_status again",
-            )
-        return JSONResponse(manager.view(ex, last_n))
 
-    async def kill(request: Request) -> Response:
-        ex = lookup(request)
-        body = await parse_body(request, KillBody)
-        last_n = _last_n(request)
-        await manager.kill(ex, process_group=bool(body.kill_process_group))
-        return JSONResponse(manager.view(ex, last_n))
+async def wait_for_status(request: Request) -> Response:
+    manager = _executions(request)
+    ex = _lookup(request)
+    body = await parse_body(request, WaitBody)
+    last_n = _last_n(request)
+    if not body.statuses:
+        raise ApiError(400, "statuses must name at least one of: queued, running, completed")
+    unknown = [s for s in body.statuses if s not in STATUSES]
+    if unknown:
+        raise ApiError(400, f"unknown execution status {unknown[0]!r}; use queued, running or completed")
+    timeout = _seconds("timeout_seconds", body.timeout_seconds, MAX_WAIT_SECONDS)
+    if not await manager.wait_for(ex, body.statuses, timeout):
+        raise ApiError(
+            408,
+            f"execution {ex.id} is still {ex.record.status} after {timeout:g} s; call wait_for_status again",
+        )
+    return JSONResponse(manager.view(ex, last_n))
 
-    async def send_std_in(request: Request) -> Response:
-        ex = lookup(request)
-        body = await parse_body(request, StdinBody)
-        if (body.text is None) == (body.signal is None):
-            raise ApiError(400, 'send exactly one of "text" (the input) or "signal" ("EOF" or "INTERRUPT")')
-        if body.text is not None and body.text == "":
-            raise ApiError(400, 'text must not be empty; to close stdin send {"signal": "EOF"}')
-        if body.signal is not None and body.signal not in ("EOF", "INTERRUPT"):
-            raise ApiError(400, f'unknown signal {body.signal!r}; use "EOF" (close stdin) or "INTERRUPT" (SIGINT)')
-        await manager.send_stdin(ex, text=body.text, signal_name=body.signal)
-        return JSONResponse({"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "success": True})
 
-    def streamer(stream: str):
-        async def stream_updates(request: Request) -> Response:
-            ex = lookup(request)
-            offset = _offset(request)
-            path = ex.path(stream)  # type: ignore[arg-type]
-            size = os.stat(path).st_size
-            if offset > size:
-                raise ApiError(
-                    400,
-                    f"offset {offset} is past the end of the {stream} of execution {ex.id} ({size} bytes so far); "
-                    "resume from the offset of the last chunk received plus its length in bytes",
-                )
-            return sse_response(stream_output(ex.source(stream), offset, manager.watcher))  # type: ignore[arg-type]
+async def kill(request: Request) -> Response:
+    manager = _executions(request)
+    ex = _lookup(request)
+    body = await parse_body(request, KillBody)
+    last_n = _last_n(request)
+    await manager.kill(ex, process_group=bool(body.kill_process_group))
+    return JSONResponse(manager.view(ex, last_n))
 
-        return stream_updates
 
-    base = "/v1/devboxes/{devbox_id}/executions/{execution_id}"
-    return [
-        Route("/v1/devboxes/{id}/execute_async", execute_async, methods=["POST"]),
-        Route("/v1/devboxes/{id}/execute", execute, methods=["POST"]),
-        Route("/v1/devboxes/{id}/execute_sync", execute_sync, methods=["POST"]),
-        Route(base, get_execution, methods=["GET"]),
-        Route(base + "/wait_for_status", wait_for_status, methods=["POST"]),
-        Route(base + "/kill", kill, methods=["POST"]),
-        Route(base + "/send_std_in", send_std_in, methods=["POST"]),
-        Route(base + "/stream_stdout_updates", streamer("stdout"), methods=["GET"]),
-        Route(base + "/stream_stderr_updates", streamer("stderr"), methods=["GET"]),
-    ]
+async def send_std_in(request: Request) -> Response:
+    manager = _executions(request)
+    ex = _lookup(request)
+    body = await parse_body(request, StdinBody)
+    if (body.text is None) == (body.signal is None):
+        raise ApiError(400, 'send exactly one of "text" (the input) or "signal" ("EOF" or "INTERRUPT")')
+    if body.text is not None and body.text == "":
+        raise ApiError(400, 'text must not be empty; to close stdin send {"signal": "EOF"}')
+    if body.signal is not None and body.signal not in ("EOF", "INTERRUPT"):
+        raise ApiError(400, f'unknown signal {body.signal!r}; use "EOF" (close stdin) or "INTERRUPT" (SIGINT)')
+    await manager.send_stdin(ex, text=body.text, signal_name=body.signal)
+    return JSONResponse({"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "success": True})
+
+
+async def _stream_updates(request: Request, stream: Literal["stdout", "stderr"]) -> Response:
+    ex = _lookup(request)
+    offset = _offset(request)
+    path = ex.path(stream)
+    size = os.stat(path).st_size
+    if offset > size:
+        raise ApiError(
+            400,
+            f"offset {offset} is past the end of the {stream} of execution {ex.id} ({size} bytes so far); "
+            "resume from the offset of the last chunk received plus its length in bytes",
+        )
+    return sse_response(stream_output(ex.source(stream), offset, _executions(request).watcher))
+
+
+async def stream_stdout_updates(request: Request) -> Response:
+    return await _stream_updates(request, "stdout")
+
+
+async def stream_stderr_updates(request: Request) -> Response:
+    return await _stream_updates(request, "stderr")
+
+
+EXECUTION = "/v1/devboxes/{devbox_id}/executions/{execution_id}"
+ROUTES = [
+    Route("/v1/devboxes/{id}/execute_async", execute_async, methods=["POST"]),
+    Route("/v1/devboxes/{id}/execute", execute, methods=["POST"]),
+    Route("/v1/devboxes/{id}/execute_sync", execute_sync, methods=["POST"]),
+    Route(EXECUTION, get_execution, methods=["GET"]),
+    Route(EXECUTION + "/wait_for_status", wait_for_status, methods=["POST"]),
+    Route(EXECUTION + "/kill", kill, methods=["POST"]),
+    Route(EXECUTION + "/send_std_in", send_std_in, methods=["POST"]),
+    Route(EXECUTION + "/stream_stdout_updates", stream_stdout_updates, methods=["GET"]),
+    Route(EXECUTION + "/stream_stderr_updates", stream_stderr_updates, methods=["GET"]),
+]

@@ -174,7 +174,7 @@ def serve_registered(
             idle_shutdown_seconds=idle_shutdown_seconds,
         )
         app = create_app(config)
-        devboxes = _devbox_manager(app)
+        devboxes: DevboxManager = app.state.devboxes
         activity = Activity(app)
         devboxes.on_stop.append(_touch_on_stop(activity))
         tasks: set[asyncio.Task[None]] = set()
@@ -209,14 +209,6 @@ def _touch_on_stop(activity: Activity) -> Callable[[str], Any]:
         activity.touch()
 
     return touch
-
-
-def _devbox_manager(app: Any) -> DevboxManager:
-    for component in app.state.components:
-        manager = component.extra.get("devboxes")
-        if isinstance(manager, DevboxManager):
-            return manager
-    raise RuntimeError("the backend app has no devbox manager")
 
 
 def _connectable(base_url: str) -> str:

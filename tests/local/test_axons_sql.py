@@ -418,8 +418,7 @@ def _new_axon(sdk: Runloop) -> str:
 
 
 def _store(backend: RunningBackend) -> AxonStore:
-    components = backend._server.config.app.state.components
-    return next(c.extra["store"] for c in components if "store" in c.extra)
+    return backend._server.config.app.state.axons
 
 
 def _in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, list]:  # noqa: ANN001

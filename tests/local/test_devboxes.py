@@ -437,7 +437,7 @@ def test_sandbox_dying_on_its_own_leaves_the_devbox_resumable(
     view = sdk.devboxes.create_and_await_running()
     try:
         sdk.devboxes.write_file_contents(view.id, file_path="still-here.txt", contents="yes")
-        manager = backend._server.config.app.state.components[0].extra["devboxes"]
+        manager = backend._server.config.app.state.devboxes
         # Fault injection: the sandbox is killed from outside (as an OOM kill would).
         os.kill(manager.get(view.id).sandbox.init_pid, signal.SIGKILL)
         r = http.post(
