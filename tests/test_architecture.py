@@ -16,8 +16,8 @@ standard library and third-party packages, except those in `MAY_NOT_IMPORT`). So
 knows neither the MCP layer nor the client, and the client knows neither MCP nor `local/`;
 tools and resources reach the API through the client only; the transport serves any MCP
 server; only the commands import both sides. Inside `local/`, the domain (devboxes, executions,
-axons, files) never imports the HTTP routes (`*_api` modules): they are wired where the app is
-built (`WIRING`).
+axons, files) never imports the HTTP routes (`*_api` or `routes` modules): they are wired where
+the app is built (`WIRING`).
 """
 
 from __future__ import annotations
