@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -15,21 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from support.backend_process import free_port
 
 API_KEY = "durability-test-key"
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _backend(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(REPO / ".venv/bin/devbox-mcp"), "local-api", "--port", str(port), "--data-dir", str(data_dir)],
         env={**os.environ, "DEVBOX_LOCAL_API_KEY": API_KEY},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,9 @@ from pathlib import Path
 
 import httpx
 from runloop_api_client import Runloop
+from support.backend_process import free_port
 
 from mcp_server.local.server import start_in_thread
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_backend_process(data_dir: Path, api_key: str) -> tuple[subprocess.Popen[bytes], str]:
