@@ -2,81 +2,25 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, uploads, validation
+from . import execution_api, files, secret_api, uploads, validation
 from .config import Component, LocalConfig
+from .devbox_params import CreateBody, file_mounts_of, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .secret_store import SecretStore
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_UNSUPPORTED_SOURCES = ("blueprint_id", "blueprint_name", "snapshot_id")
 _VIEW_STATUSES = validation.enum("DevboxViewStatus")  # what the list filter and wait_for_status take
-
-
-def _no_nul(what: str, text: str) -> str:
-    """A NUL cannot reach a process (argv and environment are C strings): refuse it up front."""
-    if "\0" in text:
-        raise ValueError(f"{what} contains a NUL character, which a command or its environment cannot hold")
-    return text
-
-
-class LaunchParameters(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    launch_commands: list[str] | None = None
-    # Our extension: isolated (own network namespace, outbound via slirp4netns), none, or host.
-    network_mode: Literal["isolated", "none", "host"] | None = None
-    # Shut down after this long without a keep_alive (only when given: a local devbox lives until shut down).
-    keep_alive_time_seconds: int | None = Field(default=None, ge=1, le=172800)
-
-    @field_validator("launch_commands")
-    @classmethod
-    def _commands(cls, value: list[str] | None) -> list[str] | None:
-        for command in value or []:
-            _no_nul("a launch command", command)
-        return value
-
-
-class CreateBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    published_schema: ClassVar[str] = "DevboxCreateParameters"
-
-    name: str | None = None
-    environment_variables: dict[str, str] | None = None
-    launch_parameters: LaunchParameters | None = None
-    metadata: dict[str, str] | None = None
-    file_mounts: dict[str, str] | None = None
-    entrypoint: str | None = None
-    secrets: dict[str, str] | None = None
-    code_mounts: list[Any] | None = None
-    blueprint_id: str | None = None
-    blueprint_name: str | None = None
-    snapshot_id: str | None = None
-
-    @field_validator("environment_variables")
-    @classmethod
-    def _env_names(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        for key, text in (value or {}).items():
-            if not _ENV_NAME.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name (letters, digits, _)")
-            _no_nul(f"the value of {key}", text)
-        return value
-
-    @field_validator("entrypoint")
-    @classmethod
-    def _entrypoint(cls, value: str | None) -> str | None:
-        return _no_nul("the entrypoint", value) if value is not None else None
 
 
 class UpdateBody(BaseModel):
@@ -130,30 +74,8 @@ def _creations(request: Request) -> IdempotencyCache:
 async def _create(request: Request) -> dict[str, Any]:
     devboxes = _devboxes(request)
     body = await parse_body(request, CreateBody)
-    for key in _UNSUPPORTED_SOURCES:
-        if getattr(body, key):
-            raise ApiError(
-                400,
-                f"{key} is not supported by the embedded backend (no blueprints or snapshots); "
-                "create a devbox without it and use launch_parameters.launch_commands to set it up",
-            )
-    if body.secrets:
-        raise ApiError(
-            400,
-            "secrets are not supported by the embedded backend (it has no secret store); "
-            "pass the values in environment_variables instead",
-        )
-    if body.code_mounts:
-        raise ApiError(
-            400,
-            "code_mounts are not supported by the embedded backend; clone the repository with a "
-            "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
-        )
-    user = (
-        (body.launch_parameters.model_extra or {}).get("user_parameters")
-        if body.launch_parameters
-        else None
-    )
+    refusals(body)
+    user = body.launch_parameters.user_parameters if body.launch_parameters else None
     if isinstance(user, dict) and (
         user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
     ):
@@ -162,18 +84,37 @@ async def _create(request: Request) -> dict[str, Any]:
             "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
             "`user` (uid 1000), never as root; leave user_parameters out",
         )
-    for path in body.file_mounts or {}:
+    mounts = file_mounts_of(body)
+    for path in mounts:
         files.home_relative(path, "file_mounts path")
+    secrets = body.secrets or {}
+    _check_secrets(devboxes, secrets, body.environment_variables or {})
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
     devbox = devboxes.create(
         name=body.name,
         environment_variables=body.environment_variables or {},
         launch_parameters=params,
         metadata=body.metadata or {},
-        file_mounts=body.file_mounts or {},
+        file_mounts=mounts,
         entrypoint=body.entrypoint,
+        secrets=secrets,
     )
     return devbox.view()
+
+
+def _check_secrets(devboxes: DevboxManager, secrets: dict[str, str], environment_variables: dict[str, str]) -> None:
+    """Every secret named must exist, and no variable may come from both maps."""
+    for env in secrets:
+        if env in environment_variables:
+            raise ApiError(400, f"{env} is in both environment_variables and secrets; give each variable in one of them")
+    missing = devboxes.secrets.missing(secrets)
+    if missing:
+        env = next(e for e, name in secrets.items() if name == missing[0])
+        raise ApiError(
+            400,
+            f"secrets: no secret is named {missing[0]!r} (asked for {env}); create it first "
+            "(POST /v1/secrets) or list the secrets (GET /v1/secrets) for the right name",
+        )
 
 
 async def create_devbox(request: Request) -> Response:
@@ -329,12 +270,14 @@ ROUTES = [
 
 
 def build(config: LocalConfig) -> Component:
-    manager = DevboxManager(config)
+    secrets = SecretStore(config.data_dir)
+    manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES]
+    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES]
 
     async def startup() -> None:
+        secrets.load()
         await manager.startup()
         await executions.startup()
 
@@ -346,5 +289,8 @@ def build(config: LocalConfig) -> Component:
         routes=routes,
         startup=startup,
         shutdown=shutdown,
-        extra={"devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions},
+        extra={
+            "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
+            "secrets": secrets, "secret_changes": IdempotencyCache(),
+        },  # fmt: skip
     )

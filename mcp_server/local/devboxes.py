@@ -27,6 +27,7 @@ from .config import LocalConfig
 from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
 from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
+from .secret_store import SecretStore
 from .storage import Storage
 
 log = logging.getLogger("devbox_mcp.local")
@@ -64,6 +65,7 @@ class Devbox:
     state_dir: Path  # backend-private; the sandbox sees only `home` and `tmp` below it
     name: str | None = None
     environment_variables: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # {ENV_NAME: secret name}; never the values
     launch_parameters: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     file_mounts: dict[str, str] = field(default_factory=dict)
@@ -148,8 +150,9 @@ class Devbox:
 class DevboxManager:
     """Owns every devbox of one backend: registry on disk, lifecycle, sandboxes, logs."""
 
-    def __init__(self, config: LocalConfig) -> None:
+    def __init__(self, config: LocalConfig, secrets: SecretStore | None = None) -> None:
         self.config = config
+        self.secrets = secrets or SecretStore(config.data_dir)
         self.storage = Storage(config.data_dir / "devboxes")
         self.root = self.storage.root
         self._devboxes: dict[str, Devbox] = {}
@@ -261,6 +264,10 @@ class DevboxManager:
             return devbox
         raise ApiError(400, not_running_message(devbox))
 
+    def command_env(self, devbox: Devbox) -> dict[str, str]:
+        """The environment a command of the devbox gets: its variables, and its secrets' current values."""
+        return {**devbox.environment_variables, **self.secrets.environment(devbox.secrets)}
+
     # -- logs ------------------------------------------------------------------------------
 
     def add_log(self, devbox_id: str, entry: dict[str, Any]) -> None:
@@ -359,6 +366,7 @@ class DevboxManager:
         metadata: dict[str, str],
         file_mounts: dict[str, str] | None = None,
         entrypoint: str | None = None,
+        secrets: dict[str, str] | None = None,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -384,6 +392,7 @@ class DevboxManager:
             state_dir=self.root / devbox_id,
             name=name,
             environment_variables=dict(environment_variables),
+            secrets=dict(secrets or {}),
             launch_parameters=params,
             metadata=dict(metadata),
             file_mounts=dict(file_mounts or {}),
@@ -519,7 +528,7 @@ class DevboxManager:
             try:
                 proc = await devbox.sandbox.spawn(
                     command,
-                    env=devbox.environment_variables,
+                    env=self.command_env(devbox),
                     stdin=subprocess.DEVNULL,
                     stdout=output,
                     stderr=output,
@@ -557,7 +566,7 @@ class DevboxManager:
         try:
             proc = await sandbox.spawn(
                 devbox.entrypoint,
-                env=devbox.environment_variables,
+                env=self.command_env(devbox),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,

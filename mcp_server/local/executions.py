@@ -353,7 +353,7 @@ class ExecutionManager:
             try:
                 ex.process = await devbox.sandbox.spawn(
                     command,
-                    env=dict(devbox.environment_variables or {}),
+                    env=self.devboxes.command_env(devbox),
                     stdin=asyncio.subprocess.PIPE if attach_stdin else subprocess.DEVNULL,
                     stdout=out_fd,
                     stderr=err_fd,
