@@ -26,6 +26,7 @@ from .clock import now_ms
 from .config import LocalConfig
 from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
+from .lifecycle import IdlePolicy, IdleTimers, idle_policy
 from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
 from .secret_store import SecretStore
 from .storage import Storage
@@ -165,6 +166,9 @@ class DevboxManager:
         self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
+        # Each says whether something (a command) is running in the devbox: it is not idle then.
+        self.busy_checks: list[Callable[[str], bool]] = []
+        self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 
     # -- registry --------------------------------------------------------------------------
 
@@ -199,6 +203,7 @@ class DevboxManager:
         for watcher in [*self._watchers, *self._keep_alive_timers.values()]:
             watcher.cancel()
         self._keep_alive_timers.clear()
+        self.idle.close()
         for task in list(self._tasks.values()):
             task.cancel()
         for task in list(self._tasks.values()):
@@ -259,8 +264,10 @@ class DevboxManager:
         return devbox
 
     def require_running(self, devbox_id: str) -> Devbox:
+        """The devbox, to be used now (a command, a file): that use keeps it from idling out."""
         devbox = self.get(devbox_id)
         if devbox.status == "running" and devbox.sandbox is not None and devbox.sandbox.alive:
+            self.idle.touch(devbox_id)
             return devbox
         raise ApiError(400, not_running_message(devbox))
 
@@ -329,8 +336,10 @@ class DevboxManager:
             log.warning("could not record that devbox %s is %s: %s", devbox.id, status, exc)
         if status == "running":
             self._arm_keep_alive(devbox)
+            self.idle.arm(devbox.id, idle_policy(devbox.launch_parameters))
         else:
             self._disarm_keep_alive(devbox.id)
+            self.idle.disarm(devbox.id)
         event = self._changed.pop(devbox.id, None)
         if event is not None:
             event.set()
@@ -676,10 +685,11 @@ class DevboxManager:
         devbox = self.get(devbox_id)
         if devbox.status == "running":
             self._arm_keep_alive(devbox)
+            self.idle.touch(devbox_id)
 
     def _arm_keep_alive(self, devbox: Devbox) -> None:
         seconds = devbox.launch_parameters.get("keep_alive_time_seconds")
-        if not seconds:
+        if not seconds or idle_policy(devbox.launch_parameters):  # an idle policy replaces it (API docs)
             return
         self._keep_alive_until[devbox.id] = time.monotonic() + float(seconds)
         if devbox.id not in self._keep_alive_timers:
@@ -709,6 +719,26 @@ class DevboxManager:
                 await self.shutdown_devbox(devbox.id, reason="keep_alive_timeout")
                 return
             await asyncio.sleep(remaining)
+
+    # -- idle ----------------------------------------------------------------------------------
+
+    async def _on_idle(self, devbox_id: str, policy: IdlePolicy) -> None:
+        """The idle time of a running devbox ran out (see `lifecycle`): suspend or shut it down."""
+        devbox = self.get(devbox_id)
+        if devbox.status != "running":
+            return
+        verb = "suspending" if policy.action == "suspend" else "shutting down"
+        self.add_log(
+            devbox_id,
+            {"level": "info", "source": "stats", "message": f"idle for {policy.seconds} s (after_idle): {verb}"},
+        )
+        try:
+            if policy.action == "suspend":
+                await self.suspend(devbox_id)
+            else:
+                await self.shutdown_devbox(devbox_id, reason="idle")
+        except ApiError as exc:  # it changed meanwhile (suspended, shut down) or the disk is full
+            log.warning("devbox %s: could not act on its idle policy: %s", devbox_id, exc.message)
 
     def update(self, devbox_id: str, *, name: str | None, metadata: dict[str, str] | None) -> Devbox:
         devbox = self.get(devbox_id)

@@ -264,6 +264,7 @@ class ExecutionManager:
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         devboxes.on_stop.append(self._on_devbox_stop)
+        devboxes.busy_checks.append(self.running)
 
     async def startup(self) -> None:
         """A devbox's executions are loaded from disk when it is first used; nothing to load here."""
@@ -404,6 +405,7 @@ class ExecutionManager:
         ex.done.set()
         for waiter in ex.waiters:
             waiter.set()
+        self.devboxes.idle.touch(record.devbox_id)  # its idle time counts from the end of its last command
         self.devboxes.add_log(
             record.devbox_id,
             {
@@ -416,6 +418,10 @@ class ExecutionManager:
                 "message": f"exited with status {exit_status}",
             },
         )
+
+    def running(self, devbox_id: str) -> bool:
+        """Whether a command is running in the devbox (which is then not idle)."""
+        return any(not ex.finished for ex in self._tables.get(devbox_id, {}).values())
 
     # -- wait, kill, stdin -------------------------------------------------------------------
 
