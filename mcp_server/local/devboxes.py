@@ -566,7 +566,7 @@ class DevboxManager:
         return True
 
     async def _start_entrypoint(self, devbox: Devbox) -> None:
-        """Start the entrypoint in the background; its end (not caused by a stop) is logged."""
+        """Start the entrypoint in the background; its end (not caused by a stop) is logged and shuts the devbox down."""
         if not devbox.entrypoint or devbox.sandbox is None:
             return
         sandbox = devbox.sandbox
@@ -599,6 +599,8 @@ class DevboxManager:
                     "message": text,
                 },
             )
+            # The API binds a devbox's life to its entrypoint: once it has ended, the devbox shuts down.
+            await self.shutdown_devbox(devbox.id, reason="entrypoint_exit")
 
         watcher = asyncio.ensure_future(watch())
         self._watchers.add(watcher)

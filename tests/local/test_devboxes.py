@@ -456,7 +456,7 @@ def test_shutdown_while_booting_stops_cleanly(http: httpx.Client) -> None:
         assert http.get(f"/v1/devboxes/{created['id']}").json()["status"] == "shutdown"
 
 
-def test_entrypoint_runs_in_the_background_and_its_exit_is_logged(sdk) -> None:  # noqa: ANN001
+def test_entrypoint_runs_in_the_background_and_its_exit_shuts_the_devbox_down(sdk, http: httpx.Client) -> None:  # noqa: ANN001
     view = sdk.devboxes.create_and_await_running(
         entrypoint="echo serving > entry.txt; read line < /tmp/go-fifo; echo done-$line; exit 4",
         launch_parameters={"launch_commands": ["mkfifo /tmp/go-fifo"]},
@@ -471,6 +471,11 @@ def test_entrypoint_runs_in_the_background_and_its_exit_is_logged(sdk) -> None: 
             assert time.monotonic() < deadline, "the entrypoint's exit was never logged"
             time.sleep(0.02)
         assert entries[0].exit_code == 4 and entries[0].message.endswith("done-now\n")
+        # Its end is the devbox's end (the API binds the devbox's lifecycle to its entrypoint).
+        r = http.post(
+            f"/v1/devboxes/{view.id}/wait_for_status", json={"statuses": ["shutdown"], "timeout_seconds": 20}
+        )
+        assert r.status_code == 200 and r.json()["shutdown_reason"] == "entrypoint_exit"
     finally:
         sdk.devboxes.shutdown(view.id)
 
