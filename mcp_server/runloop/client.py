@@ -358,24 +358,35 @@ class RunloopClient:
         network_mode: str | None = None,
         launch_parameters: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str] | None = None,
+        idle_timeout_seconds: int | None = None,
+        on_idle: Literal["suspend", "shutdown"] = "suspend",
         extra: Mapping[str, Any] | None = None,
     ) -> DevboxView:
         """Create a devbox (returns at once, normally `provisioning`; see `watch_devbox`).
 
-        `launch_commands` and `network_mode` (our extension, e.g. "none") go into
-        `launch_parameters`; `extra` passes any other create field (blueprint_id, ...) as is.
-        Sent with an idempotency key, so a retry never creates a second devbox.
+        `launch_commands`, `network_mode` (our extension, e.g. "none") and the idle policy
+        (`idle_timeout_seconds` unused, then `on_idle`: as `lifecycle.after_idle`) go into
+        `launch_parameters`; `secrets` maps environment variables to secret names; `extra` passes
+        any other create field (blueprint_id, ...) as is. Sent with an idempotency key, so a
+        retry never creates a second devbox.
         """
         params: dict[str, Any] = dict(launch_parameters or {})
         if launch_commands is not None:
             params["launch_commands"] = list(launch_commands)
         if network_mode is not None:
             params["network_mode"] = network_mode
+        if idle_timeout_seconds is not None:
+            lifecycle = dict(params.get("lifecycle") or {})
+            lifecycle["after_idle"] = {"idle_time_seconds": idle_timeout_seconds, "on_idle": on_idle}
+            params["lifecycle"] = lifecycle
         body: dict[str, Any] = dict(extra or {})
         if name is not None:
             body["name"] = name
         if environment_variables:
             body["environment_variables"] = dict(environment_variables)
+        if secrets:
+            body["secrets"] = dict(secrets)
         if params:
             body["launch_parameters"] = params
         if metadata:

@@ -82,7 +82,7 @@ FilePath = Annotated[
 
 class EnvVar(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str = Field(max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the pattern needs one character
     value: str
 
 

@@ -4,13 +4,13 @@ list, get, shutdown, suspend, resume."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import budgets
 from ..runloop import DevboxStatus, DevboxView, RunloopError, WaitTimeout
@@ -31,6 +31,17 @@ class DevboxInfo(BaseModel):
     shutdown_reason: str | None = None
 
 
+class DevboxDetails(DevboxInfo):
+    idle_timeout_seconds: int | None = None
+    on_idle: str | None = None
+
+
+class SecretRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env_var: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_name: str
+
+
 class DevboxList(BaseModel):
     devboxes: list[DevboxInfo]
     has_more: bool = Field(description="call again with starting_after = the last id")
@@ -46,6 +57,29 @@ def info(view: DevboxView) -> DevboxInfo:
         failure_reason=view.failure_reason,
         shutdown_reason=view.shutdown_reason,
     )
+
+
+def details(view: DevboxView) -> DevboxDetails:
+    """`info` plus the idle policy (`lifecycle.after_idle`, or the older top-level `after_idle`)."""
+    params = view.launch_parameters
+    idle: dict[str, Any] = (params.get("lifecycle") or {}).get("after_idle") or params.get("after_idle") or {}
+    return DevboxDetails(
+        **info(view).model_dump(),
+        idle_timeout_seconds=idle.get("idle_time_seconds"),
+        on_idle=idle.get("on_idle"),
+    )
+
+
+def secret_map(refs: list[SecretRef] | None) -> dict[str, str] | None:
+    """`{ENV_VAR: secret_name}` for the `[{env_var, secret_name}]` argument; a variable given twice is refused."""
+    if refs is None:
+        return None
+    out: dict[str, str] = {}
+    for ref in refs:
+        if ref.env_var in out:
+            raise ToolError(f"secrets: {ref.env_var} is given twice; give each variable once")
+        out[ref.env_var] = ref.secret_name
+    return out
 
 
 async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
@@ -77,21 +111,20 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
 
 async def create_devbox(
     ctx: Context,
-    name: Annotated[str | None, Field(max_length=256, description="a name to find it by")] = None,
-    environment_variables: Annotated[
-        EnvVars | None, Field(description="environment of every command in the devbox")
-    ] = None,
-    launch_commands: Annotated[
-        list[str] | None, Field(max_length=50, description="shell commands run once at start-up")
-    ] = None,
+    name: Annotated[str | None, Field(max_length=256)] = None,
+    environment_variables: Annotated[EnvVars | None, Field(description="env of every command")] = None,
+    launch_commands: Annotated[list[str] | None, Field(max_length=50, description="run once at start-up")] = None,
     network_mode: Annotated[
-        Literal["isolated", "none", "host"] | None,
-        Field(description="embedded backend only: isolated (own network, default), none, or host"),
+        Literal["isolated", "none", "host"] | None, Field(description="embedded backend only")
     ] = None,
+    secrets: Annotated[
+        list[SecretRef] | None, Field(max_length=100, description="env vars from stored secrets")
+    ] = None,
+    idle_timeout_seconds: Annotated[int | None, Field(ge=1)] = None,  # unused this long: on_idle
+    on_idle: Literal["suspend", "shutdown"] = "suspend",
 ) -> DevboxInfo:
-    """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
-    Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
-    return the devbox still starting: get_devbox shows when it runs."""
+    """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
+    With a short client timeout it may return it still starting: get_devbox shows when it runs."""
     app = state(ctx)
     with api_errors():
         view = await app.client.create_devbox(
@@ -99,6 +132,9 @@ async def create_devbox(
             environment_variables=as_map("environment_variables", environment_variables),
             launch_commands=launch_commands,
             network_mode=network_mode,
+            secrets=secret_map(secrets),
+            idle_timeout_seconds=idle_timeout_seconds,
+            on_idle=on_idle,
         )
     try:
         view = await wait_running(ctx, view)
@@ -120,7 +156,7 @@ async def create_devbox(
 
 async def list_devboxes(
     ctx: Context,
-    status: Annotated[DevboxStatus | None, Field(description="only devboxes in this status")] = None,
+    status: DevboxStatus | None = None,
     limit: Annotated[int, Field(ge=1, le=100)] = 20,
     starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
 ) -> Annotated[CallToolResult, DevboxList]:
@@ -132,10 +168,10 @@ async def list_devboxes(
     return result(listing, page_text("devbox", lines, listing.has_more, listing.devboxes[-1].id if lines else None))
 
 
-async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
     """Get a devbox's status and details."""
     with api_errors():
-        return info(await state(ctx).client.get_devbox(devbox_id))
+        return details(await state(ctx).client.get_devbox(devbox_id))
 
 
 async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ResourceTemplateReference
@@ -57,11 +59,15 @@ async def _create_devbox(client: Client, proxy: FaultProxy, backend: RunningBack
     """create_devbox, held in `initializing` until its status watch has long-polled wait_for_status
     (the request that once carried 'queued'), then let go."""
     result: dict[str, CallToolResult] = {}
+    secret = f"CONTRACT_{uuid.uuid4().hex[:8]}"  # made directly, as a user would: not a request of the tools
+    async with httpx.AsyncClient(base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"}) as http:
+        (await http.post("/v1/secrets", json={"name": secret, "value": "v"})).raise_for_status()
 
     async def create() -> None:
         result["create"] = await call_ok(client, "create_devbox", {
             "name": "contract", "environment_variables": [{"name": "MODE", "value": "contract"}], "network_mode": "none",
             "launch_commands": [f"until [ -e {GO_FILE} ]; do sleep 0.02; done"],
+            "secrets": [{"env_var": "TOKEN", "secret_name": secret}], "idle_timeout_seconds": 3600, "on_idle": "suspend",
         })  # fmt: skip
 
     async with anyio.create_task_group() as group:
