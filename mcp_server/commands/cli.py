@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", type=Path, default=Path("tool_schemas"))
 
     sub.add_parser("demo", help="run the end-to-end demo against the embedded backend")
+
+    secrets = sub.add_parser("secrets", help="set, list or delete the embedded backend's secrets")
+    secrets.add_argument("action", choices=["set", "list", "delete"], help="set reads the value from stdin")
+    secrets.add_argument("name", nargs="?", help="the secret's name (set, delete), e.g. GITHUB_TOKEN")
+    secrets.add_argument("--data-dir", type=Path, default=None)
     return parser
 
 
@@ -124,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config_path,
             name=args.name,
         )
+    if command == "secrets":
+        from .secrets import main as secrets_main
+
+        if args.action != "list" and not args.name:
+            print(f"devbox-mcp: secrets {args.action} needs the secret's name", file=sys.stderr)
+            return 2
+        return secrets_main(args.action, args.name, args.data_dir or default_data_dir())
     if command == "demo":
         from .demo import main as demo_main
 
