@@ -1,10 +1,10 @@
 """`devbox-mcp secrets set|list|delete`: the embedded backend's secrets, from the command line.
 
-With `devbox-mcp serve`, the embedded backend runs inside the MCP server with a key nobody sees,
-so its secrets API is out of a user's reach: this command edits the store in the data directory
-instead, which a running backend sees at once (see `local/secret_store.py`). A value is read from
-standard input (a prompt without echo on a terminal), never from the command line, where `ps`
-would show it; it is never printed.
+The backend `devbox-mcp` starts on first use has a key generated per start, so a user has no
+stable way to call its secrets API: this command edits the store in the data directory instead,
+whether a backend runs or not, and a running one sees the change at once (see
+`local/secret_store.py`). A value is read from standard input (a prompt without echo on a
+terminal), never from the command line, where `ps` would show it; it is never printed.
 """
 
 from __future__ import annotations

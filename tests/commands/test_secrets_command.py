@@ -18,7 +18,7 @@ def secret_value() -> str:
 
 
 def test_the_secrets_command_edits_the_store_a_running_backend_uses(tmp_path: Path) -> None:
-    """`devbox-mcp secrets` (for `serve`, whose embedded backend's API key nobody sees): a value from
+    """`devbox-mcp secrets` (the shared backend's key changes every start): a value from
     stdin, never argv; a running backend sees the change at once; nothing prints the value."""
     value, rotated = secret_value(), secret_value()
     env = {k: v for k, v in os.environ.items() if k != "RUNLOOP_API_KEY"}
