@@ -125,8 +125,11 @@ class CreateBody(_Params):
 
 
 def unknown_fields(model: BaseModel, where: str = "") -> None:
-    """Refuse the first field, at any depth, that the API does not define."""
-    for key in model.model_extra or {}:
+    """Refuse the first field, at any depth, that the API does not define and that asks for
+    something (null or empty asks for nothing: a client may send placeholders for fields it knows)."""
+    for key, value in (model.model_extra or {}).items():
+        if value is None or value in ({}, [], "", False):
+            continue
         known = ", ".join(type(model).model_fields)
         raise ApiError(
             400,

@@ -70,9 +70,9 @@ def test_a_running_command_keeps_the_devbox_busy(sdk, http: httpx.Client) -> Non
     ("launch_parameters", "status", "fragment"),
     [
         ({"after_idle": SUSPEND, "lifecycle": {"after_idle": SHUTDOWN}}, 400, "differ"),
-        ({"after_idle": {"idle_time_seconds": 0, "on_idle": "suspend"}}, 422, "idle_time_seconds"),
-        ({"after_idle": {"idle_time_seconds": 5, "on_idle": "hibernate"}}, 422, "on_idle"),
-        ({"after_idle": {"idle_time_seconds": 5}}, 422, "on_idle"),
+        ({"after_idle": {"idle_time_seconds": 0, "on_idle": "suspend"}}, 400, "idle_time_seconds"),
+        ({"after_idle": {"idle_time_seconds": 5, "on_idle": "hibernate"}}, 400, "on_idle"),
+        ({"after_idle": {"idle_time_seconds": 5}}, 400, "on_idle"),
         ({"lifecycle": {"resume_triggers": {"http": True}}}, 400, "resume_triggers.http"),
         ({"lifecycle": {"lifecycle_hooks": {"suspend_commands": ["sync"]}}}, 400, "lifecycle_hooks"),
     ],
