@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", type=Path, default=Path("tool_schemas"))
 
     sub.add_parser("demo", help="run the end-to-end demo against the embedded backend")
+
+    image = sub.add_parser("image", help="show (or build) the devbox image of the embedded backend")
+    image.add_argument("--build", action="store_true", help="build it now if it is missing (minutes, once per machine)")
     return parser
 
 
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config_path,
             name=args.name,
         )
+    if command == "image":
+        from .local.image import cli_main
+
+        return cli_main(build=args.build)
     if command == "demo":
         from .demo import main as demo_main
 
