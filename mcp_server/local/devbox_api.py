@@ -16,6 +16,7 @@ from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .sandbox import DEFAULT_USER, ROOT_USER, SandboxUser
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -46,6 +47,35 @@ class LaunchParameters(BaseModel):
         for command in value or []:
             _no_nul("a launch command", command)
         return value
+
+
+_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_USER_FIELD = "launch_parameters.user_parameters"
+
+
+def _user(value: object) -> SandboxUser:
+    """The account commands run as: `user` unless user_parameters names another (root included)."""
+    if value is None:
+        return DEFAULT_USER
+    if not isinstance(value, dict) or set(value) - {"username", "uid"} or set(value) != {"username", "uid"}:
+        raise ApiError(400, f"{_USER_FIELD} must be an object with exactly `username` and `uid`")
+    name, uid = value["username"], value["uid"]
+    if not isinstance(name, str) or not _USERNAME.match(name):
+        raise ApiError(400, f"{_USER_FIELD}.username must be a Linux user name (a-z, 0-9, _ and -, at most 32); got {name!r}")
+    if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid <= 65533:
+        raise ApiError(400, f"{_USER_FIELD}.uid must be an integer from 0 to 65533; got {uid!r}")
+    for known in (ROOT_USER, DEFAULT_USER):
+        if (name == known.name) != (uid == known.uid):
+            raise ApiError(
+                400,
+                f"{_USER_FIELD}: uid {known.uid} is `{known.name}` in a devbox; use username {known.name!r} "
+                f"with uid {known.uid}, or another name and uid",
+            )
+    if name == ROOT_USER.name:
+        return ROOT_USER
+    if name == DEFAULT_USER.name:
+        return DEFAULT_USER
+    return SandboxUser(name, uid, f"/home/{name}")
 
 
 class CreateBody(BaseModel):
@@ -149,21 +179,11 @@ async def _create(request: Request) -> dict[str, Any]:
             "code_mounts are not supported by the embedded backend; clone the repository with a "
             "launch command instead (launch_parameters.launch_commands: ['git clone <url>'])",
         )
-    user = (
-        (body.launch_parameters.model_extra or {}).get("user_parameters")
-        if body.launch_parameters
-        else None
+    user = _user(
+        (body.launch_parameters.model_extra or {}).get("user_parameters") if body.launch_parameters else None
     )
-    if isinstance(user, dict) and (
-        user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
-    ):
-        raise ApiError(
-            400,
-            "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
-            "`user` (uid 1000), never as root; leave user_parameters out",
-        )
     for path in body.file_mounts or {}:
-        files.home_relative(path, "file_mounts path")
+        files.home_relative(path, "file_mounts path", user.home)
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
     devbox = devboxes.create(
         name=body.name,
@@ -172,6 +192,7 @@ async def _create(request: Request) -> dict[str, Any]:
         metadata=body.metadata or {},
         file_mounts=body.file_mounts or {},
         entrypoint=body.entrypoint,
+        user=user,
     )
     return devbox.view()
 
