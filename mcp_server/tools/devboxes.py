@@ -26,6 +26,7 @@ class DevboxInfo(BaseModel):
     status: str
     name: str | None = None
     network_mode: str | None = None
+    user: str | None = None  # who commands run as, when not `user`
     created_at_ms: int | None = None
     failure_reason: str | None = None
     shutdown_reason: str | None = None
@@ -42,10 +43,19 @@ def info(view: DevboxView) -> DevboxInfo:
         status=view.status,
         name=view.name,
         network_mode=view.launch_parameters.get("network_mode"),
+        user=_user_of(view),
         created_at_ms=view.create_time_ms,
         failure_reason=view.failure_reason,
         shutdown_reason=view.shutdown_reason,
     )
+
+
+def _user_of(view: DevboxView) -> str | None:
+    user = view.launch_parameters.get("user_parameters")
+    return user.get("username") if isinstance(user, dict) else None
+
+
+ROOT = {"username": "root", "uid": 0}
 
 
 async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
@@ -88,6 +98,9 @@ async def create_devbox(
         Literal["isolated", "none", "host"] | None,
         Field(description="embedded backend only: isolated (own network, default), none, or host"),
     ] = None,
+    run_as_root: Annotated[
+        bool | None, Field(description="run commands as root (default: `user`, who has sudo)")
+    ] = None,
 ) -> DevboxInfo:
     """Create a Linux devbox (sandbox) and wait until it is running; reports each status as progress.
     Cancelling the call shuts the new devbox down. If the client's timeout is short, it may
@@ -99,6 +112,7 @@ async def create_devbox(
             environment_variables=as_map("environment_variables", environment_variables),
             launch_commands=launch_commands,
             network_mode=network_mode,
+            launch_parameters={"user_parameters": ROOT} if run_as_root else None,
         )
     try:
         view = await wait_running(ctx, view)
