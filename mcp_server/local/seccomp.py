@@ -19,6 +19,12 @@ uid in the data directory (see `storage`). A file created with a setuid mode is 
 kernel clears the bit at the first write by a process without CAP_FSETID. Setgid stays allowed
 (`chmod g+s` on shared directories is common). Everything else a development machine does
 (ptrace for debuggers, perf, NUMA calls) is allowed.
+
+Devboxes with a system of their own (a root backend: ids mapped to an unprivileged range, see
+`idmap`) get a second profile (`own_system`): what protected the host from a devbox user that
+was the host's root (mounts, user namespaces, setuid bits) is the devbox's root's to use in its
+own namespaces, and their executions run without `no_new_privs`, which setuid programs (sudo)
+need; the rest of the list still applies.
 """
 
 from __future__ import annotations
