@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .devboxes import Devbox, not_running_message
 from .errors import ApiError, disk_full, is_disk_full
+from .executions import signal_group
 from .sandbox import SANDBOX_HOME, SandboxError
 
 MAX_PATH_BYTES = 4096
@@ -272,8 +273,8 @@ async def _end(proc: asyncio.subprocess.Process) -> bool:
     if proc.returncode is not None:
         return proc.returncode >= 0
     # Interrupted (client gone, error): TERM lets the script remove its temporary file (its trap).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
+    # Not to nsenter, which would end at once and answer before the script has cleaned up.
+    signal_group(proc, signal.SIGTERM)
     try:
         await asyncio.wait_for(proc.wait(), 5)
         return True
