@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
         )
     if command == "image":
-        from .local.image import cli_main
+        from ..local.image import cli_main
 
         return cli_main(build=args.build)
     if command == "demo":
