@@ -189,7 +189,7 @@ def test_nothing_on_the_host_changes(local_api: tuple[BackendProcess, Runloop]) 
 NON_ROOT_BACKEND = """
 import sys
 sys.path[:0] = sys.argv[1:3]
-from mcp_server.cli import main
+from mcp_server.commands.cli import main
 main(["local-api", "--port", sys.argv[3], "--data-dir", sys.argv[4]])
 """
 
