@@ -46,7 +46,7 @@ class SecretRef(BaseModel):
 
 class DevboxList(BaseModel):
     devboxes: list[DevboxInfo]
-    has_more: bool = Field(description="call again with starting_after = the last id")
+    has_more: bool = Field(description="call again with starting_after = last id")
 
 
 def info(view: DevboxView) -> DevboxInfo:
@@ -135,7 +135,7 @@ async def create_devbox(
     idle_timeout_seconds: Annotated[int | None, Field(ge=1)] = None,  # unused this long: on_idle
     on_idle: Literal["suspend", "shutdown"] = "suspend",
     run_as_root: Annotated[
-        bool | None, Field(description="default: `user`, who has sudo")
+        bool | None, Field(description="else `user`, who has sudo")
     ] = None,
 ) -> DevboxInfo:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
@@ -191,7 +191,7 @@ async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
 
 
 async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Shut a devbox down for good: its processes stop and its files are gone."""
+    """Shut a devbox down for good: its processes stop, its files are gone."""
     with api_errors():
         view = await state(ctx).client.shutdown_devbox(devbox_id)
     await state(ctx).resources.list_changed()
@@ -199,7 +199,7 @@ async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
+    """Suspend a running devbox: it stops, its files are kept; resume_devbox brings it back."""
     with api_errors():
         view = await state(ctx).client.suspend_devbox(devbox_id)
     await state(ctx).resources.list_changed()
@@ -207,7 +207,7 @@ async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Resume a suspended devbox and wait until it is running."""
+    """Resume a suspended devbox and wait until it runs."""
     with api_errors():
         view = await state(ctx).client.resume_devbox(devbox_id)
     view = await wait_running(ctx, view)
