@@ -10,6 +10,7 @@ install: $(STAMP)
 	@./.ci/node-tools
 	@./.ci/wheelhouse
 	@./.ci/framework-clients
+	@$(BIN)/devbox-mcp image --build
 
 $(STAMP): pyproject.toml Makefile
 	@./.ci/ensure-system-packages
@@ -27,6 +28,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.local_api
+	$(BIN)/python -m bench.devbox_system
 	$(BIN)/python -m bench.mcp
 	$(BIN)/python -m bench.axons
 	$(BIN)/python -m bench.resources

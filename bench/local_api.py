@@ -34,6 +34,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mcp_server.local import rootfs  # noqa: E402
+from mcp_server.local.idmap import host_range  # noqa: E402
+from mcp_server.local.image import ImageStore, default_images_dir  # noqa: E402
 from mcp_server.local.sandbox import Sandbox, SandboxSpec  # noqa: E402
 from mcp_server.local.server import RunningBackend, start_in_thread  # noqa: E402
 
@@ -79,9 +82,20 @@ async def _time(runs: int, once: Callable[[], Awaitable[None]]) -> list[float]:
 
 
 def _spec(root: Path, name: str) -> SandboxSpec:
-    (root / name / "home").mkdir(parents=True, exist_ok=True)
-    (root / name / "tmp").mkdir(exist_ok=True)
-    return SandboxSpec(home=root / name / "home", tmp=root / name / "tmp", hostname=name, network="none")
+    """A sandbox as the backend makes them: with a system of its own when root (see rootfs.py)."""
+    state = root / name
+    (state / "home").mkdir(parents=True, exist_ok=True)
+    (state / "tmp").mkdir(exist_ok=True)
+    system: dict[str, object] = {}
+    ids = host_range(default_images_dir())
+    if ids is not None:
+        image = ImageStore(default_images_dir(), ids).current()
+        if image is None:
+            raise SystemExit("no devbox image yet: run `devbox-mcp image --build` (or `make install`) first")
+        layers = rootfs.RootFs.of(image.rootfs, state)
+        rootfs.prepare_first_boot(layers, ids, state / "home", state / "tmp", 1000)
+        system = {"rootfs": layers, "ids": ids}
+    return SandboxSpec(home=state / "home", tmp=state / "tmp", hostname=name, network="none", **system)  # type: ignore[arg-type]
 
 
 async def bench_spawns(runs: int, root: Path) -> dict[str, list[float]]:

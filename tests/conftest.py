@@ -19,6 +19,14 @@ from mcp_server.local.server import RunningBackend, start_in_thread
 pytest_plugins = ["support.faultproxy"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def devbox_image() -> None:
+    """The machine's devbox image, built before any devbox starts (`make install` has usually built it)."""
+    from support.devbox_system import machine_system
+
+    machine_system()
+
+
 @pytest.fixture(scope="session")
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBackend]:
     """The embedded backend, served over loopback HTTP on its own thread."""

@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     secrets.add_argument("action", choices=["set", "list", "delete"], help="set reads the value from stdin")
     secrets.add_argument("name", nargs="?", help="the secret's name (set, delete), e.g. GITHUB_TOKEN")
     secrets.add_argument("--data-dir", type=Path, default=None)
+    image = sub.add_parser("image", help="show (or build) the devbox image of the embedded backend")
+    image.add_argument("--build", action="store_true", help="build it now if it is missing (minutes, once per machine)")
     return parser
 
 
@@ -136,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"devbox-mcp: secrets {args.action} needs the secret's name", file=sys.stderr)
             return 2
         return secrets_main(args.action, args.name, args.data_dir or default_data_dir())
+    if command == "image":
+        from ..local.image import cli_main
+
+        return cli_main(build=args.build)
     if command == "demo":
         from .demo import main as demo_main
 

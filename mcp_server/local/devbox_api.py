@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from . import execution_api, files, secret_api, uploads, validation
 from .config import Component, LocalConfig
-from .devbox_params import CreateBody, file_mounts_of, refusals
+from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
@@ -75,18 +75,10 @@ async def _create(request: Request) -> dict[str, Any]:
     devboxes = _devboxes(request)
     body = await parse_body(request, CreateBody)
     refusals(body)
-    user = body.launch_parameters.user_parameters if body.launch_parameters else None
-    if isinstance(user, dict) and (
-        user.get("uid") not in (None, 1000) or user.get("username") not in (None, "user")
-    ):
-        raise ApiError(
-            400,
-            "launch_parameters.user_parameters: commands in an embedded-backend devbox always run as "
-            "`user` (uid 1000), never as root; leave user_parameters out",
-        )
+    user = launch_user(body.launch_parameters)
     mounts = file_mounts_of(body)
     for path in mounts:
-        files.home_relative(path, "file_mounts path")
+        files.home_relative(path, "file_mounts path", user.home)
     secrets = body.secrets or {}
     _check_secrets(devboxes, secrets, body.environment_variables or {})
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
@@ -98,6 +90,7 @@ async def _create(request: Request) -> dict[str, Any]:
         file_mounts=mounts,
         entrypoint=body.entrypoint,
         secrets=secrets,
+        user=user,
     )
     return devbox.view()
 

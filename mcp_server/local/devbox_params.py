@@ -10,7 +10,8 @@ accepted.
 Honoured: name, environment_variables, secrets, file_mounts, mounts of type `file_mount`,
 entrypoint, metadata, and launch_parameters.{launch_commands, keep_alive_time_seconds,
 after_idle, lifecycle.after_idle, architecture (the host's), provisioning_tier `standard`,
-available_ports (deprecated: the API itself ignores it), network_mode (our extension)}.
+available_ports (deprecated: the API itself ignores it), network_mode (our extension),
+user_parameters (the account commands run as: root, `user` or another, see `launch_user`)}.
 The rest is refused (see `refusals`; the README lists them).
 """
 
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from .errors import ApiError
+from .sandbox import DEFAULT_USER, ROOT_USER, SandboxUser
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_IDLE_SECONDS = 2**31 - 1  # the API's int32
@@ -244,6 +246,36 @@ def refusals(body: CreateBody) -> None:
                 f"{where}lifecycle.lifecycle_hooks: suspend hooks are not supported by the embedded backend; "
                 "run the commands yourself before suspending, and leave lifecycle_hooks out",
             )
+
+
+_USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_USER_FIELD = "launch_parameters.user_parameters"
+
+
+def launch_user(params: LaunchParameters | None) -> SandboxUser:
+    """The account commands run as: `user` unless user_parameters names another (root included)."""
+    value = params.user_parameters if params is not None else None
+    if not value:  # null or {} asks for nothing
+        return DEFAULT_USER
+    if set(value) != {"username", "uid"}:
+        raise ApiError(400, f"{_USER_FIELD} must be an object with exactly `username` and `uid`")
+    name, uid = value["username"], value["uid"]
+    if not isinstance(name, str) or not _USERNAME.match(name):
+        raise ApiError(400, f"{_USER_FIELD}.username must be a Linux user name (a-z, 0-9, _ and -, at most 32); got {name!r}")
+    if not isinstance(uid, int) or isinstance(uid, bool) or not 0 <= uid <= 65533:
+        raise ApiError(400, f"{_USER_FIELD}.uid must be an integer from 0 to 65533; got {uid!r}")
+    for known in (ROOT_USER, DEFAULT_USER):
+        if (name == known.name) != (uid == known.uid):
+            raise ApiError(
+                400,
+                f"{_USER_FIELD}: uid {known.uid} is `{known.name}` in a devbox; use username {known.name!r} "
+                f"with uid {known.uid}, or another name and uid",
+            )
+    if name == ROOT_USER.name:
+        return ROOT_USER
+    if name == DEFAULT_USER.name:
+        return DEFAULT_USER
+    return SandboxUser(name, uid, f"/home/{name}")
 
 
 def file_mounts_of(body: CreateBody) -> dict[str, str]:

@@ -22,12 +22,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import rootfs
 from .clock import now_ms
 from .config import LocalConfig
 from .errors import ApiError, disk_full, is_disk_full
+from .idmap import FALLBACK_NOTE, IdRange, host_range
 from .ids import new_id
+from .image import Image, ImageError, ImageStore, default_images_dir
 from .lifecycle import IdlePolicy, IdleTimers, idle_policy
-from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
+from .sandbox import (
+    DEFAULT_USER,
+    NETWORK_MODES,
+    ROOT_USER,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    SandboxUser,
+    sandbox_unavailable_reason,
+    warm_up,
+)
 from .secret_store import SecretStore
 from .storage import Storage
 
@@ -76,6 +89,11 @@ class Devbox:
     shutdown_reason: str | None = None
     end_time_ms: int | None = None
     unsafe: bool = False  # commands run as plain host processes (no bubblewrap)
+    # A system of its own (rootfs.py): the ids it maps to on the host, [uid_base, gid_base, count],
+    # and the image it overlays (set when it first boots). None: the host's system, read-only.
+    id_range: list[int] | None = None
+    image: str | None = None
+    user: dict[str, Any] | None = None  # who commands run as: {name, uid, home}; None is `user`
     sandbox: Sandbox | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -86,6 +104,18 @@ class Devbox:
     @property
     def tmp(self) -> Path:
         return self.state_dir / "tmp"
+
+    @property
+    def ids(self) -> IdRange | None:
+        return IdRange(*self.id_range) if self.id_range else None
+
+    @property
+    def sandbox_user(self) -> SandboxUser:
+        return SandboxUser(**self.user) if self.user else DEFAULT_USER
+
+    @property
+    def layers(self) -> rootfs.RootFs | None:
+        return rootfs.RootFs.of(Path(self.image) / "rootfs", self.state_dir) if self.image else None
 
     @property
     def network_mode(self) -> str:
@@ -164,6 +194,10 @@ class DevboxManager:
         self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
         self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
         self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
+        # Root backends: the id range devboxes map to and the images they overlay (idmap.py, image.py).
+        self.ids: IdRange | None = None
+        self.images: ImageStore | None = None
+        self._image_build: asyncio.Future[Image] | None = None
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
@@ -175,6 +209,7 @@ class DevboxManager:
     async def startup(self) -> None:
         self.storage.open()
         await asyncio.to_thread(warm_up)
+        await asyncio.to_thread(self._find_system)
         for path in sorted(self.root.glob("*/devbox.json")):
             try:
                 devbox = self._load(path)
@@ -220,6 +255,46 @@ class DevboxManager:
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
         self.storage.close()
+
+    def _find_system(self) -> None:
+        """Decide what devboxes run on: a system of their own (root backend) or the host's (logged)."""
+        if sandbox_unavailable_reason() is not None:
+            return
+        directory = default_images_dir()
+        self.ids = host_range(directory)
+        if self.ids is None:
+            log.warning("devboxes: %s", FALLBACK_NOTE)
+            return
+        self.images = ImageStore(directory, self.ids)
+        image = self.images.current()
+        if image is not None:
+            log.info("devboxes run on the image %s, ids mapped to host ids %d-%d", image.path,
+                     self.ids.uid_base, self.ids.uid_base + self.ids.count - 1)  # fmt: skip
+        else:
+            reason = self.images.unavailable_reason()
+            log.warning(
+                "the devbox image %s is not built yet: %s", self.images.name,
+                f"devboxes cannot start ({reason})" if reason
+                else "the first devbox builds it (a few minutes), or run `devbox-mcp image --build`",
+            )  # fmt: skip
+
+    async def _image(self, devbox: Devbox) -> Image:
+        """The image for a new devbox: the current one, built first (once, shared) when missing."""
+        assert self.images is not None
+        image = self.images.current()
+        if image is not None:
+            return image
+        self.add_log(
+            devbox.id,
+            {"source": "setup_commands", "message": "building the devbox image (once per machine, a few minutes)"},
+        )
+        if self._image_build is None or self._image_build.done():
+            self._image_build = asyncio.ensure_future(
+                asyncio.to_thread(self.images.build, lambda line: log.info("devbox image: %s", line))
+            )
+        image = await asyncio.shield(self._image_build)
+        self.add_log(devbox.id, {"source": "setup_commands", "message": f"devbox image {image.path.name} ready"})
+        return image
 
     @staticmethod
     def _remove_partial_writes(devbox: Devbox) -> None:
@@ -376,6 +451,7 @@ class DevboxManager:
         file_mounts: dict[str, str] | None = None,
         entrypoint: str | None = None,
         secrets: dict[str, str] | None = None,
+        user: SandboxUser = DEFAULT_USER,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -384,6 +460,16 @@ class DevboxManager:
             if not self.config.unsafe_no_sandbox:
                 raise ApiError(400, f"cannot create a devbox on this machine: {unavailable}")
             unsafe = True
+        if self.images is not None and not unsafe and self.images.current() is None:
+            reason = self.images.unavailable_reason()
+            if reason:
+                raise ApiError(400, f"cannot create a devbox on this machine: {reason}")
+        if user != DEFAULT_USER and (unsafe or self.ids is None):
+            raise ApiError(
+                400,
+                "launch_parameters.user_parameters: this backend can run commands only as `user` (uid 1000): "
+                + ("its devboxes are plain host processes" if unsafe else FALLBACK_NOTE),
+            )
         params = dict(launch_parameters)
         network = params.get("network_mode") or "isolated"
         if network not in NETWORK_MODES:
@@ -407,6 +493,8 @@ class DevboxManager:
             file_mounts=dict(file_mounts or {}),
             entrypoint=entrypoint or None,
             unsafe=unsafe,
+            id_range=None if unsafe or self.ids is None else [self.ids.uid_base, self.ids.gid_base, self.ids.count],
+            user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
         )
         devbox.state_transitions.append(
             {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
@@ -432,8 +520,12 @@ class DevboxManager:
 
     async def _boot(self, devbox: Devbox) -> None:
         try:
+            if devbox.id_range is not None:
+                devbox.image = str((await self._image(devbox)).path)
+                self._save(devbox)
             await asyncio.to_thread(self._prepare_dirs, devbox)
             await self._start_sandbox(devbox)
+            await self._create_account(devbox)
             self._transition(devbox, "initializing")
             if not await self._run_launch_commands(devbox):
                 devbox.failure_reason = "execution_failed"
@@ -445,7 +537,7 @@ class DevboxManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # whatever went wrong, the devbox must end in `failure`, not hang
-            if not isinstance(exc, SandboxError | OSError):
+            if not isinstance(exc, SandboxError | OSError | ImageError):
                 log.exception("devbox %s failed to start", devbox.id)
             reason = "the disk is full; free space and create the devbox again" if is_disk_full(exc) else exc
             self.add_log(
@@ -468,8 +560,33 @@ class DevboxManager:
         from .files import partial_writes_dir, write_mounted_file  # files imports this module
 
         partial_writes_dir(devbox)
+        ids, layers, user = devbox.ids, devbox.layers, devbox.sandbox_user
+        if ids is not None and layers is not None:
+            # Nothing has run in this home yet: the backend's files in it cannot be links planted by the devbox.
+            rootfs.prepare_first_boot(layers, ids, devbox.home, devbox.tmp, user.uid)
         for path, contents in devbox.file_mounts.items():
             write_mounted_file(devbox, path, contents)
+        if ids is not None:
+            rootfs.give_tree(devbox.home, ids.host_uid(user.uid), ids.host_gid(user.uid))
+
+    async def _create_account(self, devbox: Devbox) -> None:
+        """An account other than root and `user` is created at the first boot, with passwordless sudo."""
+        user = devbox.sandbox_user
+        if devbox.sandbox is None or devbox.ids is None or user.uid in (0, DEFAULT_USER.uid):
+            return
+        script = (
+            'id -u "$1" >/dev/null 2>&1 || { getent group "$1" >/dev/null || groupadd --gid "$2" "$1"; '
+            'useradd --no-create-home --home-dir "$3" --uid "$2" --gid "$1" --shell /bin/bash "$1"; } '
+            '&& printf "%s ALL=(ALL:ALL) NOPASSWD: ALL\\n" "$1" > "/etc/sudoers.d/devbox-user-$1" '
+            '&& chmod 0440 "/etc/sudoers.d/devbox-user-$1"'
+        )
+        proc = await devbox.sandbox.spawn(
+            script, env={}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            args=(user.name, str(user.uid), user.home), user=ROOT_USER,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise SandboxError(f"could not create the account {user.name!r} (uid {user.uid}): {out.decode(errors='replace').strip()}")
 
     def _sandbox_for(self, devbox: Devbox) -> Sandbox:
         spec = SandboxSpec(
@@ -478,6 +595,9 @@ class DevboxManager:
             hostname=devbox.id.replace("_", "-"),
             network=devbox.network_mode,  # type: ignore[arg-type]
             unsafe=devbox.unsafe,
+            rootfs=devbox.layers,
+            ids=devbox.ids,
+            user=devbox.sandbox_user,
         )
         return Sandbox(spec)
 
@@ -485,6 +605,8 @@ class DevboxManager:
         sandbox = self._sandbox_for(devbox)
         devbox.sandbox = sandbox
         await sandbox.start()
+        for warning in sandbox.warnings:
+            self.add_log(devbox.id, {"level": "warn", "source": "stats", "message": warning})
         watcher = asyncio.ensure_future(self._watch_sandbox(devbox, sandbox))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
@@ -635,13 +757,15 @@ class DevboxManager:
         try:
             if devbox.unsafe is False and sandbox_unavailable_reason():
                 raise SandboxError(sandbox_unavailable_reason() or "")
+            if not devbox.unsafe and devbox.id_range is None and self.ids is not None:
+                await self._adopt(devbox)
             await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
             await self._start_sandbox(devbox)
             await self._start_entrypoint(devbox)
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
-        except (SandboxError, OSError) as exc:
+        except (SandboxError, OSError, ImageError) as exc:
             self.add_log(
                 devbox.id,
                 {
@@ -653,9 +777,30 @@ class DevboxManager:
             await self._stop_sandbox(devbox)
             self._transition(devbox, "suspended")
 
+    async def _adopt(self, devbox: Devbox) -> None:
+        """A devbox made on the host's system (before devboxes had their own) resumes on the image,
+        with its home and /tmp given to its ids in the range: its processes were host root then."""
+        assert self.ids is not None
+        image = await self._image(devbox)
+        ids, uid = self.ids, devbox.sandbox_user.uid
+        for path in (devbox.home, devbox.tmp):
+            if path.is_dir() and not path.is_symlink():
+                await asyncio.to_thread(rootfs.give_tree, path, ids.host_uid(uid), ids.host_gid(uid))
+        devbox.id_range = [ids.uid_base, ids.gid_base, ids.count]
+        devbox.image = str(image.path)
+        self._save(devbox)
+        await asyncio.to_thread(rootfs.prepare_first_boot, rootfs.RootFs.of(image.rootfs, devbox.state_dir),
+                                ids, devbox.home, devbox.tmp, uid)  # fmt: skip
+        self.add_log(devbox.id, {"source": "setup_commands", "message": f"moved onto the devbox image {image.path.name}"})
+
     def _prepare_dirs_for_resume(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
+        ids, layers = devbox.ids, devbox.layers
+        if ids is not None and layers is not None:
+            if ImageStore.at(layers.image.parent) is None:
+                raise SandboxError(f"the image this devbox was built on ({layers.image.parent}) is gone; create a new devbox")
+            layers.prepare(ids)
 
     async def shutdown_devbox(self, devbox_id: str, reason: str = "api_shutdown") -> Devbox:
         devbox = self.get(devbox_id)
@@ -673,6 +818,8 @@ class DevboxManager:
         # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
         await asyncio.to_thread(_remove_tree, devbox.home)
         await asyncio.to_thread(_remove_tree, devbox.tmp)
+        if devbox.layers is not None:  # what the devbox installed or changed in its system
+            await asyncio.to_thread(devbox.layers.remove)
         if devbox.id in self._unsaved:  # shut down on a full disk: its home's space is free now
             try:
                 self._save(devbox)

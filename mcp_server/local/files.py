@@ -322,20 +322,21 @@ def remove_partial_writes(devbox: Devbox) -> int:
     return removed
 
 
-def home_relative(path: str, field: str) -> str:
-    """A path under /home/user as a clean relative path; for files placed before the sandbox starts."""
+def home_relative(path: str, field: str, home: str = SANDBOX_HOME) -> str:
+    """A path under the user's home as a clean relative path; for files placed before the sandbox starts."""
     check_path(path, field)
-    full = posixpath.normpath(path if path.startswith("/") else posixpath.join(SANDBOX_HOME, path))
-    if not full.startswith(SANDBOX_HOME + "/"):
-        raise ApiError(400, f"{field} {path!r} must be a file under {SANDBOX_HOME}")
-    return full[len(SANDBOX_HOME) + 1 :]
+    full = posixpath.normpath(path if path.startswith("/") else posixpath.join(home, path))
+    if not full.startswith(home + "/"):
+        raise ApiError(400, f"{field} {path!r} must be a file under {home}")
+    return full[len(home) + 1 :]
 
 
 def write_mounted_file(devbox: Devbox, path: str, contents: str) -> None:
     """Place a `file_mounts` file in a fresh home (before anything ran in it, so no symlink can exist)."""
-    target = devbox.home / home_relative(path, "file_mounts path")
+    relative = home_relative(path, "file_mounts path", devbox.sandbox_user.home)
+    target = devbox.home / relative
     parent = devbox.home
-    for part in Path(home_relative(path, "file_mounts path")).parts[:-1]:
+    for part in Path(relative).parts[:-1]:
         parent = parent / part
         if not parent.exists():
             parent.mkdir()

@@ -4,16 +4,25 @@ Executions do not get a sandbox of their own: they `nsenter` the devbox's namesp
 files, processes and servers persist between them as on a real devbox, and each one costs
 a process spawn instead of a container start.
 
-Inside, the user is uid 1000 `user` with no capabilities. On the host it is the backend's own
-uid: bubblewrap can only map that one without a setuid helper, and a bubblewrap running as
-another uid could not reach a data directory under a private home. When the backend is root,
-the sandbox user therefore owns root's files, so the mount list is the boundary: system
-directories read-only, host secrets masked (the known ones and anything in /etc that is not
-world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
+Two kinds, chosen by the spec:
 
-Every process in the sandbox runs with `no_new_privs` and the seccomp filter of `seccomp`: the
-first one gets them from bubblewrap (`--seccomp`), executions from the thread that forks their
-`nsenter` (`spawner`).
+- A system of its own (`spec.rootfs` and `spec.ids`, when the backend is root): the devbox
+  image under a writable layer of the devbox's (see rootfs.py), ids 0..65535 mapped to an
+  unprivileged host range (idmap.py). Commands run as the devbox's user (`user`, uid 1000, or
+  root on request) and `sudo` works, yet no devbox process is host root, and nothing of the
+  host's file system is mounted.
+- The host's system (a backend that is not root): the user is uid 1000 `user` with no
+  capabilities and no sudo; on the host it is the backend's own uid (bubblewrap can map only
+  that one without a setuid helper). The mount list is the boundary: system directories
+  read-only, host secrets masked (the known ones and anything in /etc that is not
+  world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
+
+Every process in the sandbox runs under the seccomp filter of `seccomp`: the first one gets it
+from bubblewrap (`--seccomp`), executions from the thread that forks their `nsenter`
+(`spawner`). On the host's system they also run with `no_new_privs`; on a system of their own
+they do not (setuid programs such as sudo need it off, and raise a process only to the devbox's
+root, an unprivileged id on the host), and the filter lets root inside mount and make user
+namespaces and setuid files in its own namespaces.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import seccomp, spawner
+from . import rootfs, seccomp, spawner
+from .idmap import IdRange, write_maps
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -105,12 +115,28 @@ class SandboxError(Exception):
 
 
 @dataclass(frozen=True)
+class SandboxUser:
+    """Who commands run as inside: `user` by default, root or another account on request."""
+
+    name: str = "user"
+    uid: int = SANDBOX_UID
+    home: str = SANDBOX_HOME
+
+
+DEFAULT_USER = SandboxUser()
+ROOT_USER = SandboxUser("root", 0, "/root")
+
+
+@dataclass(frozen=True)
 class SandboxSpec:
-    home: Path  # host directory mounted at /home/user
+    home: Path  # host directory mounted at the user's home
     tmp: Path  # host directory mounted at /tmp
     hostname: str
     network: NetworkMode = "isolated"
     unsafe: bool = False  # no sandbox at all: plain host processes in `home`
+    rootfs: rootfs.RootFs | None = None  # a system of its own (needs `ids`); None: the host's, read-only
+    ids: IdRange | None = None
+    user: SandboxUser = DEFAULT_USER
 
 
 def _which(name: str) -> str | None:
@@ -123,7 +149,7 @@ def _which(name: str) -> str | None:
 
 @functools.cache
 def tools() -> dict[str, str | None]:
-    return {name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash")}
+    return {name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash", "unshare", "setpriv")}
 
 
 def sandbox_unavailable_reason() -> str | None:
@@ -173,7 +199,7 @@ def warm_up() -> None:
     if sandbox_unavailable_reason() is None:
         _etc_masks()
         _proc_read_only()
-        spawner.warm_up()
+        spawner.warm_up(own_system=os.geteuid() == 0)
 
 
 @functools.cache
@@ -234,6 +260,8 @@ def _has_writable(directory: str) -> bool:
 
 
 def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
+    if spec.rootfs is not None:
+        return _identity_files(spec)
     passwd = (
         "root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"user:x:{SANDBOX_UID}:{SANDBOX_UID}:devbox user:{SANDBOX_HOME}:/bin/bash\n"
@@ -254,6 +282,29 @@ def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
     elif spec.network == "none":
         files["/etc/resolv.conf"] = b""
     return files
+
+
+def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
+    """What a devbox with its own system gets bound over its /etc: its name, identity and DNS.
+
+    Accounts come from the devbox's own /etc/passwd (the image's, plus what the devbox adds).
+    """
+    hosts = f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {spec.hostname}\n"
+    if spec.network == "isolated":
+        resolv = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+    elif spec.network == "host":
+        try:
+            resolv = Path("/etc/resolv.conf").read_bytes()
+        except OSError:
+            resolv = b""
+    else:
+        resolv = b""
+    return {
+        "/etc/hostname": f"{spec.hostname}\n".encode(),
+        "/etc/machine-id": (os.urandom(16).hex() + "\n").encode(),
+        "/etc/hosts": hosts.encode(),
+        "/etc/resolv.conf": resolv,
+    }
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -279,6 +330,7 @@ class Sandbox:
         self._stopped = False
         self._stop_event = asyncio.Event()
         self._started = False
+        self.warnings: list[str] = []  # what works less than it should in this sandbox, for the devbox's log
 
     @property
     def alive(self) -> bool:
@@ -369,34 +421,86 @@ class Sandbox:
         ]  # fmt: skip
         return args
 
+    def _system_bwrap_args(self, fds: dict[str, int]) -> list[str]:
+        """bubblewrap's arguments for a devbox with its own system (`/` is bound by the launch script)."""
+        spec = self.spec
+        args = [
+            "--unshare-user", "--userns-block-fd", str(fds["block"]),
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--hostname", spec.hostname,
+            "--die-with-parent",
+            *rootfs.bind_args(spec.user.home),
+            "--proc", "/proc",
+        ]  # fmt: skip
+        for path in _proc_read_only():  # the kernel already refuses the range's ids; belt and braces
+            args += ["--ro-bind-try", path, path]
+        if spec.network != "host":
+            args.append("--unshare-net")
+        args += ["--dev", "/dev"]
+        for path, fd in fds.items():
+            if path.startswith("/etc/"):  # generated files, readable by everyone as on any machine
+                args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
+        args += [
+            "--tmpfs", "/run",
+            "--chdir", spec.user.home,
+            "--setenv", "HOME", spec.user.home,
+            # Only for the resident process's remount of / (the devbox's own namespace's capability).
+            "--cap-add", "CAP_SYS_ADMIN",
+            "--info-fd", str(fds["info"]),
+            "--seccomp", str(fds["seccomp"]),
+        ]  # fmt: skip
+        return args
+
     async def _start_bwrap(self) -> None:
         spec = self.spec
+        own_system = spec.rootfs is not None
+        if own_system and spec.ids is None:
+            raise SandboxError("a devbox with a system of its own needs an id range")
         fds: dict[str, int] = {}
         info_r, info_w = os.pipe()
+        block_w: int | None = None
         try:
             fds["info"] = info_w
-            fds["seccomp"] = seccomp.memfd()
+            fds["seccomp"] = seccomp.memfd(own_system=own_system)
             for path, data in _generated_files(spec).items():
                 fds[path] = _memfd(os.path.basename(path), data)
-            for path in _etc_masks()[0]:
-                fds[f"mask:{path}"] = _memfd("mask", b"")
-            fds["home"] = os.open(spec.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            fds["tmp"] = os.open(spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            fds["vartmp"] = os.open(
-                spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-            )  # bwrap closes each fd it binds
-            args = self._bwrap_args(fds)
+            if own_system:
+                assert spec.rootfs is not None and spec.ids is not None
+                fds["block"], block_w = os.pipe()
+                args = self._system_bwrap_args(fds)
+                init = rootfs.INIT_COMMAND
+            else:
+                fds["home"] = os.open(spec.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fds["tmp"] = os.open(spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                for path in _etc_masks()[0]:
+                    fds[f"mask:{path}"] = _memfd("mask", b"")
+                fds["vartmp"] = os.open(
+                    spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )  # bwrap closes each fd it binds
+                args = self._bwrap_args(fds)
+                launch = [tools()["bwrap"] or "bwrap"]
+                init = _INIT_COMMAND
             # Arguments through a memfd: the host paths stay out of the sandbox's /proc/1/cmdline.
             args_fd = _memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
             fds["args"] = args_fd
             lifeline_r, self._lifeline = os.pipe()  # both ends close-on-exec: no other child holds it
             fds["lifeline"] = lifeline_r
+            if own_system:
+                assert spec.rootfs is not None and spec.ids is not None
+                fds["fstab"] = os.memfd_create("fstab", 0)
+                launch_fds = rootfs.LaunchFds.around(fds["fstab"], set(fds.values()))
+                os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds))
+                launch = rootfs.launch_command(
+                    unshare=tools()["unshare"] or "unshare", bash=tools()["bash"] or "bash",
+                    setpriv=tools()["setpriv"] or "setpriv", bwrap=tools()["bwrap"] or "bwrap", ids=spec.ids,
+                    layers=spec.rootfs, fds=launch_fds,
+                )  # fmt: skip
             self._bwrap = await asyncio.create_subprocess_exec(
-                tools()["bwrap"] or "bwrap",
+                *launch,
                 "--args",
                 str(args_fd),
                 "--",
-                *_INIT_COMMAND,
+                *init,
                 stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -405,23 +509,47 @@ class Sandbox:
             )
         except BaseException:
             os.close(info_r)
+            if block_w is not None:
+                os.close(block_w)
             raise
         finally:
             for fd in fds.values():
                 os.close(fd)
         try:
             assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
+            if own_system:
+                # bubblewrap waits for the id map before it goes on: the pid comes first.
+                assert spec.ids is not None and block_w is not None
+                info = await self._read_info_or_fail(info_r)
+                write_maps(int(info["child-pid"]), spec.ids)
+                os.write(block_w, b"1")
             ready = await asyncio.wait_for(self._bwrap.stdout.readline(), timeout=20)
-            if ready != b"ready\n":
-                err = await asyncio.wait_for(self._bwrap.stderr.read(), timeout=5)
-                raise SandboxError(
-                    f"the sandbox failed to start: {err.decode(errors='replace').strip() or 'no output'}"
-                )
-            info = await _read_json_fd(info_r, 5)
+            if ready not in (b"ready\n", b"ready-nosuid\n"):
+                raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}")
+            if ready == b"ready-nosuid\n":
+                self.warnings.append(rootfs.NOSUID_WARNING)
+            if not own_system:
+                info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
             self._ns_flags = _namespace_flags(self.init_pid)
         finally:
             os.close(info_r)
+            if block_w is not None:
+                os.close(block_w)
+
+    async def _stderr_text(self) -> str:
+        assert self._bwrap is not None and self._bwrap.stderr is not None
+        try:
+            err = await asyncio.wait_for(self._bwrap.stderr.read(), timeout=5)
+        except TimeoutError:
+            return "no output"
+        return err.decode(errors="replace").strip() or "no output"
+
+    async def _read_info_or_fail(self, info_r: int) -> dict[str, object]:
+        try:
+            return await _read_json_fd(info_r, 20)
+        except (SandboxError, TimeoutError):
+            raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}") from None
 
     async def _start_slirp(self) -> None:
         """Outbound network for an isolated sandbox, with the host's loopback out of reach.
@@ -461,8 +589,10 @@ class Sandbox:
 
     # -- run -------------------------------------------------------------------------------
 
-    def command_env(self, env: Mapping[str, str]) -> dict[str, str]:
+    def command_env(self, env: Mapping[str, str], user: SandboxUser | None = None) -> dict[str, str]:
         merged = dict(NON_INTERACTIVE_ENV)
+        user = user or self.spec.user
+        merged.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         if self.spec.unsafe:
             merged["HOME"] = str(self.spec.home)
             merged["PATH"] = os.environ.get("PATH", SANDBOX_PATH)
@@ -478,19 +608,23 @@ class Sandbox:
         stdout: int,
         stderr: int,
         args: Sequence[str] = (),
+        user: SandboxUser | None = None,
     ) -> asyncio.subprocess.Process:
-        """Run `bash -c command` in /home/user inside the sandbox, as the leader of a new process group.
+        """Run `bash -c command` in the user's home inside the sandbox, as the leader of a new process group.
 
         `os.killpg(proc.pid, sig)` reaches the command and everything it started in the
         background (they stay in its group: non-interactive bash has no job control).
-        `args` become the script's positional parameters ($1, $2, ...).
+        `args` become the script's positional parameters ($1, $2, ...). `user` (a devbox with a
+        system of its own only) runs it as another account than the devbox's.
         """
+        if user is not None and self.spec.ids is None and user != self.spec.user:
+            raise SandboxError("only a devbox with a system of its own runs commands as another user")
         if not self.alive:
             raise SandboxError("the devbox's sandbox is not running")
         if self._network is not None and not self._network.done():
             await asyncio.wait({self._network})  # neither cancels it nor raises its failure
         creating = asyncio.ensure_future(
-            self._create_process(command, args, self.command_env(env), stdin, stdout, stderr)
+            self._create_process(command, args, self.command_env(env, user), stdin, stdout, stderr, user)
         )
         try:
             return await asyncio.shield(creating)
@@ -511,6 +645,7 @@ class Sandbox:
         stdin: int,
         stdout: int,
         stderr: int,
+        user: SandboxUser | None = None,
     ) -> asyncio.subprocess.Process:
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
@@ -521,16 +656,25 @@ class Sandbox:
             self._unsafe_groups.add(proc.pid)
             return proc
         assert self.init_pid is not None
+        own_system = self.spec.ids is not None
+        if own_system:
+            # The devbox's user, through the id map: an unprivileged uid on the host. Capabilities
+            # go at the exec (for root inside: its namespace's only); sudo works (no no_new_privs).
+            uid = (user or self.spec.user).uid
+            credentials = ["-S", str(uid), "-G", str(uid)]
+        else:
+            # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
+            # which an unprivileged user namespace forbids). Capabilities go at the exec.
+            credentials = ["--preserve-credentials"]
         return await spawner.spawn(
             [
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
                 *self._ns_flags, "-r", "-w",
-                # The backend's uid is the one bubblewrap mapped to uid 1000: keep it (no setgroups,
-                # which an unprivileged user namespace forbids). Capabilities go at the exec.
-                "--preserve-credentials",
+                *credentials,
                 "--", "/bin/bash", "-c", command, "bash", *args,
             ],
+            own_system=own_system,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
 

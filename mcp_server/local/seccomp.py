@@ -19,6 +19,12 @@ uid in the data directory (see `storage`). A file created with a setuid mode is 
 kernel clears the bit at the first write by a process without CAP_FSETID. Setgid stays allowed
 (`chmod g+s` on shared directories is common). Everything else a development machine does
 (ptrace for debuggers, perf, NUMA calls) is allowed.
+
+Devboxes with a system of their own (a root backend: ids mapped to an unprivileged range, see
+`idmap`) get a second profile (`own_system`): what protected the host from a devbox user that
+was the host's root (mounts, user namespaces, setuid bits) is the devbox's root's to use in its
+own namespaces, and their executions run without `no_new_privs`, which setuid programs (sudo)
+need; the rest of the list still applies.
 """
 
 from __future__ import annotations
@@ -86,9 +92,21 @@ def _errno_action(code: int) -> int:
     return 0x00050000 | (code & 0xFFFF)
 
 
+# Refused on the host's system only: on a system of its own (an unprivileged id range), root
+# inside may mount in its own mount namespace, make user namespaces (browsers' sandboxes, rootless
+# containers) and setuid files (dpkg installs them; they raise a process to the devbox's root only).
+_HOST_SYSTEM_ONLY = (
+    "unshare", "mount", "umount", "umount2", "pivot_root",
+    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+)  # fmt: skip
+
+
 @functools.cache
-def program() -> bytes:
-    """The filter as a classic BPF program (what `bwrap --seccomp FD` reads and prctl loads)."""
+def program(own_system: bool = False) -> bytes:
+    """The filter as a classic BPF program (what `bwrap --seccomp FD` reads and prctl loads).
+
+    `own_system`: the profile of a devbox with a system of its own (see `_HOST_SYSTEM_ONLY`).
+    """
     name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
     try:
         lib = ctypes.CDLL(name)
@@ -124,12 +142,14 @@ def program() -> bytes:
                 raise SeccompUnavailable(f"libseccomp refused the rule for {syscall}: {os.strerror(-rc)}")
 
         for syscall, code in _REFUSED.items():
-            refuse(syscall, code)
-        refuse("clone", errno.EPERM, _ArgCmp(0, _CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
+            if not (own_system and syscall in _HOST_SYSTEM_ONLY):
+                refuse(syscall, code)
         for request in (_TIOCSTI, _TIOCLINUX):
             refuse("ioctl", errno.EPERM, _ArgCmp(1, _CMP_MASKED_EQ, 0xFFFFFFFF, request))
-        for syscall, index in _MODE_ARGUMENT.items():
-            refuse(syscall, errno.EPERM, _ArgCmp(index, _CMP_MASKED_EQ, _S_ISUID, _S_ISUID))
+        if not own_system:
+            refuse("clone", errno.EPERM, _ArgCmp(0, _CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
+            for syscall, index in _MODE_ARGUMENT.items():
+                refuse(syscall, errno.EPERM, _ArgCmp(index, _CMP_MASKED_EQ, _S_ISUID, _S_ISUID))
         fd = os.memfd_create("seccomp", os.MFD_CLOEXEC)
         try:
             rc = lib.seccomp_export_bpf(ctx, fd)
@@ -151,24 +171,26 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def memfd() -> int:
+def memfd(own_system: bool = False) -> int:
     """A memfd holding the program, for `bwrap --seccomp FD` (which reads it to the end and closes it)."""
     fd = os.memfd_create("seccomp", 0)
-    os.write(fd, program())
+    os.write(fd, program(own_system))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def harden_this_thread() -> None:
+def harden_this_thread(own_system: bool = False) -> None:
     """Set no_new_privs and load the filter on the calling thread (both for good; children inherit them).
 
     Only this thread: the rest of the backend keeps its privileges (a non-root backend may need a
-    setuid bubblewrap, which no_new_privs would disarm).
+    setuid bubblewrap, which no_new_privs would disarm). `own_system`: the thread that starts
+    commands in devboxes with a system of their own: their filter, and no `no_new_privs` (sudo
+    needs setuid to work; loading a filter without it takes the root backend's CAP_SYS_ADMIN).
     """
-    code = program()
+    code = program(own_system)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
+    if not own_system and libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     buffer = ctypes.create_string_buffer(code, len(code))
     fprog = _SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))

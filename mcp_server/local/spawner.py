@@ -28,22 +28,26 @@ from . import seccomp
 _PIPE_LIMIT = 2**16  # asyncio's default StreamReader limit
 
 _lock = threading.Lock()
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
+# One thread per profile: devboxes on the host's system, and those with a system of their own
+# (`seccomp.harden_this_thread`'s `own_system`).
+_executors: dict[bool, concurrent.futures.ThreadPoolExecutor] = {}
 
 
-def _hardened_executor() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
+def _hardened_executor(own_system: bool = False) -> concurrent.futures.ThreadPoolExecutor:
     with _lock:
-        if _executor is None:
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="devbox-spawn", initializer=seccomp.harden_this_thread
+        if own_system not in _executors:
+            _executors[own_system] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="devbox-spawn-own" if own_system else "devbox-spawn",
+                initializer=seccomp.harden_this_thread,
+                initargs=(own_system,),
             )
-        return _executor
+        return _executors[own_system]
 
 
-def warm_up() -> None:
+def warm_up(own_system: bool = False) -> None:
     """Start (and harden) the thread now rather than at the first command."""
-    _hardened_executor().submit(lambda: None).result()
+    _hardened_executor(own_system).submit(lambda: None).result()
 
 
 class HardenedProcess(asyncio.subprocess.Process):
@@ -129,8 +133,10 @@ async def spawn(
     stdin: int,
     stdout: int,
     stderr: int,
+    own_system: bool = False,
 ) -> HardenedProcess:
-    """Start `argv` as the leader of a new session, forked by the hardened thread.
+    """Start `argv` as the leader of a new session, forked by the hardened thread (of the profile of
+    a devbox with a system of its own when `own_system`).
 
     `stdin`, `stdout`, `stderr`: a file descriptor, `subprocess.DEVNULL`, `subprocess.PIPE`, or
     (for stderr) `subprocess.STDOUT`, as for `asyncio.create_subprocess_exec`.
@@ -158,7 +164,7 @@ async def spawn(
                 env=dict(env), start_new_session=True, close_fds=True,
             )  # fmt: skip
 
-        popen = await loop.run_in_executor(_hardened_executor(), start)
+        popen = await loop.run_in_executor(_hardened_executor(own_system), start)
     except BaseException:
         for fd in ours + theirs:
             os.close(fd)

@@ -1,8 +1,9 @@
 """The host's side of devbox storage (`data_dir/devboxes`): nosuid, and never named inside a devbox.
 
-- nosuid: a devbox's user is the backend's uid on the host, root for a root backend, so a file
-  made setuid in a home would be a setuid-root program in the data directory. Devboxes cannot
-  make one (the seccomp filter refuses setuid/setgid modes), and while the backend runs the
+- nosuid: on the host's system a devbox's user is the backend's uid on the host, so a file
+  made setuid in a home would be a setuid program of that uid in the data directory. Those
+  devboxes cannot make one (the seccomp filter refuses setuid modes); devboxes with a system of
+  their own can, owned by an unprivileged id of their range (`idmap`). While the backend runs the
   storage directory is also bind-mounted onto itself `nosuid,nodev` (other flags kept), so a
   setuid file that got there anyway runs with its caller's rights. The mount goes at exit; if
   the backend dies without removing it (kill -9), a guard process does (it waits on a pipe only

@@ -34,7 +34,7 @@ class AxonInfo(BaseModel):
 
 class AxonList(BaseModel):
     axons: list[AxonInfo]
-    has_more: bool = Field(description="call again with starting_after = the last id")
+    has_more: bool = Field(description="call again with starting_after = last id")
 
 
 class Published(BaseModel):

@@ -32,6 +32,8 @@ class DevboxInfo(BaseModel):
 
 
 class DevboxDetails(DevboxInfo):
+    # Only here, not in every devbox result: tools/list stays under its budget (create's caller knows it).
+    user: str | None = None  # who commands run as, when not `user`
     idle_timeout_seconds: int | None = None
     on_idle: str | None = None
 
@@ -44,7 +46,7 @@ class SecretRef(BaseModel):
 
 class DevboxList(BaseModel):
     devboxes: list[DevboxInfo]
-    has_more: bool = Field(description="call again with starting_after = the last id")
+    has_more: bool = Field(description="call again with starting_after = last id")
 
 
 def info(view: DevboxView) -> DevboxInfo:
@@ -60,11 +62,13 @@ def info(view: DevboxView) -> DevboxInfo:
 
 
 def details(view: DevboxView) -> DevboxDetails:
-    """`info` plus the idle policy (`lifecycle.after_idle`, or the older top-level `after_idle`)."""
+    """`info` plus the account commands run as and the idle policy (`lifecycle.after_idle`, or the
+    older top-level `after_idle`)."""
     params = view.launch_parameters
     idle: dict[str, Any] = (params.get("lifecycle") or {}).get("after_idle") or params.get("after_idle") or {}
     return DevboxDetails(
         **info(view).model_dump(),
+        user=_user_of(view),
         idle_timeout_seconds=idle.get("idle_time_seconds"),
         on_idle=idle.get("on_idle"),
     )
@@ -80,6 +84,14 @@ def secret_map(refs: list[SecretRef] | None) -> dict[str, str] | None:
             raise ToolError(f"secrets: {ref.env_var} is given twice; give each variable once")
         out[ref.env_var] = ref.secret_name
     return out
+
+
+def _user_of(view: DevboxView) -> str | None:
+    user = view.launch_parameters.get("user_parameters")
+    return user.get("username") if isinstance(user, dict) else None
+
+
+ROOT = {"username": "root", "uid": 0}
 
 
 async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
@@ -122,9 +134,12 @@ async def create_devbox(
     ] = None,
     idle_timeout_seconds: Annotated[int | None, Field(ge=1)] = None,  # unused this long: on_idle
     on_idle: Literal["suspend", "shutdown"] = "suspend",
+    run_as_root: Annotated[
+        bool | None, Field(description="else `user`, who has sudo")
+    ] = None,
 ) -> DevboxInfo:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
-    With a short client timeout it may return it still starting: get_devbox shows when it runs."""
+    A short client timeout may return it still starting (see get_devbox)."""
     app = state(ctx)
     with api_errors():
         view = await app.client.create_devbox(
@@ -135,6 +150,7 @@ async def create_devbox(
             secrets=secret_map(secrets),
             idle_timeout_seconds=idle_timeout_seconds,
             on_idle=on_idle,
+            launch_parameters={"user_parameters": ROOT} if run_as_root else None,
         )
     try:
         view = await wait_running(ctx, view)
@@ -175,7 +191,7 @@ async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
 
 
 async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Shut a devbox down for good: its processes stop and its files are gone."""
+    """Shut a devbox down for good: its processes stop, its files are gone."""
     with api_errors():
         view = await state(ctx).client.shutdown_devbox(devbox_id)
     await state(ctx).resources.list_changed()
@@ -183,7 +199,7 @@ async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
+    """Suspend a running devbox: it stops, its files are kept; resume_devbox brings it back."""
     with api_errors():
         view = await state(ctx).client.suspend_devbox(devbox_id)
     await state(ctx).resources.list_changed()
@@ -191,7 +207,7 @@ async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Resume a suspended devbox and wait until it is running."""
+    """Resume a suspended devbox and wait until it runs."""
     with api_errors():
         view = await state(ctx).client.resume_devbox(devbox_id)
     view = await wait_running(ctx, view)

@@ -238,7 +238,7 @@ async def execute(
     command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="how long before handing off to stream_logs (default 50, less if the client times out sooner)"),
     ] = None,
     command_id: Annotated[
         str | None,
@@ -251,7 +251,7 @@ async def execute(
 ) -> Annotated[CallToolResult, ExecuteResult]:
     """Run a shell command in a devbox. Output streams live as progress; returns exit status,
     duration, stdout and stderr. If still running after wait_seconds, returns status running
-    and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
+    and offsets for stream_logs; it keeps running. Cancelling kills it."""
     app = state(ctx)
     if attach_stdin and command_id is not None:
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
@@ -294,7 +294,7 @@ async def stream_logs(
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
     """Follow a running command's output from the given offsets (live as progress) until it
-    completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
+    completes, `until` matches a line, or wait_seconds pass. Returns offsets to continue from."""
     app = state(ctx)
     pattern = None
     if until is not None:
@@ -336,7 +336,7 @@ async def stream_logs(
 
 
 async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
-    """Kill a running command and its child processes (the whole process group)."""
+    """Kill a running command and its whole process group."""
     with api_errors():
         view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
     return ExecutionState(
@@ -353,7 +353,7 @@ async def send_stdin(
         Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
     ] = None,
 ) -> StdinResult:
-    """Write text (or EOF / INTERRUPT) to the stdin of a running command."""
+    """Write text (or EOF / INTERRUPT) to a running command's stdin."""
     with api_errors():  # the client refuses neither or both of text and signal, before sending
         sent = await state(ctx).client.send_stdin(devbox_id, execution_id, text=text, signal=signal)
     return StdinResult(execution_id=execution_id, success=sent.success)

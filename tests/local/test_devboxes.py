@@ -268,11 +268,11 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"entrypoint": "serve\0"}).encode(), 400, "NUL"),
         (json.dumps({"environment_variables": {"A": "x\0y"}}).encode(), 400, "value of A"),
         (json.dumps({"launch_parameters": {"launch_commands": ["ls\0"]}}).encode(), 400, "NUL"),
-        (
-            json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "root"}}}).encode(),
-            400,
-            "uid 1000",
-        ),
+        (json.dumps({"launch_parameters": {"user_parameters": {"uid": 0, "username": "alice"}}}).encode(), 400, "uid 0 is `root`"),
+        (json.dumps({"launch_parameters": {"user_parameters": {"uid": 7, "username": "user"}}}).encode(), 400, "uid 1000 is `user`"),
+        (json.dumps({"launch_parameters": {"user_parameters": {"username": "root"}}}).encode(), 400, "exactly `username` and `uid`"),
+        (json.dumps({"launch_parameters": {"user_parameters": {"uid": -1, "username": "bob"}}}).encode(), 400, "0 to 65533"),
+        (json.dumps({"launch_parameters": {"user_parameters": {"uid": 1001, "username": "Bob Smith"}}}).encode(), 400, "Linux user name"),
     ],
 )
 def test_create_rejects_bad_input(http: httpx.Client, body: bytes, status: int, fragment: str) -> None:

@@ -1,4 +1,8 @@
-"""What a command inside a devbox sandbox can and cannot reach (real bubblewrap sandboxes)."""
+"""What a command inside a devbox sandbox can and cannot reach (real bubblewrap sandboxes).
+
+As root (CI), the sandboxes have a system of their own, as a root backend's devboxes do: the
+devbox image under a writable layer, ids mapped to an unprivileged host range, sudo inside.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.devbox_system import machine_system, own_system
 
 from mcp_server.local.sandbox import Sandbox, SandboxSpec, sandbox_unavailable_reason, tools
 
@@ -27,8 +32,10 @@ class Box:
         self.root = root / name
         (self.root / "home").mkdir(parents=True)
         (self.root / "tmp").mkdir()
+        system = own_system(self.root, self.root / "home", self.root / "tmp")
+        self.own_system = bool(system)
         self.sandbox = Sandbox(
-            SandboxSpec(home=self.root / "home", tmp=self.root / "tmp", hostname=name, network=network)  # type: ignore[arg-type]
+            SandboxSpec(home=self.root / "home", tmp=self.root / "tmp", hostname=name, network=network, **system)  # type: ignore[arg-type]
         )
         loop.run_until_complete(self.sandbox.start())
 
@@ -88,10 +95,50 @@ def test_user_is_uid_1000_without_capabilities(boxes: tuple[Box, Box]) -> None:
     assert out.count("0000000000000000") == 3, out
 
 
-def test_cannot_gain_privileges_or_new_namespaces(boxes: tuple[Box, Box]) -> None:
+def test_privileges(boxes: tuple[Box, Box]) -> None:
+    """Without a system of its own, nothing gains privileges. With one, sudo makes a command root of
+    its devbox, and still no process of it is root on the host: every one is an id of the range."""
     a, _ = boxes
-    code, out = a.run("unshare -U true 2>&1; echo rc=$?; su -c true root </dev/null 2>&1; echo su=$?")
-    assert "rc=0" not in out and "su=0" not in out, out
+    if not a.own_system:
+        code, out = a.run("unshare -U true 2>&1; echo rc=$?; su -c true root </dev/null 2>&1; echo su=$?")
+        assert "rc=0" not in out and "su=0" not in out, out
+        return
+    ids, _image = machine_system()  # type: ignore[misc]
+    code, out = a.run("sudo -n id -u; (exec -a marker-root-sleep sudo -n sleep 300) >/dev/null 2>&1 & echo started")
+    assert out.split() == ["0", "started"], out
+    init = a.sandbox.init_pid
+    assert init is not None
+    bwrap = int(Path(f"/proc/{init}/stat").read_text().split()[3])  # pid 1 inside, the init's parent
+
+    def ids_of(pid: int) -> list[int]:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return [int(i) for i in fields["Uid"].split() + fields["Gid"].split()]
+
+    def devbox_processes() -> dict[int, list[int]]:
+        """Every host process in the sandbox's pid namespace, with its real/effective/saved/fs uids and gids."""
+        namespace = os.stat(f"/proc/{init}/ns/pid").st_ino
+        found = {}
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+            try:
+                if os.stat(f"/proc/{pid}/ns/pid").st_ino == namespace:
+                    found[pid] = ids_of(pid)
+            except (OSError, KeyError):
+                continue
+        return found
+
+    def with_root_process() -> dict[int, list[int]] | None:
+        found = devbox_processes()
+        return found if any(ids_found[1] == ids.host_uid(0) for ids_found in found.values()) else None
+
+    # The sudo'd sleep runs as the devbox's root: on the host, the range's first id.
+    processes = poll_until(with_root_process, "the devbox's root process")
+    processes[bwrap] = ids_of(bwrap)
+    for pid, found in processes.items():
+        assert all(ids.holds_uid(i) or ids.gid_base <= i < ids.gid_base + ids.count for i in found), (pid, found)
+    # A user namespace made inside (as browsers' sandboxes do) is still the range on the host.
+    code, out = a.run("unshare -U -r cat /proc/self/uid_map")
+    assert code == 0 and out.split()[:3] == ["0", "1000", "1"], out
+    a.run("sudo -n pkill -f marker-root-sleep; sudo -n pkill -x sleep")
 
 
 def test_host_secrets_are_unreadable(boxes: tuple[Box, Box]) -> None:
@@ -103,6 +150,10 @@ def test_host_secrets_are_unreadable(boxes: tuple[Box, Box]) -> None:
     code, out = a.run("ls -A /etc/ssl/private 2>&1; cat /etc/passwd")
     assert "root:x:0:0" in out and "user:x:1000:1000" in out
     assert os.path.exists("/etc/shadow")  # the mask is about the sandbox, not the host
+    if a.own_system:  # even its root reads only the devbox's own files
+        code, out = a.run("sudo -n cat /etc/shadow")
+        assert code == 0 and out != Path("/etc/shadow").read_text()
+        assert "user:" in out
 
 
 def test_host_directories_are_invisible(
@@ -110,31 +161,27 @@ def test_host_directories_are_invisible(
 ) -> None:
     a, _ = boxes
     data_dir = a.root.parent
-    for path in ("/root", "/work", "/opt", str(data_dir), str(a.root), "/var/lib", "/root/.pyenv"):
-        code, _ = a.run(f"test -e {path}")
+    host_only = ["/work", str(data_dir), str(a.root), "/root/.pyenv"]
+    if not a.own_system:
+        host_only += ["/root", "/opt", "/var/lib"]
+    sudo = "sudo -n " if a.own_system else ""
+    for path in host_only:
+        code, _ = a.run(f"{sudo}test -e {path}")
         assert code != 0, f"{path} is visible inside the sandbox"
+    allowed = {"bin", "dev", "etc", "home", "lib", "lib64", "proc", "run", "sbin", "tmp", "usr", "var"}
+    if a.own_system:
+        allowed |= set(os.listdir(machine_system()[1].rootfs))  # type: ignore[index]
     code, out = a.run("ls /")
-    assert set(out.split()) <= {
-        "bin",
-        "dev",
-        "etc",
-        "home",
-        "lib",
-        "lib64",
-        "proc",
-        "run",
-        "sbin",
-        "tmp",
-        "usr",
-        "var",
-    }
+    assert set(out.split()) <= allowed, out
 
 
 def test_system_directories_are_read_only(boxes: tuple[Box, Box]) -> None:
+    """For the devbox user; with a system of its own, root may write it, and only the devbox's layer changes."""
     a, _ = boxes
-    for path in ("/usr/evil", "/etc/evil", "/evil", "/home/evil"):
+    refusal = "Permission denied" if a.own_system else "Read-only file system"
+    for path in ("/usr/evil", "/etc/evil", "/evil"):
         code, out = a.run(f"touch {path}")
-        assert code != 0 and "Read-only file system" in out, (path, out)
+        assert code != 0 and refusal in out, (path, out)
     assert a.run("echo x > /proc/sys/kernel/hostname")[0] != 0
     # No kernel knob in /proc is writable (the sandbox user owns only its own processes' files).
     code, out = a.run(
@@ -142,6 +189,11 @@ def test_system_directories_are_read_only(boxes: tuple[Box, Box]) -> None:
         "! -path '/proc/thread-self/*' 2>/dev/null"
     )
     assert out.strip() == "", out
+    if a.own_system:
+        image = machine_system()[1].rootfs  # type: ignore[index]
+        assert a.run("sudo -n touch /usr/evil && ls /usr/evil")[0] == 0
+        assert not Path("/usr/evil").exists() and not (image / "usr" / "evil").exists()
+        assert (a.root / "system" / "usr" / "evil").exists()  # the devbox's own layer
 
 
 def test_devboxes_do_not_see_each_others_files_or_processes(boxes: tuple[Box, Box]) -> None:
@@ -344,14 +396,16 @@ def test_sandbox_works_for_a_backend_without_root() -> None:
 CRASH_SCRIPT = r"""
 import asyncio, os, signal, subprocess, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from mcp_server.local.sandbox import Sandbox, SandboxSpec
+from support.devbox_system import own_system
 
 async def main():
     base = Path(sys.argv[2])
     (base / "home").mkdir(parents=True)
     (base / "tmp").mkdir()
-    box = Sandbox(SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="crash"))
+    system = own_system(base, base / "home", base / "tmp")
+    box = Sandbox(SandboxSpec(home=base / "home", tmp=base / "tmp", hostname="crash", **system))
     await box.start()
     proc = await box.spawn("(exec -a crash-marker sleep 600) >/dev/null 2>&1 & echo $!", env={},
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,13 +59,14 @@ def test_escapes_fail_inside_executions(sdk, pair, backend: RunningBackend) -> N
     result = run(
         sdk,
         a.id,
-        f"id -u; cat /etc/shadow; ls /root; ls {backend.config.data_dir}; grep CapEff /proc/self/status; unshare -U true",
+        f"id -u; cat /etc/shadow; ls /root; ls {backend.config.data_dir}; grep CapEff /proc/self/status",
     )
     assert result.stdout.splitlines()[0] == "1000"
     assert "CapEff:\t0000000000000000" in result.stdout
     assert "Permission denied" in result.stderr
     assert "/root" in result.stderr and str(backend.config.data_dir) in result.stderr
-    assert "unshare failed" in result.stderr
+    if os.geteuid() != 0:  # on the host's system; a system of its own may nest user namespaces
+        assert "unshare failed" in run(sdk, a.id, "unshare -U true").stderr
 
 
 
@@ -87,17 +89,24 @@ def _status_fields(output: str, path: str) -> dict[str, str]:
 
 
 def test_executions_have_the_first_processs_no_new_privs_and_seccomp_filter(sdk, pair) -> None:  # noqa: ANN001
-    """nsenter'd commands used to run with neither; now both, as bubblewrap's own child (pid 1 here)."""
+    """nsenter'd commands used to run with neither; now the filter always, as bubblewrap's own child
+    (pid 1 here), and no_new_privs on the host's system. On a system of its own (root backend)
+    no_new_privs stays off, for sudo: setuid raises a process only to the devbox's root there."""
     a, _ = pair
     result = run(sdk, a.id, f"grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status /proc/1/status; {KEYCTL_PROBE}")
     own, first = _status_fields(result.stdout, "/proc/self/status"), _status_fields(result.stdout, "/proc/1/status")
-    assert own == first == {"NoNewPrivs": "1", "Seccomp": "2"}, result.stdout
+    assert first == {"NoNewPrivs": "1", "Seccomp": "2"}, result.stdout
+    assert own == {"NoNewPrivs": "0" if os.geteuid() == 0 else "1", "Seccomp": "2"}, result.stdout
     # The filter is the one meant: the host's keyrings are out of reach.
     assert "keyctl -1 Operation not permitted" in result.stdout, result.stdout + result.stderr
+    if os.geteuid() == 0:  # also for root inside
+        result = run(sdk, a.id, f"sudo -n grep Seccomp: /proc/self/status; sudo -n {KEYCTL_PROBE}")
+        assert "Seccomp:\t2" in result.stdout and "keyctl -1 Operation not permitted" in result.stdout, result
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="on a system of its own setuid files are the devbox's (next test)")
 def test_a_devbox_cannot_make_a_setuid_file(sdk, pair) -> None:  # noqa: ANN001
-    """Its user is the backend's uid on the host (root here): a setuid file would be a host setuid-root program."""
+    """Its user is the backend's uid on the host: a setuid file would be a host setuid program of that uid."""
     a, _ = pair
     result = run(
         sdk,
@@ -157,3 +166,35 @@ def test_output_files_name_no_host_path_inside_the_devbox(sdk, backend: RunningB
         assert not host_parts & {part for path in paths for part in Path(path).parts}, paths
     finally:
         sdk.devboxes.shutdown(box.id)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a devbox has a system (and a root) of its own on a root backend")
+def test_devbox_root_is_not_host_root(sdk, pair, backend: RunningBackend) -> None:  # noqa: ANN001
+    """sudo makes a command root of its devbox: of its own files, not of the host's."""
+    a, _ = pair
+    host_shadow = hashlib.sha256(Path("/etc/shadow").read_bytes()).hexdigest()
+    result = run(
+        sdk,
+        a.id,
+        f"sudo sh -c 'cat /proc/self/uid_map; sha256sum /etc/shadow; ls {backend.config.data_dir}; "
+        "echo 1 > /proc/sys/vm/drop_caches; umount /proc/sys && echo 1 > /proc/sys/vm/drop_caches'",
+    )
+    inside, host_base, count = result.stdout.split()[:3]
+    assert (inside, count) == ("0", "65536") and int(host_base) > 65535, result.stdout
+    assert host_shadow not in result.stdout  # the devbox's own /etc/shadow, not the host's
+    assert str(backend.config.data_dir) in result.stderr and "No such file" in result.stderr
+    # Kernel knobs stay out of reach even after root inside removes the read-only mount over them.
+    assert result.stderr.count("drop_caches") == 2 and "Permission denied" in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="a system of its own needs a root backend")
+def test_a_setuid_file_made_in_a_devbox_is_an_unprivileged_uids(sdk, pair, backend: RunningBackend) -> None:  # noqa: ANN001
+    """dpkg and root inside make setuid files in a system of its own; on the host such a file belongs
+    to an id of the unprivileged range, and devbox storage is nosuid besides."""
+    a, _ = pair
+    result = run(sdk, a.id, "cp /usr/bin/id ~/myid && chmod 4755 ~/myid && stat -c %a ~/myid && ~/myid -u")
+    assert result.stdout.split() == ["4755", "1000"], result.stdout + result.stderr
+    planted = backend.config.data_dir / "devboxes" / a.id / "home" / "myid"
+    owner = planted.stat().st_uid
+    assert owner > 65535 and owner != os.geteuid(), owner  # user's id in the range, not the host's root
+    assert _euid_of(planted) == "65534"

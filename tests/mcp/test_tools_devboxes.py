@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import anyio
 import pytest
@@ -90,6 +91,21 @@ async def test_create_devbox_with_network_mode_none(mcp: Client) -> None:
     box = structured(await call_ok(mcp, "create_devbox", {"network_mode": "none"}))
     assert box["network_mode"] == "none"
     await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root inside a devbox needs a root backend (its own system)")
+async def test_create_devbox_run_as_root(mcp: Client) -> None:
+    box = structured(await call_ok(mcp, "create_devbox", {"name": "as-root", "run_as_root": True}))
+    assert box["status"] == "running"
+    assert structured(await call_ok(mcp, "get_devbox", {"devbox_id": box["id"]}))["user"] == "root"
+    ran = structured(await call_ok(mcp, "execute", {"devbox_id": box["id"], "command": "whoami; echo $HOME"}))
+    assert ran["stdout"] == "root\n/root\n"
+    plain = structured(await call_ok(mcp, "create_devbox", {"name": "as-user", "run_as_root": False}))
+    ran = structured(await call_ok(mcp, "execute", {"devbox_id": plain["id"], "command": "whoami; sudo -n whoami"}))
+    assert ran["stdout"] == "user\nroot\n"
+    assert structured(await call_ok(mcp, "get_devbox", {"devbox_id": plain["id"]}))["user"] is None
+    for devbox in (box, plain):
+        await call_ok(mcp, "shutdown_devbox", {"devbox_id": devbox["id"]})
 
 
 async def test_devbox_bad_input_gives_clear_errors(mcp: Client) -> None:
