@@ -24,11 +24,14 @@ from typing import Any
 
 from .clock import now_ms
 from .config import LocalConfig
+from .disk import DiskError, detach
 from .errors import ApiError, disk_full, is_disk_full
 from .ids import new_id
 from .lifecycle import IdlePolicy, IdleTimers, idle_policy
+from .limits import Enforcement, Limits
 from .sandbox import NETWORK_MODES, Sandbox, SandboxError, SandboxSpec, sandbox_unavailable_reason, warm_up
 from .secret_store import SecretStore
+from .sizes import Size, SizeError, resolve
 from .storage import Storage
 
 log = logging.getLogger("devbox_mcp.local")
@@ -76,16 +79,33 @@ class Devbox:
     shutdown_reason: str | None = None
     end_time_ms: int | None = None
     unsafe: bool = False  # commands run as plain host processes (no bubblewrap)
+    size: dict[str, Any] = field(default_factory=dict)  # sizes.Size.record(); empty: made before sizes
+    disk: bool = False  # its writable storage is a disk image of its size (disk.py)
+    disk_gap: str | None = None  # why not, when it has none
     sandbox: Sandbox | None = None
+    enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def resource_size(self) -> Size:
+        return Size.from_record(self.size)
+
+    @property
+    def disk_image(self) -> Path:
+        return self.state_dir / "disk.img"
+
+    @property
+    def writable_root(self) -> Path:
+        """Where the devbox's writable storage lives: its mounted disk, or (without one) its state directory."""
+        return self.state_dir / "disk" if self.disk else self.state_dir
+
+    @property
     def home(self) -> Path:
-        return self.state_dir / "home"
+        return self.writable_root / "home"
 
     @property
     def tmp(self) -> Path:
-        return self.state_dir / "tmp"
+        return self.writable_root / "tmp"
 
     @property
     def network_mode(self) -> str:
@@ -105,6 +125,7 @@ class Devbox:
             "initiator_type": "api",
             "blueprint_id": None,
             "snapshot_id": None,
+            "resources": self.resources(),  # ours: the size and the limits really in force
         }
         for key in ("failure_reason", "shutdown_reason", "end_time_ms"):
             value = getattr(self, key)
@@ -112,9 +133,25 @@ class Devbox:
                 view[key] = value
         return view
 
+    def resources(self) -> dict[str, Any]:
+        """The size, and (while it runs) the limits this host could not enforce; see limits.py."""
+        size = self.resource_size
+        view: dict[str, Any] = {
+            "size": size.name,
+            "cpu_cores": size.cpu_cores,
+            "memory_gib": size.memory_gib,
+            "disk_gib": size.disk_gib,
+            "max_processes": size.pids,
+        }
+        if self.enforcement is not None and self.enforcement.not_enforced:
+            view["not_enforced"] = dict(self.enforcement.not_enforced)
+        if self.enforcement is not None and self.enforcement.notes:
+            view["notes"] = list(self.enforcement.notes)
+        return view
+
     def usage(self) -> dict[str, Any]:
-        """DevboxResourceUsageView: times from the state transitions. Resources are not metered
-        (devboxes have no size here), so the vCPU, memory and disk figures are 0."""
+        """DevboxResourceUsageView: active time from the state transitions (running only, never
+        suspended), times the size: vCPUs and memory over active time, disk over elapsed time."""
         end = self.end_time_ms or now_ms()
         active_ms = 0
         running_since: int | None = None
@@ -127,15 +164,17 @@ class Devbox:
                 running_since = None
         if running_since is not None:
             active_ms += end - running_since
+        elapsed_ms = end - self.create_time_ms
+        size = self.resource_size
         view: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "start_time_ms": self.create_time_ms,
             "total_active_seconds": active_ms // 1000,
-            "total_elapsed_seconds": (end - self.create_time_ms) // 1000,
-            "vcpu_seconds": 0,
-            "memory_gb_seconds": 0,
-            "disk_gb_seconds": 0,
+            "total_elapsed_seconds": elapsed_ms // 1000,
+            "vcpu_seconds": int(active_ms * size.cpu_cores) // 1000,
+            "memory_gb_seconds": active_ms * size.memory_gib // 1000,
+            "disk_gb_seconds": elapsed_ms * size.disk_gib // 1000,
         }
         if self.end_time_ms is not None:
             view["end_time_ms"] = self.end_time_ms
@@ -143,9 +182,12 @@ class Devbox:
 
     def record(self) -> dict[str, Any]:
         """What devbox.json holds: every field but the live sandbox and the logs (kept in logs.jsonl)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sandbox", "logs")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME}
         data["state_dir"] = str(self.state_dir)
         return data
+
+
+_RUNTIME = ("sandbox", "enforcement", "logs")  # Devbox fields not kept in devbox.json
 
 
 class DevboxManager:
@@ -164,6 +206,7 @@ class DevboxManager:
         self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
         self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
         self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
+        self.limits = Limits(config.data_dir)
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
@@ -182,7 +225,8 @@ class DevboxManager:
                 log.warning("skipping unreadable devbox record %s: %s", path, exc)
                 continue
             self._devboxes[devbox.id] = devbox
-            await asyncio.to_thread(self._remove_partial_writes, devbox)
+            if not devbox.disk:  # a devbox's disk is cleaned once mounted, when it resumes
+                await asyncio.to_thread(self._remove_partial_writes, devbox)
             if devbox.status in ("running", "suspending", "resuming"):
                 # Its processes died with the previous backend; its home is intact.
                 self._transition(devbox, "suspended")
@@ -197,6 +241,7 @@ class DevboxManager:
                         "message": "the backend stopped while this devbox was being set up",
                     },
                 )
+        await self.limits.startup({d.id: d.state_dir / "disk" for d in self._devboxes.values() if d.disk})
 
     async def shutdown(self) -> None:
         """Backend exit: running devboxes become `suspended` (their processes cannot outlive us)."""
@@ -219,6 +264,7 @@ class DevboxManager:
         # shutdown should cost the slowest sandbox, not their sum.
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
+        await self.limits.shutdown()
         self.storage.close()
 
     @staticmethod
@@ -236,7 +282,7 @@ class DevboxManager:
     def _load(self, path: Path) -> Devbox:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["state_dir"] = path.parent
-        known = {f.name for f in fields(Devbox)} - {"sandbox", "logs"}
+        known = {f.name for f in fields(Devbox)} - set(_RUNTIME)
         devbox = Devbox(**{k: v for k, v in data.items() if k in known})
         logs_path = path.parent / "logs.jsonl"
         if logs_path.exists():
@@ -393,6 +439,10 @@ class DevboxManager:
             )
         params["network_mode"] = network
         params["sandbox"] = "none (unsafe: commands run as host processes)" if unsafe else "bubblewrap"
+        try:
+            size = resolve(params)
+        except SizeError as exc:
+            raise ApiError(400, str(exc)) from None
         devbox_id = new_id("dbx")
         devbox = Devbox(
             id=devbox_id,
@@ -407,7 +457,10 @@ class DevboxManager:
             file_mounts=dict(file_mounts or {}),
             entrypoint=entrypoint or None,
             unsafe=unsafe,
+            size=size.record(),
         )
+        devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
+        devbox.disk = devbox.disk_gap is None
         devbox.state_transitions.append(
             {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
         )
@@ -432,6 +485,7 @@ class DevboxManager:
 
     async def _boot(self, devbox: Devbox) -> None:
         try:
+            await self._start_limits(devbox)
             await asyncio.to_thread(self._prepare_dirs, devbox)
             await self._start_sandbox(devbox)
             self._transition(devbox, "initializing")
@@ -445,7 +499,7 @@ class DevboxManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # whatever went wrong, the devbox must end in `failure`, not hang
-            if not isinstance(exc, SandboxError | OSError):
+            if not isinstance(exc, SandboxError | OSError | DiskError):
                 log.exception("devbox %s failed to start", devbox.id)
             reason = "the disk is full; free space and create the devbox again" if is_disk_full(exc) else exc
             self.add_log(
@@ -471,13 +525,30 @@ class DevboxManager:
         for path, contents in devbox.file_mounts.items():
             write_mounted_file(devbox, path, contents)
 
+    async def _start_limits(self, devbox: Devbox) -> None:
+        """Mount the devbox's disk and make its cgroups (limits.py), before its directories and sandbox."""
+        devbox.enforcement = await self.limits.start(
+            devbox.id,
+            devbox.resource_size,
+            image=devbox.disk_image if devbox.disk else None,
+            mountpoint=devbox.state_dir / "disk",
+            meminfo=devbox.state_dir / "meminfo",
+            sandboxed=not devbox.unsafe,
+            disk_gap=devbox.disk_gap,
+        )
+
     def _sandbox_for(self, devbox: Devbox) -> Sandbox:
+        limits = devbox.enforcement
         spec = SandboxSpec(
             home=devbox.home,
             tmp=devbox.tmp,
             hostname=devbox.id.replace("_", "-"),
             network=devbox.network_mode,  # type: ignore[arg-type]
             unsafe=devbox.unsafe,
+            cgroup_procs=limits.cgroup_procs if limits else (),
+            proc_files=tuple(limits.proc_files.items()) if limits else (),
+            ram_disk_bytes=limits.ram_disk_bytes if limits else None,
+            run_tmpfs_bytes=limits.run_tmpfs_bytes if limits else None,
         )
         return Sandbox(spec)
 
@@ -497,6 +568,23 @@ class DevboxManager:
         async with self._lock(devbox.id):
             if devbox.sandbox is not sandbox:
                 return
+            if self.limits.oom_kills(devbox.id):
+                # Out of memory with nothing left to kill but the devbox itself (RAM-backed files
+                # fill its memory, say): resuming would start it into the same state.
+                self.add_log(
+                    devbox.id,
+                    {
+                        "level": "error",
+                        "source": "stats",
+                        "message": f"the devbox ran out of memory ({devbox.resource_size.memory_gib} GiB) and "
+                        "stopped; create it again with a larger resource_size",
+                    },
+                )
+                await self._stop_sandbox(devbox)
+                if devbox.status in _LIVE:
+                    devbox.failure_reason = "out_of_memory"
+                    self._transition(devbox, "failure")
+                return
             self.add_log(
                 devbox.id,
                 {
@@ -511,15 +599,16 @@ class DevboxManager:
 
     async def _stop_sandbox(self, devbox: Devbox) -> None:
         sandbox = devbox.sandbox
-        if sandbox is None:
-            return
-        for hook in list(self.on_stop):
-            try:
-                await hook(devbox.id)
-            except Exception:  # a hook must not keep a sandbox alive
-                log.exception("on_stop hook failed for %s", devbox.id)
-        devbox.sandbox = None
-        await sandbox.stop()
+        if sandbox is not None:
+            for hook in list(self.on_stop):
+                try:
+                    await hook(devbox.id)
+                except Exception:  # a hook must not keep a sandbox alive
+                    log.exception("on_stop hook failed for %s", devbox.id)
+            devbox.sandbox = None
+            await sandbox.stop()
+        devbox.enforcement = None
+        await self.limits.stop(devbox.id)
 
     async def _run_launch_commands(self, devbox: Devbox) -> bool:
         """Run the launch commands in order; False at the first that fails.
@@ -635,13 +724,14 @@ class DevboxManager:
         try:
             if devbox.unsafe is False and sandbox_unavailable_reason():
                 raise SandboxError(sandbox_unavailable_reason() or "")
+            await self._start_limits(devbox)
             await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
             await self._start_sandbox(devbox)
             await self._start_entrypoint(devbox)
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
-        except (SandboxError, OSError) as exc:
+        except (SandboxError, OSError, DiskError) as exc:
             self.add_log(
                 devbox.id,
                 {
@@ -656,6 +746,8 @@ class DevboxManager:
     def _prepare_dirs_for_resume(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
+        if devbox.disk:  # mounted now: what writes cut short by a killed backend left can go
+            self._remove_partial_writes(devbox)
 
     async def shutdown_devbox(self, devbox_id: str, reason: str = "api_shutdown") -> Devbox:
         devbox = self.get(devbox_id)
@@ -671,8 +763,11 @@ class DevboxManager:
             devbox.shutdown_reason = reason
             self._transition(devbox, "shutdown")
         # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
-        await asyncio.to_thread(_remove_tree, devbox.home)
-        await asyncio.to_thread(_remove_tree, devbox.tmp)
+        if devbox.disk:
+            await asyncio.to_thread(_remove_disk, devbox)
+        else:
+            await asyncio.to_thread(_remove_tree, devbox.home)
+            await asyncio.to_thread(_remove_tree, devbox.tmp)
         if devbox.id in self._unsaved:  # shut down on a full disk: its home's space is free now
             try:
                 self._save(devbox)
@@ -789,3 +884,13 @@ def _read_head(path: Path, limit: int) -> bytes:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_disk(devbox: Devbox) -> None:
+    """The image goes (its blocks with it); the mountpoint too, unless something still holds it."""
+    with contextlib.suppress(OSError, DiskError):
+        detach(devbox.writable_root)
+    with contextlib.suppress(FileNotFoundError):
+        devbox.disk_image.unlink()
+    with contextlib.suppress(OSError):
+        devbox.writable_root.rmdir()

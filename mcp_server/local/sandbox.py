@@ -93,6 +93,10 @@ _GENERATED = (
 # dies, however it dies, the resident exits, so does bwrap, and with it everything in the sandbox.
 _INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec >/dev/null 2>&1; read -r _; exit 0")
 
+# Runs a sandbox's process after writing its own pid into each cgroup.procs file given before `--`,
+# so that it (and whatever it starts) is inside the devbox's cgroups before it execs anything.
+_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
     "(or your distribution's package), or start the backend with --unsafe-no-sandbox to run commands "
@@ -111,6 +115,12 @@ class SandboxSpec:
     hostname: str
     network: NetworkMode = "isolated"
     unsafe: bool = False  # no sandbox at all: plain host processes in `home`
+    # Limits (limits.py): every process joins these cgroups (their cgroup.procs files) before it
+    # execs, these host files are bound over /proc files, and RAM-backed mounts get these sizes.
+    cgroup_procs: tuple[str, ...] = ()
+    proc_files: tuple[tuple[str, str], ...] = ()  # (/proc path, host file)
+    ram_disk_bytes: int | None = None  # /dev/shm and /var
+    run_tmpfs_bytes: int | None = None  # /run
 
 
 def _which(name: str) -> str | None:
@@ -256,6 +266,17 @@ def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
     return files
 
 
+def _sized(size: int | None) -> list[str]:
+    return ["--size", str(size)] if size else []
+
+
+def _in_cgroups(spec: SandboxSpec, argv: Sequence[str]) -> list[str]:
+    """`argv`, run inside the devbox's cgroups when it has any."""
+    if not spec.cgroup_procs:
+        return list(argv)
+    return ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *spec.cgroup_procs, "--", *argv]
+
+
 def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, 0)
     os.write(fd, data)
@@ -336,6 +357,8 @@ class Sandbox:
         # check the owner (sysctls, pressure triggers) must be read-only.
         for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
+        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
+            args += ["--ro-bind", source, path]
         args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
@@ -343,10 +366,12 @@ class Sandbox:
             args.append("--unshare-net")
         if os.geteuid() == 0:
             args += ["--dev", "/dev", "--disable-userns"]  # no user namespaces inside
+            # /dev is a tmpfs the devbox user owns: keep it read-only, with a sized /dev/shm.
+            args += [*_sized(spec.ram_disk_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         else:
             # Without root, `--dev` and `--disable-userns` make bubblewrap nest the sandbox's user
             # namespace, and an unprivileged nsenter could then not enter the other namespaces.
-            args += _MINIMAL_DEV
+            args += [*_MINIMAL_DEV, *_sized(spec.ram_disk_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         # Masks read as "Permission denied": an empty mode-000 file or directory on a read-only mount.
         files, dirs = _etc_masks()
         for path in files:
@@ -359,8 +384,8 @@ class Sandbox:
         args += [
             "--bind-fd", str(fds["home"]), SANDBOX_HOME,
             "--bind-fd", str(fds["tmp"]), "/tmp",
-            "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
-            "--tmpfs", "/run",
+            *_sized(spec.ram_disk_bytes), "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
+            *_sized(spec.run_tmpfs_bytes), "--tmpfs", "/run",
             "--remount-ro", "/",  # the sandbox's root tmpfs: nothing to write outside home and tmp
             "--chdir", SANDBOX_HOME,
             "--setenv", "HOME", SANDBOX_HOME,
@@ -392,11 +417,7 @@ class Sandbox:
             lifeline_r, self._lifeline = os.pipe()  # both ends close-on-exec: no other child holds it
             fds["lifeline"] = lifeline_r
             self._bwrap = await asyncio.create_subprocess_exec(
-                tools()["bwrap"] or "bwrap",
-                "--args",
-                str(args_fd),
-                "--",
-                *_INIT_COMMAND,
+                *_in_cgroups(spec, [tools()["bwrap"] or "bwrap", "--args", str(args_fd), "--", *_INIT_COMMAND]),
                 stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -514,7 +535,7 @@ class Sandbox:
     ) -> asyncio.subprocess.Process:
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
-                tools()["bash"] or "/bin/bash", "-c", command, "bash", *args,
+                *_in_cgroups(self.spec, [tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
                 stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                 cwd=self.spec.home, start_new_session=True,
             )  # fmt: skip
@@ -522,7 +543,7 @@ class Sandbox:
             return proc
         assert self.init_pid is not None
         return await spawner.spawn(
-            [
+            _in_cgroups(self.spec, [
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
                 *self._ns_flags, "-r", "-w",
@@ -530,7 +551,7 @@ class Sandbox:
                 # which an unprivileged user namespace forbids). Capabilities go at the exec.
                 "--preserve-credentials",
                 "--", "/bin/bash", "-c", command, "bash", *args,
-            ],
+            ]),
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
 
@@ -589,7 +610,6 @@ _MINIMAL_DEV = [
     "--symlink", "/proc/self/fd/0", "/dev/stdin",
     "--symlink", "/proc/self/fd/1", "/dev/stdout",
     "--symlink", "/proc/self/fd/2", "/dev/stderr",
-    "--tmpfs", "/dev/shm",
 ]  # fmt: skip
 
 _NAMESPACES = (

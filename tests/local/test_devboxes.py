@@ -231,7 +231,8 @@ def test_shutdown_is_final(sdk, backend: RunningBackend) -> None:  # noqa: ANN00
         sdk.devboxes.write_file_contents(view.id, file_path="x", contents="y")
     with pytest.raises(BadRequestError, match="not suspended"):
         sdk.devboxes.resume(view.id)
-    assert not (data_dir_of(backend) / "devboxes" / view.id / "home").exists()
+    state = data_dir_of(backend) / "devboxes" / view.id
+    assert not (state / "home").exists() and not (state / "disk").exists() and not (state / "disk.img").exists()
     assert sdk.devboxes.retrieve(view.id).status == "shutdown"
 
 
@@ -542,6 +543,7 @@ def test_usage_counts_running_time_only(tmp_path: Path) -> None:
         assert usage.status == "shutdown" and usage.start_time_ms == t0 and usage.end_time_ms == t0 + 20_000
         assert usage.total_active_seconds == 8
         assert usage.total_elapsed_seconds == 20
-        assert usage.vcpu_seconds == usage.memory_gb_seconds == usage.disk_gb_seconds == 0
+        # Recorded before devboxes had sizes, it ran as the default, SMALL: 1 vCPU, 2 GiB, 4 GiB disk.
+        assert (usage.vcpu_seconds, usage.memory_gb_seconds, usage.disk_gb_seconds) == (8, 16, 80)
     finally:
         running.stop()

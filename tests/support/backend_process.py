@@ -34,6 +34,13 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
+def devbox_home(data_dir: Path, devbox_id: str) -> Path:
+    """A devbox's home as the host sees it: on its own disk when it has one (mounted while it runs,
+    see local/disk.py), else in its state directory."""
+    state = data_dir / "devboxes" / devbox_id
+    return state / "disk" / "home" if (state / "disk.img").exists() else state / "home"
+
+
 def used_bytes(path: Path) -> int:
     stat = os.statvfs(path)
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
