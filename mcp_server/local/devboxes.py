@@ -309,6 +309,14 @@ class DevboxManager:
             raise ApiError(404, f"devbox {devbox_id!r} not found; list devboxes to see which ids exist")
         return devbox
 
+    def live_view(self, devbox_id: str) -> dict[str, Any]:
+        """The view, with what a running devbox uses now (memory, disk, CPU seconds) in its resources."""
+        devbox = self.get(devbox_id)
+        view = devbox.view()
+        if devbox.status == "running":
+            view["resources"].update(self.limits.live(devbox_id))
+        return view
+
     def require_running(self, devbox_id: str) -> Devbox:
         """The devbox, to be used now (a command, a file): that use keeps it from idling out."""
         devbox = self.get(devbox_id)
@@ -549,6 +557,8 @@ class DevboxManager:
             proc_files=tuple(limits.proc_files.items()) if limits else (),
             ram_disk_bytes=limits.ram_disk_bytes if limits else None,
             run_tmpfs_bytes=limits.run_tmpfs_bytes if limits else None,
+            # Counted per user namespace, so per devbox; a host process (unsafe) would count the host's.
+            max_processes=devbox.resource_size.pids if limits and not devbox.unsafe else None,
         )
         return Sandbox(spec)
 

@@ -1,9 +1,12 @@
 """A devbox's size made real on this host: what is enforced, how, and what cannot be.
 
 - memory: a cgroup limit (swap included); the kernel OOM-kills inside the devbox only. RAM-backed
-  mounts (tmpfs) are charged to it too, and sized besides.
+  mounts (tmpfs) are charged to it too, and sized so that together they hold at most about half
+  of it (/dev/shm and /var a quarter each, /run 64 MB): files there cannot fill the memory, so
+  killing a process always frees some and the devbox can go on after an OOM kill.
 - CPU: a CFS quota of the size's vCPUs, on that many CPUs (a cpuset), so `nproc` says the size.
-- processes: a pids limit (`sizes.Size.pids`).
+- processes: a pids limit (`sizes.Size.pids`), and the same RLIMIT_NPROC on every command (`ulimit -u`),
+  which the kernel counts per user namespace, so per devbox, even without cgroups.
 - disk: the devbox's writable storage is an ext4 image of the size, loop-mounted (`disk.py`).
 - /proc/meminfo: a file this module rewrites every few seconds from the cgroup's figures, bound
   over the devbox's /proc/meminfo (what lxcfs does with FUSE), so `free` says the size.
@@ -39,7 +42,7 @@ class Enforcement:
     cgroup_procs: tuple[str, ...] = ()
     proc_files: dict[str, str] = field(default_factory=dict)  # /proc path -> host file bound over it
     ram_disk_bytes: int | None = None  # size of each RAM-backed mount (/dev/shm, /var) besides /run
-    run_tmpfs_bytes: int = RUN_TMPFS_BYTES
+    run_tmpfs_bytes: int | None = RUN_TMPFS_BYTES
     not_enforced: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # where the size exceeds the host (capped)
 
@@ -74,9 +77,12 @@ class Limits:
     def host_gaps(self, *, sandboxed: bool) -> dict[str, str]:
         """{limit: why this host cannot enforce it} for every devbox started now."""
         gaps: dict[str, str] = {}
-        for name, controller in (("memory", "memory"), ("cpu", "cpu"), ("processes", "pids")):
+        for name, controller in (("memory", "memory"), ("cpu", "cpu")):
             if not self.host.has(controller):
                 gaps[name] = self.host.missing.get(controller, f"no {controller} cgroup controller")
+        if not self.host.has("pids") and not sandboxed:
+            # A sandboxed devbox's commands still have RLIMIT_NPROC, counted in its user namespace.
+            gaps["processes"] = self.host.missing.get("pids", "no pids cgroup controller")
         if not self.host.has("cpuset"):
             gaps["nproc"] = self.host.missing.get("cpuset", "no cpuset cgroup controller") + "; nproc shows the host's CPUs"
         if "memory" in gaps:
@@ -199,7 +205,8 @@ class Limits:
             storage=storage,
             cgroup_procs=tuple(group.procs_files()) if group else (),
             proc_files=proc_files,
-            ram_disk_bytes=size.memory_bytes // 2,
+            ram_disk_bytes=size.memory_bytes // 4,
+            run_tmpfs_bytes=min(RUN_TMPFS_BYTES, size.memory_bytes // 16),
             not_enforced=not_enforced,
             notes=self.size_notes(size),
         )

@@ -94,8 +94,12 @@ _GENERATED = (
 _INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec >/dev/null 2>&1; read -r _; exit 0")
 
 # Runs a sandbox's process after writing its own pid into each cgroup.procs file given before `--`,
-# so that it (and whatever it starts) is inside the devbox's cgroups before it execs anything.
-_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+# so that it (and whatever it starts) is inside the devbox's cgroups before it execs anything; with
+# a process limit first ($1, or -), which `ulimit -u` then reports (`-p` is dash's name for it).
+_JOIN_CGROUPS = (
+    '[ "$1" = - ] || ulimit -u "$1" 2>/dev/null || ulimit -p "$1" || exit 125; shift; '
+    'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+)
 
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
@@ -121,6 +125,7 @@ class SandboxSpec:
     proc_files: tuple[tuple[str, str], ...] = ()  # (/proc path, host file)
     ram_disk_bytes: int | None = None  # /dev/shm and /var
     run_tmpfs_bytes: int | None = None  # /run
+    max_processes: int | None = None  # RLIMIT_NPROC of commands (counted in the devbox's user namespace)
 
 
 def _which(name: str) -> str | None:
@@ -270,11 +275,16 @@ def _sized(size: int | None) -> list[str]:
     return ["--size", str(size)] if size else []
 
 
-def _in_cgroups(spec: SandboxSpec, argv: Sequence[str]) -> list[str]:
-    """`argv`, run inside the devbox's cgroups when it has any."""
-    if not spec.cgroup_procs:
+def _in_cgroups(spec: SandboxSpec, argv: Sequence[str], *, command: bool = True) -> list[str]:
+    """`argv`, run inside the devbox's cgroups when it has any, with its process limit when a `command`.
+
+    Not the sandbox itself: the limit a user namespace is created under also caps, host-wide, the
+    processes of its owner (the backend's uid), which are none of the devbox's business.
+    """
+    nproc = str(spec.max_processes) if command and spec.max_processes else "-"
+    if not spec.cgroup_procs and nproc == "-":
         return list(argv)
-    return ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *spec.cgroup_procs, "--", *argv]
+    return ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", nproc, *spec.cgroup_procs, "--", *argv]
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -417,7 +427,7 @@ class Sandbox:
             lifeline_r, self._lifeline = os.pipe()  # both ends close-on-exec: no other child holds it
             fds["lifeline"] = lifeline_r
             self._bwrap = await asyncio.create_subprocess_exec(
-                *_in_cgroups(spec, [tools()["bwrap"] or "bwrap", "--args", str(args_fd), "--", *_INIT_COMMAND]),
+                *_in_cgroups(spec, [tools()["bwrap"] or "bwrap", "--args", str(args_fd), "--", *_INIT_COMMAND], command=False),
                 stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
