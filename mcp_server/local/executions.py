@@ -80,6 +80,7 @@ class ExecutionRecord:
     exit_status: int | None
     create_time_ms: int
     end_time_ms: int | None = None
+    killed_for: str | None = None  # "out_of_memory": the kernel OOM-killed in its devbox as it ended 137
 
 
 @dataclass(eq=False)
@@ -440,6 +441,7 @@ class ExecutionManager:
         devbox_id = ex.record.devbox_id
         if self.devboxes.limits.oom_kills(devbox_id) <= ex.oom_kills_before:
             return
+        ex.record.killed_for = "out_of_memory"
         with contextlib.suppress(OSError), open(ex.path("stderr"), "a") as f:
             f.write(oom_note(self.devboxes.get(devbox_id).resource_size.memory_gib))
 
@@ -525,6 +527,8 @@ class ExecutionManager:
         body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "status": ex.record.status}
         if ex.record.exit_status is not None:
             body["exit_status"] = ex.record.exit_status
+        if ex.record.killed_for:
+            body["killed_for"] = ex.record.killed_for  # ours: why the kernel ended it
         for stream in ("stdout", "stderr"):
             text, truncated = tail_lines(ex.path(stream), last_n, VIEW_MAX_BYTES, growing=not ex.finished)
             body[stream] = text
@@ -534,6 +538,8 @@ class ExecutionManager:
     def sync_view(self, ex: Execution) -> dict[str, Any]:
         """DevboxExecutionDetailView of `execute_sync`: the output's last SYNC_MAX_BYTES bytes per stream."""
         body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "exit_status": ex.record.exit_status}
+        if ex.record.killed_for:
+            body["killed_for"] = ex.record.killed_for
         for stream in ("stdout", "stderr"):
             body[stream] = tail_lines(ex.path(stream), 1 << 62, SYNC_MAX_BYTES)[0]
         return body

@@ -47,11 +47,11 @@ class OutputEnvelope(BaseModel):
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
     output_complete: bool = Field(description="all output up to the exit was read")
-    stdout: str = Field(description="stdout, cleaned; a marker replaces an omitted middle")
-    stderr: str = Field(description="stderr, cleaned; a marker replaces an omitted middle")
+    stdout: str = Field(description="cleaned; a marker replaces an omitted middle (so in stderr)")
+    stderr: str
     stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
     stderr_offset: int
-    omitted_bytes: int = Field(description="left out of stdout and stderr (see their markers)")
+    omitted_bytes: int = Field(description="left out of stdout and stderr")
     hint: str | None = None
 
 
@@ -238,20 +238,20 @@ async def execute(
     command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="how long to wait before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="seconds before handing off to stream_logs (default 50, less if the client times out sooner)"),
     ] = None,
     command_id: Annotated[
         str | None,
         Field(
             max_length=100, pattern=r"^[\w.:-]+$",
-            description="idempotency key: a retry with the same id never runs the command twice",
+            description="idempotency key: a retry with it never runs the command twice",
         ),
     ] = None,
     attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
     """Run a shell command in a devbox. Output streams live as progress; returns exit status,
-    duration, stdout and stderr. If still running after wait_seconds, returns status running
-    and offsets for stream_logs; the command keeps running. Cancelling the call kills it."""
+    duration, stdout and stderr, or if still running after wait_seconds, status running and
+    offsets for stream_logs (it keeps running). Cancelling the call kills it."""
     app = state(ctx)
     if attach_stdin and command_id is not None:
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
@@ -313,7 +313,7 @@ async def stream_logs(
     reason: Literal["completed", "matched", "wait_ended"] = (
         "matched" if output.matches else "completed" if output.complete else "wait_ended"
     )
-    hint = None if output.complete else continue_hint(devbox_id, execution_id, output)
+    hint = killed_hint(final) if output.complete else continue_hint(devbox_id, execution_id, output)
     envelope = LogsResult(
         **_envelope_fields(devbox_id, execution_id, output, final, shaped),
         hint=hint,
@@ -336,7 +336,7 @@ async def stream_logs(
 
 
 async def kill_execution(ctx: Context, devbox_id: DevboxId, execution_id: ExecutionId) -> ExecutionState:
-    """Kill a running command and its child processes (the whole process group)."""
+    """Kill a running command and its whole process group."""
     with api_errors():
         view = await state(ctx).client.kill_execution(devbox_id, execution_id, kill_process_group=True)
     return ExecutionState(
@@ -405,6 +405,15 @@ def _envelope_fields(
     }
 
 
+def killed_hint(final: ExecutionView) -> str | None:
+    """One line on why a command ended 137 (SIGKILL): out of memory when the backend says so."""
+    if final.status != "completed" or final.exit_status != 137:
+        return None
+    if final.killed_for == "out_of_memory":
+        return "killed: out of memory at the devbox's limit; retry in a devbox with a larger resource_size"
+    return "exit 137: killed (SIGKILL) by kill_execution, a shutdown, or for memory (get_devbox shows the size)"
+
+
 def _execute_result(
     ctx: Context, app: AppState, devbox_id: str, execution_id: str, command_id: str | None, output: StreamsRead, final: ExecutionView, duration: float,
     wait: float,
@@ -412,8 +421,8 @@ def _execute_result(
     shaped = shape_streams(output, app.settings)
     fields = _envelope_fields(devbox_id, execution_id, output, final, shaped)
     if output.complete:
-        head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}"
-        hint = None
+        hint = killed_hint(final)
+        head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}" + (f"\n{hint}" if hint else "")
     else:
         hint = continue_hint(devbox_id, execution_id, output)
         if final.status == "completed":

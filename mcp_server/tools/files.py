@@ -121,7 +121,7 @@ async def read_file(
     end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
     tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
     binary: Annotated[
-        bool, Field(description="return a binary file: an image as image content, other bytes as base64 (size-capped)")
+        bool, Field(description="images as image content, other bytes as base64 (capped)")
     ] = False,
 ) -> Annotated[CallToolResult, FileRead]:
     """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def test_the_devbox_is_its_size_inside_and_on_the_host(http: httpx.Client, make)
 def test_a_memory_hog_is_killed_inside_with_137_and_a_reason(http: httpx.Client, make) -> None:  # noqa: ANN001
     view = make(X_SMALL)
     hog = run(http, view["id"], "python3 -c 'b = [bytearray(64 << 20) for _ in range(32)]; print(len(b))'")  # ≤ 2 GiB
-    assert hog["exit_status"] == 137
+    assert hog["exit_status"] == 137 and hog["killed_for"] == "out_of_memory"
     assert hog["stdout"] == ""
     assert "[devbox-mcp] killed (exit status 137): out of memory, the devbox's limit is 1 GiB" in hog["stderr"]
     assert "larger resource_size" in hog["stderr"]
@@ -166,7 +167,22 @@ def test_a_memory_hog_is_killed_inside_with_137_and_a_reason(http: httpx.Client,
     assert http.get(f"/v1/devboxes/{view['id']}").json()["status"] == "running"
     # A command killed otherwise gets no such note.
     killed = run(http, view["id"], "kill -9 $$")
-    assert killed["exit_status"] == 137 and "out of memory" not in killed["stderr"]
+    assert killed["exit_status"] == 137 and "out of memory" not in killed["stderr"] and "killed_for" not in killed
+
+
+@root_only
+def test_a_devbox_that_stops_after_oom_kills_fails_with_out_of_memory(
+    http: httpx.Client, make, backend: RunningBackend
+) -> None:  # noqa: ANN001
+    view = make(X_SMALL)
+    assert run(http, view["id"], "python3 -c 'b = [bytearray(64 << 20) for _ in range(32)]'")["exit_status"] == 137
+    manager = backend._server.config.app.state.components[0].extra["devboxes"]
+    # Fault injection: its pid 1 is killed, as the OOM killer does when nothing else is left to kill.
+    os.kill(manager.get(view["id"]).sandbox.init_pid, signal.SIGKILL)
+    r = http.post(f"/v1/devboxes/{view['id']}/wait_for_status", json={"statuses": ["failure", "suspended"]})
+    assert r.json()["status"] == "failure" and r.json()["failure_reason"] == "out_of_memory", r.json()
+    logs = http.get(f"/v1/devboxes/{view['id']}/logs").json()["logs"]
+    assert any("ran out of memory (1 GiB)" in (e.get("message") or "") for e in logs)
 
 
 @root_only
