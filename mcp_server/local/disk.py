@@ -39,9 +39,11 @@ _LOOP_CTL_GET_FREE = 0x4C82
 _LOOP_CONFIGURE = 0x4C0A
 _LO_FLAGS_AUTOCLEAR = 4
 _LO_FLAGS_DIRECT_IO = 16  # no second copy of the devbox's files in the host's page cache
-_MS_NOSUID, _MS_NODEV = 2, 4
+_MS_NOSUID, _MS_NODEV, _MS_MOVE = 2, 4, 8192
 _MNT_DETACH = 2
-_MOUNT_OPTIONS = b"discard"
+# noinit_itable: no background zeroing of inode tables after the mount (the group descriptors'
+# checksums already say which are unused); discard: blocks freed inside are freed in the image.
+_MOUNT_OPTIONS = b"discard,noinit_itable"
 _MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 UNMOUNT_WAIT_SECONDS = 5.0
 
@@ -78,14 +80,22 @@ def unavailable_reason() -> str | None:
 # -- making images -------------------------------------------------------------------------------
 
 
-def make_image(path: Path, size: int) -> None:
-    """A sparse file of `size` bytes with an empty ext4 on it (a few MB really written)."""
+def _lowest_priority() -> None:
+    os.nice(19)
+
+
+def make_image(path: Path, size: int, *, background: bool = False) -> None:
+    """A sparse file of `size` bytes with an empty ext4 on it (a few MB really written).
+
+    `background`: made ahead, at the lowest CPU priority, so it never slows a devbox starting.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.truncate(size)
         result = subprocess.run(
             [mkfs() or "mkfs.ext4", *_MKFS_OPTIONS, str(tmp)],
+            preexec_fn=_lowest_priority if background else None,
             capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
         )  # fmt: skip
         if result.returncode != 0:
@@ -101,43 +111,96 @@ def make_image(path: Path, size: int) -> None:
 
 
 class SparePool:
-    """Empty images made ahead, one per size asked for lately, so a create only mounts one."""
+    """Empty images made ahead, one per size asked for lately, so that a create does not wait for mkfs.
+
+    Where the kernel allows moving a mount (not out of a shared mount, as systemd makes `/`), the
+    spare is mounted ahead too, and a create only moves it into place: no mount on the way to running.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._lock = threading.Lock()
         self._making: set[int] = set()
+        self._mounted: dict[Path, Path] = {}  # spare image -> where it is mounted
+        self._moves = True  # until a move fails
 
     def _spare(self, size: int) -> Path | None:
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(self.directory):
+            names = sorted(os.listdir(self.directory))
+            for name in names:  # a mounted one first
+                path = self.directory / name
+                if name.startswith(f"spare-{size}-") and name.endswith(".img") and path in self._mounted:
+                    return path
+            for name in names:
                 if name.startswith(f"spare-{size}-") and name.endswith(".img"):
                     return self.directory / name
         return None
 
-    def take(self, size: int, target: Path) -> bool:
-        """Move a spare image of `size` bytes to `target`; False when there is none."""
+    def take(self, size: int, target: Path, mountpoint: Path) -> bool:
+        """Move a spare image of `size` bytes to `target`; False when there is none.
+
+        When it was mounted and its mount could be moved to `mountpoint`, it is mounted there now.
+        """
         with self._lock:
             spare = self._spare(size)
             if spare is None:
                 return False
             os.replace(spare, target)
-            return True
+            premounted = self._mounted.pop(spare, None)
+        if premounted is not None:
+            moved = _libc().mount(str(premounted).encode(), str(mountpoint).encode(), None, _MS_MOVE, None) == 0
+            if not moved:
+                log.info("devbox disks: cannot move mounts here (%s); spares are mounted at create instead",
+                         os.strerror(ctypes.get_errno()))  # fmt: skip
+                self._moves = False
+                detach(premounted)
+            with contextlib.suppress(OSError):
+                premounted.rmdir()
+        return True
 
     def refill(self, size: int) -> None:
-        """Make one spare of `size` bytes unless there is one (run in a worker thread)."""
+        """Make one spare of `size` bytes unless there is one, and mount it (run in a worker thread)."""
         with self._lock:
             if size in self._making or self._spare(size) is not None:
                 return
             self._making.add(size)
         try:
+            st = os.statvfs(self.directory.parent)
+            if st.f_bavail * st.f_frsize < size:
+                return  # a devbox created now would get no disk (limits.disk_gap): no spare either
             self.directory.mkdir(mode=0o700, exist_ok=True)
-            make_image(self.directory / f"spare-{size}-{secrets.token_hex(4)}.img", size)
+            token = secrets.token_hex(4)
+            image = self.directory / f"spare-{size}-{token}.img"
+            make_image(image, size, background=True)
+            if self._moves:
+                mountpoint = self.directory / f"mnt-{token}"
+                mountpoint.mkdir(mode=0o700)
+                _mount(image, mountpoint)
+                with self._lock:
+                    self._mounted[image] = mountpoint
         except (OSError, DiskError, subprocess.SubprocessError) as exc:
             log.warning("could not make a spare devbox disk of %d bytes: %s", size, exc)
         finally:
             with self._lock:
                 self._making.discard(size)
+
+    def clear_stale(self) -> None:
+        """At start-up: unmount and remove the spare mountpoints a killed backend left (images stay)."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.directory.iterdir():
+                if entry.name.startswith("mnt-") and entry not in self._mounted.values():
+                    with contextlib.suppress(OSError, DiskError):
+                        detach(entry)
+                        entry.rmdir()
+
+    def close(self) -> None:
+        """Unmount the spares (their images stay, for the next backend)."""
+        with self._lock:
+            mounted, self._mounted = self._mounted, {}
+        for mountpoint in mounted.values():
+            with contextlib.suppress(OSError, DiskError):
+                detach(mountpoint)
+                mountpoint.rmdir()
 
 
 # -- mounting ----------------------------------------------------------------------------------------
@@ -195,16 +258,26 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
 
     Blocking: call it from a worker thread.
     """
-    if not image.exists() and not (pool and pool.take(size, image)):
-        make_image(image, size)
     mountpoint.mkdir(mode=0o700, exist_ok=True)
     if os.path.ismount(mountpoint):
         detach(mountpoint)  # left by a backend that was killed
+    if not image.exists():
+        if pool is not None and pool.take(size, image, mountpoint):
+            if os.path.ismount(mountpoint):
+                _reaper().watch(mountpoint)
+                return mountpoint
+        else:
+            make_image(image, size)
     deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
     while attached(image):  # an earlier mount of it is still being released
         if time.monotonic() > deadline:
             raise DiskError("the devbox's disk is still in use by its previous run; try again")
         time.sleep(0.02)
+    _mount(image, mountpoint)
+    return mountpoint
+
+
+def _mount(image: Path, mountpoint: Path) -> None:
     device, loop_fd = _attach_loop(image)
     try:
         flags = _MS_NOSUID | _MS_NODEV
@@ -213,7 +286,6 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
     finally:
         os.close(loop_fd)  # unmounted (or never mounted), the device now frees itself
     _reaper().watch(mountpoint)
-    return mountpoint
 
 
 def detach(mountpoint: Path) -> None:
@@ -285,8 +357,11 @@ class _Reaper:
         self._process: subprocess.Popen[bytes] | None = None
 
     def watch(self, mountpoint: Path) -> None:
-        """Have `mountpoint`'s siblings (every devbox disk of that data directory) unmounted when we die."""
-        pattern = _mounts_escape(str(mountpoint.parent.parent)) + "/*/" + _mounts_escape(mountpoint.name)
+        """Have `mountpoint` and its kind (every devbox disk, or spare, of that data directory) unmounted when we die."""
+        if mountpoint.name.startswith("mnt-"):  # a spare: <data dir>/disks/mnt-<token>
+            pattern = _mounts_escape(str(mountpoint.parent)) + "/mnt-*"
+        else:  # a devbox's: <data dir>/devboxes/<id>/disk
+            pattern = _mounts_escape(str(mountpoint.parent.parent)) + "/*/" + _mounts_escape(mountpoint.name)
         with self._lock:
             if pattern in self._watched:
                 return

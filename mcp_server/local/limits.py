@@ -31,6 +31,7 @@ from .sizes import GIB, Size
 log = logging.getLogger("devbox_mcp.local")
 
 MEMINFO_REFRESH_SECONDS = 2.0
+REFILL_DELAY_SECONDS = 1.0
 RUN_TMPFS_BYTES = 64 * 1024 * 1024  # /run holds pid files and sockets
 
 
@@ -71,6 +72,7 @@ class Limits:
         self._cpu_load: dict[int, float] = dict.fromkeys(self.cpus, 0.0)
         self._running: dict[str, _Running] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._refills: set[asyncio.Task[None]] = set()
 
     # -- what the host can do ----------------------------------------------------------------
 
@@ -152,64 +154,78 @@ class Limits:
                 with contextlib.suppress(OSError, disk.DiskError):
                     disk.detach(mountpoint)
             cgroups.remove_stale(self.host, self.tag, keep=set())
+            self.pool.clear_stale()
 
         await asyncio.to_thread(clear)
         if self.disk_reason is None:
             from .sizes import DEFAULT_SIZE, preset
 
-            self._spawn_refill(preset(DEFAULT_SIZE).disk_bytes)
+            self._spawn_refill(preset(DEFAULT_SIZE).disk_bytes, delay=0)
 
-    def _spawn_refill(self, size: int) -> None:
-        task = asyncio.ensure_future(asyncio.to_thread(self.pool.refill, size))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    def _spawn_refill(self, size: int, delay: float = REFILL_DELAY_SECONDS) -> None:
+        """Make the next spare disk soon, but not while the devbox that took this one is starting."""
+
+        async def refill() -> None:
+            await asyncio.sleep(delay)
+            await asyncio.to_thread(self.pool.refill, size)
+
+        task = asyncio.ensure_future(refill())
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
 
     async def start(self, devbox_id: str, size: Size, *, image: Path | None, mountpoint: Path,
                     meminfo: Path, sandboxed: bool, disk_gap: str | None = None) -> Enforcement:  # fmt: skip
-        """Mount the disk (when `image`), make the cgroups; what the sandbox must do with them."""
+        """Mount the disk (when `image`), make the cgroups; what the sandbox must do with them.
+
+        Whatever this did is undone by `stop`, also when it failed half-way.
+        """
         not_enforced = self.host_gaps(sandboxed=sandboxed)
         if image is None:
             not_enforced["disk"] = disk_gap or not_enforced.get("disk") or "the devbox was made without a disk"
         else:
             not_enforced.pop("disk", None)
-        storage = mountpoint.parent
-        if image is not None:
-            await asyncio.to_thread(disk.attach, image, mountpoint, size.disk_bytes, self.pool)
-            storage = mountpoint
-            self._spawn_refill(size.disk_bytes)
         group = cgroups.DevboxCgroup(self.host, self.tag, devbox_id) if self.host.hierarchies else None
         cpus = self._take_cpus(size) if self.host.has("cpuset") else []
-        running = self._running[devbox_id] = _Running(size, group, cpus, None, storage, image is not None)
-        if group is not None:
-            settings = cgroups.Settings(
-                cpu_cores=size.cpu_cores,
-                memory_bytes=size.memory_bytes,
-                pids=size.pids,
-                cpus=",".join(map(str, cpus)) if cpus else None,
-            )
-            failed = await asyncio.to_thread(group.create, settings)
-            for controller, why in failed.items():
-                name = {"pids": "processes", "cpuset": "nproc"}.get(controller, controller)
-                if controller != "cpuacct":
-                    not_enforced[name] = why
-            running.oom_base = group.oom_kills()
-        proc_files: dict[str, str] = {}
-        if sandboxed and group is not None and "memory" not in not_enforced:
-            try:
-                await asyncio.to_thread(self._write_meminfo, running, meminfo)
-                running.meminfo = meminfo
-                proc_files["/proc/meminfo"] = str(meminfo)
-            except OSError as exc:
-                not_enforced["meminfo"] = f"could not write the devbox's /proc/meminfo: {exc}"
+        running = self._running[devbox_id] = _Running(size, group, cpus, None, mountpoint.parent, False)
+        # One trip to a worker thread for all of it: each trip costs a wake-up on a busy host.
+        await asyncio.to_thread(self._set_up, running, image, mountpoint, meminfo, sandboxed, not_enforced)
+        if image is not None:
+            self._spawn_refill(size.disk_bytes)
         self._ensure_refresher()
         return Enforcement(
-            storage=storage,
+            storage=running.storage,
             cgroup_procs=tuple(group.procs_files()) if group else (),
-            proc_files=proc_files,
+            proc_files={"/proc/meminfo": str(meminfo)} if running.meminfo else {},
             ram_disk_bytes=size.memory_bytes // 4,
             run_tmpfs_bytes=min(RUN_TMPFS_BYTES, size.memory_bytes // 16),
             not_enforced=not_enforced,
             notes=self.size_notes(size),
         )
+
+    def _set_up(self, running: _Running, image: Path | None, mountpoint: Path, meminfo: Path, sandboxed: bool,
+                not_enforced: dict[str, str]) -> None:  # fmt: skip
+        size, group = running.size, running.cgroup
+        if image is not None:
+            disk.attach(image, mountpoint, size.disk_bytes, self.pool)
+            running.storage, running.mounted = mountpoint, True
+        if group is None:
+            return
+        settings = cgroups.Settings(
+            cpu_cores=size.cpu_cores,
+            memory_bytes=size.memory_bytes,
+            pids=size.pids,
+            cpus=",".join(map(str, running.cpus)) if running.cpus else None,
+        )
+        for controller, why in group.create(settings).items():
+            if controller != "cpuacct":
+                not_enforced[{"pids": "processes", "cpuset": "nproc"}.get(controller, controller)] = why
+        running.oom_base = group.oom_kills()
+        if sandboxed and "memory" not in not_enforced:
+            try:
+                self._write_meminfo(running, meminfo)
+                running.meminfo = meminfo
+            except OSError as exc:
+                not_enforced["meminfo"] = f"could not write the devbox's /proc/meminfo: {exc}"
 
     async def stop(self, devbox_id: str) -> None:
         """After the sandbox is gone: unmount the disk, remove the cgroups, free the CPUs."""
@@ -230,6 +246,12 @@ class Limits:
             log.warning("devbox %s: could not release its disk or cgroups: %s", devbox_id, exc)
 
     async def shutdown(self) -> None:
+        for task in list(self._refills):
+            task.cancel()
+        for task in list(self._refills):
+            with contextlib.suppress(BaseException):
+                await task
+        await asyncio.to_thread(self.pool.close)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(BaseException):
