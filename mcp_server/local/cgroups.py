@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import reaper
+
 log = logging.getLogger("devbox_mcp.local")
 
 LIMITED = ("memory", "pids", "cpu", "cpuset")  # what a size sets
@@ -199,6 +201,7 @@ class DevboxCgroup:
         for h, directory in self.dirs.items():
             try:
                 directory.parent.mkdir(exist_ok=True)
+                reaper.remove_at_exit(directory.parent)
                 _prepare_intermediate(h, directory.parent)
                 directory.mkdir(exist_ok=True)
             except OSError as exc:
@@ -329,6 +332,13 @@ def remove_stale(host: Host, tag: str, keep: set[str]) -> None:
                 if entry.is_dir() and entry.name not in keep:
                     with contextlib.suppress(OSError):
                         entry.rmdir()
+
+
+def remove_tag(host: Host, tag: str) -> None:
+    """At a clean exit: this data directory's (empty) subtree."""
+    for h in host.hierarchies:
+        with contextlib.suppress(OSError):
+            (h.base / SUBTREE / tag).rmdir()
 
 
 def host_cpus() -> list[int]:

@@ -9,10 +9,8 @@ without it `unavailable_reason` says why and the devbox's storage is a plain hos
 returns once `mountpoint` is a directory of `size` bytes. Images are made ahead in a spare pool
 (mkfs takes ~30 ms) and mounted with ioctls and mount(2) directly (`mount -o loop` takes 3x as long).
 
-Mounts outlive a backend that is killed: a reaper process, in a session of its own, waits for the
-backend to end (its stdin is a pipe only the backend holds) and then lazily unmounts whatever is
-still mounted under the data directories the backend used; the loop devices free themselves
-(autoclear) once their mounts are gone.
+Mounts outlive a backend that is killed: `reaper.py` unmounts them when it dies, and the loop
+devices free themselves (autoclear) once their mounts are gone.
 """
 
 from __future__ import annotations
@@ -32,6 +30,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from . import reaper
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -264,7 +264,7 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
     if not image.exists():
         if pool is not None and pool.take(size, image, mountpoint):
             if os.path.ismount(mountpoint):
-                _reaper().watch(mountpoint)
+                reaper.unmount_at_exit(mountpoint)
                 return mountpoint
         else:
             make_image(image, size)
@@ -285,7 +285,7 @@ def _mount(image: Path, mountpoint: Path) -> None:
             raise DiskError(f"could not mount the devbox's disk: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(loop_fd)  # unmounted (or never mounted), the device now frees itself
-    _reaper().watch(mountpoint)
+    reaper.unmount_at_exit(mountpoint)
 
 
 def detach(mountpoint: Path) -> None:
@@ -313,72 +313,3 @@ def usage(mountpoint: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize
-
-
-# -- the reaper ----------------------------------------------------------------------------------------
-
-# Reads the mountpoint patterns to watch, one a line, until the backend is gone (EOF); then unmounts
-# every mount whose mountpoint matches one of them (as /proc/self/mounts spells it).
-_REAPER_SCRIPT = r"""
-set -f
-pats=
-while IFS= read -r p; do pats="$pats
-$p"; done
-while read -r _dev mnt _rest; do
-  IFS='
-'
-  for p in $pats; do
-    [ -n "$p" ] || continue
-    case "$mnt" in $p) umount -l "$mnt" 2>/dev/null ;; esac
-  done
-  unset IFS
-done </proc/self/mounts
-"""
-
-
-def _mounts_escape(path: str) -> str:
-    """A path as /proc/self/mounts writes it (octal escapes), and as a `case` pattern matches it."""
-    out = []
-    for ch in path:
-        if ch in " \t\n\\":
-            out.append("\\\\" + format(ord(ch), "03o"))
-        elif ch in "*?[]":
-            out.append("[" + ch + "]" if ch != "]" else "\\]")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-class _Reaper:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._write_fd: int | None = None
-        self._watched: set[str] = set()
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def watch(self, mountpoint: Path) -> None:
-        """Have `mountpoint` and its kind (every devbox disk, or spare, of that data directory) unmounted when we die."""
-        if mountpoint.name.startswith("mnt-"):  # a spare: <data dir>/disks/mnt-<token>
-            pattern = _mounts_escape(str(mountpoint.parent)) + "/mnt-*"
-        else:  # a devbox's: <data dir>/devboxes/<id>/disk
-            pattern = _mounts_escape(str(mountpoint.parent.parent)) + "/*/" + _mounts_escape(mountpoint.name)
-        with self._lock:
-            if pattern in self._watched:
-                return
-            if self._write_fd is None:
-                read_fd, self._write_fd = os.pipe()  # both close-on-exec: only the reaper gets the read end
-                try:
-                    self._process = subprocess.Popen(
-                        ["/bin/sh", "-c", _REAPER_SCRIPT],
-                        stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        start_new_session=True, close_fds=True,
-                    )  # fmt: skip
-                finally:
-                    os.close(read_fd)
-            os.write(self._write_fd, (pattern + "\n").encode())
-            self._watched.add(pattern)
-
-
-@functools.cache
-def _reaper() -> _Reaper:
-    return _Reaper()

@@ -252,6 +252,7 @@ class Limits:
             with contextlib.suppress(BaseException):
                 await task
         await asyncio.to_thread(self.pool.close)
+        await asyncio.to_thread(cgroups.remove_tag, self.host, self.tag)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(BaseException):

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from runloop_api_client import Runloop
+from support.backend_process import backend_process
 
 from mcp_server.local import cgroups
 from mcp_server.local.limits import meminfo_text
@@ -185,23 +191,26 @@ def test_a_devbox_that_stops_after_oom_kills_fails_with_out_of_memory(
     assert any("ran out of memory (1 GiB)" in (e.get("message") or "") for e in logs)
 
 
+# Starts up to 50 processes past the X_SMALL limit (512), then kills them all.
+SPAWNER = """
+import subprocess
+procs = []
+try:
+    for _ in range(562):
+        procs.append(subprocess.Popen(["sleep", "60"]))
+except OSError as exc:
+    print("refused after", len(procs), exc.errno)
+for p in procs:
+    p.kill()
+    p.wait()
+"""
+
+
 @root_only
 def test_a_bounded_fork_bomb_fails_inside_and_the_host_stays_responsive(http: httpx.Client, make) -> None:  # noqa: ANN001
     view = make(X_SMALL)  # 512 processes
     other = make({})
-    spawner = (
-        "import subprocess\n"
-        "procs = []\n"
-        "try:\n"
-        "    for _ in range(562):\n"
-        "        procs.append(subprocess.Popen(['sleep', '60']))\n"
-        "except OSError as exc:\n"
-        "    print('refused after', len(procs), exc.errno)\n"
-        "for p in procs:\n"
-        "    p.kill()\n"
-        "    p.wait()\n"
-    )
-    http.post(f"/v1/devboxes/{view['id']}/write_file_contents", json={"file_path": "spawn.py", "contents": spawner})
+    http.post(f"/v1/devboxes/{view['id']}/write_file_contents", json={"file_path": "spawn.py", "contents": SPAWNER})
     out = run(http, view["id"], "python3 spawn.py")
     assert out["exit_status"] == 0, out
     words = out["stdout"].split()
@@ -246,6 +255,56 @@ def test_ram_backed_mounts_are_sized(http: httpx.Client, make) -> None:  # noqa:
     out = run(http, view["id"], "head -c 300M /dev/zero > /dev/shm/big; echo shm=$?; touch /dev/new; echo dev=$?")
     assert "No space left on device" in out["stderr"]
     assert "shm=1" in out["stdout"] and "dev=1" in out["stdout"], out  # /dev itself is read-only
+
+
+# -- a host that cannot enforce everything ----------------------------------------------------------
+
+NON_ROOT_UID = 4242
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _as_another_user() -> tuple[list[str], dict[str, str]] | None:
+    """How to run the backend as an ordinary user with this checkout's packages, if this host allows it."""
+    site = [str(p) for p in map(Path, sys.path) if p.name == "site-packages" and str(p).startswith(str(REPO))]
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists() or not site:
+        return None
+    prefix = ["setpriv", f"--reuid={NON_ROOT_UID}", f"--regid={NON_ROOT_UID}", "--clear-groups"]
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), *site]), "HOME": "/tmp"}
+    probe = subprocess.run([*prefix, "/usr/bin/python3", "-c", "import mcp_server.local.server"],
+                           env={"PATH": "/usr/bin:/bin", **env}, capture_output=True)  # fmt: skip
+    return (prefix, env) if probe.returncode == 0 else None
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A directory an ordinary user can reach (pytest's own are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="sizes-nonroot-", dir="/tmp"))
+    os.chown(path, NON_ROOT_UID, NON_ROOT_UID)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_backend_that_cannot_enforce_a_limit_says_so_and_still_caps_processes(user_dir: Path) -> None:
+    how = _as_another_user()
+    if how is None:
+        pytest.skip("cannot run the backend as an ordinary user here (needs root, setpriv, a readable checkout)")
+    prefix, env = how
+    with backend_process(user_dir / "data", user_dir / "log", python="/usr/bin/python3", prefix=prefix, env=env) as proc:
+        with proc.client() as client:
+            view = client.post("/v1/devboxes/create_and_await_running", json={"launch_parameters": X_SMALL}).json()
+            assert view["status"] == "running", view
+            gaps = view["resources"]["not_enforced"]
+            assert set(gaps) == {"memory", "cpu", "nproc", "meminfo", "disk"}, gaps
+            assert all("not root" in gaps[k] for k in ("memory", "cpu", "disk")), gaps
+            assert "processes" not in gaps  # RLIMIT_NPROC, counted in the devbox's user namespace
+            client.post(f"/v1/devboxes/{view['id']}/write_file_contents", json={"file_path": "spawn.py", "contents": SPAWNER})
+            out = client.post(f"/v1/devboxes/{view['id']}/execute_sync", json={"command": "ulimit -u; python3 spawn.py"})
+            lines = out.json()["stdout"].splitlines()
+            assert lines[0] == "512"
+            words = lines[1].split()
+            assert words[:2] == ["refused", "after"] and int(words[2]) < 512 and words[3] == "11", lines
+            client.post(f"/v1/devboxes/{view['id']}/shutdown")
+        assert "devbox sizes are not fully enforced on this host: memory: the backend is not root" in proc.log
 
 
 # -- accounting --------------------------------------------------------------------------------
