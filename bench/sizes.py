@@ -10,7 +10,7 @@
   cache, tmpfs), and the host's MemAvailable drop over `--idle` devboxes divided by their number.
 - a CPU-bound loop in 0.5, 1 and 2-CPU devboxes (one loop per CPU the size shows): the CPU time
   the devbox's cgroup got over the wall time, as a fraction of a core, against the same loop on
-  the host. The machine is shared: run it when it is otherwise idle.
+  the host. The machine is shared: run it when it is otherwise idle (`uptime` is printed).
 """
 
 from __future__ import annotations
@@ -45,31 +45,46 @@ def create(client: httpx.Client, params: dict[str, object] | None = None) -> str
     return view["id"]
 
 
-def create_to_running(backend: RunningBackend, runs: int) -> list[float]:
-    samples = []
-    with client_for(backend) as client:
-        for _ in range(runs + 2):
-            started = time.perf_counter()
-            devbox = create(client)
-            samples.append(time.perf_counter() - started)
+def create_to_running(backends: list[RunningBackend], runs: int) -> list[list[float]]:
+    """Alternating between the backends, so that a change in the host's load hits both alike."""
+    samples: list[list[float]] = [[] for _ in backends]
+    clients = [client_for(b) for b in backends]
+    try:
+        for run in range(runs + 2):
+            for client, out in zip(clients, samples, strict=True):
+                started = time.perf_counter()
+                devbox = create(client)
+                elapsed = time.perf_counter() - started
+                client.post(f"/v1/devboxes/{devbox}/shutdown")
+                if run >= 2:  # the first ones warm caches (the /etc scan, imports)
+                    out.append(elapsed)
+                time.sleep(0.3)  # a create every so often, as an agent makes them (spare disks refill)
+    finally:
+        for client in clients:
+            client.close()
+    return samples
+
+
+def execute_true(backends: list[RunningBackend], runs: int) -> list[list[float]]:
+    samples: list[list[float]] = [[] for _ in backends]
+    clients = [client_for(b) for b in backends]
+    devboxes = [create(c) for c in clients]
+    try:
+        for run in range(runs + 3):
+            for client, devbox, out in zip(clients, devboxes, samples, strict=True):
+                started = time.perf_counter()
+                view = client.post(
+                    f"/v1/devboxes/{devbox}/execute", json={"command": "true", "command_id": str(uuid.uuid4())}
+                ).json()
+                if run >= 3:
+                    out.append(time.perf_counter() - started)
+                if view.get("exit_status") != 0:
+                    raise SystemExit(f"execute true failed: {view}")
+    finally:
+        for client, devbox in zip(clients, devboxes, strict=True):
             client.post(f"/v1/devboxes/{devbox}/shutdown")
-    return samples[2:]
-
-
-def execute_true(backend: RunningBackend, runs: int) -> list[float]:
-    samples = []
-    with client_for(backend) as client:
-        devbox = create(client)
-        for _ in range(runs + 3):
-            started = time.perf_counter()
-            view = client.post(
-                f"/v1/devboxes/{devbox}/execute", json={"command": "true", "command_id": str(uuid.uuid4())}
-            ).json()
-            samples.append(time.perf_counter() - started)
-            if view.get("exit_status") != 0:
-                raise SystemExit(f"execute true failed: {view}")
-        client.post(f"/v1/devboxes/{devbox}/shutdown")
-    return samples[3:]
+            client.close()
+    return samples
 
 
 def _pss(pid: int) -> int:
@@ -149,10 +164,15 @@ def devbox_loop_fraction(backend: RunningBackend, params: dict[str, object], loo
     return used / wall
 
 
-def limits_off() -> None:
-    """What a host that can enforce nothing gets: the same code, no cgroups, no disk images."""
+def start_without_limits(data_dir: Path) -> RunningBackend:
+    """The same backend code as on a host that can enforce nothing: no cgroups, no disk images."""
+    detect, reason = cgroups.detect, disk.unavailable_reason
     cgroups.detect = lambda: cgroups.Host(missing={c: "off for the benchmark" for c in cgroups.LIMITED})  # type: ignore[assignment]
     disk.unavailable_reason = lambda: "off for the benchmark"  # type: ignore[assignment]
+    try:
+        return start_in_thread(data_dir)  # its limits are read as it starts
+    finally:
+        cgroups.detect, disk.unavailable_reason = detect, reason  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -161,15 +181,17 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
+    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if os.geteuid() != 0:
         print("note: not root: limits are not enforced here, so both columns measure the same thing")
     with tempfile.TemporaryDirectory(prefix="devbox-bench-sizes-") as tmp:
         limited = start_in_thread(Path(tmp) / "limited")
+        free = start_without_limits(Path(tmp) / "free")
         try:
             gaps = limited._server.config.app.state.components[0].extra["devboxes"].limits.host_gaps(sandboxed=True)
             print(f"limits not enforceable on this host: {gaps or 'none'}")
-            create_on = create_to_running(limited, args.runs)
-            exec_on = execute_true(limited, args.runs)
+            create_on, create_off = create_to_running([limited, free], args.runs)
+            exec_on, exec_off = execute_true([limited, free], args.runs)
             memory = idle_memory(limited, args.idle)
             host = host_loop_fraction(args.seconds)
             cpu = {
@@ -182,12 +204,6 @@ def main() -> None:
             }
         finally:
             limited.stop()
-        limits_off()
-        free = start_in_thread(Path(tmp) / "free")
-        try:
-            create_off = create_to_running(free, args.runs)
-            exec_off = execute_true(free, args.runs)
-        finally:
             free.stop()
 
     on, off = statistics.median(create_on), statistics.median(create_off)

@@ -163,13 +163,24 @@ def _enable(directory: Path, controllers: frozenset[str]) -> None:
 
 
 def _prepare_intermediate(hierarchy: Hierarchy, directory: Path) -> None:
-    """A cgroup that will have children: v1 cpuset needs its CPUs and memory nodes set, v2 its controllers."""
+    """A cgroup that will have children: v1 cpuset needs its CPUs and memory nodes set, v2 its controllers.
+
+    Its CPU weight is that of as many busy processes as the host has CPUs: CPU time is shared
+    between sibling cgroups by weight, and left at the default the devboxes together would weigh
+    as much as one host process when the host is busy.
+    """
+    weight = len(host_cpus())
     if hierarchy.version == 2:
         _enable(directory, hierarchy.controllers)
-    elif "cpuset" in hierarchy.controllers:
+        if "cpu" in hierarchy.controllers:
+            _write(directory / "cpu.weight", str(min(10_000, 100 * weight)))
+        return
+    if "cpuset" in hierarchy.controllers:
         for name in ("cpuset.cpus", "cpuset.mems"):
             if not (_read(directory / name) or "").strip():
                 _write(directory / name, (_read(directory.parent / name) or "").strip())
+    if "cpu" in hierarchy.controllers:
+        _write(directory / "cpu.shares", str(1024 * weight))
 
 
 def tag_of(data_dir: Path) -> str:
@@ -225,9 +236,10 @@ class DevboxCgroup:
                     _write(d / "memory.memsw.limit_in_bytes", str(s.memory_bytes))
             elif name == "pids":
                 _write(d / "pids.max", str(s.pids))
-            elif name == "cpu":
+            elif name == "cpu":  # a cap of the size's CPUs, and a weight in proportion to it
                 _write(d / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(d / "cpu.cfs_quota_us", str(quota))
+                _write(d / "cpu.shares", str(max(2, round(1024 * s.cpu_cores))))
             elif name == "cpuset":
                 _write(d / "cpuset.cpus", s.cpus or (_read(d.parent / "cpuset.cpus") or "").strip())
                 _write(d / "cpuset.mems", (_read(d.parent / "cpuset.mems") or "").strip())
@@ -240,6 +252,7 @@ class DevboxCgroup:
             _write(d / "pids.max", str(s.pids))
         elif name == "cpu":
             _write(d / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            _write(d / "cpu.weight", str(max(1, min(10_000, round(100 * s.cpu_cores)))))
         elif name == "cpuset" and s.cpus:
             _write(d / "cpuset.cpus", s.cpus)
 

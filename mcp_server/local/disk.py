@@ -110,8 +110,11 @@ def make_image(path: Path, size: int, *, background: bool = False) -> None:
         raise
 
 
+SPARES = 2  # per size: devboxes created back to back find one ready while the next is made
+
+
 class SparePool:
-    """Empty images made ahead, one per size asked for lately, so that a create does not wait for mkfs.
+    """Empty images made ahead, a few per size asked for lately, so that a create does not wait for mkfs.
 
     Where the kernel allows moving a mount (not out of a shared mount, as systemd makes `/`), the
     spare is mounted ahead too, and a create only moves it into place: no mount on the way to running.
@@ -123,6 +126,11 @@ class SparePool:
         self._making: set[int] = set()
         self._mounted: dict[Path, Path] = {}  # spare image -> where it is mounted
         self._moves = True  # until a move fails
+
+    def _spares(self, size: int) -> list[str]:
+        with contextlib.suppress(FileNotFoundError):
+            return [n for n in os.listdir(self.directory) if n.startswith(f"spare-{size}-") and n.endswith(".img")]
+        return []
 
     def _spare(self, size: int) -> Path | None:
         with contextlib.suppress(FileNotFoundError):
@@ -159,27 +167,44 @@ class SparePool:
         return True
 
     def refill(self, size: int) -> None:
-        """Make one spare of `size` bytes unless there is one, and mount it (run in a worker thread)."""
+        """Make spares of `size` bytes up to SPARES, and mount them (run in a worker thread)."""
+        while self._refill_one(size):
+            pass
+
+    def _refill_one(self, size: int) -> bool:
         with self._lock:
-            if size in self._making or self._spare(size) is not None:
-                return
+            if size in self._making or len(self._spares(size)) >= SPARES:
+                return False
             self._making.add(size)
         try:
             st = os.statvfs(self.directory.parent)
             if st.f_bavail * st.f_frsize < size:
-                return  # a devbox created now would get no disk (limits.disk_gap): no spare either
+                return False  # a devbox created now would get no disk (limits.disk_gap): no spare either
             self.directory.mkdir(mode=0o700, exist_ok=True)
             token = secrets.token_hex(4)
+            # Made and mounted under a name `take` does not look for, then named a spare (the
+            # loop device follows the rename): no create can take it half-way.
+            making = self.directory / f".making-{token}.img"
             image = self.directory / f"spare-{size}-{token}.img"
-            make_image(image, size, background=True)
+            make_image(making, size, background=True)
+            mountpoint = None
             if self._moves:
                 mountpoint = self.directory / f"mnt-{token}"
                 mountpoint.mkdir(mode=0o700)
-                _mount(image, mountpoint)
-                with self._lock:
+                try:
+                    _mount(making, mountpoint)
+                except BaseException:
+                    making.unlink(missing_ok=True)
+                    mountpoint.rmdir()
+                    raise
+            with self._lock:
+                os.replace(making, image)
+                if mountpoint is not None:
                     self._mounted[image] = mountpoint
+            return True
         except (OSError, DiskError, subprocess.SubprocessError) as exc:
             log.warning("could not make a spare devbox disk of %d bytes: %s", size, exc)
+            return False
         finally:
             with self._lock:
                 self._making.discard(size)
@@ -192,6 +217,8 @@ class SparePool:
                     with contextlib.suppress(OSError, DiskError):
                         detach(entry)
                         entry.rmdir()
+                elif entry.name.startswith("."):  # an image a killed backend was making
+                    entry.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Unmount the spares (their images stay, for the next backend)."""

@@ -31,7 +31,7 @@ from .sizes import GIB, Size
 log = logging.getLogger("devbox_mcp.local")
 
 MEMINFO_REFRESH_SECONDS = 2.0
-REFILL_DELAY_SECONDS = 1.0
+REFILL_DELAY_SECONDS = 0.2  # the devbox that took a spare is booting meanwhile
 RUN_TMPFS_BYTES = 64 * 1024 * 1024  # /run holds pid files and sockets
 
 
