@@ -211,9 +211,10 @@ class DevboxCgroup:
         failed: dict[str, str] = {}
         for h, directory in self.dirs.items():
             try:
-                directory.parent.mkdir(exist_ok=True)
+                for parent in (directory.parent.parent, directory.parent):  # another backend's exit may
+                    parent.mkdir(exist_ok=True)  # have removed them, when it left them empty
+                    _prepare_intermediate(h, parent)
                 reaper.remove_at_exit(directory.parent)
-                _prepare_intermediate(h, directory.parent)
                 directory.mkdir(exist_ok=True)
             except OSError as exc:
                 for name in h.controllers:
@@ -348,10 +349,11 @@ def remove_stale(host: Host, tag: str, keep: set[str]) -> None:
 
 
 def remove_tag(host: Host, tag: str) -> None:
-    """At a clean exit: this data directory's (empty) subtree."""
+    """At a clean exit: this data directory's (empty) subtree, and devbox-mcp's if no other backend uses it."""
     for h in host.hierarchies:
         with contextlib.suppress(OSError):
             (h.base / SUBTREE / tag).rmdir()
+            (h.base / SUBTREE).rmdir()
 
 
 def host_cpus() -> list[int]:

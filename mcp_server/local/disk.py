@@ -316,19 +316,12 @@ def _mount(image: Path, mountpoint: Path) -> None:
 
 
 def detach(mountpoint: Path) -> None:
-    """Unmount; a mount still busy (a process not yet gone) is detached lazily and frees itself later."""
+    """Unmount. A mount still busy (a sandbox's namespaces not yet torn down) is detached lazily: gone
+    from the host at once, released by the kernel with its last user (`attach` waits for that)."""
     if not os.path.ismount(mountpoint):
         return
     if _libc().umount2(str(mountpoint).encode(), 0) == 0:
         return
-    code = ctypes.get_errno()
-    if code == errno.EBUSY:
-        deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            if _libc().umount2(str(mountpoint).encode(), 0) == 0:
-                return
-        log.warning("the disk at %s is still busy: detaching it lazily", mountpoint)
     if _libc().umount2(str(mountpoint).encode(), _MNT_DETACH) != 0 and os.path.ismount(mountpoint):
         raise DiskError(f"could not unmount {mountpoint}: {os.strerror(ctypes.get_errno())}")
 

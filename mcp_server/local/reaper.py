@@ -4,7 +4,8 @@ A reaper process, started at the first such thing and in a session of its own (a
 backend's process group spares it), waits for the backend to end: its stdin is a pipe only the
 backend holds. Then it lazily unmounts every mount matching the patterns it was given (the devbox
 disks and spare disks of each data directory used) and removes the given cgroup directories with
-their children, retrying for a few seconds while the devboxes' processes die. A backend that
+their children (and their parent, once empty), retrying for a few seconds while the devboxes'
+processes die. A backend that
 stops cleanly has undone all of it already; the reaper then finds nothing to do.
 """
 
@@ -49,6 +50,7 @@ for attempt in 1 2 3 4 5 6 7 8 9 10; do
       [ -d "$d/$child" ] && rmdir "$d/$child" 2>/dev/null
     done
     rmdir "$d" 2>/dev/null || left=1
+    rmdir "${d%/*}" 2>/dev/null  # the devbox-mcp subtree too, once no backend uses it
   done
   unset IFS
   [ -z "$left" ] && exit 0
