@@ -206,7 +206,7 @@ class DevboxManager:
         self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
         self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
         self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
-        self.limits = Limits(config.data_dir)
+        self.limits = Limits(config.data_dir, spares=self.root / ".spare-disks")
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.

@@ -62,12 +62,14 @@ class _Running:
 class Limits:
     """The limits of every devbox of one backend."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, spares: Path) -> None:
+        """`spares`: where spare disks are made; in the devboxes' own storage (storage.py), as a
+        spare is renamed, and its mount moved, into a devbox's directory."""
         self.data_dir = data_dir
         self.tag = cgroups.tag_of(data_dir)
         self.host = cgroups.detect()
         self.disk_reason = disk.unavailable_reason()
-        self.pool = disk.SparePool(data_dir / "disks")
+        self.pool = disk.SparePool(spares)
         self.cpus = cgroups.host_cpus()
         self._cpu_load: dict[int, float] = dict.fromkeys(self.cpus, 0.0)
         self._running: dict[str, _Running] = {}

@@ -106,6 +106,7 @@ def _reaper() -> _Reaper:
 
 def unmount_at_exit(mountpoint: Path) -> None:
     """Have `mountpoint`, and every mount of its kind in its data directory, unmounted when we die."""
+    mountpoint = mountpoint.resolve()  # as /proc/self/mounts names it
     if mountpoint.name.startswith("mnt-"):  # a spare disk: <data dir>/disks/mnt-<token>
         pattern = _mounts_escape(str(mountpoint.parent)) + "/mnt-*"
     else:  # a devbox's disk: <data dir>/devboxes/<id>/disk
