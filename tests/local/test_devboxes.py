@@ -464,7 +464,10 @@ def test_entrypoint_runs_in_the_background_and_its_exit_shuts_the_devbox_down(sd
     )
     try:
         assert view.status == "running"  # not held up by the entrypoint, which waits on the fifo
-        assert sdk.devboxes.read_file_contents(view.id, file_path="entry.txt") == "serving\n"
+        deadline = time.monotonic() + 20  # it runs beside the devbox, on its own time
+        while sdk.devboxes.execute_and_await_completion(view.id, command="cat entry.txt").stdout != "serving\n":
+            assert time.monotonic() < deadline, "the entrypoint never wrote entry.txt"
+            time.sleep(0.02)
         assert not [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]
         sdk.devboxes.execute_and_await_completion(view.id, command="echo now > /tmp/go-fifo")
         deadline = time.monotonic() + 20

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.backend_process import devbox_home
 
 from mcp_server.local.server import RunningBackend
 
@@ -129,7 +130,7 @@ def test_a_setuid_file_in_devbox_storage_gives_no_privileges_on_the_host(pair, b
     a, _ = pair
     storage = backend.config.data_dir / "devboxes"
     assert os.statvfs(storage).f_flag & os.ST_NOSUID
-    planted = storage / a.id / "home" / "setuid-id"
+    planted = devbox_home(backend.config.data_dir, a.id) / "setuid-id"  # on the devbox's own disk, if any
     control = backend.config.data_dir / "setuid-id-control"  # same filesystem, outside devbox storage
     for path in (planted, control):
         shutil.copy("/usr/bin/id", path)
