@@ -136,8 +136,12 @@ def _try_hierarchy(host: Host, hierarchy: Hierarchy) -> None:
         subtree = hierarchy.base / SUBTREE
         if hierarchy.version == 2:
             _enable(hierarchy.base, hierarchy.controllers)
+        made = not subtree.exists()
         subtree.mkdir(exist_ok=True)
         _prepare_intermediate(hierarchy, subtree)
+        if made:  # a probe: made for good with the first devbox (DevboxCgroup.create), so none is left behind
+            with contextlib.suppress(OSError):
+                subtree.rmdir()
     except OSError as exc:
         reason = f"cannot make cgroups under {hierarchy.base} ({exc.strerror or exc})"
         if hierarchy.version == 2 and exc.errno == errno.EBUSY:
