@@ -177,8 +177,7 @@ async def create_devbox(
     on_idle: Literal["suspend", "shutdown"] = "suspend",
     resource_size: Annotated[
         SIZES | None,
-        Field(description="CPUs/GiB RAM: SMALL 1/2 (default), X_SMALL .5/1, MEDIUM 2/4, LARGE 2/8, X_LARGE 4/16, "
-                          "XX_LARGE 8/32; CUSTOM_SIZE: custom_*"),
+        Field(description="X_SMALL to XX_LARGE: 0.5 to 8 CPUs, 1 to 32 GiB; default SMALL; CUSTOM_SIZE: custom_*"),
     ] = None,
     custom_cpu_cores: float | None = None,
     custom_gb_memory: int | None = None,
@@ -222,7 +221,7 @@ async def list_devboxes(
     ctx: Context,
     status: DevboxStatus | None = None,
     limit: Annotated[int, Field(ge=1, le=100)] = 20,
-    starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
+    starting_after: Annotated[DevboxId | None, Field(description="last id of the previous page")] = None,
 ) -> Annotated[CallToolResult, DevboxList]:
     """List devboxes (a page at a time)."""
     with api_errors():
@@ -253,7 +252,7 @@ async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Suspend a running devbox: it stops running, its files are kept; resume_devbox brings it back."""
+    """Suspend a running devbox, keeping its files; resume_devbox brings it back."""
     with api_errors():
         view = await state(ctx).client.suspend_devbox(devbox_id)
     await state(ctx).resources.list_changed()

@@ -46,10 +46,10 @@ class OutputEnvelope(BaseModel):
     execution_id: str
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
-    output_complete: bool = Field(description="all output up to the exit was read")
+    output_complete: bool = Field(description="all output read")
     stdout: str = Field(description="cleaned; a marker replaces an omitted middle (so in stderr)")
     stderr: str
-    stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
+    stdout_offset: int = Field(description="stream_logs continues here")
     stderr_offset: int
     omitted_bytes: int = Field(description="left out of stdout and stderr")
     hint: str | None = None
@@ -238,7 +238,7 @@ async def execute(
     command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="seconds before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50, less if the client times out sooner)"),
     ] = None,
     command_id: Annotated[
         str | None,
@@ -247,11 +247,11 @@ async def execute(
             description="idempotency key: a retry with it never runs the command twice",
         ),
     ] = None,
-    attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
+    attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
-    """Run a shell command in a devbox. Output streams live as progress; returns exit status,
-    duration, stdout and stderr, or if still running after wait_seconds, status running and
-    offsets for stream_logs (it keeps running). Cancelling the call kills it."""
+    """Run a shell command in a devbox; output streams live as progress. Returns exit status,
+    duration, stdout, stderr; or, still running after wait_seconds, status running and stream_logs
+    offsets (it keeps running). Cancelling kills it."""
     app = state(ctx)
     if attach_stdin and command_id is not None:
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
@@ -284,7 +284,7 @@ async def stream_logs(
     devbox_id: DevboxId,
     execution_id: ExecutionId,
     stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
-    stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
+    stderr_offset: Annotated[int, Field(ge=0)] = 0,
     wait_seconds: Annotated[
         float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
     ] = None,
@@ -293,8 +293,8 @@ async def stream_logs(
         Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
-    """Follow a running command's output from the given offsets (live as progress) until it
-    completes, `until` matches a line, or wait_seconds pass. Returns the offsets to continue from."""
+    """Follow a running command's output from offsets (live as progress) until it completes,
+    `until` matches a line, or wait_seconds pass; returns the offsets to continue from."""
     app = state(ctx)
     pattern = None
     if until is not None:
