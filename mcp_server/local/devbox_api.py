@@ -143,7 +143,7 @@ async def list_devboxes(request: Request) -> Response:
 
 async def get_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse(devboxes.get(request.path_params["id"]).view())
+    return JSONResponse(devboxes.live_view(request.path_params["id"]))
 
 
 async def update_devbox(request: Request) -> Response:

@@ -11,7 +11,9 @@ Honoured: name, environment_variables, secrets, file_mounts, mounts of type `fil
 entrypoint, metadata, and launch_parameters.{launch_commands, keep_alive_time_seconds,
 after_idle, lifecycle.after_idle, architecture (the host's), provisioning_tier `standard`,
 available_ports (deprecated: the API itself ignores it), network_mode (our extension),
-user_parameters (the account commands run as: root, `user` or another, see `launch_user`)}.
+user_parameters (the account commands run as: root, `user` or another, see `launch_user`),
+resource_size_request and custom_cpu_cores / custom_gb_memory / custom_disk_size (checked
+against ResourceSize's rules by `sizes.resolve`, enforced by `limits`)}.
 The rest is refused (see `refusals`; the README lists them).
 """
 
@@ -148,10 +150,6 @@ _BLUEPRINTS = (
     "is not supported by the embedded backend (no blueprints or snapshots); create a devbox without it "
     "and use launch_parameters.launch_commands to set it up"
 )
-_SIZES = (
-    "the embedded backend does not enforce devbox sizes yet (a devbox shares the host's CPUs and memory); "
-    "leave it out"
-)
 # Create-body fields the embedded backend refuses whenever they ask for something.
 _REFUSED_FIELDS: dict[str, str] = {
     "blueprint_id": _BLUEPRINTS,
@@ -176,10 +174,6 @@ _REFUSED_FIELDS: dict[str, str] = {
     "mcp": "is not supported by the embedded backend (no MCP hub); leave it out",
 }
 _REFUSED_LAUNCH_PARAMETERS: dict[str, str] = {
-    "resource_size_request": _SIZES,
-    "custom_cpu_cores": _SIZES,
-    "custom_gb_memory": _SIZES,
-    "custom_disk_size": _SIZES,
     "required_services": "needs a blueprint's containerized services, which the embedded backend has not; leave it out",
     "network_policy_id": (
         "is not supported by the embedded backend (no network policies); choose launch_parameters.network_mode "

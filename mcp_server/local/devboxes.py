@@ -25,11 +25,13 @@ from typing import Any
 from . import rootfs
 from .clock import now_ms
 from .config import LocalConfig
+from .disk import DiskError, detach
 from .errors import ApiError, disk_full, is_disk_full
 from .idmap import FALLBACK_NOTE, IdRange, host_range
 from .ids import new_id
 from .image import Image, ImageError, ImageStore, default_images_dir
 from .lifecycle import IdlePolicy, IdleTimers, idle_policy
+from .limits import Enforcement, Limits
 from .sandbox import (
     DEFAULT_USER,
     NETWORK_MODES,
@@ -42,6 +44,7 @@ from .sandbox import (
     warm_up,
 )
 from .secret_store import SecretStore
+from .sizes import Size, SizeError, resolve
 from .storage import Storage
 
 log = logging.getLogger("devbox_mcp.local")
@@ -94,16 +97,33 @@ class Devbox:
     id_range: list[int] | None = None
     image: str | None = None
     user: dict[str, Any] | None = None  # who commands run as: {name, uid, home}; None is `user`
+    size: dict[str, Any] = field(default_factory=dict)  # sizes.Size.record(); empty: made before sizes
+    disk: bool = False  # its writable storage is a disk image of its size (disk.py)
+    disk_gap: str | None = None  # why not, when it has none
     sandbox: Sandbox | None = None
+    enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def resource_size(self) -> Size:
+        return Size.from_record(self.size)
+
+    @property
+    def disk_image(self) -> Path:
+        return self.state_dir / "disk.img"
+
+    @property
+    def writable_root(self) -> Path:
+        """Where the devbox's writable storage lives: its mounted disk, or (without one) its state directory."""
+        return self.state_dir / "disk" if self.disk else self.state_dir
+
+    @property
     def home(self) -> Path:
-        return self.state_dir / "home"
+        return self.writable_root / "home"
 
     @property
     def tmp(self) -> Path:
-        return self.state_dir / "tmp"
+        return self.writable_root / "tmp"
 
     @property
     def ids(self) -> IdRange | None:
@@ -115,7 +135,7 @@ class Devbox:
 
     @property
     def layers(self) -> rootfs.RootFs | None:
-        return rootfs.RootFs.of(Path(self.image) / "rootfs", self.state_dir) if self.image else None
+        return rootfs.RootFs.of(Path(self.image) / "rootfs", self.writable_root) if self.image else None
 
     @property
     def network_mode(self) -> str:
@@ -135,6 +155,7 @@ class Devbox:
             "initiator_type": "api",
             "blueprint_id": None,
             "snapshot_id": None,
+            "resources": self.resources(),  # ours: the size and the limits really in force
         }
         for key in ("failure_reason", "shutdown_reason", "end_time_ms"):
             value = getattr(self, key)
@@ -142,9 +163,25 @@ class Devbox:
                 view[key] = value
         return view
 
+    def resources(self) -> dict[str, Any]:
+        """The size, and (while it runs) the limits this host could not enforce; see limits.py."""
+        size = self.resource_size
+        view: dict[str, Any] = {
+            "size": size.name,
+            "cpu_cores": size.cpu_cores,
+            "memory_gib": size.memory_gib,
+            "disk_gib": size.disk_gib,
+            "max_processes": size.pids,
+        }
+        if self.enforcement is not None and self.enforcement.not_enforced:
+            view["not_enforced"] = dict(self.enforcement.not_enforced)
+        if self.enforcement is not None and self.enforcement.notes:
+            view["notes"] = list(self.enforcement.notes)
+        return view
+
     def usage(self) -> dict[str, Any]:
-        """DevboxResourceUsageView: times from the state transitions. Resources are not metered
-        (devboxes have no size here), so the vCPU, memory and disk figures are 0."""
+        """DevboxResourceUsageView: active time from the state transitions (running only, never
+        suspended), times the size: vCPUs and memory over active time, disk over elapsed time."""
         end = self.end_time_ms or now_ms()
         active_ms = 0
         running_since: int | None = None
@@ -157,15 +194,17 @@ class Devbox:
                 running_since = None
         if running_since is not None:
             active_ms += end - running_since
+        elapsed_ms = end - self.create_time_ms
+        size = self.resource_size
         view: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
             "start_time_ms": self.create_time_ms,
             "total_active_seconds": active_ms // 1000,
-            "total_elapsed_seconds": (end - self.create_time_ms) // 1000,
-            "vcpu_seconds": 0,
-            "memory_gb_seconds": 0,
-            "disk_gb_seconds": 0,
+            "total_elapsed_seconds": elapsed_ms // 1000,
+            "vcpu_seconds": int(active_ms * size.cpu_cores) // 1000,
+            "memory_gb_seconds": active_ms * size.memory_gib // 1000,
+            "disk_gb_seconds": elapsed_ms * size.disk_gib // 1000,
         }
         if self.end_time_ms is not None:
             view["end_time_ms"] = self.end_time_ms
@@ -173,9 +212,12 @@ class Devbox:
 
     def record(self) -> dict[str, Any]:
         """What devbox.json holds: every field but the live sandbox and the logs (kept in logs.jsonl)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sandbox", "logs")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME}
         data["state_dir"] = str(self.state_dir)
         return data
+
+
+_RUNTIME = ("sandbox", "enforcement", "logs")  # Devbox fields not kept in devbox.json
 
 
 class DevboxManager:
@@ -198,6 +240,7 @@ class DevboxManager:
         self.ids: IdRange | None = None
         self.images: ImageStore | None = None
         self._image_build: asyncio.Future[Image] | None = None
+        self.limits = Limits(config.data_dir, spares=self.root / ".spare-disks")
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
@@ -217,7 +260,8 @@ class DevboxManager:
                 log.warning("skipping unreadable devbox record %s: %s", path, exc)
                 continue
             self._devboxes[devbox.id] = devbox
-            await asyncio.to_thread(self._remove_partial_writes, devbox)
+            if not devbox.disk:  # a devbox's disk is cleaned once mounted, when it resumes
+                await asyncio.to_thread(self._remove_partial_writes, devbox)
             if devbox.status in ("running", "suspending", "resuming"):
                 # Its processes died with the previous backend; its home is intact.
                 self._transition(devbox, "suspended")
@@ -232,6 +276,7 @@ class DevboxManager:
                         "message": "the backend stopped while this devbox was being set up",
                     },
                 )
+        await self.limits.startup({d.id: d.state_dir / "disk" for d in self._devboxes.values() if d.disk})
 
     async def shutdown(self) -> None:
         """Backend exit: running devboxes become `suspended` (their processes cannot outlive us)."""
@@ -254,6 +299,7 @@ class DevboxManager:
         # shutdown should cost the slowest sandbox, not their sum.
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
+        await self.limits.shutdown()
         self.storage.close()
 
     def _find_system(self) -> None:
@@ -311,7 +357,7 @@ class DevboxManager:
     def _load(self, path: Path) -> Devbox:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["state_dir"] = path.parent
-        known = {f.name for f in fields(Devbox)} - {"sandbox", "logs"}
+        known = {f.name for f in fields(Devbox)} - set(_RUNTIME)
         devbox = Devbox(**{k: v for k, v in data.items() if k in known})
         logs_path = path.parent / "logs.jsonl"
         if logs_path.exists():
@@ -337,6 +383,14 @@ class DevboxManager:
         if devbox is None:
             raise ApiError(404, f"devbox {devbox_id!r} not found; list devboxes to see which ids exist")
         return devbox
+
+    def live_view(self, devbox_id: str) -> dict[str, Any]:
+        """The view, with what a running devbox uses now (memory, disk, CPU seconds) in its resources."""
+        devbox = self.get(devbox_id)
+        view = devbox.view()
+        if devbox.status == "running":
+            view["resources"].update(self.limits.live(devbox_id))
+        return view
 
     def require_running(self, devbox_id: str) -> Devbox:
         """The devbox, to be used now (a command, a file): that use keeps it from idling out."""
@@ -479,6 +533,10 @@ class DevboxManager:
             )
         params["network_mode"] = network
         params["sandbox"] = "none (unsafe: commands run as host processes)" if unsafe else "bubblewrap"
+        try:
+            size = resolve(params)
+        except SizeError as exc:
+            raise ApiError(400, str(exc)) from None
         devbox_id = new_id("dbx")
         devbox = Devbox(
             id=devbox_id,
@@ -495,7 +553,10 @@ class DevboxManager:
             unsafe=unsafe,
             id_range=None if unsafe or self.ids is None else [self.ids.uid_base, self.ids.gid_base, self.ids.count],
             user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
+            size=size.record(),
         )
+        devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
+        devbox.disk = devbox.disk_gap is None
         devbox.state_transitions.append(
             {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
         )
@@ -523,6 +584,7 @@ class DevboxManager:
             if devbox.id_range is not None:
                 devbox.image = str((await self._image(devbox)).path)
                 self._save(devbox)
+            await self._start_limits(devbox)
             await asyncio.to_thread(self._prepare_dirs, devbox)
             await self._start_sandbox(devbox)
             await self._create_account(devbox)
@@ -537,7 +599,7 @@ class DevboxManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # whatever went wrong, the devbox must end in `failure`, not hang
-            if not isinstance(exc, SandboxError | OSError | ImageError):
+            if not isinstance(exc, SandboxError | OSError | ImageError | DiskError):
                 log.exception("devbox %s failed to start", devbox.id)
             reason = "the disk is full; free space and create the devbox again" if is_disk_full(exc) else exc
             self.add_log(
@@ -588,7 +650,22 @@ class DevboxManager:
         if proc.returncode != 0:
             raise SandboxError(f"could not create the account {user.name!r} (uid {user.uid}): {out.decode(errors='replace').strip()}")
 
+    async def _start_limits(self, devbox: Devbox) -> None:
+        """Mount the devbox's disk and make its cgroups (limits.py), before its directories and sandbox."""
+        # In a directory of its own: a devbox with its own system has it bound from there (rootfs.fstab).
+        (devbox.state_dir / "proc").mkdir(exist_ok=True)
+        devbox.enforcement = await self.limits.start(
+            devbox.id,
+            devbox.resource_size,
+            image=devbox.disk_image if devbox.disk else None,
+            mountpoint=devbox.state_dir / "disk",
+            meminfo=devbox.state_dir / "proc" / "meminfo",
+            sandboxed=not devbox.unsafe,
+            disk_gap=devbox.disk_gap,
+        )
+
     def _sandbox_for(self, devbox: Devbox) -> Sandbox:
+        limits = devbox.enforcement
         spec = SandboxSpec(
             home=devbox.home,
             tmp=devbox.tmp,
@@ -598,6 +675,12 @@ class DevboxManager:
             rootfs=devbox.layers,
             ids=devbox.ids,
             user=devbox.sandbox_user,
+            cgroup_procs=limits.cgroup_procs if limits else (),
+            proc_files=tuple(limits.proc_files.items()) if limits else (),
+            ram_disk_bytes=limits.ram_disk_bytes if limits else None,
+            run_tmpfs_bytes=limits.run_tmpfs_bytes if limits else None,
+            # Counted per user namespace, so per devbox; a host process (unsafe) would count the host's.
+            max_processes=devbox.resource_size.pids if limits and not devbox.unsafe else None,
         )
         return Sandbox(spec)
 
@@ -619,6 +702,23 @@ class DevboxManager:
         async with self._lock(devbox.id):
             if devbox.sandbox is not sandbox:
                 return
+            if self.limits.oom_kills(devbox.id):
+                # Out of memory with nothing left to kill but the devbox itself (RAM-backed files
+                # fill its memory, say): resuming would start it into the same state.
+                self.add_log(
+                    devbox.id,
+                    {
+                        "level": "error",
+                        "source": "stats",
+                        "message": f"the devbox ran out of memory ({devbox.resource_size.memory_gib} GiB) and "
+                        "stopped; create it again with a larger resource_size",
+                    },
+                )
+                await self._stop_sandbox(devbox)
+                if devbox.status in _LIVE:
+                    devbox.failure_reason = "out_of_memory"
+                    self._transition(devbox, "failure")
+                return
             self.add_log(
                 devbox.id,
                 {
@@ -633,15 +733,16 @@ class DevboxManager:
 
     async def _stop_sandbox(self, devbox: Devbox) -> None:
         sandbox = devbox.sandbox
-        if sandbox is None:
-            return
-        for hook in list(self.on_stop):
-            try:
-                await hook(devbox.id)
-            except Exception:  # a hook must not keep a sandbox alive
-                log.exception("on_stop hook failed for %s", devbox.id)
-        devbox.sandbox = None
-        await sandbox.stop()
+        if sandbox is not None:
+            for hook in list(self.on_stop):
+                try:
+                    await hook(devbox.id)
+                except Exception:  # a hook must not keep a sandbox alive
+                    log.exception("on_stop hook failed for %s", devbox.id)
+            devbox.sandbox = None
+            await sandbox.stop()
+        devbox.enforcement = None
+        await self.limits.stop(devbox.id)
 
     async def _run_launch_commands(self, devbox: Devbox) -> bool:
         """Run the launch commands in order; False at the first that fails.
@@ -757,6 +858,7 @@ class DevboxManager:
         try:
             if devbox.unsafe is False and sandbox_unavailable_reason():
                 raise SandboxError(sandbox_unavailable_reason() or "")
+            await self._start_limits(devbox)
             if not devbox.unsafe and devbox.id_range is None and self.ids is not None:
                 await self._adopt(devbox)
             await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
@@ -765,7 +867,7 @@ class DevboxManager:
             self._transition(devbox, "running")
         except asyncio.CancelledError:
             raise
-        except (SandboxError, OSError, ImageError) as exc:
+        except (SandboxError, OSError, ImageError, DiskError) as exc:
             self.add_log(
                 devbox.id,
                 {
@@ -789,13 +891,15 @@ class DevboxManager:
         devbox.id_range = [ids.uid_base, ids.gid_base, ids.count]
         devbox.image = str(image.path)
         self._save(devbox)
-        await asyncio.to_thread(rootfs.prepare_first_boot, rootfs.RootFs.of(image.rootfs, devbox.state_dir),
+        await asyncio.to_thread(rootfs.prepare_first_boot, rootfs.RootFs.of(image.rootfs, devbox.writable_root),
                                 ids, devbox.home, devbox.tmp, uid)  # fmt: skip
         self.add_log(devbox.id, {"source": "setup_commands", "message": f"moved onto the devbox image {image.path.name}"})
 
     def _prepare_dirs_for_resume(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
+        if devbox.disk:  # mounted now: what writes cut short by a killed backend left can go
+            self._remove_partial_writes(devbox)
         ids, layers = devbox.ids, devbox.layers
         if ids is not None and layers is not None:
             if ImageStore.at(layers.image.parent) is None:
@@ -816,8 +920,11 @@ class DevboxManager:
             devbox.shutdown_reason = reason
             self._transition(devbox, "shutdown")
         # The disk of a shut-down devbox is gone, as on Runloop; execution records stay.
-        await asyncio.to_thread(_remove_tree, devbox.home)
-        await asyncio.to_thread(_remove_tree, devbox.tmp)
+        if devbox.disk:  # home, tmp and the system's upper layer: all on it
+            await asyncio.to_thread(_remove_disk, devbox)
+        else:
+            await asyncio.to_thread(_remove_tree, devbox.home)
+            await asyncio.to_thread(_remove_tree, devbox.tmp)
         if devbox.layers is not None:  # what the devbox installed or changed in its system
             await asyncio.to_thread(devbox.layers.remove)
         if devbox.id in self._unsaved:  # shut down on a full disk: its home's space is free now
@@ -936,3 +1043,13 @@ def _read_head(path: Path, limit: int) -> bytes:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_disk(devbox: Devbox) -> None:
+    """The image goes (its blocks with it); the mountpoint too, unless something still holds it."""
+    with contextlib.suppress(OSError, DiskError):
+        detach(devbox.writable_root)
+    with contextlib.suppress(FileNotFoundError):
+        devbox.disk_image.unlink()
+    with contextlib.suppress(OSError):
+        devbox.writable_root.rmdir()

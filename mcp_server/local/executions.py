@@ -17,6 +17,8 @@ Exit statuses the backend assigns (a command killed by signal N reports 128 + N,
 - The devbox shut down or suspended while the command ran: 137.
 - The backend stopped or crashed while the command ran (the sandbox dies with it): 137, and
   a line saying so is appended to stderr when the backend next loads the devbox.
+- The kernel killed it for want of memory (the devbox's size): 137, and a line saying so is
+  appended to stderr (`oom_note`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ STDIN_MAX_PENDING = 1024 * 1024  # unread stdin bytes accepted before `send_std_
 RESTART_NOTE = "\n[devbox-mcp] the backend stopped while this command was running, which killed it (exit status 137)\n"
 
 
+def oom_note(memory_gib: int) -> str:
+    return (
+        f"\n[devbox-mcp] killed (exit status 137): out of memory, the devbox's limit is {memory_gib} GiB; "
+        "create a devbox with a larger resource_size\n"
+    )
+
+
 @dataclass
 class ExecutionRecord:
     """What survives a restart: one line of the journal."""
@@ -71,6 +80,7 @@ class ExecutionRecord:
     exit_status: int | None
     create_time_ms: int
     end_time_ms: int | None = None
+    killed_for: str | None = None  # "out_of_memory": the kernel OOM-killed in its devbox as it ended 137
 
 
 @dataclass(eq=False)
@@ -81,6 +91,7 @@ class Execution:
     stdin_closed: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
     waiters: set[asyncio.Event] = field(default_factory=set)  # live output streams to wake on completion
+    oom_kills_before: int = 0  # the devbox's OOM kill count when the command started
 
     @property
     def id(self) -> str:
@@ -346,7 +357,7 @@ class ExecutionManager:
                 exit_status=None,
                 create_time_ms=now_ms(),
             )
-            ex = Execution(record, directory)
+            ex = Execution(record, directory, oom_kills_before=self.devboxes.limits.oom_kills(devbox.id))
             flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
             # Through the storage's detached mount: the command's /proc/self/fd/1 names no host path.
             out_fd = self.devboxes.storage.open_file(ex.path("stdout"), flags)
@@ -394,6 +405,8 @@ class ExecutionManager:
         if ex.finished:
             return
         record = ex.record
+        if exit_status == EXIT_KILLED:
+            self._note_out_of_memory(ex)
         record.status, record.exit_status, record.end_time_ms = "completed", exit_status, now_ms()
         try:
             self._store(record.devbox_id).append(record)
@@ -422,6 +435,15 @@ class ExecutionManager:
     def running(self, devbox_id: str) -> bool:
         """Whether a command is running in the devbox (which is then not idle)."""
         return any(not ex.finished for ex in self._tables.get(devbox_id, {}).values())
+
+    def _note_out_of_memory(self, ex: Execution) -> None:
+        """A command killed while the kernel OOM-killed in its devbox: say so at the end of its stderr."""
+        devbox_id = ex.record.devbox_id
+        if self.devboxes.limits.oom_kills(devbox_id) <= ex.oom_kills_before:
+            return
+        ex.record.killed_for = "out_of_memory"
+        with contextlib.suppress(OSError), open(ex.path("stderr"), "a") as f:
+            f.write(oom_note(self.devboxes.get(devbox_id).resource_size.memory_gib))
 
     # -- wait, kill, stdin -------------------------------------------------------------------
 
@@ -505,6 +527,8 @@ class ExecutionManager:
         body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "execution_id": ex.id, "status": ex.record.status}
         if ex.record.exit_status is not None:
             body["exit_status"] = ex.record.exit_status
+        if ex.record.killed_for:
+            body["killed_for"] = ex.record.killed_for  # ours: why the kernel ended it
         for stream in ("stdout", "stderr"):
             text, truncated = tail_lines(ex.path(stream), last_n, VIEW_MAX_BYTES, growing=not ex.finished)
             body[stream] = text
@@ -514,6 +538,8 @@ class ExecutionManager:
     def sync_view(self, ex: Execution) -> dict[str, Any]:
         """DevboxExecutionDetailView of `execute_sync`: the output's last SYNC_MAX_BYTES bytes per stream."""
         body: dict[str, Any] = {"devbox_id": ex.record.devbox_id, "exit_status": ex.record.exit_status}
+        if ex.record.killed_for:
+            body["killed_for"] = ex.record.killed_for
         for stream in ("stdout", "stderr"):
             body[stream] = tail_lines(ex.path(stream), 1 << 62, SYNC_MAX_BYTES)[0]
         return body

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .devboxes import Devbox, not_running_message
-from .errors import ApiError, disk_full, is_disk_full
+from .errors import DISK_FULL_STATUS, ApiError, disk_full, is_disk_full
 from .executions import signal_group
 from .sandbox import SANDBOX_HOME, SandboxError
 
@@ -105,6 +105,12 @@ def _status_error(devbox: Devbox, path: str, line: str, *, writing: bool) -> Api
 
 def _write_error(devbox: Devbox, path: str, reason: str) -> ApiError:
     if any(text in reason for text in _DISK_FULL_TEXTS):
+        if devbox.disk:  # the devbox's own disk (its size), not the host's
+            return ApiError(
+                DISK_FULL_STATUS,
+                f"cannot write {_describe(devbox, path)}: the devbox's disk is full ({devbox.resource_size.disk_gib} GiB, "
+                "its size); nothing was changed. Delete files in the devbox, or create one with a larger resource_size",
+            )
         return disk_full(f"write {_describe(devbox, path)}")
     return ApiError(400, f"cannot write {_describe(devbox, path)}: {reason}")
 

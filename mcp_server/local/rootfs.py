@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +113,9 @@ class LaunchFds:
         return cls(fstab, next(free), next(free), next(free))
 
 
-def fstab(home: Path, tmp: Path, fds: LaunchFds) -> bytes:
-    """What the launch script mounts, in order (see its comment)."""
+def fstab(home: Path, tmp: Path, fds: LaunchFds, host_files: Sequence[Path] = ()) -> bytes:
+    """What the launch script mounts, in order (see its comment); then, read-only, the directory of
+    each of `host_files` (bubblewrap, as the range's root, could not reach them where they are)."""
     top = _fstab(Path(LAUNCH_DIR))
     layers = f"lowerdir=/proc/self/fd/{fds.lower},upperdir=/proc/self/fd/{fds.upper},workdir=/proc/self/fd/{fds.work}"
     lines = [
@@ -122,12 +124,19 @@ def fstab(home: Path, tmp: Path, fds: LaunchFds) -> bytes:
         f"{_fstab(home)} {top}/home none bind,X-mount.mkdir 0 0",
         f"{_fstab(tmp)} {top}/tmp none bind,X-mount.mkdir 0 0",
     ]
+    for index, path in enumerate(host_files):
+        lines.append(f"{_fstab(path.parent)} {top}/host-files-{index} none bind,ro,X-mount.mkdir 0 0")
     return ("\n".join(lines) + "\n").encode()
 
 
 def _fstab(path: Path) -> str:
     """A path as an fstab field (octal escapes for what would split or end it)."""
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\#" else c for c in str(path))
+
+
+def host_file(index: int, path: Path) -> str:
+    """Where bubblewrap finds the `index`th of `fstab`'s `host_files`."""
+    return f"{LAUNCH_DIR}/host-files-{index}/{path.name}"
 
 
 def bind_args(user_home: str) -> list[str]:

@@ -103,6 +103,14 @@ _GENERATED = (
 # dies, however it dies, the resident exits, so does bwrap, and with it everything in the sandbox.
 _INIT_COMMAND = ("/bin/sh", "-c", "echo ready; exec >/dev/null 2>&1; read -r _; exit 0")
 
+# Runs a sandbox's process after writing its own pid into each cgroup.procs file given before `--`,
+# so that it (and whatever it starts) is inside the devbox's cgroups before it execs anything; with
+# a process limit first ($1, or -), which `ulimit -u` then reports (`-p` is dash's name for it).
+_JOIN_CGROUPS = (
+    '[ "$1" = - ] || ulimit -u "$1" 2>/dev/null || ulimit -p "$1" || exit 125; shift; '
+    'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
+)
+
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
     "(or your distribution's package), or start the backend with --unsafe-no-sandbox to run commands "
@@ -137,6 +145,13 @@ class SandboxSpec:
     rootfs: rootfs.RootFs | None = None  # a system of its own (needs `ids`); None: the host's, read-only
     ids: IdRange | None = None
     user: SandboxUser = DEFAULT_USER
+    # Limits (limits.py): every process joins these cgroups (their cgroup.procs files) before it
+    # execs, these host files are bound over /proc files, and RAM-backed mounts get these sizes.
+    cgroup_procs: tuple[str, ...] = ()
+    proc_files: tuple[tuple[str, str], ...] = ()  # (/proc path, host file)
+    ram_disk_bytes: int | None = None  # /dev/shm, and /var on the host's system (on its own, /var is on disk)
+    run_tmpfs_bytes: int | None = None  # /run
+    max_processes: int | None = None  # RLIMIT_NPROC of commands (counted in the devbox's user namespace)
 
 
 def _which(name: str) -> str | None:
@@ -307,6 +322,22 @@ def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
     }
 
 
+def _sized(size: int | None) -> list[str]:
+    return ["--size", str(size)] if size else []
+
+
+def _in_cgroups(spec: SandboxSpec, argv: Sequence[str], *, command: bool = True) -> list[str]:
+    """`argv`, run inside the devbox's cgroups when it has any, with its process limit when a `command`.
+
+    Not the sandbox itself: the limit a user namespace is created under also caps, host-wide, the
+    processes of its owner (the backend's uid), which are none of the devbox's business.
+    """
+    nproc = str(spec.max_processes) if command and spec.max_processes else "-"
+    if not spec.cgroup_procs and nproc == "-":
+        return list(argv)
+    return ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", nproc, *spec.cgroup_procs, "--", *argv]
+
+
 def _memfd(name: str, data: bytes) -> int:
     fd = os.memfd_create(name, 0)
     os.write(fd, data)
@@ -388,6 +419,8 @@ class Sandbox:
         # check the owner (sysctls, pressure triggers) must be read-only.
         for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
+        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
+            args += ["--ro-bind", source, path]
         args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
@@ -395,10 +428,12 @@ class Sandbox:
             args.append("--unshare-net")
         if os.geteuid() == 0:
             args += ["--dev", "/dev", "--disable-userns"]  # no user namespaces inside
+            # /dev is a tmpfs the devbox user owns: keep it read-only, with a sized /dev/shm.
+            args += [*_sized(spec.ram_disk_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         else:
             # Without root, `--dev` and `--disable-userns` make bubblewrap nest the sandbox's user
             # namespace, and an unprivileged nsenter could then not enter the other namespaces.
-            args += _MINIMAL_DEV
+            args += [*_MINIMAL_DEV, *_sized(spec.ram_disk_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
         # Masks read as "Permission denied": an empty mode-000 file or directory on a read-only mount.
         files, dirs = _etc_masks()
         for path in files:
@@ -411,8 +446,8 @@ class Sandbox:
         args += [
             "--bind-fd", str(fds["home"]), SANDBOX_HOME,
             "--bind-fd", str(fds["tmp"]), "/tmp",
-            "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
-            "--tmpfs", "/run",
+            *_sized(spec.ram_disk_bytes), "--tmpfs", "/var", "--bind-fd", str(fds["vartmp"]), "/var/tmp",
+            *_sized(spec.run_tmpfs_bytes), "--tmpfs", "/run",
             "--remount-ro", "/",  # the sandbox's root tmpfs: nothing to write outside home and tmp
             "--chdir", SANDBOX_HOME,
             "--setenv", "HOME", SANDBOX_HOME,
@@ -434,14 +469,17 @@ class Sandbox:
         ]  # fmt: skip
         for path in _proc_read_only():  # the kernel already refuses the range's ids; belt and braces
             args += ["--ro-bind-try", path, path]
+        for index, (path, source) in enumerate(spec.proc_files):  # e.g. a /proc/meminfo of the devbox's size
+            args += ["--ro-bind", rootfs.host_file(index, Path(source)), path]
         if spec.network != "host":
             args.append("--unshare-net")
-        args += ["--dev", "/dev"]
+        # /dev/shm for everyone (as on any machine), sized; /var is on the devbox's disk, in its system.
+        args += ["--dev", "/dev", "--perms", "1777", *_sized(spec.ram_disk_bytes), "--tmpfs", "/dev/shm"]
         for path, fd in fds.items():
             if path.startswith("/etc/"):  # generated files, readable by everyone as on any machine
                 args += ["--perms", "0644", "--ro-bind-data", str(fd), path]
         args += [
-            "--tmpfs", "/run",
+            *_sized(spec.run_tmpfs_bytes), "--tmpfs", "/run",
             "--chdir", spec.user.home,
             "--setenv", "HOME", spec.user.home,
             # Only for the resident process's remount of / (the devbox's own namespace's capability).
@@ -489,18 +527,14 @@ class Sandbox:
                 assert spec.rootfs is not None and spec.ids is not None
                 fds["fstab"] = os.memfd_create("fstab", 0)
                 launch_fds = rootfs.LaunchFds.around(fds["fstab"], set(fds.values()))
-                os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds))
+                os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds, [Path(source) for _, source in spec.proc_files]))
                 launch = rootfs.launch_command(
                     unshare=tools()["unshare"] or "unshare", bash=tools()["bash"] or "bash",
                     setpriv=tools()["setpriv"] or "setpriv", bwrap=tools()["bwrap"] or "bwrap", ids=spec.ids,
                     layers=spec.rootfs, fds=launch_fds,
                 )  # fmt: skip
             self._bwrap = await asyncio.create_subprocess_exec(
-                *launch,
-                "--args",
-                str(args_fd),
-                "--",
-                *init,
+                *_in_cgroups(spec, [*launch, "--args", str(args_fd), "--", *init], command=False),
                 stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -649,7 +683,7 @@ class Sandbox:
     ) -> asyncio.subprocess.Process:
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
-                tools()["bash"] or "/bin/bash", "-c", command, "bash", *args,
+                *_in_cgroups(self.spec, [tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
                 stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                 cwd=self.spec.home, start_new_session=True,
             )  # fmt: skip
@@ -667,13 +701,13 @@ class Sandbox:
             # which an unprivileged user namespace forbids). Capabilities go at the exec.
             credentials = ["--preserve-credentials"]
         return await spawner.spawn(
-            [
+            _in_cgroups(self.spec, [
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
                 *self._ns_flags, "-r", "-w",
                 *credentials,
                 "--", "/bin/bash", "-c", command, "bash", *args,
-            ],
+            ]),
             own_system=own_system,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
@@ -733,7 +767,6 @@ _MINIMAL_DEV = [
     "--symlink", "/proc/self/fd/0", "/dev/stdin",
     "--symlink", "/proc/self/fd/1", "/dev/stdout",
     "--symlink", "/proc/self/fd/2", "/dev/stderr",
-    "--tmpfs", "/dev/shm",
 ]  # fmt: skip
 
 _NAMESPACES = (

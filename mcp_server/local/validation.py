@@ -30,6 +30,8 @@ _OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     # The documents say `items: {type: object}` (a generator's "any"); the SDK types the bindings as
     # Iterable[object], and SQL parameters are scalars.
     ("SqlStatementParams", "params"): {"type": "array"},
+    # Typed integer, yet "Must be 0.5, 1, or a multiple of 2" (ResourceSize); the SDK sends a float.
+    ("LaunchParameters", "custom_cpu_cores"): {"type": "number", "nullable": True},
 }
 _RANGES = {"int32": 2**31, "int64": 2**63}
 _TYPE_NAMES = {

@@ -43,6 +43,7 @@ from .models import (
     AxonListPage,
     AxonView,
     DevboxListPage,
+    DevboxUsage,
     DevboxView,
     ExecutionDetail,
     ExecutionView,
@@ -395,6 +396,9 @@ class RunloopClient:
 
     async def get_devbox(self, devbox_id: str) -> DevboxView:
         return await self._get(f"/v1/devboxes/{_path_segment(devbox_id)}", DevboxView)
+
+    async def devbox_usage(self, devbox_id: str) -> DevboxUsage:
+        return await self._get(f"/v1/devboxes/{_path_segment(devbox_id)}/usage", DevboxUsage)
 
     async def list_devboxes(
         self, *, status: str | None = None, limit: int | None = None, starting_after: str | None = None

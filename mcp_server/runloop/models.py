@@ -54,6 +54,18 @@ class DevboxView(View):
     snapshot_id: str | None = None
 
 
+class DevboxUsage(View):
+    """`DevboxResourceUsageView`: active (running) and elapsed seconds, and the size over them."""
+
+    id: str
+    status: str | None = None
+    total_active_seconds: int = 0
+    total_elapsed_seconds: int = 0
+    vcpu_seconds: int = 0
+    memory_gb_seconds: int = 0
+    disk_gb_seconds: int = 0
+
+
 class DevboxListPage(View):
     devboxes: list[DevboxView] = Field(default_factory=list)
     has_more: bool = False
@@ -85,6 +97,7 @@ class ExecutionView(View):
     stderr: str | None = None
     stdout_truncated: bool | None = None
     stderr_truncated: bool | None = None
+    killed_for: str | None = None  # embedded backend: "out_of_memory" when the kernel OOM-killed it
 
     @property
     def completed(self) -> bool:

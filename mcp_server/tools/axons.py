@@ -149,7 +149,7 @@ async def list_axons(
     ctx: Context,
     name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
     limit: Annotated[int, Field(ge=1, le=100)] = 20,
-    starting_after: Annotated[AxonId | None, Field(description="the last id of the previous page")] = None,
+    starting_after: Annotated[AxonId | None, Field(description="last id of the previous page")] = None,
 ) -> Annotated[CallToolResult, AxonList]:
     """List axons."""
     with api_errors():

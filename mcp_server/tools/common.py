@@ -76,7 +76,7 @@ ExecutionId = Annotated[str, Field(max_length=200, pattern=_ID)]
 AxonId = Annotated[str, Field(max_length=200, pattern=_ID)]
 FilePath = Annotated[
     str,
-    Field(min_length=1, max_length=4096, description="file path in the devbox (relative paths are from home)"),
+    Field(min_length=1, max_length=4096, description="relative paths are from home"),
 ]
 
 

@@ -1,5 +1,6 @@
 """Devbox lifecycle tools: create (waiting until running, with each transition as progress),
-list, get, shutdown, suspend, resume."""
+list, get, shutdown, suspend, resume. Create and get also say the devbox's size, the limits this
+host cannot enforce (embedded backend), and, for get, its usage."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import budgets
-from ..runloop import DevboxStatus, DevboxView, RunloopError, WaitTimeout
+from ..runloop import DevboxStatus, DevboxUsage, DevboxView, RunloopError, WaitTimeout
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
+SIZES = Literal["X_SMALL", "SMALL", "MEDIUM", "LARGE", "X_LARGE", "XX_LARGE", "CUSTOM_SIZE"]
+CUSTOM_FIELDS = ("custom_cpu_cores", "custom_gb_memory", "custom_disk_size")
 
 
 class DevboxInfo(BaseModel):
@@ -31,11 +34,16 @@ class DevboxInfo(BaseModel):
     shutdown_reason: str | None = None
 
 
-class DevboxDetails(DevboxInfo):
+class DevboxSized(DevboxInfo):
+    size: str | None = None  # and the limits this host cannot enforce, if any
+
+
+class DevboxDetails(DevboxSized):
     # Only here, not in every devbox result: tools/list stays under its budget (create's caller knows it).
     user: str | None = None  # who commands run as, when not `user`
     idle_timeout_seconds: int | None = None
     on_idle: str | None = None
+    usage: str | None = None
 
 
 class SecretRef(BaseModel):
@@ -61,16 +69,60 @@ def info(view: DevboxView) -> DevboxInfo:
     )
 
 
-def details(view: DevboxView) -> DevboxDetails:
-    """`info` plus the account commands run as and the idle policy (`lifecycle.after_idle`, or the
-    older top-level `after_idle`)."""
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def size_of(view: DevboxView) -> str | None:
+    """The size in one line: the limits the embedded backend reports (and any it cannot enforce),
+    else the size asked for."""
+    res = view.model_extra.get("resources") if view.model_extra else None
+    lp = view.launch_parameters
+    size = lp.get("resource_size_request")
+    if isinstance(res, dict) and res.get("size"):
+        size = (
+            f"{res['size']}: {res['cpu_cores']:g} CPU, {res['memory_gib']} GiB memory, {res['disk_gib']} GiB disk, "
+            f"{res['max_processes']} processes"
+        )
+        gaps = [f"{k} ({v})" for k, v in (res.get("not_enforced") or {}).items()]
+        if gaps:
+            size += "; not enforced on this host: " + "; ".join(gaps)
+        if res.get("notes"):
+            size += "; " + "; ".join(res["notes"])
+    elif size == "CUSTOM_SIZE":
+        size += ": " + ", ".join(f"{k[7:]}={lp[k]}" for k in CUSTOM_FIELDS if lp.get(k) is not None)
+    return size
+
+
+def usage_of(view: DevboxView, usage: DevboxUsage) -> str:
+    """Active and elapsed time, what they bill, and (embedded backend) what the devbox uses now."""
+    used = (
+        f"active {usage.total_active_seconds} s of {usage.total_elapsed_seconds} s: {usage.vcpu_seconds} vCPU-s, "
+        f"{usage.memory_gb_seconds} GB-s memory, {usage.disk_gb_seconds} GB-s disk"
+    )
+    res = view.model_extra.get("resources") if view.model_extra else None
+    if isinstance(res, dict) and "memory_used_bytes" in res:
+        now = [f"{_gib(res['memory_used_bytes'])} memory"]
+        if "disk_used_bytes" in res:
+            now.append(f"{_gib(res['disk_used_bytes'])} disk")
+        if "cpu_seconds" in res:
+            now.append(f"{res['cpu_seconds']:.1f} CPU-s")
+        used += "; in use now: " + ", ".join(now)
+    return used
+
+
+def details(view: DevboxView, usage: DevboxUsage | None = None) -> DevboxDetails:
+    """`info` plus the account commands run as, the size, the idle policy (`lifecycle.after_idle`, or the older top-level
+    `after_idle`) and the usage."""
     params = view.launch_parameters
     idle: dict[str, Any] = (params.get("lifecycle") or {}).get("after_idle") or params.get("after_idle") or {}
     return DevboxDetails(
         **info(view).model_dump(),
         user=_user_of(view),
+        size=size_of(view),
         idle_timeout_seconds=idle.get("idle_time_seconds"),
         on_idle=idle.get("on_idle"),
+        usage=usage_of(view, usage) if usage is not None else None,
     )
 
 
@@ -134,13 +186,20 @@ async def create_devbox(
     ] = None,
     idle_timeout_seconds: Annotated[int | None, Field(ge=1)] = None,  # unused this long: on_idle
     on_idle: Literal["suspend", "shutdown"] = "suspend",
-    run_as_root: Annotated[
-        bool | None, Field(description="else `user`, who has sudo")
+    run_as_root: Annotated[bool | None, Field(description="else `user`, who has sudo")] = None,
+    resource_size: Annotated[
+        SIZES | None,
+        Field(description="X_SMALL to XX_LARGE: 0.5 to 8 CPUs, 1 to 32 GiB; default SMALL; CUSTOM_SIZE: custom_*"),
     ] = None,
-) -> DevboxInfo:
+    custom_cpu_cores: float | None = None,
+    custom_gb_memory: int | None = None,
+    custom_disk_size: int | None = None,
+) -> DevboxSized:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
     A short client timeout may return it still starting (see get_devbox)."""
     app = state(ctx)
+    sized = {"resource_size_request": resource_size, "custom_cpu_cores": custom_cpu_cores,
+             "custom_gb_memory": custom_gb_memory, "custom_disk_size": custom_disk_size}  # fmt: skip
     with api_errors():
         view = await app.client.create_devbox(
             name=name,
@@ -150,7 +209,8 @@ async def create_devbox(
             secrets=secret_map(secrets),
             idle_timeout_seconds=idle_timeout_seconds,
             on_idle=on_idle,
-            launch_parameters={"user_parameters": ROOT} if run_as_root else None,
+            launch_parameters={k: v for k, v in sized.items() if v is not None}
+            | ({"user_parameters": ROOT} if run_as_root else {}),
         )
     try:
         view = await wait_running(ctx, view)
@@ -167,14 +227,14 @@ async def create_devbox(
         reason = view.failure_reason or view.shutdown_reason or "no reason given"
         raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
     await state(ctx).resources.list_changed()
-    return info(view)
+    return DevboxSized(**info(view).model_dump(), size=size_of(view))
 
 
 async def list_devboxes(
     ctx: Context,
     status: DevboxStatus | None = None,
     limit: Annotated[int, Field(ge=1, le=100)] = 20,
-    starting_after: Annotated[DevboxId | None, Field(description="the last id of the previous page")] = None,
+    starting_after: Annotated[DevboxId | None, Field(description="last id of the previous page")] = None,
 ) -> Annotated[CallToolResult, DevboxList]:
     """List devboxes (a page at a time)."""
     with api_errors():
@@ -185,9 +245,15 @@ async def list_devboxes(
 
 
 async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
-    """Get a devbox's status and details."""
+    """Get a devbox's status, size, limits, idle policy and usage."""
+    client = state(ctx).client
     with api_errors():
-        return details(await state(ctx).client.get_devbox(devbox_id))
+        view = await client.get_devbox(devbox_id)
+    try:
+        usage = await client.devbox_usage(devbox_id)
+    except RunloopError:
+        usage = None  # the details stand without it
+    return details(view, usage)
 
 
 async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
@@ -199,7 +265,7 @@ async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
 
 
 async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
-    """Suspend a running devbox: it stops, its files are kept; resume_devbox brings it back."""
+    """Suspend a running devbox, keeping its files; resume_devbox brings it back."""
     with api_errors():
         view = await state(ctx).client.suspend_devbox(devbox_id)
     await state(ctx).resources.list_changed()

@@ -46,12 +46,12 @@ class OutputEnvelope(BaseModel):
     execution_id: str
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
-    output_complete: bool = Field(description="all output up to the exit was read")
-    stdout: str = Field(description="stdout, cleaned; a marker replaces an omitted middle")
-    stderr: str = Field(description="stderr, cleaned; a marker replaces an omitted middle")
-    stdout_offset: int = Field(description="stdout bytes read; stream_logs continues here")
+    output_complete: bool = Field(description="all output read")
+    stdout: str = Field(description="cleaned; a marker replaces an omitted middle (so in stderr)")
+    stderr: str
+    stdout_offset: int = Field(description="stream_logs continues here")
     stderr_offset: int
-    omitted_bytes: int = Field(description="left out of stdout and stderr (see their markers)")
+    omitted_bytes: int = Field(description="left out of stdout and stderr")
     hint: str | None = None
 
 
@@ -238,20 +238,20 @@ async def execute(
     command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="how long before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50, less if the client times out sooner)"),
     ] = None,
     command_id: Annotated[
         str | None,
         Field(
             max_length=100, pattern=r"^[\w.:-]+$",
-            description="idempotency key: a retry with the same id never runs the command twice",
+            description="idempotency key: a retry with it never runs the command twice",
         ),
     ] = None,
-    attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no command_id dedupe)")] = False,
+    attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
-    """Run a shell command in a devbox. Output streams live as progress; returns exit status,
-    duration, stdout and stderr. If still running after wait_seconds, returns status running
-    and offsets for stream_logs; it keeps running. Cancelling kills it."""
+    """Run a shell command in a devbox; output streams live as progress. Returns exit status,
+    duration, stdout, stderr; or, still running after wait_seconds, status running and stream_logs
+    offsets (it keeps running). Cancelling kills it."""
     app = state(ctx)
     if attach_stdin and command_id is not None:
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
@@ -284,7 +284,7 @@ async def stream_logs(
     devbox_id: DevboxId,
     execution_id: ExecutionId,
     stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
-    stderr_offset: Annotated[int, Field(ge=0, description="stderr byte offset to start from")] = 0,
+    stderr_offset: Annotated[int, Field(ge=0)] = 0,
     wait_seconds: Annotated[
         float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
     ] = None,
@@ -293,8 +293,8 @@ async def stream_logs(
         Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
-    """Follow a running command's output from the given offsets (live as progress) until it
-    completes, `until` matches a line, or wait_seconds pass. Returns offsets to continue from."""
+    """Follow a running command's output from offsets (live as progress) until it completes,
+    `until` matches a line, or wait_seconds pass; returns the offsets to continue from."""
     app = state(ctx)
     pattern = None
     if until is not None:
@@ -313,7 +313,7 @@ async def stream_logs(
     reason: Literal["completed", "matched", "wait_ended"] = (
         "matched" if output.matches else "completed" if output.complete else "wait_ended"
     )
-    hint = None if output.complete else continue_hint(devbox_id, execution_id, output)
+    hint = killed_hint(final) if output.complete else continue_hint(devbox_id, execution_id, output)
     envelope = LogsResult(
         **_envelope_fields(devbox_id, execution_id, output, final, shaped),
         hint=hint,
@@ -405,6 +405,15 @@ def _envelope_fields(
     }
 
 
+def killed_hint(final: ExecutionView) -> str | None:
+    """One line on why a command ended 137 (SIGKILL): out of memory when the backend says so."""
+    if final.status != "completed" or final.exit_status != 137:
+        return None
+    if final.killed_for == "out_of_memory":
+        return "killed: out of memory at the devbox's limit; retry in a devbox with a larger resource_size"
+    return "exit 137: killed (SIGKILL) by kill_execution, a shutdown, or for memory (get_devbox shows the size)"
+
+
 def _execute_result(
     ctx: Context, app: AppState, devbox_id: str, execution_id: str, command_id: str | None, output: StreamsRead, final: ExecutionView, duration: float,
     wait: float,
@@ -412,8 +421,8 @@ def _execute_result(
     shaped = shape_streams(output, app.settings)
     fields = _envelope_fields(devbox_id, execution_id, output, final, shaped)
     if output.complete:
-        head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}"
-        hint = None
+        hint = killed_hint(final)
+        head = f"exit {final.exit_status} · {duration:.2f} s · execution {execution_id}" + (f"\n{hint}" if hint else "")
     else:
         hint = continue_hint(devbox_id, execution_id, output)
         if final.status == "completed":

@@ -48,13 +48,13 @@ class FileRead(BaseModel):
     kind: Literal["text", "image", "binary"]
     mime_type: str
     size_bytes: int | None = Field(description="None: too large to tell")
-    text: str | None = Field(None, description="the lines read, cleaned; a marker replaces an omitted middle")
+    text: str | None = Field(None, description="cleaned; a marker replaces an omitted middle")
     total_lines: int | None = None
     start_line: int | None = None
     end_line: int | None = None
     omitted_bytes: int = Field(0, description="left out of text (see its marker)")
-    scanned_bytes: int | None = Field(None, description="set when only the file's first bytes were read")
-    content_index: int | None = Field(None, description="image: index of the image content block")
+    scanned_bytes: int | None = Field(None, description="only the first bytes were read")
+    content_index: int | None = Field(None, description="index of the image content block")
     base64: str | None = Field(None, description="binary: the file's bytes")
 
 
@@ -121,11 +121,11 @@ async def read_file(
     end_line: Annotated[int | None, Field(ge=1, description="inclusive")] = None,
     tail_lines: Annotated[int | None, Field(ge=1, le=100_000, description="only the last N lines")] = None,
     binary: Annotated[
-        bool, Field(description="return a binary file: an image as image content, other bytes as base64 (size-capped)")
+        bool, Field(description="images as image content, other bytes as base64 (capped)")
     ] = False,
 ) -> Annotated[CallToolResult, FileRead]:
-    """Read a file in a devbox: text (optionally a line range or the last lines), bounded in size.
-    Binary files are refused with their size and type unless binary is true."""
+    """Read a file in a devbox: text (a line range or the last lines, optionally), bounded.
+    Binary files are refused (size and type given) unless binary is true."""
     if tail_lines is not None and (start_line is not None or end_line is not None):
         raise ToolError("use either tail_lines or start_line/end_line, not both")
     app = state(ctx)

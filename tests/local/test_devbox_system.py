@@ -8,7 +8,9 @@ packages (no registry is contacted).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,10 +138,11 @@ def test_changes_persist_until_shutdown(tmp_path: Path) -> None:
         sdk.devboxes.resume(devbox.id)
         sdk.devboxes.await_running(devbox.id)
         assert run(sdk, devbox.id, check)[1].split() == ["kept", "1001", "1"]
-        system = tmp_path / "devboxes" / devbox.id / "system"
+        state = tmp_path / "devboxes" / devbox.id
+        system = _writable_root(state) / "system"  # on the devbox's own disk, mounted while it runs
         assert (system / "usr" / "local" / "bin" / "devbox-marker").exists()
         sdk.devboxes.shutdown(devbox.id)
-        assert not system.exists() and not (tmp_path / "devboxes" / devbox.id / "home").exists()
+        assert not system.exists() and not (_writable_root(state) / "home").exists()
         fresh = sdk.devboxes.create_and_await_running()
         code, out, _ = run(sdk, fresh.id, "cat /usr/local/bin/devbox-marker; id -u bob")
         assert code != 0 and out == ""
@@ -258,9 +261,10 @@ def test_a_devbox_made_on_the_hosts_system_resumes_on_its_own(tmp_path: Path) ->
     record = json.loads((state / "devbox.json").read_text())
     record.pop("id_range"), record.pop("image")
     (state / "devbox.json").write_text(json.dumps(record))
-    shutil.rmtree(state / "system"), shutil.rmtree(state / "system-work")
-    for path in [state / "home", *(state / "home").rglob("*")]:
-        os.lchown(path, 0, 0)  # as the sandbox user of then (the backend's uid) left them
+    with _disk_mounted(state) as root:
+        shutil.rmtree(root / "system"), shutil.rmtree(root / "system-work")
+        for path in [root / "home", *(root / "home").rglob("*")]:
+            os.lchown(path, 0, 0)  # as the sandbox user of then (the backend's uid) left them
     with backend_process(tmp_path, tmp_path / "backend.log", api_key=api_key) as backend:
         sdk = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=0)
         sdk.devboxes.resume(devbox.id)
@@ -268,5 +272,27 @@ def test_a_devbox_made_on_the_hosts_system_resumes_on_its_own(tmp_path: Path) ->
         code, out, err = run(sdk, devbox.id, "cat work/kept.txt; stat -c %U work/kept.txt work; echo x >> work/kept.txt; sudo -n whoami")
         assert code == 0 and out.split() == ["kept", "user", "user", "root"], out + err
         ids, _image = machine_system()  # type: ignore[misc]
-        assert (state / "home" / "work" / "kept.txt").stat().st_uid == ids.host_uid(1000)
+        assert (_writable_root(state) / "home" / "work" / "kept.txt").stat().st_uid == ids.host_uid(1000)
         sdk.devboxes.shutdown(devbox.id)
+
+
+def _writable_root(state: Path) -> Path:
+    """Where a devbox keeps home, tmp and its system's upper layer: its own disk when it has one."""
+    import json
+
+    return state / "disk" if json.loads((state / "devbox.json").read_text()).get("disk") else state
+
+
+@contextlib.contextmanager
+def _disk_mounted(state: Path) -> Iterator[Path]:
+    """The writable root of a devbox whose backend is stopped (its disk mounted here for the test)."""
+    root = _writable_root(state)
+    if root == state:
+        yield root
+        return
+    root.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop", str(state / "disk.img"), str(root)], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-d", str(root)], check=True)

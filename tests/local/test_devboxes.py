@@ -231,7 +231,8 @@ def test_shutdown_is_final(sdk, backend: RunningBackend) -> None:  # noqa: ANN00
         sdk.devboxes.write_file_contents(view.id, file_path="x", contents="y")
     with pytest.raises(BadRequestError, match="not suspended"):
         sdk.devboxes.resume(view.id)
-    assert not (data_dir_of(backend) / "devboxes" / view.id / "home").exists()
+    state = data_dir_of(backend) / "devboxes" / view.id
+    assert not (state / "home").exists() and not (state / "disk").exists() and not (state / "disk.img").exists()
     assert sdk.devboxes.retrieve(view.id).status == "shutdown"
 
 
@@ -463,7 +464,10 @@ def test_entrypoint_runs_in_the_background_and_its_exit_shuts_the_devbox_down(sd
     )
     try:
         assert view.status == "running"  # not held up by the entrypoint, which waits on the fifo
-        assert sdk.devboxes.read_file_contents(view.id, file_path="entry.txt") == "serving\n"
+        deadline = time.monotonic() + 20  # it runs beside the devbox, on its own time
+        while sdk.devboxes.execute_and_await_completion(view.id, command="cat entry.txt").stdout != "serving\n":
+            assert time.monotonic() < deadline, "the entrypoint never wrote entry.txt"
+            time.sleep(0.02)
         assert not [e for e in sdk.devboxes.logs.list(view.id).logs if e.source == "entrypoint"]
         sdk.devboxes.execute_and_await_completion(view.id, command="echo now > /tmp/go-fifo")
         deadline = time.monotonic() + 20
@@ -542,6 +546,7 @@ def test_usage_counts_running_time_only(tmp_path: Path) -> None:
         assert usage.status == "shutdown" and usage.start_time_ms == t0 and usage.end_time_ms == t0 + 20_000
         assert usage.total_active_seconds == 8
         assert usage.total_elapsed_seconds == 20
-        assert usage.vcpu_seconds == usage.memory_gb_seconds == usage.disk_gb_seconds == 0
+        # Recorded before devboxes had sizes, it ran as the default, SMALL: 1 vCPU, 2 GiB, 4 GiB disk.
+        assert (usage.vcpu_seconds, usage.memory_gb_seconds, usage.disk_gb_seconds) == (8, 16, 80)
     finally:
         running.stop()

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from runloop_api_client import BadRequestError, NotFoundError, PermissionDeniedError
+from support.backend_process import devbox_home
 
 from mcp_server.local import files
 from mcp_server.local.server import RunningBackend
@@ -24,7 +25,7 @@ def devbox(sdk):  # noqa: ANN001, ANN201
 @pytest.fixture(scope="module")
 def home(backend: RunningBackend, devbox) -> Path:  # noqa: ANN001
     """The devbox home as the host sees it (to plant things a command in the devbox could have made)."""
-    return backend.config.data_dir / "devboxes" / devbox.id / "home"
+    return devbox_home(backend.config.data_dir, devbox.id)
 
 
 def test_write_then_read_utf8_text(sdk, devbox, home: Path) -> None:  # noqa: ANN001

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.backend_process import tmpfs
+from support.backend_process import devbox_home, tmpfs
 
 from mcp_server.local.server import RunningBackend, start_in_thread
 
@@ -89,7 +89,7 @@ def test_every_write_on_a_full_disk_is_507_and_changes_nothing(
     view = client.post("/v1/devboxes/create_and_await_running", json={"metadata": {"was": "here"}}).json()
     assert view["status"] == "running"
     dbx = f"/v1/devboxes/{view['id']}"
-    home = data_dir / "devboxes" / view["id"] / "home"
+    home = devbox_home(data_dir, view["id"])
 
     filler = fill(disk)
     before = snapshot(data_dir)
@@ -143,7 +143,7 @@ def test_a_devbox_whose_setup_meets_a_full_disk_fails_with_a_reason(
         assert view["status"] == "failure"
         logs = client.get(f"/v1/devboxes/{view['id']}/logs").json()["logs"]
         assert any("the disk is full" in (entry.get("message") or "") for entry in logs), logs
-        home = backend_on_disk.config.data_dir / "devboxes" / view["id"] / "home"
+        home = devbox_home(backend_on_disk.config.data_dir, view["id"])
         assert not (home / "big.txt").exists()  # no half-written mount
     finally:
         filler.unlink()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.backend_process import devbox_home
 
 from mcp_server.local.server import RunningBackend
 
@@ -138,7 +139,7 @@ def test_a_setuid_file_in_devbox_storage_gives_no_privileges_on_the_host(pair, b
     a, _ = pair
     storage = backend.config.data_dir / "devboxes"
     assert os.statvfs(storage).f_flag & os.ST_NOSUID
-    planted = storage / a.id / "home" / "setuid-id"
+    planted = devbox_home(backend.config.data_dir, a.id) / "setuid-id"  # on the devbox's own disk, if any
     control = backend.config.data_dir / "setuid-id-control"  # same filesystem, outside devbox storage
     for path in (planted, control):
         shutil.copy("/usr/bin/id", path)
@@ -194,7 +195,7 @@ def test_a_setuid_file_made_in_a_devbox_is_an_unprivileged_uids(sdk, pair, backe
     a, _ = pair
     result = run(sdk, a.id, "cp /usr/bin/id ~/myid && chmod 4755 ~/myid && stat -c %a ~/myid && ~/myid -u")
     assert result.stdout.split() == ["4755", "1000"], result.stdout + result.stderr
-    planted = backend.config.data_dir / "devboxes" / a.id / "home" / "myid"
+    planted = devbox_home(backend.config.data_dir, a.id) / "myid"  # on the devbox's own disk, if any
     owner = planted.stat().st_uid
     assert owner > 65535 and owner != os.geteuid(), owner  # user's id in the range, not the host's root
     assert _euid_of(planted) == "65534"

@@ -20,6 +20,7 @@ from support.backend_process import (
     BackendProcess,
     backend_process,
     declared_status,
+    devbox_home,
     finish_chunked,
     open_chunked,
     send_chunked,
@@ -117,7 +118,7 @@ def test_a_chunked_upload_streams_into_the_devbox_not_into_tmp(
         assert fh.read(16) == b"u" * 16
     assert growth < 16 * MiB, f"peak RSS grew by {growth / MiB:.0f} MiB"
     assert os.listdir(proc.tmpdir) == [] and used_bytes(proc.tmpdir) == 0
-    state = home.parent / files.PARTIAL_WRITES_DIR
+    state = proc.data_dir / "devboxes" / proc_devbox / files.PARTIAL_WRITES_DIR
     assert list(state.iterdir()) == []  # a spooled file part (file-first) is gone once written
 
 
@@ -133,7 +134,7 @@ def test_a_chunked_upload_past_the_limit_is_refused_while_it_arrives(
     assert result.status == 413, result
     assert f"more than {MiB} bytes" in json.loads(result.body)["message"]
     assert result.sent < 16 * MiB, result.sent
-    home = backend.config.data_dir / "devboxes" / devbox_id / "home"
+    home = devbox_home(backend.config.data_dir, devbox_id)
     assert not (home / "over.bin").exists()
     assert [p.name for p in home.iterdir() if p.name.startswith(files.PARTIAL_PREFIX)] == []
 
@@ -229,4 +230,4 @@ def test_client_errors_leave_no_traceback_in_the_log(proc: BackendProcess, proc_
 
 
 def _home(proc: BackendProcess, devbox_id: str) -> Path:
-    return proc.data_dir / "devboxes" / devbox_id / "home"
+    return devbox_home(proc.data_dir, devbox_id)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import select
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from support.backend_process import backend_process, open_chunked
+from support.backend_process import backend_process, devbox_home, open_chunked
 
-from mcp_server.local import files
+from mcp_server.local import disk, files
 from mcp_server.local.server import start_in_thread
 
 BOUNDARY = "devbox-mcp-test-boundary"
@@ -27,12 +30,23 @@ def _wait_for(what: str, check) -> None:  # noqa: ANN001
         select.select([], [], [], 0.02)
 
 
+@contextlib.contextmanager
+def mounted(image: Path, mountpoint: Path) -> Iterator[None]:
+    """The devbox's disk, mounted as the backend mounts it, for the test to look into while the devbox is down."""
+    disk.attach(image, mountpoint, 0)
+    try:
+        yield
+    finally:
+        disk.detach(mountpoint)
+
+
 def test_a_restart_removes_what_an_upload_killed_mid_way_left(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with backend_process(data_dir, tmp_path / "backend.log") as proc:
         with proc.client() as client:
             devbox = client.post("/v1/devboxes/create_and_await_running", json={}).json()["id"]
-        home = data_dir / "devboxes" / devbox / "home"
+        state = data_dir / "devboxes" / devbox
+        home = devbox_home(data_dir, devbox)
         sock = open_chunked(
             proc.port,
             f"/v1/devboxes/{devbox}/upload_file",
@@ -50,37 +64,42 @@ def test_a_restart_removes_what_an_upload_killed_mid_way_left(tmp_path: Path) ->
         _wait_for("the upload's temporary file to fill", partial)
         proc.kill()  # SIGKILL: no trap, no finally runs
         sock.close()
-    [left] = partial()  # what the kill left, as the issue found it
+    # A devbox's disk is unmounted once its backend is gone (disk.py's reaper): mount it to look.
+    on_disk = home.parent == state / "disk"
+    if on_disk:
+        _wait_for("the killed backend's mounts to go", lambda: not os.path.ismount(state / "disk"))
+    with mounted(state / "disk.img", state / "disk") if on_disk else contextlib.nullcontext():
+        [left] = partial()  # what the kill left, as the issue found it
 
-    # Files of the user's that look alike but are not a recorded write's: they stay.
-    token = left.name[len(files.PARTIAL_PREFIX) :].split(".")[0]
-    lookalikes = [
-        home / (files.PARTIAL_PREFIX + "0" * 32 + ".AbC123"),
-        home / ".upload.AbCdEfGh",
-        target_dir / (files.PARTIAL_PREFIX + token + ".notsix1"),
-        target_dir / (files.PARTIAL_PREFIX + token),
-    ]
-    for path in lookalikes:
-        path.write_text("mine")
-    # A link out of the devbox to a host directory holding the same name: never followed.
-    host_dir = tmp_path / "host"
-    host_dir.mkdir()
-    (host_dir / left.name).write_text("host file")
-    (home / "escape").symlink_to(host_dir)
+        # Files of the user's that look alike but are not a recorded write's: they stay.
+        token = left.name[len(files.PARTIAL_PREFIX) :].split(".")[0]
+        lookalikes = [
+            home / (files.PARTIAL_PREFIX + "0" * 32 + ".AbC123"),
+            home / ".upload.AbCdEfGh",
+            target_dir / (files.PARTIAL_PREFIX + token + ".notsix1"),
+            target_dir / (files.PARTIAL_PREFIX + token),
+        ]
+        for path in lookalikes:
+            path.write_text("mine")
+        # A link out of the devbox to a host directory holding the same name: never followed.
+        host_dir = tmp_path / "host"
+        host_dir.mkdir()
+        (host_dir / left.name).write_text("host file")
+        (home / "escape").symlink_to(host_dir)
 
     backend = start_in_thread(data_dir, proc.api_key)
     try:
-        assert not left.exists()
-        assert all(p.read_text() == "mine" for p in lookalikes)
-        assert (host_dir / left.name).read_text() == "host file"
-        assert list((home.parent / files.PARTIAL_WRITES_DIR).iterdir()) == []
-        assert not (target_dir / "big.bin").exists()
-        # The devbox resumes and takes writes as before.
+        # The devbox resumes (its disk is mounted again, and cleaned) and takes writes as before.
         with httpx.Client(base_url=backend.base_url, headers=proc.headers, timeout=60) as client:
             assert client.post(f"/v1/devboxes/{devbox}/resume").status_code == 200
             assert client.post(f"/v1/devboxes/{devbox}/wait_for_status", json={"statuses": ["running"]}).json()[
                 "status"
             ] == "running"
+            assert not left.exists()
+            assert all(p.read_text() == "mine" for p in lookalikes)
+            assert (host_dir / left.name).read_text() == "host file"
+            assert list((state / files.PARTIAL_WRITES_DIR).iterdir()) == []
+            assert not (target_dir / "big.bin").exists()
             r = client.post(f"/v1/devboxes/{devbox}/upload_file", data={"path": "sub/dir/big.bin"}, files={"file": b"ok"})
             assert r.status_code == 200, r.text
         assert (target_dir / "big.bin").read_bytes() == b"ok"

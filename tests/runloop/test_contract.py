@@ -22,6 +22,7 @@ import httpx
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult, ResourceTemplateReference
+from support.backend_process import devbox_home
 from support.faultproxy import FaultProxy, running_proxy
 from support.mcp_client import call_ok, make_server, text_of
 from support.openapi import ALLOWANCES, QUERY_ALLOWANCES, VENDORED, PublishedApi, spec_dir, vendored_module
@@ -74,7 +75,7 @@ async def _create_devbox(client: Client, proxy: FaultProxy, backend: RunningBack
         group.start_soon(create)
         waits = await anyio.to_thread.run_sync(proxy.wait_seen, r"^/v1/devboxes/[^/]+/wait_for_status", 1)
         devbox_id = waits[0].path.split("/")[3]
-        tmp = backend.config.data_dir / "devboxes" / devbox_id / "tmp"
+        tmp = devbox_home(backend.config.data_dir, devbox_id).parent / "tmp"  # on the devbox's disk, if any
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / GO_FILE.rsplit("/", 1)[1]).touch()
     called.add("create_devbox")
@@ -187,6 +188,7 @@ def test_the_checker_refuses_what_the_documents_refuse(api: PublishedApi) -> Non
         "LaunchParameters.properties.network_mode",
         "AxonCreateParams.properties.metadata",
         "SqlStatementParams.properties.params.items",
+        "LaunchParameters.properties.custom_cpu_cores",
     ]
     assert [(q[1], q[2]) for q in QUERY_ALLOWANCES] == [("/v1/axons", "search")]
 

@@ -323,6 +323,7 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
     calls = {
         "create_devbox": lambda c: c.create_devbox(name="n"),
         "get_devbox": lambda c: c.get_devbox(d),
+        "devbox_usage": lambda c: c.devbox_usage(d),
         "list_devboxes": lambda c: c.list_devboxes(),
         "update_devbox": lambda c: c.update_devbox(d, name="n"),
         "wait_for_devbox_status": lambda c: c.wait_for_devbox_status(d, ["running"], timeout_seconds=5),

@@ -34,6 +34,13 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(path)], check=False)
 
 
+def devbox_home(data_dir: Path, devbox_id: str) -> Path:
+    """A devbox's home as the host sees it: on its own disk when it has one (mounted while it runs,
+    see local/disk.py), else in its state directory."""
+    state = data_dir / "devboxes" / devbox_id
+    return state / "disk" / "home" if (state / "disk.img").exists() else state / "home"
+
+
 def used_bytes(path: Path) -> int:
     stat = os.statvfs(path)
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
@@ -90,17 +97,20 @@ def _status_bytes(pid: int, key: str) -> int:
 
 @contextlib.contextmanager
 def backend_process(
-    data_dir: Path, log_path: Path, *, tmpdir: Path | None = None, api_key: str | None = None
+    data_dir: Path, log_path: Path, *, tmpdir: Path | None = None, api_key: str | None = None,
+    python: str = sys.executable, prefix: list[str] | None = None, env: dict[str, str] | None = None,
 ) -> Iterator[BackendProcess]:
-    """`devbox-mcp local-api` on a free loopback port; killed (SIGKILL) when the block ends."""
+    """`devbox-mcp local-api` on a free loopback port; killed (SIGKILL) when the block ends.
+
+    `prefix` runs it through another command (e.g. setpriv, to run it as another user)."""
     port = free_port()
     api_key = api_key or "test-key-" + uuid.uuid4().hex
-    env = {**os.environ, "DEVBOX_LOCAL_API_KEY": api_key}
+    env = {**os.environ, **(env or {}), "DEVBOX_LOCAL_API_KEY": api_key}
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server", "local-api", "--port", str(port), "--data-dir", str(data_dir)],
+            [*(prefix or []), python, "-m", "mcp_server", "local-api", "--port", str(port), "--data-dir", str(data_dir)],
             env=env,
             stdout=log,
             stderr=log,
