@@ -13,7 +13,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, InputRequiredResult
+from pydantic import ValidationError
 
 from . import __version__
 from .logging_and_completion import add_logging_and_completion
@@ -33,6 +36,25 @@ class DevboxServer(MCPServer):
     """The MCP server of devbox-mcp: an `MCPServer` that keeps the handle to its resources."""
 
     resources: ResourcesHandle
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """The SDK's `call_tool`, with argument errors that never echo what was sent.
+
+        pydantic's message repeats each bad input (`input_value=...`): an environment variable's
+        value or a file's contents are secrets or bulk. The model gets, per bad argument, where and
+        what is wrong; that is what it needs to correct the call."""
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
+                for error in exc.__cause__.errors(include_input=False, include_url=False)
+            )
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {problems}") from None
 
 
 def build_server(

@@ -33,7 +33,7 @@ from ..progress import output_progress
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
-from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, result, state
+from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, at_most, result, state
 
 STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
 MAX_MATCHES = 20
@@ -46,23 +46,23 @@ class OutputEnvelope(BaseModel):
     execution_id: str
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
-    output_complete: bool = Field(description="all output read")
-    stdout: str = Field(description="cleaned; a marker replaces an omitted middle (so in stderr)")
+    output_complete: bool  # all output read
+    stdout: str  # cleaned; a marker replaces an omitted middle (so in stderr)
     stderr: str
-    stdout_offset: int = Field(description="stream_logs continues here")
+    stdout_offset: int  # stream_logs continues here
     stderr_offset: int
-    omitted_bytes: int = Field(description="left out of stdout and stderr")
+    omitted_bytes: int  # left out of stdout and stderr
     hint: str | None = None
 
 
 class ExecuteResult(OutputEnvelope):
-    command_id: str | None = Field(description="retry with it: never runs twice")
+    command_id: str | None  # retry with it: never runs twice
     duration_seconds: float
 
 
 class LogsResult(OutputEnvelope):
     stopped_because: Literal["completed", "matched", "wait_ended"]
-    matches: list[str] = Field(default_factory=list, description="lines matching until (≤ 20)")
+    matches: list[str] = Field(default_factory=list)  # lines matching until (≤ 20)
 
 
 class ExecutionState(BaseModel):
@@ -235,17 +235,15 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
 async def execute(
     ctx: Context,
     devbox_id: DevboxId,
-    command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
+    command: Annotated[str, Field(min_length=1, description="shell command (bash -c)"), at_most(100_000)],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50)"),
     ] = None,
     command_id: Annotated[
         str | None,
-        Field(
-            max_length=100, pattern=r"^[\w.:-]+$",
-            description="idempotency key: a retry with it never runs the command twice",
-        ),
+        Field(pattern=r"^[\w.:-]+$", description="idempotency key: a retry with it never runs the command twice"),
+        at_most(100),
     ] = None,
     attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
@@ -290,7 +288,7 @@ async def stream_logs(
     ] = None,
     until: Annotated[
         str | None,
-        Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
+        Field(min_length=1, description="regex: return as soon as an output line matches"), at_most(1000),
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
     """Follow a running command's output from offsets (live as progress) until it completes,
@@ -348,7 +346,7 @@ async def send_stdin(
     ctx: Context,
     devbox_id: DevboxId,
     execution_id: ExecutionId,
-    text: Annotated[str | None, Field(min_length=1, max_length=100_000, description="text to write")] = None,
+    text: Annotated[str | None, Field(min_length=1, description="text to write"), at_most(100_000)] = None,
     signal: Annotated[
         Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
     ] = None,
