@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,7 +90,15 @@ def at_most(limit: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-Id = Annotated[str, Field(pattern=_ID), at_most(200)]
+def _id_characters(value: str) -> str:
+    if not re.fullmatch(_ID, value):
+        raise ValueError("an id has only letters, digits, '_', '.', ':' and '-'")
+    return value
+
+
+# Ids become URL path segments (no slashes, no spaces): checked, not published, like `at_most`:
+# an id comes from an earlier result, so its shape tells a model nothing.
+Id = Annotated[str, at_most(200), AfterValidator(_id_characters)]
 DevboxId = Id
 ExecutionId = Id
 AxonId = Id

@@ -33,7 +33,7 @@ from ..progress import output_progress
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
-from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, at_most, result, state
+from .common import AppState, DevboxId, ExecutionId, Id, annotations, api_errors, at_most, result, state
 
 STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
 MAX_MATCHES = 20
@@ -241,8 +241,8 @@ async def execute(
         Field(ge=0, le=3600, description="before handing off to stream_logs (default 50)"),
     ] = None,
     command_id: Annotated[
-        str | None,
-        Field(pattern=r"^[\w.:-]+$", description="idempotency key: a retry with it never runs the command twice"),
+        Id | None,
+        Field(description="idempotency key: a retry with it never runs the command twice"),
         at_most(100),
     ] = None,
     attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,

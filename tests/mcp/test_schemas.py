@@ -150,6 +150,8 @@ async def test_tools_list_stays_under_20_kb(mode: str) -> None:
         ("execute", {"devbox_id": "dbx_1", "command": "x" * 100_001}, "at most 100,000 characters, got 100,001"),
         ("get_devbox", {"devbox_id": "d" * 201}, "at most 200 characters, got 201"),
         ("create_devbox", {"launch_commands": ["true"] * 51}, "at most 50 items, got 51"),
+        ("get_devbox", {"devbox_id": "../axons"}, "an id has only letters, digits"),
+        ("execute", {"devbox_id": "d", "command": "true", "command_id": "a b"}, "an id has only letters, digits"),
     ],
 )
 async def test_unpublished_bounds_are_still_enforced_with_a_clear_error(tool: str, arguments: dict, message: str) -> None:
