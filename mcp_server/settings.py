@@ -27,6 +27,11 @@ class Settings:
     binary_cap: int = 512 * 1024
     # Rows returned by sql_query before the result is cut (with a note).
     sql_max_rows: int = 200
+    # How long `execute` waits for a command to complete before following its output as streams
+    # (tools/execute.py `start_execution`). A command done by then costs one API request; a longer
+    # one's first output line waits this long. Unset (None): 5 ms on the embedded backend (which
+    # takes fractions of a second), 0.1 s against Runloop's API. 0: always stream.
+    fast_window: float | None = None
     # Time allowed to kill a cancelled command in the devbox.
     kill_timeout: float = 5.0
     # How long create_devbox / resume_devbox wait for the devbox to be running.

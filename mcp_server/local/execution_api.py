@@ -39,6 +39,7 @@ class ExecuteBody(_Body):
 
     command: StrictStr
     command_id: StrictStr | None = None
+    # Our extension: fractions of a second too (validation.py), for a few-ms wait on a fast command.
     optimistic_timeout: StrictInt | StrictFloat | None = None
 
 

@@ -94,6 +94,8 @@ class RunloopClient:
 
     `retry` governs request retries and stream reconnects; `stream_idle_timeout` is how long a
     stream may stay silent (servers send keep-alives) before the client reconnects.
+    `subsecond_waits`: the server takes `optimistic_timeout` in fractions of a second (the
+    embedded backend does; Runloop's API takes whole seconds).
     `wrap_transport` wraps each connection pool's transport, for a caller that decides per
     request where it goes (the embedded backend's address can change while a client lives).
     """
@@ -109,8 +111,12 @@ class RunloopClient:
         connect_timeout: float = 5.0,
         stream_idle_timeout: float = 60.0,
         wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+        subsecond_waits: bool = False,
     ) -> None:
         check_connection(base_url, api_key)
+        # The embedded backend takes `optimistic_timeout` in fractions of a second (our extension);
+        # Runloop's API takes whole seconds.
+        self.subsecond_waits = subsecond_waits
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
@@ -583,17 +589,24 @@ class RunloopClient:
         command: str,
         *,
         command_id: str | None = None,
-        optimistic_timeout: int | None = None,
+        optimistic_timeout: float | None = None,
         last_n: int | None = None,
     ) -> ExecutionView:
         """Start `command` through the idempotent execute endpoint and wait up to
         `optimistic_timeout` s (≤ 25) for it to complete.
 
         `command_id` (a UUIDv7 generated when not given) makes retries safe: the server runs a
-        given id once. The returned view's `execution_id` is the id to stream and wait on.
+        given id once, and a second call with the same id attaches to the same execution. The
+        returned view's `execution_id` is the id to stream and wait on. A fraction of a second
+        is sent only to a server that takes one (`subsecond_waits`), else it is refused here.
         """
         if optimistic_timeout is not None and not 0 <= optimistic_timeout <= 25:
             raise InvalidArgument(f"optimistic_timeout must be between 0 and 25 seconds, got {optimistic_timeout}")
+        if optimistic_timeout is not None and optimistic_timeout != int(optimistic_timeout):
+            if not self.subsecond_waits:
+                raise InvalidArgument(f"optimistic_timeout must be whole seconds for this API, got {optimistic_timeout}")
+        elif optimistic_timeout is not None:
+            optimistic_timeout = int(optimistic_timeout)
         body: dict[str, Any] = {"command": command, "command_id": command_id or new_command_id()}
         if optimistic_timeout is not None:
             body["optimistic_timeout"] = optimistic_timeout
