@@ -21,6 +21,9 @@ from .sse import sse_response, wait_or_timeout
 
 MAX_WAIT_SECONDS = 25.0  # the long-poll limit of executions (the SDK's EXEC_LONG_POLL_SERVER_MAX_SECONDS)
 MAX_LAST_N = 10_000_000
+# On execute answers: this server takes `optimistic_timeout` in fractions of a second (our
+# extension), so a client that learns it can wait a few ms for a fast command.
+SUBSECOND_HEADER = {"x-devbox-mcp-subsecond-waits": "1"}
 
 
 class _Body(BaseModel):
@@ -138,7 +141,7 @@ async def execute(request: Request) -> Response:
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
     await wait_or_timeout(ex.done.wait, optimistic)
-    return JSONResponse(manager.view(ex, last_n))
+    return JSONResponse(manager.view(ex, last_n), headers=SUBSECOND_HEADER)
 
 
 async def execute_sync(request: Request) -> Response:

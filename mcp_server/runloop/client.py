@@ -73,6 +73,8 @@ DEFAULT_WAIT_SECONDS = 600.0
 SLOW_CALL_SECONDS = 600.0
 DEFAULT_DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 USER_AGENT = "devbox-mcp/0.1"
+# Sent by the embedded backend on execute answers: it takes fractions of a second as holds.
+SUBSECOND_WAITS_HEADER = "x-devbox-mcp-subsecond-waits"
 
 
 def new_command_id() -> str:
@@ -95,7 +97,8 @@ class RunloopClient:
     `retry` governs request retries and stream reconnects; `stream_idle_timeout` is how long a
     stream may stay silent (servers send keep-alives) before the client reconnects.
     `subsecond_waits`: the server takes `optimistic_timeout` in fractions of a second (the
-    embedded backend does; Runloop's API takes whole seconds).
+    embedded backend does; Runloop's API takes whole seconds). Left None, the client learns it
+    from the first execute answer (the embedded backend marks its answers); False: never.
     `wrap_transport` wraps each connection pool's transport, for a caller that decides per
     request where it goes (the embedded backend's address can change while a client lives).
     """
@@ -111,12 +114,13 @@ class RunloopClient:
         connect_timeout: float = 5.0,
         stream_idle_timeout: float = 60.0,
         wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
-        subsecond_waits: bool = False,
+        subsecond_waits: bool | None = None,
     ) -> None:
         check_connection(base_url, api_key)
         # The embedded backend takes `optimistic_timeout` in fractions of a second (our extension);
-        # Runloop's API takes whole seconds.
-        self.subsecond_waits = subsecond_waits
+        # Runloop's API takes whole seconds. None: whole seconds until the server says otherwise.
+        self.subsecond_waits = bool(subsecond_waits)
+        self._learn_waits = subsecond_waits is None
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
@@ -611,13 +615,17 @@ class RunloopClient:
         if optimistic_timeout is not None:
             body["optimistic_timeout"] = optimistic_timeout
         wait = float(optimistic_timeout or 0)
-        return await self._post(
+        response = await self._send(
+            "POST",
             f"/v1/devboxes/{_path_segment(devbox_id)}/execute",
-            ExecutionView,
-            body,
+            json_body=body,
             params={"last_n": last_n},
+            idempotency_key=new_request_id(),
             request_timeout=httpx.Timeout(wait + 30.0, connect=self._connect_timeout),
         )
+        if self._learn_waits and response.headers.get(SUBSECOND_WAITS_HEADER) == "1":
+            self.subsecond_waits = True  # the embedded backend says so on every execute answer
+        return self._parse(response, ExecutionView)
 
     async def execute_async(self, devbox_id: str, command: str, *, attach_stdin: bool = False) -> ExecutionView:
         """Start `command` and return at once (status `queued` or `running`)."""
