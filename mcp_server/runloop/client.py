@@ -595,6 +595,7 @@ class RunloopClient:
         command_id: str | None = None,
         optimistic_timeout: float | None = None,
         last_n: int | None = None,
+        output_grace: float | None = None,
     ) -> ExecutionView:
         """Start `command` through the idempotent execute endpoint and wait up to
         `optimistic_timeout` s (≤ 25) for it to complete.
@@ -602,8 +603,12 @@ class RunloopClient:
         `command_id` (a UUIDv7 generated when not given) makes retries safe: the server runs a
         given id once, and a second call with the same id attaches to the same execution. The
         returned view's `execution_id` is the id to stream and wait on. A fraction of a second
-        is sent only to a server that takes one (`subsecond_waits`), else it is refused here.
+        is sent only to a server that takes one (`subsecond_waits`), else it is refused here;
+        so is `output_grace` (the embedded backend's extension: answer once the command has
+        printed and that many seconds more passed without it completing).
         """
+        if output_grace is not None and not self.subsecond_waits:
+            raise InvalidArgument("output_grace is an extension of the embedded backend, which this server is not")
         if optimistic_timeout is not None and not 0 <= optimistic_timeout <= 25:
             raise InvalidArgument(f"optimistic_timeout must be between 0 and 25 seconds, got {optimistic_timeout}")
         if optimistic_timeout is not None and optimistic_timeout != int(optimistic_timeout):
@@ -614,6 +619,8 @@ class RunloopClient:
         body: dict[str, Any] = {"command": command, "command_id": command_id or new_command_id()}
         if optimistic_timeout is not None:
             body["optimistic_timeout"] = optimistic_timeout
+        if output_grace is not None:
+            body["output_grace_seconds"] = output_grace
         wait = float(optimistic_timeout or 0)
         response = await self._send(
             "POST",

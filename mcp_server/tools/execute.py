@@ -1,9 +1,10 @@
 """Running commands: `execute`, `stream_logs`, `send_stdin`, `kill_execution`.
 
 `execute` starts the command through the idempotent execute endpoint (a retried call with the
-same `command_id` attaches to the same execution instead of running it again), waiting a short
-window (`Settings.fast_window`) for it to complete: a command done by then comes back with its
-exit status and whole output in that one answer, one API request (`start_execution`). Otherwise
+same `command_id` attaches to the same execution instead of running it again), which holds the
+request while the command runs (`start_execution`: until it prints on the embedded backend, a
+short window on Runloop's): a command done by then comes back with its exit status and whole
+output in that one answer, one API request. Otherwise
 the call reads both output streams, from where the answer's output ends when it carried the
 output so far (the embedded backend's does). Every chunk feeds the progress notifications; the
 streams end when the command has exited and all its output was sent, so nothing printed just
@@ -47,9 +48,8 @@ PARTIAL_KEEP = 64 * 1024  # characters of an unfinished line searched for `until
 # Lines of each stream an execute answer is asked to carry. A stream with more (or, on the embedded
 # backend, more than 1 MiB) comes back cut (`*_truncated`) and is read from the stream instead.
 FAST_LAST_N = 10_000
-EMBEDDED_FAST_WINDOW = 0.005  # s: the first output line of a longer command waits this long
 CLOUD_FAST_WINDOW = 0.1  # s: Runloop's API holds whole seconds; `start_execution` attaches after this
-
+MAX_HOLD = 25  # s: the execute endpoint's longest hold
 
 class OutputEnvelope(BaseModel):
     devbox_id: str
@@ -267,30 +267,40 @@ def continue_hint(devbox_id: str, execution_id: str, output: StreamsRead) -> str
     )
 
 
-def fast_window(app: AppState) -> float:
+def fast_window(app: AppState, wait: float) -> float:
+    """How long the execute request may wait for the command (see `Settings.fast_window`)."""
     if app.settings.fast_window is not None:
-        return app.settings.fast_window
-    return EMBEDDED_FAST_WINDOW if app.client.subsecond_waits else CLOUD_FAST_WINDOW
+        window = app.settings.fast_window
+    else:
+        window = MAX_HOLD if app.client.subsecond_waits else CLOUD_FAST_WINDOW
+    return min(window, wait, MAX_HOLD)
 
 
 async def start_execution(
-    client: RunloopClient, devbox_id: str, command: str, command_id: str, window: float
+    client: RunloopClient, devbox_id: str, command: str, command_id: str, window: float, output_grace: float
 ) -> ExecutionView:
     """Start the command and wait up to `window` s for it to complete, in as few requests as that allows.
 
-    - A server that takes a fraction of a second (the embedded backend, our extension) is asked
-      to hold the execute request `window` s: one request, whatever the command does.
+    - The embedded backend (`subsecond_waits`) holds the execute request up to `window` s, and
+      answers early once the command has printed and `output_grace` s more passed (our
+      extensions): a silent command is awaited, a talkative one's first line shows at once, and
+      either way a command done by then costs this one request.
     - Runloop's API holds whole seconds. The execute request asks for the next whole second;
       if no answer came within `window`, a second execute with the same `command_id` and no hold
       attaches to the same execution (never a second run) and returns at once, so a longer
       command's output is followed after `window`, not a second. Whichever answers first wins;
       the other request is abandoned (the command is not affected). A command done within
-      `window` thus costs one request, as on the embedded backend.
+      `window` thus costs one request there too.
     - `window` 0: no hold and no output in the answer (the command's output is streamed).
     """
     if window <= 0:
         return await client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
-    hold = window if client.subsecond_waits else min(25, max(1, math.ceil(window)))
+    if client.subsecond_waits:
+        return await client.execute(
+            devbox_id, command, command_id=command_id, optimistic_timeout=window, last_n=FAST_LAST_N,
+            output_grace=output_grace,
+        )
+    hold = min(MAX_HOLD, max(1, math.ceil(window)))
     if hold == window:
         return await client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=hold, last_n=FAST_LAST_N)
     answers: list[ExecutionView] = []
@@ -346,7 +356,7 @@ async def execute(
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
     wait = wait_budget(ctx, app.settings, wait_seconds)
     cid = None if attach_stdin else command_id or new_command_id()
-    window = min(fast_window(app), wait)
+    window = fast_window(app, wait)
     started = time.monotonic()
     execution_id: str | None = None
     try:
@@ -356,7 +366,7 @@ async def execute(
                 view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
             else:
                 assert cid is not None
-                view = await start_execution(app.client, devbox_id, command, cid, window)
+                view = await start_execution(app.client, devbox_id, command, cid, window, app.settings.output_grace)
         execution_id = view.execution_id
         # The budget counts from the call's start: starting the command took part of it.
         output = await read_streams(

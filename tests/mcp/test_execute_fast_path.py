@@ -24,7 +24,8 @@ from mcp_server.tools.execute import FAST_LAST_N
 
 pytestmark = pytest.mark.anyio
 
-FAST = Settings(fast_window=20.0)  # every quick command finishes within it, however loaded the machine
+# Every quick command finishes within the window, however loaded the machine: no early answer on output.
+FAST = Settings(fast_window=20.0, output_grace=20.0)
 STREAMED = Settings(fast_window=0)
 MIB = VIEW_MAX_BYTES
 E_ACUTE = "yes é | tr -d '\\n' | head -c"  # a run of 2-byte characters, cut at a byte count
@@ -97,7 +98,7 @@ async def test_a_command_still_running_after_the_window_continues_from_the_answe
     command = (f"printf 'd\\xc3\\xa9but\\n'; printf 'err \\xe2\\x82\\xac\\n' >&2; "
                f"while [ ! -e {marker} ]; do sleep 0.01; done; rm {marker}; printf 'fin \\xc3\\xa9'")  # fmt: skip
     results, streams = [], []
-    for settings in (Settings(fast_window=2.0), STREAMED):
+    for settings in (Settings(output_grace=0.5), STREAMED):
         fault_proxy.clear()
         server = make_server(backend, settings, base_url=fault_proxy.url)
         async with Client(server, mode="auto") as client, anyio.create_task_group() as tg:
@@ -123,12 +124,22 @@ async def test_a_command_still_running_after_the_window_continues_from_the_answe
 async def test_a_command_ending_at_the_end_of_the_window_loses_and_repeats_nothing(
     fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str, sleep_ms: int
 ) -> None:
-    """Whether the command ends just before or just after the 5 ms window, the result is the same."""
+    """Whether the command ends just before or just after the 5 ms the answer waits after its first
+    output, the result is the same."""
     command = f"printf 'avant \\xc3\\xa9\\n'; echo e >&2; sleep 0.{sleep_ms:03d}; printf 'apr\\xc3\\xa8s'; exit 4"
-    edge, _ = await run(backend, fault_proxy, Settings(fast_window=0.005), devbox_id, command)
+    edge, _ = await run(backend, fault_proxy, Settings(output_grace=0.005), devbox_id, command)
     streamed, _ = await run(backend, fault_proxy, STREAMED, devbox_id, command)
     assert comparable(edge) == comparable(streamed)
     assert structured(edge)["stdout"] == "avant é\naprès" and structured(edge)["exit_status"] == 4
+
+
+async def test_a_silent_command_is_awaited_in_its_one_request(
+    fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str
+) -> None:
+    """Default settings: the embedded backend holds the execute request until the command prints
+    or completes, so a silent one, however long (within the wait), is one request."""
+    result, requests = await run(backend, fault_proxy, Settings(), devbox_id, "sleep 0.3; exit 5")
+    assert requests == ["execute"] and structured(result)["exit_status"] == 5
 
 
 async def test_against_whole_second_holds_a_fast_command_is_one_request(
