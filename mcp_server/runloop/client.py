@@ -452,16 +452,23 @@ class RunloopClient:
         )
 
     async def watch_devbox(
-        self, devbox_id: str, until: Iterable[str], *, timeout_seconds: float = DEFAULT_WAIT_SECONDS
+        self,
+        devbox_id: str,
+        until: Iterable[str],
+        *,
+        timeout_seconds: float = DEFAULT_WAIT_SECONDS,
+        current: DevboxView | None = None,
     ) -> AsyncIterator[DevboxView]:
         """Yield the devbox view now and at each status change, ending once its status is in `until`.
 
         Each wait is a long-poll for "any status but the current one", so transitions are seen
         as they happen without polling. Raises `WaitTimeout` after `timeout_seconds` overall.
+        `current`: the view the caller just received (from create or resume), the start instead
+        of a request that would read it again.
         """
         targets = set(until)
         deadline = time.monotonic() + timeout_seconds
-        view = await self.get_devbox(devbox_id)
+        view = current if current is not None and current.id == devbox_id else await self.get_devbox(devbox_id)
         yield view
         while view.status not in targets:
             others = [s for s in DEVBOX_STATUSES if s != view.status]

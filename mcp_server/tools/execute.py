@@ -96,6 +96,7 @@ class StreamsRead:
     buffers: dict[str, OutputBuffer]
     ended: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(STREAMS, False))
     matches: list[str] = field(default_factory=list)
+    followed: bool = False  # a stream was opened: time passed since the execute answer
 
     @property
     def complete(self) -> bool:
@@ -177,8 +178,8 @@ async def read_streams(
     start = {"stdout": stdout_offset, "stderr": stderr_offset}
     output = StreamsRead(offsets=dict(start), start=dict(start), buffers={s: OutputBuffer(keep) for s in STREAMS})
     seeded = output.seed(seed) if seed is not None else {}
-    if output.complete:
-        return output  # the answer held everything: no stream to open, nothing to report as progress
+    if output.complete or wait <= 0:
+        return output  # the answer held everything (or there is no time left): no stream to open
     matcher = _LineMatcher(until) if until else None
     errors: list[RunloopError] = []
 
@@ -191,6 +192,7 @@ async def read_streams(
         max_bytes=app.settings.progress_message_bytes,
         start_bytes=stdout_offset + stderr_offset,
     ) as progress:
+        output.followed = True
         for text in seeded.values():
             progress.feed(text)
         with anyio.move_on_after(wait):
@@ -373,8 +375,8 @@ async def execute(
             ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)),
             seed=view if window > 0 else None,
         )
-        if view.completed:
-            final = view  # its exit status is known: no further request
+        if view.completed or not output.followed:
+            final = view  # its exit status is known, or nothing was awaited since it came: no further request
         else:
             with api_errors():
                 final = await final_state(app.client, devbox_id, execution_id, output.complete)
