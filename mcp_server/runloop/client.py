@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -129,10 +130,12 @@ class RunloopClient:
             headers["Authorization"] = f"Bearer {api_key}"
         self._connect_timeout = connect_timeout
 
+        verify = _tls_context(self.base_url)
+
         def transport(limits: httpx.Limits) -> dict[str, Any]:
             if wrap_transport is None:
-                return {"limits": limits}
-            return {"transport": wrap_transport(httpx.AsyncHTTPTransport(limits=limits))}
+                return {"limits": limits, "verify": verify}
+            return {"transport": wrap_transport(httpx.AsyncHTTPTransport(limits=limits, verify=verify))}
 
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -829,6 +832,16 @@ class RunloopClient:
 
 class _LogList(BaseModel):
     logs: list[LogEntry] = []
+
+
+def _tls_context(base_url: str) -> ssl.SSLContext:
+    """One TLS context for both connection pools, made once: loading the CA bundle costs about
+    20 ms, and each pool would load its own, at every server start (the cold start of a stdio
+    server). A plain-HTTP base URL (the embedded backend on loopback) loads none: a request
+    sent elsewhere over TLS would then fail verification, never skip it."""
+    if base_url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names; trusts no one
+    return httpx.create_ssl_context()
 
 
 def _path_segment(value: str) -> str:
