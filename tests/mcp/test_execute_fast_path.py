@@ -9,6 +9,7 @@ the duration. Requests are counted through a real proxy, never timed.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import anyio
@@ -140,6 +141,31 @@ async def test_a_silent_command_is_awaited_in_its_one_request(
     or completes, so a silent one, however long (within the wait), is one request."""
     result, requests = await run(backend, fault_proxy, Settings(), devbox_id, "sleep 0.3; exit 5")
     assert requests == ["execute"] and structured(result)["exit_status"] == 5
+
+
+async def test_cancelling_a_call_held_for_a_silent_command_kills_it(backend: RunningBackend, devbox_id: str) -> None:
+    """The cancel lands while the execute request is held (no output yet, so no execution id):
+    the same command_id attaches to the execution, which is then killed."""
+    pid_file = f"/tmp/held-{uuid.uuid4().hex[:8]}"
+    command = f"echo $$ > {pid_file}; sleep 300"
+    async with Client(make_server(backend), mode="auto") as client, Client(make_server(backend), mode="auto") as other:
+
+        async def check(probe: str) -> str:
+            return structured(await call_ok(other, "execute", {"devbox_id": devbox_id, "command": probe}))["stdout"]
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "execute", {"devbox_id": devbox_id, "command": command})
+                while True:  # until the command runs (it prints nothing: the call is still held)
+                    if await check(f"cat {pid_file} 2>/dev/null; true"):
+                        break
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        with anyio.fail_after(20):
+            while True:
+                if not await check(f"kill -0 $(cat {pid_file}) 2>/dev/null && echo alive; true"):
+                    break
+                await anyio.sleep(0.05)
 
 
 async def test_against_whole_second_holds_a_fast_command_is_one_request(
