@@ -9,13 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, secret_api, uploads, validation
+from . import execution_api, files, pty_api, secret_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .pty import PtyManager
 from .secret_store import SecretStore
 
 MAX_WAIT_SECONDS = 30.0
@@ -266,8 +267,9 @@ def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
     manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
+    ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
 
     async def startup() -> None:
         secrets.load()
@@ -275,6 +277,7 @@ def build(config: LocalConfig) -> Component:
         await executions.startup()
 
     async def shutdown() -> None:
+        await ptys.shutdown()
         await executions.shutdown()
         await manager.shutdown()
 
@@ -284,6 +287,6 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(),
         },  # fmt: skip
     )

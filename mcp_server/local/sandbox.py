@@ -77,6 +77,12 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "NPM_CONFIG_YES": "true",
     "CI": "true",
 }
+# What a terminal session (pty.py) drops of that: a person answers there, and `git rebase -i`
+# must open an editor. It gets TERM=xterm-256color instead of `dumb`.
+_NON_INTERACTIVE_ONLY = (
+    "DEBIAN_FRONTEND", "GIT_TERMINAL_PROMPT", "GIT_EDITOR", "GIT_SSH_COMMAND", "PAGER", "GIT_PAGER",
+    "PIP_NO_INPUT", "NPM_CONFIG_YES", "CI",
+)  # fmt: skip
 
 # Host files a sandbox must never read (for a root backend the sandbox user owns them: masks, not permissions, guard them).
 _SECRET_FILES = (
@@ -164,7 +170,9 @@ def _which(name: str) -> str | None:
 
 @functools.cache
 def tools() -> dict[str, str | None]:
-    return {name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash", "unshare", "setpriv")}
+    return {
+        name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash", "unshare", "setpriv", "setsid")
+    }
 
 
 def sandbox_unavailable_reason() -> str | None:
@@ -623,8 +631,14 @@ class Sandbox:
 
     # -- run -------------------------------------------------------------------------------
 
-    def command_env(self, env: Mapping[str, str], user: SandboxUser | None = None) -> dict[str, str]:
+    def command_env(
+        self, env: Mapping[str, str], user: SandboxUser | None = None, *, terminal: bool = False
+    ) -> dict[str, str]:
         merged = dict(NON_INTERACTIVE_ENV)
+        if terminal:
+            for name in _NON_INTERACTIVE_ONLY:
+                del merged[name]
+            merged["TERM"] = "xterm-256color"
         user = user or self.spec.user
         merged.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         if self.spec.unsafe:
@@ -643,6 +657,7 @@ class Sandbox:
         stderr: int,
         args: Sequence[str] = (),
         user: SandboxUser | None = None,
+        terminal: bool = False,
     ) -> asyncio.subprocess.Process:
         """Run `bash -c command` in the user's home inside the sandbox, as the leader of a new process group.
 
@@ -650,6 +665,11 @@ class Sandbox:
         background (they stay in its group: non-interactive bash has no job control).
         `args` become the script's positional parameters ($1, $2, ...). `user` (a devbox with a
         system of its own only) runs it as another account than the devbox's.
+
+        `terminal`: stdin is the slave of a pty (pty.py), which becomes the controlling terminal
+        of a new session (`setsid --ctty`, forked under the returned process, which waits for it),
+        so the shell has job control and the pty's signals (^C, SIGWINCH, hang-up) reach it; the
+        environment is an interactive one (`command_env(terminal=True)`).
         """
         if user is not None and self.spec.ids is None and user != self.spec.user:
             raise SandboxError("only a devbox with a system of its own runs commands as another user")
@@ -658,7 +678,9 @@ class Sandbox:
         if self._network is not None and not self._network.done():
             await asyncio.wait({self._network})  # neither cancels it nor raises its failure
         creating = asyncio.ensure_future(
-            self._create_process(command, args, self.command_env(env, user), stdin, stdout, stderr, user)
+            self._create_process(
+                command, args, self.command_env(env, user, terminal=terminal), stdin, stdout, stderr, user, terminal
+            )
         )
         try:
             return await asyncio.shield(creating)
@@ -680,10 +702,13 @@ class Sandbox:
         stdout: int,
         stderr: int,
         user: SandboxUser | None = None,
+        terminal: bool = False,
     ) -> asyncio.subprocess.Process:
+        # A new session with the pty as its controlling terminal; forks (we already lead a session) and waits.
+        ctty = [tools()["setsid"] or "setsid", "--wait", "--ctty"] if terminal else []
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
-                *_in_cgroups(self.spec, [tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
+                *_in_cgroups(self.spec, [*ctty, tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
                 stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                 cwd=self.spec.home, start_new_session=True,
             )  # fmt: skip
@@ -702,6 +727,7 @@ class Sandbox:
             credentials = ["--preserve-credentials"]
         return await spawner.spawn(
             _in_cgroups(self.spec, [
+                *ctty,
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
                 *self._ns_flags, "-r", "-w",
