@@ -141,6 +141,15 @@ class PtySession:
 
     # -- output ----------------------------------------------------------------------------
 
+    @property
+    def waiting_for_client(self) -> bool:
+        """Whether reading has stopped because the attached client has not taken the output yet."""
+        return self.attached and not self._reading and not self._eof and not self.ended
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
     def start_reading(self) -> None:
         if not self._reading and not self._eof and not self.ended:
             asyncio.get_running_loop().add_reader(self.master, self._read_ready)
@@ -174,7 +183,7 @@ class PtySession:
         """The output waiting for the client (all of it, at most a few hundred KiB); None once the
         session has ended and nothing is left to send."""
         while not self._pending:
-            if self.ended or self._eof:
+            if self.ended:  # not at EOF alone: the shell's exit, which says how it ended, follows
                 return None
             self._changed.clear()
             await self._changed.wait()
@@ -182,6 +191,12 @@ class PtySession:
         self._pending.clear()
         self.start_reading()
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Put back output a client did not get (it left mid-send), for the next one."""
+        self._pending[:0] = data
+        if len(self._pending) > DETACHED_KEEP:
+            del self._pending[: len(self._pending) - DETACHED_KEEP]
 
     # -- input -----------------------------------------------------------------------------
 
