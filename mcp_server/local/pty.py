@@ -161,16 +161,22 @@ class PtySession:
             self._reading = False
 
     def _read_ready(self) -> None:
-        try:
-            data = os.read(self.master, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every slave end is closed
-            data = b""
-        if not data:
-            self._eof = True
-            self._stop_reading()
-        else:
+        """Read what the pty has, up to READ_CHUNK: a pty hands out at most 4 KiB a read, and one
+        frame per read would cost the client a frame (and us a wake-up) per 4 KiB."""
+        data = b""
+        while len(data) < READ_CHUNK:
+            try:
+                chunk = os.read(self.master, READ_CHUNK - len(data))
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every slave end is closed
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                self._stop_reading()
+                break
+            data += chunk
+        if data:
             self._pending += data
             if self.attached:
                 if len(self._pending) >= ATTACHED_HIGH_WATER:
