@@ -365,11 +365,11 @@ class PtyManager:
                 self._arm_expiry(existing)
                 return existing, False
             cols, rows = size or (DEFAULT_COLS, DEFAULT_ROWS)
-            master, slave = os.openpty()
+            assert devbox.sandbox is not None
+            master, slave = devbox.sandbox.open_pty()
             try:
                 _set_size(slave, cols, rows)
                 os.set_blocking(master, False)
-                assert devbox.sandbox is not None
                 process = await devbox.sandbox.spawn(
                     SHELL_COMMAND,
                     env=self.devboxes.command_env(devbox),
