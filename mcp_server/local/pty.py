@@ -138,6 +138,7 @@ class PtySession:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _sid: int | None = None
     _expiry: asyncio.TimerHandle | None = None
+    _writable: asyncio.Future[None] | None = None  # what a blocked `write` waits for
 
     # -- output ----------------------------------------------------------------------------
 
@@ -215,12 +216,13 @@ class PtySession:
             try:
                 written = os.write(self.master, view)
             except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
+                self._writable = writable = loop.create_future()
                 loop.add_writer(self.master, lambda w=writable: w.done() or w.set_result(None))
                 try:
                     await writable
                 finally:
-                    with contextlib.suppress(ValueError, OSError):
+                    self._writable = None
+                    if not self.ended:  # `finish` has removed it before closing the master
                         loop.remove_writer(self.master)
                 continue
             except OSError:  # EIO: the shell is gone; its end is reported by `output`
@@ -271,6 +273,10 @@ class PtySession:
             if len(self._pending) > DETACHED_KEEP:
                 del self._pending[: len(self._pending) - DETACHED_KEEP]
         self._stop_reading()
+        if self._writable is not None:  # a write waiting for the program to read: it never will
+            asyncio.get_running_loop().remove_writer(self.master)
+            if not self._writable.done():
+                self._writable.set_result(None)
         self.ended, self.end_reason = True, reason
         os.close(self.master)
         self._changed.set()
@@ -338,6 +344,11 @@ class PtyManager:
     def attached(self, devbox_id: str) -> bool:
         """Whether a client is attached to one of the devbox's sessions (it is in use, not idle)."""
         return any(s.attached for (d, _), s in self._sessions.items() if d == devbox_id)
+
+    def find(self, devbox_id: str, name: str) -> PtySession | None:
+        """The devbox's running session `name`, if there is one."""
+        session = self._sessions.get((devbox_id, name))
+        return session if session is not None and not session.ended else None
 
     def get(self, devbox_id: str, name: str) -> PtySession:
         session = self._sessions.get((devbox_id, check_name(name)))
