@@ -58,6 +58,7 @@ READ_CHUNK = 64 * 1024
 ATTACHED_HIGH_WATER = 256 * 1024  # output waiting for the attached client; reading stops above it
 DETACHED_KEEP = 1024 * 1024  # output kept for the next client while none is attached (the latest bytes)
 CLOSE_GRACE_SECONDS = 2.0  # between the SIGHUP of `close` and the SIGKILL of what survived it
+STOP_WAIT_SECONDS = 5.0  # how long a stopping devbox waits for its shells' host processes to be reaped
 MAX_TUNNELS = 32  # per devbox; the oldest goes first
 SHELL_COMMAND = "exec /bin/bash -l"
 _TIOCGSID = getattr(termios, "TIOCGSID", 0x5429)  # Linux; Python names only some of the tty ioctls
@@ -377,7 +378,9 @@ class PtyManager:
                 return existing, False
             cols, rows = size or (DEFAULT_COLS, DEFAULT_ROWS)
             assert devbox.sandbox is not None
-            master, slave = devbox.sandbox.open_pty()
+            # The host's pty (inside, `tty` says "not a tty"). One from the devbox's own devpts was
+            # tried: a resume right after a suspend then now and then found the disk still in use.
+            master, slave = os.openpty()
             try:
                 _set_size(slave, cols, rows)
                 os.set_blocking(master, False)
@@ -489,11 +492,23 @@ class PtyManager:
         session.finish(reason)
 
     async def _on_devbox_stop(self, devbox_id: str) -> None:
-        """The sandbox is about to stop (and kill every shell in it): end its sessions and tunnels."""
+        """The sandbox is about to stop (and kill every shell in it): end its sessions and tunnels.
+
+        What started each shell runs on the host (`setsid`, `nsenter`, which holds the devbox's root
+        and working directory): it is killed and awaited here, as executions' are, so nothing of
+        the devbox is in use once its sandbox has stopped (its disk is detached next)."""
         self.tunnels.drop_devbox(devbox_id)
-        for (d, _), session in list(self._sessions.items()):
-            if d == devbox_id:
-                self._end(session, "the devbox stopped")
+        ending = [s for (d, _), s in self._sessions.items() if d == devbox_id]
+        for session in ending:
+            sid = session.session_id()
+            self._end(session, "the devbox stopped")
+            for pid in (sid, session.process.pid):
+                if pid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+        for session in ending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.process.wait(), STOP_WAIT_SECONDS)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
