@@ -31,7 +31,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import logging
 import os
 import re
 import secrets
@@ -49,8 +48,6 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from .devboxes import DevboxManager
 
-log = logging.getLogger("devbox_mcp.local")
-
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
 MAX_DIMENSION = 1000
@@ -61,6 +58,7 @@ CLOSE_GRACE_SECONDS = 2.0  # between the SIGHUP of `close` and the SIGKILL of wh
 STOP_WAIT_SECONDS = 5.0  # how long a stopping devbox waits for its shells' host processes to be reaped
 MAX_TUNNELS = 32  # per devbox; the oldest goes first
 SHELL_COMMAND = "exec /bin/bash -l"
+PROTOCOL_VERSION = "1"  # PtyConnectView.protocol_version: raw bytes in binary frames, close codes of pty_api
 _TIOCGSID = getattr(termios, "TIOCGSID", 0x5429)  # Linux; Python names only some of the tty ioctls
 
 
@@ -531,10 +529,3 @@ def connect_view(
         "rows": session.rows,
         "idle_ttl_seconds": int(idle_ttl_seconds),
     }
-
-
-PROTOCOL_VERSION = "1"
-
-__all__ = [
-    "PtyManager", "PtySession", "TunnelRegistry", "check_name", "check_size", "connect_view", "signal_number",
-]  # fmt: skip

@@ -19,7 +19,8 @@ Wire contract (stable; the MCP terminal tools build on it):
    - WebSocket `connect_url` = `/tunnel/{tunnel_key}/pty/{session_name}/connect` (server-relative:
      ws:// or wss:// on the API's origin). Binary frames both ways carry the raw terminal bytes
      (text frames from the client are taken as UTF-8 input). On attach the client first gets the
-     output kept while no client was attached.
+     output kept while no client was attached. permessage-deflate is accepted when the client
+     offers it; a client after the lowest latency or memory declines it (`compression=None`).
    Handshake refusals are HTTP answers: 401 wrong or missing token, 404 unknown tunnel key.
    Close codes once accepted:
    - 4404: no such session (open it with the GET first; it may have ended);
