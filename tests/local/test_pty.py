@@ -167,6 +167,11 @@ def test_the_pty_paths_require_the_tunnel_token(tunnel: Tunnel, backend: Running
     sdk.devboxes.shutdown(other_devbox.id)
 
 
+def test_a_websocket_anywhere_else_needs_the_api_key(backend: RunningBackend):
+    with pytest.raises(Exception, match="401"):
+        connect(backend.base_url.replace("http://", "ws://") + "/v1/devboxes", open_timeout=WAIT)
+
+
 def test_create_ssh_key_says_what_is_missing(sdk, devbox):
     from runloop_api_client import APIStatusError
 
