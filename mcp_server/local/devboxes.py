@@ -26,6 +26,7 @@ from . import rootfs
 from .clock import now_ms
 from .config import LocalConfig
 from .disk import DiskError, detach
+from .egress import EgressNamespace
 from .errors import ApiError, disk_full, is_disk_full
 from .idmap import FALLBACK_NOTE, IdRange, host_range
 from .ids import new_id
@@ -248,6 +249,9 @@ class DevboxManager:
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
         self.busy_checks: list[Callable[[str], bool]] = []
+        # Root backends: the namespace every isolated devbox's slirp4netns runs in (egress.py).
+        self.egress = EgressNamespace(config.data_dir / "egress") if os.geteuid() == 0 else None
+        self._warned_egress = False
         self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 
     # -- registry --------------------------------------------------------------------------
@@ -302,6 +306,8 @@ class DevboxManager:
         # shutdown should cost the slowest sandbox, not their sum.
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
+        if self.egress is not None:
+            await self.egress.stop()
         await self.limits.shutdown()
         self.storage.close()
 
@@ -695,7 +701,25 @@ class DevboxManager:
             disk_gap=devbox.disk_gap,
         )
 
-    def _sandbox_for(self, devbox: Devbox) -> Sandbox:
+    async def _egress_prefix(self, devbox: Devbox) -> tuple[str, ...]:
+        """Start the egress namespace if an isolated devbox needs it: it fails closed, never open."""
+        if devbox.unsafe or devbox.network_mode != "isolated":
+            return ()
+        if self.egress is None:
+            if not self._warned_egress:
+                self._warned_egress = True
+                log.warning(
+                    "this backend is not root: isolated devboxes reach every address the host reaches "
+                    "(private and link-local ones too); run it as root for public-only egress"
+                )
+            return ()
+        try:
+            await self.egress.ensure()
+        except (OSError, TimeoutError) as exc:
+            raise SandboxError(f"could not set up the devbox's egress rules: {exc}") from None
+        return tuple(self.egress.enter())
+
+    def _sandbox_for(self, devbox: Devbox, egress_prefix: tuple[str, ...] = ()) -> Sandbox:
         limits = devbox.enforcement
         spec = SandboxSpec(
             home=devbox.home,
@@ -712,11 +736,12 @@ class DevboxManager:
             run_tmpfs_bytes=limits.run_tmpfs_bytes if limits else None,
             # Counted per user namespace, so per devbox; a host process (unsafe) would count the host's.
             max_processes=devbox.resource_size.pids if limits and not devbox.unsafe else None,
+            egress_prefix=egress_prefix,
         )
         return Sandbox(spec)
 
     async def _start_sandbox(self, devbox: Devbox) -> None:
-        sandbox = self._sandbox_for(devbox)
+        sandbox = self._sandbox_for(devbox, await self._egress_prefix(devbox))
         devbox.sandbox = sandbox
         await sandbox.start()
         for warning in sandbox.warnings:

@@ -1,0 +1,101 @@
+"""Safe default egress, proved on test hosts only: the backend runs inside a network namespace the
+test makes (tests/support/testnet.py), whose only way out is a second namespace holding a stand-in
+public host, a private one, the metadata address, a shared-range one and a DNS server.
+
+An isolated devbox reaches the stand-in public host, by address and by name, and not the link-local,
+private, shared or host addresses; root inside the devbox cannot change that.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from support.testnet import ADDRESSES, HOST_ADDRESS, Net, NetBackend, backend_in, make_testnet
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and the egress rules need root")
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+    with make_testnet(tmp_path_factory.mktemp("testnet")) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def backend(net: Net, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetBackend]:
+    with backend_in(net, tmp_path_factory.mktemp("egress-data")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def sdk(backend: NetBackend):  # noqa: ANN201
+    from runloop_api_client import Runloop
+
+    client = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=0, timeout=120)
+    yield client
+    client.close()
+
+
+def run(sdk, devbox_id: str, command: str) -> tuple[int, str]:  # noqa: ANN001
+    done = sdk.devboxes.execute_sync(devbox_id, command=command)
+    return done.exit_status or 0, (done.stdout or "") + (done.stderr or "")
+
+
+def fetch(url: str) -> str:
+    """A shell command printing the HTTP status of `url` (000: no connection), at most 5 seconds."""
+    return f"curl -sS -m 5 -o /dev/null -w '%{{http_code}}' {url} 2>/dev/null; true"
+
+
+@pytest.fixture(scope="module")
+def devbox(sdk) -> Iterator[str]:  # noqa: ANN001
+    box = sdk.devboxes.create_and_await_running(name="egress-default")
+    assert box.status == "running", box
+    yield box.id
+    sdk.devboxes.shutdown(box.id)
+
+
+def test_a_stand_in_public_host_answers_by_address_and_by_name(sdk, devbox: str) -> None:  # noqa: ANN001
+    assert run(sdk, devbox, fetch(f"http://{ADDRESSES['public']}/"))[1] == "200"
+    code, out = run(sdk, devbox, "curl -sS -m 5 http://public.test/")
+    assert code == 0 and out == f"world {ADDRESSES['public']} public.test\n"  # DNS works, through the egress rules
+
+
+@pytest.mark.parametrize("where", ["private", "metadata", "shared"])
+def test_private_link_local_and_shared_addresses_are_refused(sdk, devbox: str, where: str) -> None:  # noqa: ANN001
+    code, out = run(sdk, devbox, f"curl -sS -m 5 http://{ADDRESSES[where]}/")
+    assert code == 7 and "Couldn't connect" in out, out  # refused at once (a reset), not a time-out (28)
+
+
+def test_the_hosts_own_address_is_refused(sdk, devbox: str, net: Net) -> None:  # noqa: ANN001
+    on_host = subprocess.run(
+        ["ip", "netns", "exec", net.host, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+         f"http://{HOST_ADDRESS}/"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert on_host.stdout == "200"  # the host's server is there...
+    code, out = run(sdk, devbox, f"curl -sS -m 5 http://{HOST_ADDRESS}/")
+    assert code == 7, out  # ...and out of the devbox's reach
+
+
+def test_root_inside_the_devbox_cannot_undo_the_rules(sdk, devbox: str) -> None:  # noqa: ANN001
+    metadata = ADDRESSES["metadata"]
+    changes = (
+        f"sudo ip route add {metadata}/32 dev tap0; sudo ip route replace default via 10.0.2.2 dev tap0; "
+        f"sudo ip addr add 169.254.1.1/16 dev tap0; sudo ip route add 10.0.0.0/8 dev tap0; "
+        f"sudo ip neigh flush all; ip route"
+    )
+    code, out = run(sdk, devbox, changes)
+    assert "169.254.169.254 dev tap0" in out  # the devbox's own routes did change...
+    for target in (metadata, ADDRESSES["private"], HOST_ADDRESS):
+        assert run(sdk, devbox, fetch(f"http://{target}/"))[1] == "000", target  # ...and decide nothing
+    assert run(sdk, devbox, fetch(f"http://{ADDRESSES['public']}/"))[1] == "200"
+
+
+def test_host_mode_is_the_opt_out(sdk) -> None:  # noqa: ANN001
+    box = sdk.devboxes.create_and_await_running(launch_parameters={"network_mode": "host"})
+    try:
+        assert run(sdk, box.id, fetch(f"http://{ADDRESSES['private']}/"))[1] == "200"
+    finally:
+        sdk.devboxes.shutdown(box.id)
