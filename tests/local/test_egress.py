@@ -99,3 +99,90 @@ def test_host_mode_is_the_opt_out(sdk) -> None:  # noqa: ANN001
         assert run(sdk, box.id, fetch(f"http://{ADDRESSES['private']}/"))[1] == "200"
     finally:
         sdk.devboxes.shutdown(box.id)
+
+
+# -- network policies: hostname allowlists through the proxy -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def allowlisted(sdk) -> Iterator[tuple[str, str]]:  # noqa: ANN001
+    policy = sdk.network_policies.create(
+        name="allow-example", allowed_hostnames=["allowed.example", "*.allowed.example", "metadata.test"]
+    )
+    box = sdk.devboxes.create_and_await_running(launch_parameters={"network_policy_id": policy.id})
+    assert box.status == "running", box
+    yield policy.id, box.id
+    sdk.devboxes.shutdown(box.id)
+    sdk.network_policies.delete(policy.id)
+
+
+def test_an_allowlisted_host_answers_through_the_proxy(sdk, allowlisted: tuple[str, str]) -> None:  # noqa: ANN001
+    _, box = allowlisted
+    assert run(sdk, box, "curl -sS -m 5 http://allowed.example/") == (0, f"world {ADDRESSES['allowed']} allowed.example\n")
+    assert run(sdk, box, "curl -sS -m 5 http://api.allowed.example/")[1].startswith("world ")  # a *. wildcard
+    code, out = run(sdk, box, "curl -sS -m 5 -k https://allowed.example/")  # CONNECT, checked by TLS server name
+    assert (code, out) == (0, f"world {ADDRESSES['allowed']} allowed.example\n")
+
+
+def test_another_host_is_refused_with_a_reason(sdk, allowlisted: tuple[str, str]) -> None:  # noqa: ANN001
+    _, box = allowlisted
+    code, out = run(sdk, box, "curl -sS -m 5 http://other.example/ -w ' %{http_code}'")
+    assert out == "devbox network policy: other.example is not in the allowed_hostnames of the devbox's network policy\n 403"
+    assert run(sdk, box, "curl -sS -m 5 -k https://other.example/")[0] != 0
+    # An allowed name that resolves to a private or link-local address is refused too.
+    assert "169.254.169.254, which is not a public address" in run(sdk, box, "curl -sS -m 5 http://metadata.test/")[1]
+
+
+def test_a_forged_host_header_or_server_name_is_refused(sdk, allowlisted: tuple[str, str]) -> None:  # noqa: ANN001
+    _, box = allowlisted
+    out = run(sdk, box, "curl -sS -m 5 -H 'Host: other.example' http://allowed.example/")[1]
+    assert "the Host header 'other.example' is not the request's host 'allowed.example'" in out
+    sni = (
+        "python3 - <<'PY'\n"
+        "import socket, ssl\n"
+        "s = socket.create_connection(('127.0.0.1', 3128), timeout=5)\n"
+        "s.sendall(b'CONNECT allowed.example:443 HTTP/1.1\\r\\nHost: allowed.example:443\\r\\n\\r\\n')\n"
+        "print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+        "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+        "try:\n"
+        "    t = ctx.wrap_socket(s, server_hostname='other.example'); t.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+        "    print('answered', t.recv(100))\n"
+        "except (OSError, ssl.SSLError) as e:\n"
+        "    print('refused')\n"
+        "PY"
+    )
+    assert run(sdk, box, sni)[1] == "HTTP/1.1 200 Connection established\nrefused\n"
+
+
+def test_direct_connections_that_bypass_the_proxy_are_refused(sdk, allowlisted: tuple[str, str]) -> None:  # noqa: ANN001
+    _, box = allowlisted
+    for target in (ADDRESSES["allowed"], ADDRESSES["public"]):
+        code, out = run(sdk, box, f"curl -sS -m 5 --noproxy '*' http://{target}/")
+        assert code == 7 and "Couldn't connect" in out, out  # no route out at all: at once, not a time-out
+    # Root inside cannot take the proxy's place or make a way out.
+    out = run(sdk, box, "sudo python3 -c \"import socket; socket.socket().bind(('127.0.0.1', 3128))\" 2>&1 | tail -1")[1]
+    assert "Address already in use" in out
+    run(sdk, box, "sudo ip route add default dev lo; sudo ip link set lo down; sudo ip link set lo up")
+    assert run(sdk, box, fetch(f"http://{ADDRESSES['public']}/").replace("curl", "curl --noproxy '*'"))[1] == "000"
+    assert run(sdk, box, "curl -sS -m 5 http://allowed.example/")[0] == 0  # the proxy still serves
+
+
+def test_an_update_reaches_a_running_devbox(sdk, allowlisted: tuple[str, str]) -> None:  # noqa: ANN001
+    policy, box = allowlisted
+    sdk.network_policies.update(policy, allowed_hostnames=["allowed.example", "*.allowed.example", "other.example"])
+    try:
+        assert run(sdk, box, "curl -sS -m 5 http://other.example/")[1] == f"world {ADDRESSES['other']} other.example\n"
+    finally:
+        sdk.network_policies.update(policy, allowed_hostnames=["allowed.example", "*.allowed.example", "metadata.test"])
+
+
+def test_an_allow_all_policy_is_the_safe_default(sdk) -> None:  # noqa: ANN001
+    policy = sdk.network_policies.create(name="everything", allow_all=True)
+    box = sdk.devboxes.create_and_await_running(launch_parameters={"network_policy_id": policy.id})
+    try:
+        assert run(sdk, box.id, fetch(f"http://{ADDRESSES['public']}/"))[1] == "200"
+        assert run(sdk, box.id, fetch(f"http://{ADDRESSES['metadata']}/"))[1] == "000"
+        assert run(sdk, box.id, "echo ${http_proxy:-none}")[1] == "none\n"
+    finally:
+        sdk.devboxes.shutdown(box.id)
+        sdk.network_policies.delete(policy.id)
