@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from mcp import Client
+from support.mcp_client import MODES, call_ok, make_server, structured
 from support.testnet import ADDRESSES, HOST_ADDRESS, Net, NetBackend, backend_in, make_testnet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and the egress rules need root")
@@ -186,3 +188,30 @@ def test_an_allow_all_policy_is_the_safe_default(sdk) -> None:  # noqa: ANN001
     finally:
         sdk.devboxes.shutdown(box.id)
         sdk.network_policies.delete(policy.id)
+
+
+# -- through a real MCP client (both eras) -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_agent_allowlists_a_host_and_reaches_only_it(backend: NetBackend, mode: str) -> None:
+    async with Client(make_server(backend), mode=mode) as mcp:  # type: ignore[arg-type]
+        default = structured(await call_ok(mcp, "create_devbox", {}))
+        box = structured(await call_ok(mcp, "create_devbox", {"network_policy": ["allowed.example"]}))
+        try:
+            assert default["reach"] == "public internet only (no private, link-local or host addresses)"
+            assert box["reach"].startswith("HTTP(S) via proxy to allowed.example only (policy np_")
+
+            async def curl(devbox: str, url: str) -> str:
+                done = await call_ok(mcp, "execute", {"devbox_id": devbox, "command": f"curl -sS -m 5 {url} 2>&1"})
+                return structured(done)["stdout"]
+
+            assert await curl(default["id"], f"http://{ADDRESSES['public']}/") == f"world {ADDRESSES['public']} {ADDRESSES['public']}\n"
+            assert "Couldn't connect" in await curl(default["id"], f"http://{ADDRESSES['metadata']}/")
+            assert await curl(box["id"], "http://allowed.example/") == f"world {ADDRESSES['allowed']} allowed.example\n"
+            assert "not in the allowed_hostnames" in await curl(box["id"], "http://other.example/")
+            assert "Couldn't connect" in await curl(box["id"], f"--noproxy '*' http://{ADDRESSES['allowed']}/")
+        finally:
+            for devbox in (default["id"], box["id"]):
+                await call_ok(mcp, "shutdown_devbox", {"devbox_id": devbox})
