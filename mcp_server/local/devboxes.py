@@ -261,7 +261,7 @@ class DevboxManager:
         # Each says whether something (a command) is running in the devbox: it is not idle then.
         self.busy_checks: list[Callable[[str], bool]] = []
         # Root backends: the namespace every isolated devbox's slirp4netns runs in (egress.py).
-        self.egress = EgressNamespace(config.data_dir / "egress") if os.geteuid() == 0 else None
+        self.egress = EgressNamespace() if os.geteuid() == 0 else None
         self._warned_egress = False
         self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 

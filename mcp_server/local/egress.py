@@ -18,8 +18,12 @@ root has power only over the devbox's own user namespace; the egress namespace b
 host's, so nothing inside a devbox can change its routes, and the devbox's own routes decide
 nothing (its packets end at slirp4netns, which connects from the egress namespace). IPv6 is not
 offered to devboxes at all (slirp4netns without --enable-ipv6), so no v6 range is reachable.
-DNS keeps working: the devbox's resolver (10.0.2.3) is its slirp4netns's forwarder, which asks
-the uplink's forwarder (10.0.2.3 again, one hop out; allowed), which asks the host's resolvers.
+DNS keeps working: the devbox's resolver is the uplink's forwarder (UPLINK_DNS, 10.0.3.3: the
+uplink has a subnet of its own, so the devbox's slirp4netns passes it on as ordinary traffic, and
+the egress namespace routes it, the one hole in 10/8), which asks the host's resolvers. The
+devbox's own slirp4netns forwarder is off: it would ask the host's resolvers from the egress
+namespace, where a private resolver address is refused. No mount namespace is needed (one would
+pin every mount the host had when it was made, devbox disks included).
 
 The cost: a second user-space hop on each packet (bench/egress.py measures it). A backend that is
 not root cannot make a namespace its devboxes' slirp4netns can join, and runs it as before
@@ -35,7 +39,6 @@ import json
 import logging
 import os
 import subprocess
-from pathlib import Path
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -52,10 +55,12 @@ BLOCKED_V4: tuple[str, ...] = (
     "240.0.0.0/4",  # reserved, and broadcast
 )
 BLOCKED_V6: tuple[str, ...] = ("::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96")
-# The uplink's own addresses, as slirp4netns lays them out: its gateway is the host's loopback
-# (refused: --disable-host-loopback, and a route here), its DNS forwarder the one hole in 10/8.
-UPLINK_GATEWAY = "10.0.2.2"
-UPLINK_DNS = "10.0.2.3"
+# The uplink's subnet (not the devboxes' 10.0.2.0/24), as slirp4netns lays it out: its gateway is
+# the host's loopback (refused: --disable-host-loopback, and a route here), its DNS forwarder the
+# one hole in 10/8, and what devboxes use as their resolver.
+UPLINK_CIDR = "10.0.3.0/24"
+UPLINK_GATEWAY = "10.0.3.2"
+UPLINK_DNS = "10.0.3.3"
 
 _NETWORKS = [ipaddress.ip_network(n) for n in (*BLOCKED_V4, *BLOCKED_V6)]
 
@@ -97,8 +102,7 @@ class EgressNamespace:
     the holder's stdin, `--exit-fd` on the uplink).
     """
 
-    def __init__(self, runtime_dir: Path) -> None:
-        self.runtime_dir = runtime_dir
+    def __init__(self) -> None:
         self.pid: int | None = None
         self._holder: asyncio.subprocess.Process | None = None
         self._uplink: asyncio.subprocess.Process | None = None
@@ -109,7 +113,7 @@ class EgressNamespace:
     def enter(self) -> list[str]:
         """The prefix that runs a command (a devbox's slirp4netns) inside the egress namespace."""
         assert self.pid is not None
-        return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
+        return ["nsenter", "-t", str(self.pid), "-n", "--"]
 
     async def ensure(self) -> None:
         """Start it once (concurrent callers share the start); raise OSError if it cannot start."""
@@ -121,17 +125,10 @@ class EgressNamespace:
 
     async def _start(self) -> None:
         await self.stop()
-        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        resolv = self.runtime_dir / "resolv.conf"
-        resolv.write_text(f"nameserver {UPLINK_DNS}\n")
         lifeline_r, self._lifeline = os.pipe()
         try:
-            # Its own mount namespace too: slirp4netns's DNS forwarder reads /etc/resolv.conf, and
-            # in here that must name the uplink's forwarder.
             self._holder = await asyncio.create_subprocess_exec(
-                "unshare", "--net", "--mount", "--propagation", "private", "--",
-                "/bin/sh", "-c", 'mount --bind "$0" /etc/resolv.conf && ip link set lo up && echo ready && read -r _',
-                str(resolv),
+                "unshare", "--net", "--", "/bin/sh", "-c", "ip link set lo up && echo ready && read -r _",
                 stdin=lifeline_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
         finally:
@@ -147,7 +144,7 @@ class EgressNamespace:
         exit_r, self._uplink_exit = os.pipe()
         try:
             self._uplink = await asyncio.create_subprocess_exec(
-                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", f"--cidr={UPLINK_CIDR}",
                 "--ready-fd", str(ready_w), "--exit-fd", str(exit_r),
                 "--netns-type=path", f"/proc/{self.pid}/ns/net", "tap0",
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import rootfs, seccomp, spawner
+from .egress import UPLINK_DNS
 from .idmap import IdRange, write_maps
 
 log = logging.getLogger("devbox_mcp.local")
@@ -311,10 +312,15 @@ def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
         "/etc/hosts": hosts.encode(),
     }
     if spec.network == "isolated" and not spec.proxy_only:
-        files["/etc/resolv.conf"] = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+        files["/etc/resolv.conf"] = _resolv_conf(spec)
     elif spec.network != "host":
         files["/etc/resolv.conf"] = b""
     return files
+
+
+def _resolv_conf(spec: SandboxSpec) -> bytes:
+    """slirp4netns's DNS forwarder, or behind the egress rules the uplink's (see egress.py)."""
+    return f"nameserver {UPLINK_DNS if spec.egress_prefix else '10.0.2.3'}\n".encode()
 
 
 def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
@@ -324,7 +330,7 @@ def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
     """
     hosts = f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {spec.hostname}\n"
     if spec.network == "isolated" and not spec.proxy_only:
-        resolv = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+        resolv = _resolv_conf(spec)
     elif spec.network == "host":
         try:
             resolv = Path("/etc/resolv.conf").read_bytes()
@@ -620,6 +626,7 @@ class Sandbox:
                 "--configure",
                 "--mtu=65520",
                 "--disable-host-loopback",
+                *(["--disable-dns"] if self.spec.egress_prefix else []),
                 "--ready-fd",
                 str(ready_w),
                 "--exit-fd",

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -230,4 +229,3 @@ def backend_in(net: Net, data_dir: Path) -> Iterator[NetBackend]:
             os.killpg(proc.pid, 9)
             proc.wait(10)
         forwarder.close()
-        shutil.rmtree(data_dir / "egress", ignore_errors=True)
