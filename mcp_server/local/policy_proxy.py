@@ -77,25 +77,43 @@ def listen_in(netns_path: str) -> socket.socket:
     return made["sock"]  # type: ignore[return-value]
 
 
+async def _first_record(reader: asyncio.StreamReader) -> bytes:
+    """The client's first bytes after CONNECT: a whole TLS record when it is one (so a ClientHello
+    split over several packets is read whole before its server name is checked)."""
+    first = await reader.read(5)
+    if len(first) == 5 and first[0] == 0x16:
+        size = int.from_bytes(first[3:5], "big")
+        first += await reader.readexactly(min(size, 16384 + 2048))
+    return first
+
+
 def sni_of(hello: bytes) -> str | None:
-    """The server name of a TLS ClientHello record, or None (not TLS, or no name)."""
+    """The server name of a TLS ClientHello record, or None (not a handshake, or no name in it).
+
+    ValueError for a handshake record it cannot read: refused, never let through unchecked."""
+    if hello[:1] != b"\x16":
+        return None
     try:
-        if hello[0] != 0x16 or hello[5] != 0x01:
-            return None
+        if hello[5] != 0x01:
+            raise ValueError("not a ClientHello")
         pos = 9 + 2 + 32  # record header, handshake header, version, random
         pos += 1 + hello[pos]  # session id
         pos += 2 + int.from_bytes(hello[pos : pos + 2], "big")  # cipher suites
         pos += 1 + hello[pos]  # compression methods
         end = pos + 2 + int.from_bytes(hello[pos : pos + 2], "big")
+        if end > len(hello):
+            raise IndexError(end)
         pos += 2
         while pos + 4 <= end:
             kind, size = int.from_bytes(hello[pos : pos + 2], "big"), int.from_bytes(hello[pos + 2 : pos + 4], "big")
             if kind == 0:  # server_name: list length (2), type (1), name length (2), name
                 name_len = int.from_bytes(hello[pos + 7 : pos + 9], "big")
+                if pos + 9 + name_len > end:
+                    raise IndexError(name_len)
                 return hello[pos + 9 : pos + 9 + name_len].decode("ascii").lower()
             pos += 4 + size
     except (IndexError, UnicodeDecodeError):
-        return None
+        raise ValueError("a truncated ClientHello") from None
     return None
 
 
@@ -150,8 +168,11 @@ class PolicyProxy:
                     up_reader, upstream = await self._open(devbox_id, host, port)
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    first = await asyncio.wait_for(reader.read(16384), 60)
-                    name = sni_of(first)
+                    first = await asyncio.wait_for(_first_record(reader), 60)
+                    try:
+                        name = sni_of(first)
+                    except ValueError:
+                        raise Refused("the TLS ClientHello could not be read") from None
                     if name is not None and name != host:
                         raise Refused(f"the TLS server name {name!r} is not the CONNECT host {host!r}")
                     upstream.write(first)
@@ -195,10 +216,13 @@ class PolicyProxy:
         blocked = [a for a in addresses if is_blocked(a, self._host)]
         if blocked or not addresses:
             raise Refused(f"{host} resolves to {blocked[0] if blocked else 'nothing'}, which is not a public address")
-        try:
-            return await asyncio.wait_for(asyncio.open_connection(addresses[0], port), 30)
-        except (OSError, TimeoutError) as exc:
-            raise Refused(f"cannot connect to {host}:{port} ({exc})") from None
+        failure: BaseException | None = None
+        for address in dict.fromkeys(addresses):  # in the resolver's order, each once
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(address, port), 30)
+            except (OSError, TimeoutError) as exc:
+                failure = exc
+        raise Refused(f"cannot connect to {host}:{port} ({failure})")
 
 
 def _split_host_port(target: str, default: int) -> tuple[str, int]:
