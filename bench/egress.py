@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.testnet import ADDRESSES, backend_in, make_testnet  # noqa: E402
+from support.testnet import ADDRESSES, backend_in, in_netns, make_testnet  # noqa: E402
 
 from bench.mcp import percentile  # noqa: E402
 
@@ -69,7 +69,7 @@ def main() -> None:
         script = Path(tmp) / "loop.py"
         script.write_text(LOOP)
         direct = subprocess.run(
-            ["ip", "netns", "exec", net.host, sys.executable, str(script), ADDRESSES["public"], str(args.requests)],
+            [*in_netns(net.host), sys.executable, str(script), ADDRESSES["public"], str(args.requests)],
             capture_output=True, text=True, check=True, timeout=600,
         )  # fmt: skip
         results = {"direct": json.loads(direct.stdout)}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from mcp import Client
 from support.mcp_client import MODES, call_ok, make_server, structured
-from support.testnet import ADDRESSES, HOST_ADDRESS, Net, NetBackend, backend_in, make_testnet
+from support.testnet import ADDRESSES, HOST_ADDRESS, Net, NetBackend, backend_in, in_netns, make_testnet
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and the egress rules need root")
 
@@ -73,7 +73,7 @@ def test_private_link_local_and_shared_addresses_are_refused(sdk, devbox: str, w
 
 def test_the_hosts_own_address_is_refused(sdk, devbox: str, net: Net) -> None:  # noqa: ANN001
     on_host = subprocess.run(
-        ["ip", "netns", "exec", net.host, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
+        [*in_netns(net.host), "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
          f"http://{HOST_ADDRESS}/"], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert on_host.stdout == "200"  # the host's server is there...

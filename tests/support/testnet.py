@@ -3,9 +3,11 @@
     backend netns ("host")  ──veth──  world netns
     198.51.100.1 (+ lo)               198.51.100.254, and on its lo: the test hosts of ADDRESSES
 
-The embedded backend runs *inside* the backend namespace (`ip netns exec`, with a resolv.conf
-naming the world's DNS server), so its devboxes' egress has nowhere to go but the world
-namespace. The test reaches the backend through `Forwarder`: a listener on the test's own
+The embedded backend runs *inside* the backend namespace (`nsenter --net`: no mount namespace,
+which would pin every mount of the machine, other tests' devbox disks included, while it lives),
+so its devboxes' egress has nowhere to go but the world namespace. Its resolver is the machine's
+(/etc/resolv.conf), so the test DNS server answers at that address: in the world namespace (or,
+for a loopback resolver, in the backend namespace), never on the real network. The test reaches the backend through `Forwarder`: a listener on the test's own
 loopback whose connections are made from a thread that entered the backend namespace.
 Names carry the pid, so parallel runs do not collide; everything is removed even on failure.
 """
@@ -31,7 +33,7 @@ import httpx
 
 HOST_ADDRESS = "198.51.100.1"  # the backend's own (non-loopback) address: devboxes must not reach it
 WORLD_GATEWAY = "198.51.100.254"
-DNS_ADDRESS = "198.51.100.53"
+FALLBACK_DNS = "198.51.100.53"
 ADDRESSES = {
     "public": "198.51.100.7",  # stand-in public hosts (documentation ranges): the default lets them through
     "allowed": "203.0.113.10",
@@ -49,6 +51,21 @@ NAMES = {
     "private.test": ADDRESSES["private"],
 }
 _CLONE_NEWNET = 0x40000000
+
+
+def host_resolver() -> str:
+    """The first IPv4 nameserver of /etc/resolv.conf: where the backend's lookups go."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver" and parts[1].count(".") == 3:
+                return parts[1]
+    return FALLBACK_DNS
+
+
+def in_netns(name: str) -> list[str]:
+    """The prefix that runs a command in a test namespace (its network only: no mount namespace)."""
+    return ["nsenter", f"--net=/run/netns/{name}", "--"]
 
 
 def _ip(*args: str) -> None:
@@ -116,19 +133,18 @@ class Net:
     host: str  # the backend's namespace
     world: str
     directory: Path
-    resolv: Path
+    dns: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def exec_prefix(self) -> list[str]:
-        """Runs a command inside the backend namespace, with the world's DNS server as its resolver."""
-        return ["ip", "netns", "exec", self.host, "/bin/sh", "-c",
-                'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(self.resolv)]  # fmt: skip
+        """Runs a command inside the backend namespace."""
+        return in_netns(self.host)
 
 
 @contextlib.contextmanager
 def make_testnet(directory: Path) -> Iterator[Net]:
     tag = f"{os.getpid() % 100000}{uuid.uuid4().hex[:3]}"
-    net = Net(host=f"i13h{tag}", world=f"i13w{tag}", directory=directory, resolv=directory / "resolv.conf")
+    net = Net(host=f"i13h{tag}", world=f"i13w{tag}", directory=directory, dns=host_resolver())
     veth_host, veth_world = f"e{tag}h", f"e{tag}w"
     try:
         _ip("netns", "add", net.host)
@@ -140,10 +156,10 @@ def make_testnet(directory: Path) -> Iterator[Net]:
             _ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
-        for address in [*ADDRESSES.values(), DNS_ADDRESS]:
+        loopback_dns = net.dns.startswith("127.")
+        for address in dict.fromkeys([*ADDRESSES.values(), *([] if loopback_dns else [net.dns])]):
             _ip("-n", net.world, "addr", "add", f"{address}/32", "dev", "lo")
         _ip("-n", net.host, "route", "add", "default", "via", WORLD_GATEWAY)
-        net.resolv.write_text(f"nameserver {DNS_ADDRESS}\n")
         cert, key = directory / "cert.pem", directory / "key.pem"
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=allowed.example",
@@ -151,20 +167,23 @@ def make_testnet(directory: Path) -> Iterator[Net]:
              "-keyout", str(key), "-out", str(cert)],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        world = subprocess.Popen(
-            ["ip", "netns", "exec", net.world, sys.executable, str(Path(__file__).with_name("testnet_world.py")),
-             DNS_ADDRESS, str(cert), str(key), json.dumps(NAMES)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
-        net.processes.append(world)
-        assert world.stdout is not None and world.stdout.readline() == b"ready\n"
+        script = str(Path(__file__).with_name("testnet_world.py"))
+        for ns, mode in ((net.world, "serve" if not loopback_dns else "no-dns"), (net.host, "dns-only")):
+            if mode == "dns-only" and not loopback_dns:
+                continue
+            world = subprocess.Popen(
+                [*in_netns(ns), sys.executable, script, mode, net.dns, str(cert), str(key), json.dumps(NAMES)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            net.processes.append(world)
+            assert world.stdout is not None and world.stdout.readline() == b"ready\n"
         # A server on the backend's own address: a devbox must not reach its host.
         serve = (
             f"import http.server as h; s = h.HTTPServer(({HOST_ADDRESS!r}, 80), h.SimpleHTTPRequestHandler); "
             "print('ready', flush=True); s.serve_forever()"
         )
         host_server = subprocess.Popen(
-            ["ip", "netns", "exec", net.host, sys.executable, "-c", serve],
+            [*in_netns(net.host), sys.executable, "-c", serve],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=directory,
         )  # fmt: skip
         net.processes.append(host_server)

@@ -2,7 +2,7 @@
 
 HTTP on port 80 and HTTPS on 443 on every address of the namespace (each answers with the address
 it was reached on and the Host it was asked for), and a DNS server on the address given, with the
-names of `testnet.NAMES`. Usage: python testnet_world.py DNS_ADDRESS CERT KEY NAMES_JSON.
+names of `testnet.NAMES`. Usage: python testnet_world.py serve|no-dns|dns-only DNS_ADDRESS CERT KEY NAMES_JSON.
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ class Dns(asyncio.DatagramProtocol):
 
 
 async def main() -> None:
-    dns_address, cert, key, names = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert, key)
-    await asyncio.start_server(http, "0.0.0.0", 80)
-    await asyncio.start_server(http, "0.0.0.0", 443, ssl=tls)
-    await asyncio.get_running_loop().create_datagram_endpoint(lambda: Dns(names), local_addr=(dns_address, 53))
+    mode, dns_address, cert, key, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+    if mode != "dns-only":
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        await asyncio.start_server(http, "0.0.0.0", 80)
+        await asyncio.start_server(http, "0.0.0.0", 443, ssl=tls)
+    if mode != "no-dns":
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: Dns(names), local_addr=(dns_address, 53))
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the test closes stdin
 
