@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("bench.egress needs root (it makes network namespaces)")
+        print("bench.egress: skipped, it needs root (it makes network namespaces)")
+        return
     from runloop_api_client import Runloop
 
     with tempfile.TemporaryDirectory(prefix=f"bench-egress-{os.getpid()}-") as tmp, make_testnet(Path(tmp)) as net:

@@ -44,6 +44,7 @@ from .sandbox import (
     SandboxSpec,
     SandboxUser,
     sandbox_unavailable_reason,
+    tools,
     warm_up,
 )
 from .secret_store import SecretStore
@@ -753,8 +754,8 @@ class DevboxManager:
 
     async def _egress_prefix(self, devbox: Devbox) -> tuple[str, ...]:
         """Start the egress namespace if an isolated devbox needs it: it fails closed, never open."""
-        if devbox.unsafe or devbox.network_mode != "isolated" or self._proxy_only(devbox):
-            return ()
+        if devbox.unsafe or devbox.network_mode != "isolated" or self._proxy_only(devbox) or not tools()["slirp4netns"]:
+            return ()  # (without slirp4netns an isolated devbox has no way out at all)
         if self.egress is None:
             if not self._warned_egress:
                 self._warned_egress = True
