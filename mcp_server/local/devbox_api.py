@@ -10,13 +10,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, pty_api, secret_api, uploads, validation
+from . import execution_api, files, policy_api, pty_api, secret_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .policy_store import PolicyStore
 from .pty import PtyManager
 from .secret_store import SecretStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
@@ -294,14 +295,16 @@ ROUTES = [
 
 def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
-    manager = DevboxManager(config, secrets)
+    policies = PolicyStore(config.data_dir)
+    manager = DevboxManager(config, secrets, policies)
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *policy_api.ROUTES]
 
     async def startup() -> None:
         secrets.load()
+        policies.load()
         await manager.startup()
         await executions.startup()
 
@@ -317,5 +320,6 @@ def build(config: LocalConfig) -> Component:
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "policies": policies, "policy_changes": IdempotencyCache(),
         },  # fmt: skip
     )

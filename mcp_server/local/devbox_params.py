@@ -175,10 +175,6 @@ _REFUSED_FIELDS: dict[str, str] = {
 }
 _REFUSED_LAUNCH_PARAMETERS: dict[str, str] = {
     "required_services": "needs a blueprint's containerized services, which the embedded backend has not; leave it out",
-    "network_policy_id": (
-        "is not supported by the embedded backend (no network policies); choose launch_parameters.network_mode "
-        "(isolated, none or host) instead"
-    ),
 }
 
 

@@ -50,6 +50,8 @@ from .models import (
     ExecutionView,
     FileDownload,
     LogEntry,
+    NetworkPolicyListPage,
+    NetworkPolicyView,
     OutputChunk,
     PublishResult,
     SqlBatchResult,
@@ -420,6 +422,21 @@ class RunloopClient:
             raise InvalidArgument(f"cannot list by status {status!r}; the API filters by {', '.join(DEVBOX_STATUSES)}")
         params = {"status": status, "limit": limit, "starting_after": starting_after}
         return await self._get("/v1/devboxes", DevboxListPage, params=params)
+
+    async def create_network_policy(
+        self, *, name: str, allowed_hostnames: Sequence[str] | None = None, description: str | None = None
+    ) -> NetworkPolicyView:
+        body: dict[str, Any] = {"name": name, "allowed_hostnames": list(allowed_hostnames or [])}
+        if description is not None:
+            body["description"] = description
+        return await self._post("/v1/network-policies", NetworkPolicyView, body)
+
+    async def get_network_policy(self, policy_id: str) -> NetworkPolicyView:
+        return await self._get(f"/v1/network-policies/{_path_segment(policy_id)}", NetworkPolicyView)
+
+    async def list_network_policies(self, *, name: str | None = None, limit: int | None = None) -> NetworkPolicyListPage:
+        """Policies whose name contains `name` (a page of them)."""
+        return await self._get("/v1/network-policies", NetworkPolicyListPage, params={"name": name, "limit": limit})
 
     async def update_devbox(
         self, devbox_id: str, *, name: str | None = None, metadata: Mapping[str, str] | None = None

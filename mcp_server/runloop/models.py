@@ -72,6 +72,22 @@ class DevboxListPage(View):
     total_count: int | None = None
 
 
+class EgressRules(View):
+    allow_all: bool = False
+    allowed_hostnames: list[str] = Field(default_factory=list)
+
+
+class NetworkPolicyView(View):
+    id: str
+    name: str
+    egress: EgressRules = Field(default_factory=EgressRules)
+
+
+class NetworkPolicyListPage(View):
+    network_policies: list[NetworkPolicyView] = Field(default_factory=list)
+    has_more: bool = False
+
+
 class LogEntry(View):
     level: str | None = None
     source: str | None = None

@@ -22,7 +22,7 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
         ({"mounts": [{"type": "object_mount", "object_id": "o", "object_path": "/x"}]}, "'object_mount'"),
         ({"mounts": [{"type": "file_mount", "target": "a.txt", "content": "x", "mode": 1}]}, "remove mode"),
         ({"launch_parameters": {"required_services": ["db"]}}, "required_services"),
-        ({"launch_parameters": {"network_policy_id": "np_x"}}, "network_mode"),
+        ({"launch_parameters": {"network_policy_id": "np_x"}}, "network_policy_id: no network policy has the id 'np_x'"),
         ({"launch_parameters": {"architecture": OTHER_ARCH}}, f"architecture {OTHER_ARCH!r}"),
         ({"launch_parameters": {"provisioning_tier": "flex"}}, "provisioning_tier 'flex'"),
         ({"shell_name": "bash"}, "unknown field shell_name"),
