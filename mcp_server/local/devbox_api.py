@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -20,6 +21,10 @@ from .http import IdempotencyCache, idempotency_key, paginate, parse_body
 from .pty import PtyManager
 from .secret_store import SecretStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
+from .tunnel_proxy import TunnelProxy
+from .tunnels import TunnelConfig
+
+log = logging.getLogger("devbox_mcp.local")
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -94,6 +99,7 @@ async def _create(request: Request) -> dict[str, Any]:
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        tunnel=body.tunnel,
     )
     return devbox.view()
 
@@ -192,6 +198,21 @@ async def keep_alive(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def enable_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    config = await parse_body(request, TunnelConfig)
+    devbox = await devboxes.enable_tunnel(devbox_id, config)
+    return JSONResponse(devbox.view()["tunnel"])
+
+
+async def remove_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    await devboxes.remove_tunnel(request.path_params["id"])
+    return JSONResponse({})
+
+
 async def devbox_usage(request: Request) -> Response:
     devboxes = _devboxes(request)
     return JSONResponse(devboxes.get(request.path_params["id"]).usage())
@@ -285,6 +306,8 @@ ROUTES = [
     Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/logs/tail", tail_devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
+    Route("/v1/devboxes/{id}/enable_tunnel", enable_tunnel, methods=["POST"]),
+    Route("/v1/devboxes/{id}/remove_tunnel", remove_tunnel, methods=["POST"]),
     Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/upload_file", upload_file, methods=["POST"]),
@@ -300,13 +323,21 @@ def build(config: LocalConfig) -> Component:
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
     routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
 
+    proxy: list[TunnelProxy] = []
+
     async def startup() -> None:
         secrets.load()
+        proxy.append(TunnelProxy(manager, config.tunnel_host, config.tunnel_port))
+        manager.set_tunnel_origin(proxy[0].origin)
+        await proxy[0].start()
+        log.info("tunnels: %s", proxy[0].origin)
         await manager.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
+        for tunnels in proxy:
+            await tunnels.close()
         await executions.shutdown()
         await manager.shutdown()
 
