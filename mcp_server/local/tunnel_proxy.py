@@ -131,6 +131,15 @@ def forward_head(head: RequestHead, target: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def closing(response_head: bytes) -> bytes:
+    """A response head that tells the client the connection ends with it (an upgrade's stays as is)."""
+    lines = response_head.decode("latin-1").split("\r\n")
+    if lines[0][9:12] == "101":
+        return response_head
+    kept = [line for line in lines if line.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
+    return ("\r\n".join(kept[:-2]) + "\r\nConnection: close\r\n\r\n").encode("latin-1")
+
+
 def error_response(status: int, message: str, extra: str = "") -> bytes:
     if status == 308:
         return f"HTTP/1.1 308 Permanent Redirect\r\nLocation: {message}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
@@ -190,18 +199,19 @@ class TunnelProxy:
         try:
             try:
                 head = await self._read_head(reader)
-                devbox, where, data = await self._open(head)
-                upstream_reader, upstream = where
+                devbox, (upstream_reader, upstream), data, one_request = await self._open(head)
             except ProxyError as exc:
                 extra = 'WWW-Authenticate: Bearer realm="devbox tunnel"\r\n' if exc.status == 401 else ""
                 writer.write(error_response(exc.status, exc.message, extra))
                 await writer.drain()
                 return
             upstream.write(data)
+            if one_request:  # the path form: the client must not reuse the connection
+                writer.write(closing(await upstream_reader.readuntil(b"\r\n\r\n")))
             touch = self._toucher(devbox)
             await self._relay(reader, writer, upstream_reader, upstream, touch)
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, OSError):
-            pass
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # either side went away, or the app's response head was too large: the connection ends
         finally:
             self._connections.discard(task)
             for w in (upstream, writer):
@@ -215,8 +225,11 @@ class TunnelProxy:
             raise ProxyError(400, f"request head larger than {MAX_HEAD_BYTES} bytes") from None
         return parse_head(raw[:-4])
 
-    async def _open(self, head: RequestHead) -> tuple[Devbox, tuple[asyncio.StreamReader, asyncio.StreamWriter], bytes]:
-        """Route and check the request, wake the devbox if need be, connect: (devbox, upstream, head to send)."""
+    async def _open(
+        self, head: RequestHead
+    ) -> tuple[Devbox, tuple[asyncio.StreamReader, asyncio.StreamWriter], bytes, bool]:
+        """Route and check the request, wake the devbox if need be, connect: (devbox, upstream, head
+        to send, whether the connection carries this one request only)."""
         where = route(head)
         devbox = self.devboxes.by_tunnel_key(where.key)
         if devbox is None or devbox.tunnel is None:
@@ -229,8 +242,9 @@ class TunnelProxy:
                 raise ProxyError(401, "this tunnel is authenticated: send 'Authorization: Bearer <auth_token>'")
         woken = await self._wake_if_asked(devbox)
         upstream = await self._connect(devbox, where.port, retry_seconds=READY_SECONDS if woken else 0.0)
-        data = head.raw + b"\r\n\r\n" if where.forward_target is None else forward_head(head, where.forward_target)
-        return devbox, upstream, data
+        if where.forward_target is None:
+            return devbox, upstream, head.raw + b"\r\n\r\n", False
+        return devbox, upstream, forward_head(head, where.forward_target), True
 
     async def _wake_if_asked(self, devbox: Devbox) -> bool:
         """Resume a suspended devbox whose tunnel wakes it, and wait until it runs; whether it was woken."""
