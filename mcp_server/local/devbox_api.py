@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -23,8 +22,6 @@ from .secret_store import SecretStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 from .tunnel_proxy import TunnelProxy
 from .tunnels import TunnelConfig
-
-log = logging.getLogger("devbox_mcp.local")
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -323,21 +320,18 @@ def build(config: LocalConfig) -> Component:
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
     routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
 
-    proxy: list[TunnelProxy] = []
+    tunnels = TunnelProxy(manager, config.tunnel_host, config.tunnel_port)  # listens now: a taken port fails here
+    manager.set_tunnel_origin(tunnels.origin)
 
     async def startup() -> None:
         secrets.load()
-        proxy.append(TunnelProxy(manager, config.tunnel_host, config.tunnel_port))
-        manager.set_tunnel_origin(proxy[0].origin)
-        await proxy[0].start()
-        log.info("tunnels: %s", proxy[0].origin)
+        await tunnels.start()
         await manager.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
-        for tunnels in proxy:
-            await tunnels.close()
+        await tunnels.close()
         await executions.shutdown()
         await manager.shutdown()
 
@@ -347,6 +341,6 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "tunnels": tunnels,
         },  # fmt: skip
     )

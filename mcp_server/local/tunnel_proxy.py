@@ -174,6 +174,8 @@ class TunnelProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        else:
+            self._sock.close()
         for task in list(self._connections):
             task.cancel()
         for task in list(self._connections):

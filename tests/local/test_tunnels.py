@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from runloop_api_client import BadRequestError
-from support.backend_process import free_port
+from support.backend_process import backend_process, free_port
 from support.tunnels import proxy_address, start_app, tunnel_client, tunnel_url, wait_listening
 from support.webapp import SOURCE
 from websockets.sync.client import connect as ws_connect
@@ -253,3 +253,11 @@ def test_a_tunnel_survives_a_backend_restart(tmp_path: Path) -> None:
     finally:
         sdk.close()
         second.stop()
+
+
+def test_local_api_serves_tunnels_where_told_and_says_where(tmp_path: Path) -> None:
+    tunnel_port = free_port()
+    with backend_process(tmp_path / "data", tmp_path / "log", args=["--tunnel-port", str(tunnel_port)]) as backend:
+        r = httpx.get(f"http://127.0.0.1:{tunnel_port}/", timeout=10)
+        assert r.status_code == 404 and "not a tunnel address" in r.text
+        assert f"tunnels: http://{{port}}-{{tunnel_key}}.localhost:{tunnel_port}/" in backend.log
