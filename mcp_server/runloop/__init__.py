@@ -43,6 +43,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .retry import RetryPolicy
 
@@ -82,6 +83,7 @@ __all__ = [
     "SqlResult",
     "SqlStatement",
     "StdinResult",
+    "TunnelView",
     "StreamError",
     "UnexpectedResponse",
     "Unprocessable",
