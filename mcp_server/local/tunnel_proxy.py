@@ -10,9 +10,11 @@ Two address forms reach port P of the devbox whose tunnel key is K:
 
 The proxy reads the first request head of a connection, routes and checks it, connects to the
 port inside the devbox (its own network namespace, `netns.py`, or the host's for `host` mode),
-sends the head on, and from then on copies bytes both ways until either side is done. So
+sends the head on, and from then on copies bytes both ways until the server's side is done. So
 keep-alive, chunked and streamed responses, Server-Sent Events and WebSocket upgrades all pass
-through unchanged, and the proxy holds at most one chunk per direction in memory.
+through unchanged. The copying is asyncio protocols with back-pressure (a side is not read while
+its peer has `WRITE_BUFFER_BYTES` unsent): no per-chunk coroutine, and bounded memory per
+connection. New routes (another address form, another kind of target) belong in `route`.
 
 Checks, each answered with a one-line text/plain body and `Connection: close`:
 400 a head it cannot parse; 404 no tunnel with that key; 401 an `authenticated` tunnel without
@@ -46,7 +48,7 @@ log = logging.getLogger("devbox_mcp.local")
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
-CHUNK_BYTES = 256 * 1024
+WRITE_BUFFER_BYTES = 1 << 20  # a side stops being read while its peer has this much not yet sent
 WAKE_SECONDS = 60.0  # how long a request waits for a woken devbox to run
 READY_SECONDS = 15.0  # and then for its server to listen again (refused connections are retried)
 CONNECT_SECONDS = 10.0
@@ -160,7 +162,7 @@ class TunnelProxy:
         self.port = self._sock.getsockname()[1]
         self._server: asyncio.Server | None = None
         self._namespaces: dict[str, tuple[int, NamespaceSockets]] = {}  # devbox id -> (sandbox pid, its thread)
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[_Client] = set()
         devboxes.on_stop.append(self._forget)
 
     @property
@@ -169,18 +171,16 @@ class TunnelProxy:
         return f"http://localhost:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEAD_BYTES)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Client(self), sock=self._sock)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         else:
             self._sock.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(BaseException):
-                await task
+        for connection in list(self._connections):
+            connection.abort()
         for _, sockets in self._namespaces.values():
             sockets.close()
         self._namespaces.clear()
@@ -193,60 +193,35 @@ class TunnelProxy:
 
     # -- one connection ------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        upstream: asyncio.StreamWriter | None = None
+    async def _open(self, client: _Client, head: RequestHead) -> None:
+        """Route and check the request, wake the devbox if need be, connect, send the head on, and
+        let the bytes flow; or answer with the error."""
         try:
-            try:
-                head = await self._read_head(reader)
-                devbox, (upstream_reader, upstream), data, one_request = await self._open(head)
-            except ProxyError as exc:
-                extra = 'WWW-Authenticate: Bearer realm="devbox tunnel"\r\n' if exc.status == 401 else ""
-                writer.write(error_response(exc.status, exc.message, extra))
-                await writer.drain()
-                return
-            upstream.write(data)
-            if one_request:  # the path form: the client must not reuse the connection
-                writer.write(closing(await upstream_reader.readuntil(b"\r\n\r\n")))
-            touch = self._toucher(devbox)
-            await self._relay(reader, writer, upstream_reader, upstream, touch)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # either side went away, or the app's response head was too large: the connection ends
-        finally:
-            self._connections.discard(task)
-            for w in (upstream, writer):
-                if w is not None:
-                    w.close()
-
-    async def _read_head(self, reader: asyncio.StreamReader) -> RequestHead:
+            where = route(head)
+            devbox = self.devboxes.by_tunnel_key(where.key)
+            if devbox is None or devbox.tunnel is None:
+                raise ProxyError(404, f"no tunnel has the key {where.key!r}; enable one with enable_tunnel")
+            tunnel = devbox.tunnel
+            if tunnel["auth_mode"] == "authenticated":
+                scheme, _, token = (head.header("authorization") or "").partition(" ")
+                expected = str(tunnel["auth_token"]).encode()
+                if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                    raise ProxyError(401, "this tunnel is authenticated: send 'Authorization: Bearer <auth_token>'")
+            woken = await self._wake_if_asked(devbox)
+            sock = await self._connect(devbox, where.port, retry_seconds=READY_SECONDS if woken else 0.0)
+        except ProxyError as exc:
+            client.fail(exc)
+            return
+        one_request = where.forward_target is not None
+        data = forward_head(head, where.forward_target) if one_request else head.raw + b"\r\n\r\n"
+        loop = asyncio.get_running_loop()
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_SECONDS)
-        except asyncio.LimitOverrunError:
-            raise ProxyError(400, f"request head larger than {MAX_HEAD_BYTES} bytes") from None
-        return parse_head(raw[:-4])
-
-    async def _open(
-        self, head: RequestHead
-    ) -> tuple[Devbox, tuple[asyncio.StreamReader, asyncio.StreamWriter], bytes, bool]:
-        """Route and check the request, wake the devbox if need be, connect: (devbox, upstream, head
-        to send, whether the connection carries this one request only)."""
-        where = route(head)
-        devbox = self.devboxes.by_tunnel_key(where.key)
-        if devbox is None or devbox.tunnel is None:
-            raise ProxyError(404, f"no tunnel has the key {where.key!r}; enable one with enable_tunnel")
-        tunnel = devbox.tunnel
-        if tunnel["auth_mode"] == "authenticated":
-            scheme, _, token = (head.header("authorization") or "").partition(" ")
-            expected = str(tunnel["auth_token"]).encode()
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-                raise ProxyError(401, "this tunnel is authenticated: send 'Authorization: Bearer <auth_token>'")
-        woken = await self._wake_if_asked(devbox)
-        upstream = await self._connect(devbox, where.port, retry_seconds=READY_SECONDS if woken else 0.0)
-        if where.forward_target is None:
-            return devbox, upstream, head.raw + b"\r\n\r\n", False
-        return devbox, upstream, forward_head(head, where.forward_target), True
+            await loop.create_connection(
+                lambda: _Upstream(client, data, self._toucher(devbox), rewrite_head=one_request), sock=sock
+            )
+        except OSError:
+            sock.close()
+            client.fail(ProxyError(502, f"the connection to port {where.port} in devbox {devbox.id} failed"))
 
     async def _wake_if_asked(self, devbox: Devbox) -> bool:
         """Resume a suspended devbox whose tunnel wakes it, and wait until it runs; whether it was woken."""
@@ -272,9 +247,7 @@ class TunnelProxy:
         if devbox.status not in (*statuses, "running"):
             raise ProxyError(502, not_running_message(devbox))
 
-    async def _connect(
-        self, devbox: Devbox, port: int, retry_seconds: float
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self, devbox: Devbox, port: int, retry_seconds: float) -> socket.socket:
         """Connect to `port` on the devbox's loopback (IPv4, then IPv6); 502 when nothing listens."""
         deadline = time.monotonic() + retry_seconds
         while True:
@@ -285,7 +258,7 @@ class TunnelProxy:
                 except (OSError, TimeoutError):
                     sock.close()
                     continue
-                return await asyncio.open_connection(sock=sock, limit=CHUNK_BYTES)
+                return sock
             if time.monotonic() >= deadline:
                 raise ProxyError(502, f"nothing is listening on port {port} in devbox {devbox.id}")
             await asyncio.sleep(0.1)  # a woken devbox's server is starting: try again shortly
@@ -327,33 +300,166 @@ class TunnelProxy:
         touch()
         return touch
 
-    async def _relay(
-        self,
-        client_reader: asyncio.StreamReader,
-        client: asyncio.StreamWriter,
-        upstream_reader: asyncio.StreamReader,
-        upstream: asyncio.StreamWriter,
-        touch: Callable[[], None],
-    ) -> None:
-        """Copy both ways; the connection is done when the server's side ends (a client that only
-        half-closes still gets the rest of its response)."""
 
-        async def up() -> None:
-            await _copy(client_reader, upstream, touch)
-            if upstream.can_write_eof():
-                upstream.write_eof()
 
-        sending = asyncio.ensure_future(up())
+
+class _Client(asyncio.Protocol):
+    """A client's connection: its first request head is collected and checked (`TunnelProxy._open`),
+    then every byte goes to the devbox's server as it comes, with back-pressure both ways (a side
+    whose peer cannot keep up stops being read)."""
+
+    def __init__(self, proxy: TunnelProxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.upstream: _Upstream | None = None
+        self._buffer = bytearray()
+        self._head_seen = False
+        self._client_eof = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+        self.proxy._connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_SECONDS, self.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.send(data)
+            return
+        self._buffer += data
+        if self._head_seen:  # waiting for the devbox: keep it (reading is paused, so this stays small)
+            return
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                self.fail(ProxyError(400, f"request head larger than {MAX_HEAD_BYTES} bytes"))
+            return
+        self._head_seen = True
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self.transport is not None
+        self.transport.pause_reading()
+        head = bytes(self._buffer[:end])
+        del self._buffer[: end + 4]
         try:
-            await _copy(upstream_reader, client, touch)
-        finally:
-            sending.cancel()
-            with contextlib.suppress(BaseException):
-                await sending
+            request = parse_head(head)
+        except ProxyError as exc:
+            self.fail(exc)
+            return
+        self._task = asyncio.ensure_future(self.proxy._open(self, request))
+
+    def attach(self, upstream: _Upstream) -> None:
+        """The devbox's server is connected and has the head: what came after it follows, then the rest."""
+        self.upstream = upstream
+        if self._buffer:
+            upstream.send(bytes(self._buffer))
+            self._buffer.clear()
+        if self._client_eof:
+            upstream.send_eof()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        """The client is done sending; it may still be waiting for the rest of its response."""
+        self._client_eof = True
+        if self.upstream is not None:
+            self.upstream.send_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy._connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self.upstream is not None:
+            self.upstream.transport.close()
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def fail(self, error: ProxyError) -> None:
+        """Answer with the error (one line) and close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        extra = 'WWW-Authenticate: Bearer realm="devbox tunnel"\r\n' if error.status == 401 else ""
+        self.transport.write(error_response(error.status, error.message, extra))
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
-async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter, touch: Callable[[], None]) -> None:
-    while data := await source.read(CHUNK_BYTES):
-        sink.write(data)
-        touch()
-        await sink.drain()
+class _Upstream(asyncio.Protocol):
+    """The connection to the port inside the devbox: it gets the head first, and what it sends goes
+    to the client. In the path form the response head tells the client to close after it."""
+
+    def __init__(self, client: _Client, head: bytes, touch: Callable[[], None], *, rewrite_head: bool) -> None:
+        self.client = client
+        self.head = head
+        self.touch = touch
+        self.rewrite_head = rewrite_head
+        self._response = bytearray()
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_BYTES)
+        transport.write(self.head)
+        if self.client.transport is None or self.client.transport.is_closing():
+            transport.close()
+            return
+        self.client.attach(self)
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.touch()
+
+    def send_eof(self) -> None:
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        self.touch()
+        if self.rewrite_head:
+            self._response += data
+            end = self._response.find(b"\r\n\r\n")
+            if end < 0 and len(self._response) <= MAX_HEAD_BYTES:
+                return
+            self.rewrite_head = False
+            data, self._response = bytes(self._response), bytearray()
+            if end >= 0:
+                data = closing(data[: end + 4]) + data[end + 4 :]
+        self.client.send(data)
+
+    def eof_received(self) -> bool:
+        """The server is done: so is the connection (the client gets what is buffered first)."""
+        if self.client.transport is not None:
+            self.client.transport.close()
+        return False
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.transport.is_closing():
+            self.client.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client.transport is not None:
+            self.client.transport.close()
