@@ -6,8 +6,10 @@ calling thread). So each isolated devbox gets one thread that enters its namespa
 then only creates sockets there; the event loop connects and pumps them like any other, and the
 bytes go through the kernel's loopback of that namespace. The alternatives do not fit as well:
 slirp4netns port forwarding (`add_hostfwd` on its API socket) copies every byte through slirp's
-user-space TCP stack, and only `isolated` devboxes have slirp4netns (`none` has not); a helper
-process per connection (nsenter) costs a fork and an exec per connection.
+user-space TCP stack (measured once, by hand, on the loaded 2-core CI machine: a 100 MB download
+at 296 MB/s through a hostfwd against 540 MB/s over the namespace's own loopback, and a GET's
+p50 0.16 ms against 0.11 ms), and only `isolated` devboxes have slirp4netns (`none` has not); a
+helper process per connection (nsenter) costs a fork and an exec per connection.
 
 Entering another network namespace needs CAP_SYS_ADMIN over it and in our own user namespace:
 a root backend has both. An unprivileged backend does not (its devboxes' namespaces belong to
