@@ -52,7 +52,7 @@ class TunnelView(View):
     wake_on_http: bool | None = None
     url_template: str | None = None  # the embedded backend's: `{port}` left to fill
 
-    def url(self, port: int) -> str:
+    def url(self, port: int | str) -> str:
         """The URL a person opens to reach `port` of the devbox."""
         if self.url_template:
             return self.url_template.format(port=port)

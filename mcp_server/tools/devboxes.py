@@ -125,7 +125,7 @@ def details(view: DevboxView, usage: DevboxUsage | None = None) -> DevboxDetails
         idle_timeout_seconds=idle.get("idle_time_seconds"),
         on_idle=idle.get("on_idle"),
         usage=usage_of(view, usage) if usage is not None else None,
-        tunnel=tunnel_text(view.tunnel, "{port}") if view.tunnel else None,  # type: ignore[arg-type]
+        tunnel=tunnel_text(view.tunnel, "{port}", with_token=False) if view.tunnel else None,
     )
 
 

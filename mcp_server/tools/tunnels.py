@@ -29,11 +29,14 @@ def exposed(tunnel: TunnelView, port: int) -> ExposedPort:
     return ExposedPort(url=tunnel.url(port), token=tunnel.auth_token if tunnel.auth_mode == "authenticated" else None)
 
 
-def tunnel_text(tunnel: TunnelView, port: int) -> str:
-    """One line for the model (get_devbox shows it too)."""
+def tunnel_text(tunnel: TunnelView, port: int | str, *, with_token: bool = True) -> str:
+    """One line for the model: the URL and who may open it. get_devbox leaves the token out (it is
+    for the person expose_port was called for, not for every look at the devbox)."""
     url = tunnel.url(port)
     if tunnel.auth_mode != "authenticated":
         return f"{url} (public: anyone with the URL)"
+    if not with_token:
+        return f"{url} (authenticated: expose_port gives the token)"
     return f"{url} (send Authorization: Bearer {tunnel.auth_token})"
 
 

@@ -3,6 +3,8 @@ backend, and the URL opened the way a person's client does."""
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import httpx
 import pytest
@@ -40,7 +42,8 @@ async def test_expose_port_gives_a_url_a_person_opens_with_its_token(mcp: Client
         again = await call_ok(mcp, "expose_port", {"devbox_id": devbox_id, "port": 8000, "public": True})
         assert structured(again) == exposed and "tunnel is authenticated" in text_of(again)
         shown = structured(await call_ok(mcp, "get_devbox", {"devbox_id": devbox_id}))
-        assert shown["tunnel"] == f"{url.replace('8000-', '{port}-', 1)} (send Authorization: Bearer {token})"
+        assert shown["tunnel"] == f"{url.replace('8000-', '{port}-', 1)} (authenticated: expose_port gives the token)"
+        assert token not in json.dumps(shown)
     finally:
         await call_ok(mcp, "shutdown_devbox", {"devbox_id": devbox_id})
 
