@@ -181,12 +181,17 @@ def serve_registered(
         activity = Activity(app)
         devboxes.on_stop.append(_touch_on_stop(activity))
         tasks: set[asyncio.Task[None]] = set()
+        tunnels = app.state.tunnels
+
+        def busy() -> bool:
+            """A devbox with a sandbox, or a connection through a tunnel, keeps the backend up."""
+            return devboxes.has_live_devbox() or tunnels.busy()
 
         def start_idle_watch() -> None:
             if idle_shutdown_seconds:
                 activity.touch()
                 task = asyncio.ensure_future(
-                    watch_idle(activity, devboxes.has_live_devbox, idle_shutdown_seconds, stop_idle)
+                    watch_idle(activity, busy, idle_shutdown_seconds, stop_idle)
                 )
                 tasks.add(task)
 

@@ -170,6 +170,10 @@ class TunnelProxy:
         """What `url_template` builds on: `localhost`, whose subdomains browsers send to loopback."""
         return f"http://localhost:{self.port}"
 
+    def busy(self) -> bool:
+        """Whether a connection is open through a tunnel (the backend's idle watch asks)."""
+        return bool(self._connections)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Client(self), sock=self._sock)
