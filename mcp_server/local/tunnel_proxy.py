@@ -57,6 +57,8 @@ _REASONS = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 502: "Bad
 
 
 class ProxyError(Exception):
+    """Answered to the client with `status` and the one-line `message`."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -107,7 +109,7 @@ def route(head: RequestHead) -> Route:
         label, query, tail = label.partition("?")
         parsed = split_label(label)
         if parsed is not None:
-            if not slash:  # `/tunnel/P-K`: relative links need the slash
+            if not slash:  # `/tunnel/P-K`: relative links need the slash (the message is the Location)
                 raise ProxyError(308, f"{PATH_PREFIX}{label}/{query}{tail}")
             return Route(*parsed, "/" + rest)
     host = head.header("host") or ""
@@ -223,6 +225,9 @@ class TunnelProxy:
             await loop.create_connection(
                 lambda: _Upstream(client, data, self._toucher(devbox), rewrite_head=one_request), sock=sock
             )
+        except asyncio.CancelledError:  # the client left meanwhile
+            sock.close()
+            raise
         except OSError:
             sock.close()
             client.fail(ProxyError(502, f"the connection to port {where.port} in devbox {devbox.id} failed"))
@@ -303,8 +308,6 @@ class TunnelProxy:
 
         touch()
         return touch
-
-
 
 
 class _Client(asyncio.Protocol):
