@@ -241,20 +241,26 @@ class TunnelProxy:
         ):  # fmt: skip
             raise ProxyError(502, not_running_message(devbox))
         if devbox.status == "suspending":
-            await self._wait_running(devbox, ("suspended",))
+            await self._wait_until(devbox, "suspended")
         if devbox.status == "suspended":
             with contextlib.suppress(ApiError):  # another request resumed it first
                 await self.devboxes.resume(devbox.id)
-        await self._wait_running(devbox, ("running",))
+        await self._wait_until(devbox, "running")
         return True
 
-    async def _wait_running(self, devbox: Devbox, statuses: tuple[str, ...]) -> None:
+    async def _wait_until(self, devbox: Devbox, wanted: str) -> None:
+        """Wait until the devbox is `wanted`, or in a state it will not leave by itself (a resume
+        that failed leaves it suspended); 502 unless it is `wanted` then."""
+        settled = (wanted, "running", "suspended", "failure", "shutdown")
         try:
-            await self.devboxes.wait_for_status(devbox.id, (*statuses, "failure", "shutdown"), WAKE_SECONDS)
+            await self.devboxes.wait_for_status(devbox.id, settled, WAKE_SECONDS)
         except ApiError:
-            raise ProxyError(502, f"devbox {devbox.id} did not resume within {WAKE_SECONDS:g} s") from None
-        if devbox.status not in (*statuses, "running"):
-            raise ProxyError(502, not_running_message(devbox))
+            raise ProxyError(502, f"devbox {devbox.id} is still {devbox.status} after {WAKE_SECONDS:g} s") from None
+        if devbox.status == wanted:
+            return
+        if wanted == "running" and devbox.status == "suspended":
+            raise ProxyError(502, f"devbox {devbox.id} could not resume; its logs say why")
+        raise ProxyError(502, not_running_message(devbox))
 
     async def _connect(self, devbox: Devbox, port: int, retry_seconds: float) -> socket.socket:
         """Connect to `port` on the devbox's loopback (IPv4, then IPv6); 502 when nothing listens."""
