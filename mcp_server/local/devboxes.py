@@ -50,6 +50,7 @@ from .sandbox import (
 from .secret_store import SecretStore
 from .sizes import Size, SizeError, resolve
 from .storage import Storage
+from .tunnels import TunnelConfig, new_tunnel, tunnel_view
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -107,6 +108,8 @@ class Devbox:
     sandbox: Sandbox | None = None
     enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
+    tunnel: dict[str, Any] | None = field(default=None, repr=False)  # tunnels.new_tunnel's record: a token
+    tunnel_origin: str | None = None  # where the backend's tunnel proxy serves (tunnels.tunnel_view)
 
     @property
     def resource_size(self) -> Size:
@@ -165,6 +168,8 @@ class Devbox:
             "snapshot_id": None,
             "resources": self.resources(),  # ours: the size and the limits really in force
         }
+        if self.tunnel is not None:
+            view["tunnel"] = tunnel_view(self.tunnel, self.tunnel_origin)
         for key in ("failure_reason", "shutdown_reason", "end_time_ms"):
             value = getattr(self, key)
             if value is not None:
@@ -225,7 +230,7 @@ class Devbox:
         return data
 
 
-_RUNTIME = ("sandbox", "enforcement", "logs")  # Devbox fields not kept in devbox.json
+_RUNTIME = ("sandbox", "enforcement", "logs", "tunnel_origin")  # Devbox fields not kept in devbox.json
 
 
 class DevboxManager:
@@ -264,6 +269,8 @@ class DevboxManager:
         # Root backends: the namespace every isolated devbox's slirp4netns runs in (egress.py).
         self.egress = EgressNamespace() if os.geteuid() == 0 else None
         self._warned_egress = False
+        self.tunnel_origin: str | None = None  # set when the tunnel proxy listens (tunnel_proxy.py)
+        self._tunnel_keys: dict[str, str] = {}  # tunnel_key -> devbox id
         self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 
     # -- registry --------------------------------------------------------------------------
@@ -278,7 +285,7 @@ class DevboxManager:
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 log.warning("skipping unreadable devbox record %s: %s", path, exc)
                 continue
-            self._devboxes[devbox.id] = devbox
+            self._register(devbox)
             if not devbox.disk:  # a devbox's disk is cleaned once mounted, when it resumes
                 await asyncio.to_thread(self._remove_partial_writes, devbox)
             if devbox.status in ("running", "suspending", "resuming"):
@@ -392,6 +399,12 @@ class DevboxManager:
     def _save(self, devbox: Devbox) -> None:
         write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
         self._unsaved.discard(devbox.id)
+
+    def _register(self, devbox: Devbox) -> None:
+        self._devboxes[devbox.id] = devbox
+        devbox.tunnel_origin = self.tunnel_origin
+        if devbox.tunnel is not None:
+            self._tunnel_keys[devbox.tunnel["tunnel_key"]] = devbox.id
 
     def all(self) -> list[Devbox]:
         return sorted(self._devboxes.values(), key=lambda d: (d.create_time_ms, d.id))
@@ -588,6 +601,7 @@ class DevboxManager:
         entrypoint: str | None = None,
         secrets: dict[str, str] | None = None,
         user: SandboxUser = DEFAULT_USER,
+        tunnel: TunnelConfig | None = None,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -637,6 +651,7 @@ class DevboxManager:
             id_range=None if unsafe or self.ids is None else [self.ids.uid_base, self.ids.gid_base, self.ids.count],
             user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
             size=size.record(),
+            tunnel=new_tunnel(tunnel) if tunnel is not None else None,
         )
         devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
         devbox.disk = devbox.disk_gap is None
@@ -651,7 +666,7 @@ class DevboxManager:
             if is_disk_full(exc):
                 raise disk_full("create a devbox") from None
             raise
-        self._devboxes[devbox_id] = devbox
+        self._register(devbox)
         self._spawn_task(devbox_id, self._boot(devbox))
         return devbox
 
@@ -1045,6 +1060,57 @@ class DevboxManager:
             except OSError as exc:
                 log.warning("could not record that devbox %s is shut down: %s", devbox.id, exc)
         return devbox
+
+    # -- tunnel ----------------------------------------------------------------------------
+
+    async def enable_tunnel(self, devbox_id: str, config: TunnelConfig) -> Devbox:
+        """Give a running devbox its one tunnel (400 when it is not running or already has one)."""
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.tunnel is not None:
+                raise ApiError(
+                    400,
+                    f"devbox {devbox_id} already has a tunnel (key {devbox.tunnel['tunnel_key']}); a devbox has "
+                    "one tunnel, serving every port: use it, or remove it first (remove_tunnel)",
+                )
+            if devbox.status != "running":
+                raise ApiError(400, not_running_message(devbox))
+            devbox.tunnel = new_tunnel(config)
+            try:
+                self._save(devbox)
+            except OSError as exc:
+                devbox.tunnel = None
+                if is_disk_full(exc):
+                    raise disk_full(f"enable a tunnel on devbox {devbox_id}") from None
+                raise
+            self._tunnel_keys[devbox.tunnel["tunnel_key"]] = devbox.id
+            return devbox
+
+    async def remove_tunnel(self, devbox_id: str) -> None:
+        """Remove the devbox's tunnel; nothing to do when it has none (a retried call succeeds)."""
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.tunnel is None:
+                return
+            before = devbox.tunnel
+            devbox.tunnel = None
+            try:
+                self._save(devbox)
+            except OSError as exc:
+                devbox.tunnel = before
+                if is_disk_full(exc):
+                    raise disk_full(f"remove the tunnel of devbox {devbox_id}") from None
+                raise
+            self._tunnel_keys.pop(before["tunnel_key"], None)
+
+    def by_tunnel_key(self, key: str) -> Devbox | None:
+        devbox_id = self._tunnel_keys.get(key)
+        return self._devboxes.get(devbox_id) if devbox_id is not None else None
+
+    def set_tunnel_origin(self, origin: str) -> None:
+        self.tunnel_origin = origin
+        for devbox in self._devboxes.values():
+            devbox.tunnel_origin = origin
 
     # -- keep-alive ------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .retry import RetryPolicy
 
@@ -84,6 +85,7 @@ __all__ = [
     "SqlResult",
     "SqlStatement",
     "StdinResult",
+    "TunnelView",
     "StreamError",
     "UnexpectedResponse",
     "Unprocessable",

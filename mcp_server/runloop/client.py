@@ -58,6 +58,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 from .streams import axon_events, output_chunks
@@ -502,6 +503,15 @@ class RunloopClient:
     async def shutdown_devbox(self, devbox_id: str, *, force: bool = False) -> DevboxView:
         params = {"force": True} if force else None
         return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/shutdown", DevboxView, params=params)
+
+    async def enable_tunnel(
+        self, devbox_id: str, *, auth_mode: Literal["open", "authenticated"] = "open",
+        http_keep_alive: bool | None = None, wake_on_http: bool | None = None,
+    ) -> TunnelView:
+        """Give the devbox its tunnel (a devbox has one: a second is a BadRequest)."""
+        body = {"auth_mode": auth_mode, "http_keep_alive": http_keep_alive, "wake_on_http": wake_on_http}
+        body = {k: v for k, v in body.items() if v is not None}
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/enable_tunnel", TunnelView, body)
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
         return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})

@@ -26,6 +26,7 @@ from ..runloop import (
 )
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
+from .tunnels import tunnel_text
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
@@ -54,6 +55,7 @@ class DevboxDetails(DevboxSized):
     idle_timeout_seconds: int | None = None
     on_idle: str | None = None
     usage: str | None = None
+    tunnel: str | None = None  # its URL, {port} to fill
 
 
 class SecretRef(BaseModel):
@@ -134,6 +136,7 @@ def details(view: DevboxView, usage: DevboxUsage | None = None, reach: str | Non
         idle_timeout_seconds=idle.get("idle_time_seconds"),
         on_idle=idle.get("on_idle"),
         usage=usage_of(view, usage) if usage is not None else None,
+        tunnel=tunnel_text(view.tunnel, "{port}", with_token=False) if view.tunnel else None,
     )
 
 

@@ -16,7 +16,7 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
         ({"blueprint_name": "b"}, "blueprint_name is not supported"),
         ({"snapshot_id": "snp_x"}, "snapshot_id is not supported"),
         ({"repo_connection_id": "rc_x"}, "repo_connection_id is not supported"),
-        ({"tunnel": {"auth_mode": "open"}}, "tunnel is not supported"),
+        ({"tunnel": {"auth_mode": "public"}}, "auth_mode"),
         ({"gateways": {"GWS": {"gateway": "anthropic", "secret": "k"}}}, "gateways are not supported"),
         ({"mcp": {"MCP": {"mcp_config": "c", "secret": "k"}}}, "mcp is not supported"),
         ({"mounts": [{"type": "object_mount", "object_id": "o", "object_path": "/x"}]}, "'object_mount'"),

@@ -125,6 +125,8 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     await call("send_stdin", {"devbox_id": devbox, "execution_id": cat, "signal": "EOF"})
     sleeper = _id(await call("execute", {"devbox_id": devbox, "command": "sleep 300", "wait_seconds": 0}), "exe")
     await call("kill_execution", {"devbox_id": devbox, "execution_id": sleeper})
+    await call("expose_port", {"devbox_id": devbox, "port": 8000})
+    await call("expose_port", {"devbox_id": devbox, "port": 8001, "public": True})  # the tunnel it has
 
     # Resources: the listing, each template, completions, and a subscription's feed.
     await client.list_resources()

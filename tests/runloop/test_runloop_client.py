@@ -331,6 +331,7 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "suspend_devbox": lambda c: c.suspend_devbox(d),
         "resume_devbox": lambda c: c.resume_devbox(d),
         "keep_alive_devbox": lambda c: c.keep_alive_devbox(d),
+        "enable_tunnel": lambda c: c.enable_tunnel(d),  # a retry that finds the tunnel made: expose_port re-reads
         "get_devbox_logs": lambda c: c.get_devbox_logs(d),
         "read_file_contents": lambda c: c.read_file_contents(d, "f"),
         "write_file_contents": lambda c: c.write_file_contents(d, "f", "x"),
