@@ -28,7 +28,6 @@ import shutil
 import struct
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from . import reaper
@@ -45,7 +44,6 @@ _MNT_DETACH = 2
 # checksums already say which are unused); discard: blocks freed inside are freed in the image.
 _MOUNT_OPTIONS = b"discard,noinit_itable"
 _MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
-UNMOUNT_WAIT_SECONDS = 5.0
 
 
 class DiskError(Exception):
@@ -295,13 +293,21 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
                 return mountpoint
         else:
             make_image(image, size)
-    deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
-    while attached(image):  # an earlier mount of it is still being released
-        if time.monotonic() > deadline:
-            raise DiskError("the devbox's disk is still in use by its previous run; try again")
-        time.sleep(0.02)
+    for device in attached(image):
+        # An earlier mount of this disk is still alive: a mount namespace made elsewhere while the disk was
+        # mounted (the host's mounts are private) holds a copy until it ends, which may be never. Mounting
+        # that same device again gives the same filesystem instance: never two writers on one image, and no
+        # waiting on a namespace that is not ours. A device that freed itself meanwhile is skipped.
+        if _mount_device(device, mountpoint):
+            reaper.unmount_at_exit(mountpoint)
+            return mountpoint
     _mount(image, mountpoint)
     return mountpoint
+
+
+def _mount_device(device: str, mountpoint: Path) -> bool:
+    flags = _MS_NOSUID | _MS_NODEV
+    return _libc().mount(device.encode(), str(mountpoint).encode(), b"ext4", flags, _MOUNT_OPTIONS) == 0
 
 
 def _mount(image: Path, mountpoint: Path) -> None:
@@ -317,7 +323,7 @@ def _mount(image: Path, mountpoint: Path) -> None:
 
 def detach(mountpoint: Path) -> None:
     """Unmount. A mount still busy (a sandbox's namespaces not yet torn down) is detached lazily: gone
-    from the host at once, released by the kernel with its last user (`attach` waits for that)."""
+    from the host at once, released by the kernel with its last user (`attach` mounts that same device again meanwhile)."""
     if not os.path.ismount(mountpoint):
         return
     if _libc().umount2(str(mountpoint).encode(), 0) == 0:

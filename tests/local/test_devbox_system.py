@@ -317,3 +317,25 @@ def test_a_devbox_resumes_while_one_started_after_it_runs(local_api: tuple[Backe
             sdk.devboxes.shutdown(second.id)
     finally:
         sdk.devboxes.shutdown(first.id)
+
+
+def test_a_devbox_resumes_while_a_foreign_mount_namespace_holds_its_disk(
+    local_api: tuple[BackendProcess, Runloop],
+) -> None:
+    # Any process on the host may make a mount namespace (`unshare -m`, `ip netns exec`) while a devbox's
+    # disk is mounted; with private mounts its copy outlives the devbox's own mount. The resume mounts
+    # the same device again (one filesystem instance) instead of waiting for a namespace it does not own.
+    _, sdk = local_api
+    devbox = sdk.devboxes.create_and_await_running(name="pinned")
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "600"])
+    try:
+        assert run(sdk, devbox.id, "echo kept > ~/note")[0] == 0
+        sdk.devboxes.suspend(devbox.id)
+        assert sdk.devboxes.await_suspended(devbox.id).status == "suspended"
+        sdk.devboxes.resume(devbox.id)
+        assert sdk.devboxes.await_running(devbox.id, polling_config=PollingConfig(timeout_seconds=60)).status == "running"
+        assert run(sdk, devbox.id, "cat ~/note; echo more >> ~/note") == (0, "kept\n", "")
+    finally:
+        holder.kill()
+        holder.wait()
+        sdk.devboxes.shutdown(devbox.id)
