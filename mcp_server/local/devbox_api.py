@@ -9,9 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, secret_api, uploads, validation
+from . import blueprint_api, code_mounts, execution_api, files, secret_api, uploads, validation
+from .blueprints import BlueprintManager, NoLayers
 from .config import Component, LocalConfig
-from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
+from .devbox_params import CreateBody, LaunchParameters, check_secrets, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
@@ -65,6 +66,10 @@ def _devboxes(request: Request) -> DevboxManager:
     return request.app.state.devboxes
 
 
+def _blueprints(request: Request) -> BlueprintManager:
+    return request.app.state.blueprints
+
+
 def _creations(request: Request) -> IdempotencyCache:
     return request.app.state.devbox_creations
 
@@ -80,34 +85,37 @@ async def _create(request: Request) -> dict[str, Any]:
     for path in mounts:
         files.home_relative(path, "file_mounts path", user.home)
     secrets = body.secrets or {}
-    _check_secrets(devboxes, secrets, body.environment_variables or {})
+    check_secrets(devboxes.secrets, secrets, body.environment_variables or {})
+    try:
+        repositories = code_mounts.parse(body.code_mounts)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    env = body.environment_variables or {}
+    start: dict[str, Any] = {}
+    if body.blueprint_id or body.blueprint_name:
+        blueprints = _blueprints(request)
+        blueprint = blueprints.usable(blueprint_id=body.blueprint_id, blueprint_name=body.blueprint_name)
+        # The blueprint's launch parameters and ENVs are defaults: what the body gives wins.
+        params = {**blueprint.launch_parameters, **params}
+        given_user = body.launch_parameters is not None and body.launch_parameters.user_parameters
+        if not given_user and blueprint.launch_parameters.get("user_parameters"):
+            user = launch_user(LaunchParameters(user_parameters=blueprint.launch_parameters["user_parameters"]))
+        env = {**blueprint.env, **env}
+        start = blueprints.start_from(blueprint)
     devbox = devboxes.create(
         name=body.name,
-        environment_variables=body.environment_variables or {},
+        environment_variables=env,
         launch_parameters=params,
         metadata=body.metadata or {},
         file_mounts=mounts,
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        code_mounts=repositories,
+        **start,
     )
     return devbox.view()
-
-
-def _check_secrets(devboxes: DevboxManager, secrets: dict[str, str], environment_variables: dict[str, str]) -> None:
-    """Every secret named must exist, and no variable may come from both maps."""
-    for env in secrets:
-        if env in environment_variables:
-            raise ApiError(400, f"{env} is in both environment_variables and secrets; give each variable in one of them")
-    missing = devboxes.secrets.missing(secrets)
-    if missing:
-        env = next(e for e, name in secrets.items() if name == missing[0])
-        raise ApiError(
-            400,
-            f"secrets: no secret is named {missing[0]!r} (asked for {env}); create it first "
-            "(POST /v1/secrets) or list the secrets (GET /v1/secrets) for the right name",
-        )
 
 
 async def create_devbox(request: Request) -> Response:
@@ -137,7 +145,10 @@ async def list_devboxes(request: Request) -> Response:
     if status and status not in _VIEW_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(_VIEW_STATUSES)}; got {status!r}")
     # Newest first, as Runloop lists them.
-    items = [d.view() for d in reversed(devboxes.all()) if not status or d.status == status]
+    items = [
+        d.view() for d in reversed(devboxes.all())
+        if (not status or d.status == status) and not d.build_for  # a blueprint's build devbox is not listed
+    ]  # fmt: skip
     return JSONResponse(paginate(request, items, "devboxes"))
 
 
@@ -266,15 +277,18 @@ def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
     manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
+    blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, NoLayers())
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES]
 
     async def startup() -> None:
         secrets.load()
         await manager.startup()
         await executions.startup()
+        await blueprints.startup()
 
     async def shutdown() -> None:
+        await blueprints.shutdown()
         await executions.shutdown()
         await manager.shutdown()
 
@@ -285,5 +299,6 @@ def build(config: LocalConfig) -> Component:
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import code_mounts as code
 from . import rootfs
 from .clock import now_ms
 from .config import LocalConfig
@@ -100,6 +102,9 @@ class Devbox:
     size: dict[str, Any] = field(default_factory=dict)  # sizes.Size.record(); empty: made before sizes
     disk: bool = False  # its writable storage is a disk image of its size (disk.py)
     disk_gap: str | None = None  # why not, when it has none
+    code_mounts: list[dict[str, Any]] = field(default_factory=list)  # code_mounts.CodeMount.record(): no tokens
+    blueprint_id: str | None = None  # the blueprint it starts from
+    build_for: str | None = None  # the blueprint it builds (a build devbox: not listed)
     sandbox: Sandbox | None = None
     enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -153,7 +158,7 @@ class Devbox:
             "metadata": dict(self.metadata),
             "state_transitions": list(self.state_transitions),
             "initiator_type": "api",
-            "blueprint_id": None,
+            "blueprint_id": self.blueprint_id,
             "snapshot_id": None,
             "resources": self.resources(),  # ours: the size and the limits really in force
         }
@@ -506,6 +511,9 @@ class DevboxManager:
         entrypoint: str | None = None,
         secrets: dict[str, str] | None = None,
         user: SandboxUser = DEFAULT_USER,
+        code_mounts: list[code.CodeMount] | None = None,
+        blueprint_id: str | None = None,
+        build_for: str | None = None,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -554,6 +562,9 @@ class DevboxManager:
             id_range=None if unsafe or self.ids is None else [self.ids.uid_base, self.ids.gid_base, self.ids.count],
             user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
             size=size.record(),
+            code_mounts=[mount.record() for mount in code_mounts or ()],
+            blueprint_id=blueprint_id,
+            build_for=build_for,
         )
         devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
         devbox.disk = devbox.disk_gap is None
@@ -569,7 +580,7 @@ class DevboxManager:
                 raise disk_full("create a devbox") from None
             raise
         self._devboxes[devbox_id] = devbox
-        self._spawn_task(devbox_id, self._boot(devbox))
+        self._spawn_task(devbox_id, self._boot(devbox, list(code_mounts or ())))
         return devbox
 
     def _spawn_task(self, devbox_id: str, coro: Awaitable[None]) -> None:
@@ -579,13 +590,21 @@ class DevboxManager:
             lambda t: self._tasks.pop(devbox_id, None) if self._tasks.get(devbox_id) is t else None
         )
 
-    async def _boot(self, devbox: Devbox) -> None:
+    async def _boot(self, devbox: Devbox, mounts: list[code.CodeMount]) -> None:
+        """Provision (image, limits, directories, code mounts, sandbox), then initialize (install and
+        launch commands), then run; `failure` with the reason logged when a step fails."""
         try:
             if devbox.id_range is not None:
                 devbox.image = str((await self._image(devbox)).path)
                 self._save(devbox)
             await self._start_limits(devbox)
             await asyncio.to_thread(self._prepare_dirs, devbox)
+            if not await self._clone_code_mounts(devbox, mounts):
+                devbox.failure_reason = "execution_failed"
+                await self._stop_sandbox(devbox)
+                self._transition(devbox, "failure")
+                return
+            del mounts  # the tokens go with it
             await self._start_sandbox(devbox)
             await self._create_account(devbox)
             self._transition(devbox, "initializing")
@@ -613,6 +632,23 @@ class DevboxManager:
             await self._stop_sandbox(devbox)
             devbox.failure_reason = "execution_failed"
             self._transition(devbox, "failure")
+
+    async def _clone_code_mounts(self, devbox: Devbox, mounts: list[code.CodeMount]) -> bool:
+        """Clone each code mount into the home (host side, see code_mounts.py); False at the first that fails."""
+        for mount in mounts:
+            dest = devbox.home / mount.repo_name
+            try:
+                summary = await code.clone(mount, dest)
+                ids = devbox.ids
+                if ids is not None:
+                    uid = devbox.sandbox_user.uid
+                    await asyncio.to_thread(rootfs.give_tree, dest, ids.host_uid(uid), ids.host_gid(uid))
+            except (code.CodeMountError, OSError) as exc:
+                self.add_log(devbox.id, {"level": "error", "source": "setup_commands",
+                                         "message": f"code mount {mount.label}: {exc}"})  # fmt: skip
+                return False
+            self.add_log(devbox.id, {"source": "setup_commands", "message": summary})
+        return True
 
     def _prepare_dirs(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
@@ -750,7 +786,11 @@ class DevboxManager:
         Their output goes to a file, not a pipe: a command that starts a server in the
         background (`server &`) must not keep the devbox initializing by holding a pipe open.
         """
-        commands = devbox.launch_parameters.get("launch_commands") or []
+        installs = [
+            f"cd ~/{shlex.quote(m['repo_name'])} && {m['install_command']}"
+            for m in devbox.code_mounts if m.get("install_command")
+        ]
+        commands = installs + list(devbox.launch_parameters.get("launch_commands") or [])
         assert devbox.sandbox is not None
         setup_dir = devbox.state_dir / "setup"
         setup_dir.mkdir(exist_ok=True)

@@ -13,7 +13,8 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"blueprint_name": "b"}, "blueprint_name is not supported"),
+        ({"blueprint_name": "b"}, "blueprint_name: no blueprint named 'b' has built"),
+        ({"blueprint_id": "bpt_x", "blueprint_name": "b"}, "blueprint_id or blueprint_name, not both"),
         ({"snapshot_id": "snp_x"}, "snapshot_id is not supported"),
         ({"repo_connection_id": "rc_x"}, "repo_connection_id is not supported"),
         ({"tunnel": {"auth_mode": "open"}}, "tunnel is not supported"),

@@ -242,6 +242,9 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "/v1/axons/{id}/publish": {"source": "s", "event_type": "t", "origin": "USER_EVENT", "payload": "{}"},
     "/v1/axons/{id}/sql/query": {"sql": "SELECT 1"},
     "/v1/axons/{id}/sql/batch": {"statements": [{"sql": "SELECT 1"}]},
+    "/v1/blueprints": {"name": "contract-bad-values"},
+    "/v1/blueprints/preview": {"name": "contract-bad-values"},
+    "/v1/blueprints/create_from_inspection": {"name": "contract-bad-values", "inspection_source": {"inspection_id": "i"}},
 }
 
 

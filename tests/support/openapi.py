@@ -263,6 +263,7 @@ BACKEND_REQUEST_SCHEMAS = {
         "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus",
     ],
     "runloop-axons-api.yml": ["AxonCreateParams", "PublishParams", "SqlStatementParams", "SqlBatchParams"],
+    "runloop-blueprint-api.yml": ["BlueprintBuildParameters", "BlueprintBuildFromInspectionParameters"],
 }  # fmt: skip
 _DROPPED_KEYS = ("description", "example", "title", "default", "discriminator")
 
