@@ -299,7 +299,8 @@ class BlueprintManager:
             self._set_status(blueprint, "provisioning")
             devbox_id = await self._boot(blueprint, base, request)
             self._set_status(blueprint, "building")
-            for step in plan.steps:
+            for number, step in enumerate(plan.steps, 1):
+                self._log(blueprint, "info", f"step {number}/{len(plan.steps)}: " + _where(step) + step.text)
                 await self._step(blueprint, devbox_id, step)
             self._log(blueprint, "info", "capturing the build's filesystem")
             blueprint.capture = await self.layers.capture(devbox_id, blueprint.id)
@@ -390,8 +391,7 @@ class BlueprintManager:
         return {"blueprint_id": blueprint.id, **self.layers.start_from(blueprint.capture)}
 
     async def _step(self, blueprint: Blueprint, devbox_id: str, step: Step) -> None:
-        where = f"line {step.line}: " if step.line else ""
-        self._log(blueprint, "info", f"{where or 'step: '}{step.text}")
+        where = _where(step)
         script = _script(step)
         ex = await self.executions.start(devbox_id, script, user=ROOT_USER)
         offset = 0
@@ -446,6 +446,10 @@ class BlueprintManager:
         if blueprint.capture:
             await self.layers.release(blueprint.capture)
         await asyncio.to_thread(shutil.rmtree, blueprint.directory, True)
+
+
+def _where(step: Step) -> str:
+    return f"line {step.line}: " if step.line else ""
 
 
 def _read_from(path: Path, offset: int) -> bytes:

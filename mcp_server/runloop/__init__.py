@@ -25,10 +25,14 @@ from .errors import (
     WaitTimeout,
 )
 from .models import (
+    BLUEPRINT_FINAL_STATUSES,
     AxonEventListPage,
     AxonEventView,
     AxonListPage,
     AxonView,
+    BlueprintListPage,
+    BlueprintLogs,
+    BlueprintView,
     DevboxListPage,
     DevboxStatus,
     DevboxUsage,
@@ -47,6 +51,7 @@ from .models import (
 from .retry import RetryPolicy
 
 __all__ = [
+    "BLUEPRINT_FINAL_STATUSES",
     "DEFAULT_BASE_URL",
     "ApiStatusError",
     "Authentication",
@@ -55,6 +60,9 @@ __all__ = [
     "AxonListPage",
     "AxonView",
     "BadRequest",
+    "BlueprintListPage",
+    "BlueprintLogs",
+    "BlueprintView",
     "ClientConfig",
     "Conflict",
     "ConnectionFailed",

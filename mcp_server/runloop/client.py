@@ -42,6 +42,9 @@ from .models import (
     AxonEventView,
     AxonListPage,
     AxonView,
+    BlueprintListPage,
+    BlueprintLogs,
+    BlueprintView,
     DevboxListPage,
     DevboxUsage,
     DevboxView,
@@ -393,6 +396,27 @@ class RunloopClient:
         if metadata:
             body["metadata"] = dict(metadata)
         return await self._post("/v1/devboxes", DevboxView, body)
+
+    # --- blueprints -----------------------------------------------------------------------------
+
+    async def create_blueprint(self, body: Mapping[str, Any]) -> BlueprintView:
+        """Start a blueprint build (BlueprintBuildParameters as is); it builds in the background."""
+        return await self._post("/v1/blueprints", BlueprintView, dict(body))
+
+    async def get_blueprint(self, blueprint_id: str) -> BlueprintView:
+        return await self._get(f"/v1/blueprints/{_path_segment(blueprint_id)}", BlueprintView)
+
+    async def list_blueprints(
+        self, *, name: str | None = None, limit: int | None = None, starting_after: str | None = None
+    ) -> BlueprintListPage:
+        params = {"name": name, "limit": limit, "starting_after": starting_after}
+        return await self._get("/v1/blueprints", BlueprintListPage, params=params)
+
+    async def blueprint_logs(self, blueprint_id: str) -> BlueprintLogs:
+        return await self._get(f"/v1/blueprints/{_path_segment(blueprint_id)}/logs", BlueprintLogs)
+
+    async def delete_blueprint(self, blueprint_id: str) -> None:
+        await self._send("POST", f"/v1/blueprints/{_path_segment(blueprint_id)}/delete", idempotency_key=new_request_id())
 
     async def get_devbox(self, devbox_id: str) -> DevboxView:
         return await self._get(f"/v1/devboxes/{_path_segment(devbox_id)}", DevboxView)

@@ -236,3 +236,34 @@ class SqlBatchItem(View):
 
 class SqlBatchResult(View):
     results: list[SqlBatchItem] = Field(default_factory=list)
+
+
+# --- blueprints ------------------------------------------------------------------------------
+
+BLUEPRINT_FINAL_STATUSES = frozenset({"build_complete", "failed"})
+
+
+class BlueprintView(View):
+    id: str
+    name: str | None = None
+    status: str
+    create_time_ms: int | None = None
+    build_finish_time_ms: int | None = None
+    failure_reason: str | None = None
+    base_blueprint_id: str | None = None
+
+
+class BlueprintListPage(View):
+    blueprints: list[BlueprintView] = Field(default_factory=list)
+    has_more: bool = False
+
+
+class BlueprintLogLine(View):
+    level: str | None = None
+    timestamp_ms: int | None = None
+    message: Text = ""
+
+
+class BlueprintLogs(View):
+    blueprint_id: str | None = None
+    logs: list[BlueprintLogLine] = Field(default_factory=list)

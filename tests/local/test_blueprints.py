@@ -48,7 +48,8 @@ def test_each_run_step_runs_in_the_build_devbox_and_its_output_is_logged_with_ti
     logs = sdk.blueprints.logs(view.id)
     assert logs.blueprint_id == view.id
     lines = [entry.message for entry in logs.logs]
-    for expected in ("line 5: RUN echo", "hi-world from /opt/app as root", "second line", "now user", "n", "user"):
+    for expected in ("step 2/6: line 5: RUN echo", "hi-world from /opt/app as root", "second line", "now user",
+                     "step 6/6: RUN cat /opt/notes.txt", "n", "user"):  # fmt: skip
         assert expected in lines or any(line.startswith(expected) for line in lines), (expected, lines)
     assert lines.index("hi-world from /opt/app as root") < lines.index("now user")
     times = [entry.timestamp_ms for entry in logs.logs]

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "tool_schemas"
 CORE = {"create_devbox", "execute", "stream_logs", "read_file", "publish_event", "sql_query"}
 ALL = CORE | {
+    "create_blueprint", "list_blueprints",
     "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
     "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch",
 }
@@ -74,7 +75,7 @@ def test_execute_says_plainly_that_it_runs_a_shell_command() -> None:
 def test_annotations_are_true_to_what_tools_do() -> None:
     docs = anyio.run(tool_schemas)
     read_only = {n for n, d in docs.items() if hints(d)["readOnlyHint"]}
-    assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons"}
+    assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons", "list_blueprints"}
     # destructiveHint means something only for a tool that writes.
     destructive = {n for n, d in docs.items() if hints(d)["destructiveHint"] and n not in read_only}
     assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch", "sql_query", "execute", "send_stdin"} <= destructive

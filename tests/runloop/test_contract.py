@@ -100,6 +100,9 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
         {"sql": "INSERT INTO t VALUES (?)", "params": [1]}, {"sql": "SELECT count(*) FROM t"},
     ]})  # fmt: skip
 
+    await call("create_blueprint", {"name": "contract", "dockerfile": "FROM devbox-mcp\nRUN echo built"})
+    await call("list_blueprints", {"name": "contract"})
+
     devbox = await _create_devbox(client, proxy, backend, called)
     await call("list_devboxes", {"status": "running", "limit": 5})
     await call("get_devbox", {"devbox_id": devbox})
