@@ -166,7 +166,9 @@ async def blueprint_logs(request: Request) -> Response:
 
 
 async def delete_blueprint(request: Request) -> Response:
-    await _blueprints(request).delete(request.path_params["id"])
+    blueprint_id = request.path_params["id"]
+    snapshots = [f"snapshot {s.id}" for s in request.app.state.snapshots.all() if s.source_blueprint_id == blueprint_id]
+    await _blueprints(request).delete(blueprint_id, snapshots)
     return JSONResponse({})
 
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from . import code_mounts as code
 from . import files
+from .captures import CaptureError, DiskCapture
 from .clock import now_ms
 from .devboxes import DevboxManager, write_json_atomic
 from .dockerfile import DockerfileError, Plan, Step, parse
@@ -68,17 +69,26 @@ class Layers(Protocol):
         ...
 
 
-class NoLayers:
-    """Until disk captures exist here: builds run and log, then fail at the capture, saying why."""
+class DiskLayers:
+    """Blueprints as disk captures (`captures.py`): the build devbox's disk, cloned copy-on-write,
+    kept read-only beside the devbox disks; a devbox from the blueprint clones it in turn."""
+
+    def __init__(self, devboxes: DevboxManager) -> None:
+        self.devboxes = devboxes
 
     async def capture(self, devbox_id: str, blueprint_id: str) -> dict[str, Any]:
-        raise BuildFailed("this backend cannot capture a devbox's filesystem yet (no disk snapshots)")
+        try:
+            capture = await self.devboxes.capture(devbox_id, self.devboxes.capture_path("blueprints", blueprint_id))
+        except CaptureError as exc:
+            raise BuildFailed(f"could not capture the build's filesystem: {exc}") from None
+        return capture.record()
 
     def start_from(self, capture: dict[str, Any]) -> dict[str, Any]:
-        return {}
+        return {"base": DiskCapture.from_record(capture)}
 
     async def release(self, capture: dict[str, Any]) -> None:
-        return None
+        image = DiskCapture.from_record(capture).image
+        await asyncio.to_thread(lambda: image.unlink(missing_ok=True))
 
 
 class BuildFailed(Exception):
@@ -421,9 +431,9 @@ class BlueprintManager:
 
     def dependents(self, blueprint: Blueprint) -> list[str]:
         """What depends on the blueprint: blueprints built on it, devboxes from it not shut down."""
-        out = [b.id for b in self.all() if b.base_blueprint_id == blueprint.id and b.id != blueprint.id]
+        out = [f"blueprint {b.id}" for b in self.all() if b.base_blueprint_id == blueprint.id and b.id != blueprint.id]
         out += [
-            d.id for d in self.devboxes.all()
+            f"devbox {d.id}" for d in self.devboxes.all()
             if d.blueprint_id == blueprint.id and d.status not in ("shutdown", "failure")
         ]  # fmt: skip
         return out

@@ -9,15 +9,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import blueprint_api, code_mounts, execution_api, files, secret_api, uploads, validation
-from .blueprints import BlueprintManager, NoLayers
+from . import blueprint_api, code_mounts, execution_api, files, secret_api, snapshot_api, uploads, validation
+from .blueprints import BlueprintManager, DiskLayers
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, LaunchParameters, check_secrets, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
-from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .secret_store import SecretStore
+from .snapshots import SnapshotStore
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -93,6 +94,8 @@ async def _create(request: Request) -> dict[str, Any]:
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
     env = body.environment_variables or {}
     start: dict[str, Any] = {}
+    if (body.blueprint_id or body.blueprint_name) and body.snapshot_id:
+        raise ApiError(400, "give snapshot_id or a blueprint (blueprint_id, blueprint_name), not both")
     if body.blueprint_id or body.blueprint_name:
         blueprints = _blueprints(request)
         blueprint = blueprints.usable(blueprint_id=body.blueprint_id, blueprint_name=body.blueprint_name)
@@ -103,6 +106,8 @@ async def _create(request: Request) -> dict[str, Any]:
             user = launch_user(LaunchParameters(user_parameters=blueprint.launch_parameters["user_parameters"]))
         env = {**blueprint.env, **env}
         start = blueprints.start_from(blueprint)
+    elif body.snapshot_id:
+        start = {"base": request.app.state.snapshots.base_of(body.snapshot_id), "snapshot_id": body.snapshot_id}
     devbox = devboxes.create(
         name=body.name,
         environment_variables=env,
@@ -181,7 +186,8 @@ async def wait_for_devbox_status(request: Request) -> Response:
 
 async def shutdown_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
+    force = query_bool(request, "force", False)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"], force=force)).view())
 
 
 async def suspend_devbox(request: Request) -> Response:
@@ -277,19 +283,22 @@ def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
     manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
-    blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, NoLayers())
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES]
+    snapshots = SnapshotStore(manager)
+    blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, DiskLayers(manager))
+    routes = [*execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES]
 
     async def startup() -> None:
         secrets.load()
         await manager.startup()
+        await snapshots.startup()
         await executions.startup()
         await blueprints.startup()
 
     async def shutdown() -> None:
         await blueprints.shutdown()
         await executions.shutdown()
+        await snapshots.shutdown()
         await manager.shutdown()
 
     return Component(
@@ -298,7 +307,7 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
             "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
         },  # fmt: skip
     )

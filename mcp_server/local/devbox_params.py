@@ -150,10 +150,6 @@ def unknown_fields(model: BaseModel, where: str = "") -> None:
 
 # Create-body fields the embedded backend refuses whenever they ask for something.
 _REFUSED_FIELDS: dict[str, str] = {
-    "snapshot_id": (
-        "is not supported by the embedded backend (no disk snapshots); start from a blueprint (blueprint_id) "
-        "or set the devbox up with launch_parameters.launch_commands"
-    ),
     "repo_connection_id": (
         "is not supported by the embedded backend (no repository connections); clone the repository "
         "with a launch command instead (launch_parameters.launch_commands: ['git clone <url>'])"

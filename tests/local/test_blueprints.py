@@ -44,7 +44,7 @@ def test_each_run_step_runs_in_the_build_devbox_and_its_output_is_logged_with_ti
         launch_parameters={"network_mode": "none"},
     )  # fmt: skip
     assert view.status in ("queued", "provisioning") and view.name == "steps"
-    built(sdk, view.id)
+    assert built(sdk, view.id).status == "build_complete"
     logs = sdk.blueprints.logs(view.id)
     assert logs.blueprint_id == view.id
     lines = [entry.message for entry in logs.logs]
@@ -56,6 +56,78 @@ def test_each_run_step_runs_in_the_build_devbox_and_its_output_is_logged_with_ti
     assert times == sorted(times) and all(entry.level in ("info", "error") for entry in logs.logs)
     # The build devbox is not one of the caller's devboxes.
     assert all(not (d.name or "").startswith("build of blueprint") for d in sdk.devboxes.list().devboxes)
+
+
+def test_devboxes_start_from_a_build_by_id_or_by_the_latest_build_of_its_name(sdk, http: httpx.Client) -> None:  # noqa: ANN001
+    old = sdk.blueprints.create_and_await_build_complete(
+        name="tools", dockerfile="FROM devbox-mcp\nRUN echo old > /etc/tool-version"
+    )
+    new = sdk.blueprints.create_and_await_build_complete(
+        name="tools",
+        dockerfile="FROM devbox-mcp\nENV TOOL_HOME=/opt/tool\nRUN mkdir -p /opt/tool && echo new > /etc/tool-version",
+        system_setup_commands=["echo from setup > /home/user/setup.txt && chown user /home/user/setup.txt"],
+        launch_parameters={"network_mode": "none", "launch_commands": ["echo launched > launched.txt"]},
+        metadata={"kind": "tools"},
+    )
+    assert new.status == "build_complete" and new.build_finish_time_ms >= new.create_time_ms
+    assert new.parameters.metadata == {"kind": "tools"}
+    by_name = sdk.devboxes.create_and_await_running(blueprint_name="tools")
+    by_id = sdk.devboxes.create_and_await_running(blueprint_id=old.id, environment_variables={"TOOL_HOME": "mine"})
+    try:
+        assert by_name.blueprint_id == new.id and by_id.blueprint_id == old.id
+        got = sdk.devboxes.execute_sync(by_name.id, command="cat /etc/tool-version setup.txt launched.txt; echo $TOOL_HOME")
+        assert got.stdout == "new\nfrom setup\nlaunched\n/opt/tool\n", got
+        assert by_name.launch_parameters.network_mode == "none"  # the blueprint's launch parameters are defaults
+        got = sdk.devboxes.execute_sync(by_id.id, command="cat /etc/tool-version; echo $TOOL_HOME; touch /etc/mine")
+        assert got.stdout == "old\nmine\n", got
+        # Copy-on-write: what one devbox writes, the blueprint and its other devboxes do not see.
+        again = sdk.devboxes.create_and_await_running(blueprint_id=old.id)
+        assert sdk.devboxes.execute_sync(again.id, command="test -e /etc/mine; echo $?").stdout == "1\n"
+        sdk.devboxes.shutdown(again.id)
+        refused = http.post(f"/v1/blueprints/{new.id}/delete")
+        assert refused.status_code == 409 and f"devbox {by_name.id}" in refused.json()["message"]
+    finally:
+        sdk.devboxes.shutdown(by_name.id)
+        sdk.devboxes.shutdown(by_id.id)
+    sdk.blueprints.delete(new.id)
+    # The latest successful build of the name is now the older one.
+    fallback = sdk.devboxes.create(blueprint_name="tools")
+    assert fallback.blueprint_id == old.id
+    sdk.devboxes.shutdown(fallback.id)
+
+
+def test_a_blueprint_on_a_blueprint_is_a_layer_on_a_layer(sdk, http: httpx.Client) -> None:  # noqa: ANN001
+    base = sdk.blueprints.create_and_await_build_complete(
+        name="layer-base", dockerfile="FROM devbox-mcp\nRUN echo base > /etc/layer-base"
+    )
+    by_field = sdk.blueprints.create_and_await_build_complete(
+        name="layer-top", base_blueprint_name="layer-base", system_setup_commands=["echo top > /etc/layer-top"],
+        file_mounts={"top.txt": "top file"},
+    )  # fmt: skip
+    by_from = sdk.blueprints.create_and_await_build_complete(
+        name="layer-from", dockerfile=f"FROM {base.id}\nRUN cat /etc/layer-base > /etc/layer-from"
+    )
+    assert by_field.base_blueprint_id == base.id and by_from.base_blueprint_id == base.id
+    box = sdk.devboxes.create_and_await_running(blueprint_id=by_field.id)
+    try:
+        got = sdk.devboxes.execute_sync(box.id, command="cat /etc/layer-base /etc/layer-top top.txt")
+        assert got.stdout == "base\ntop\ntop file", got
+    finally:
+        sdk.devboxes.shutdown(box.id)
+    refused = http.post(f"/v1/blueprints/{base.id}/delete")
+    assert refused.status_code == 409
+    assert f"blueprint {by_field.id}" in refused.json()["message"] and f"blueprint {by_from.id}" in refused.json()["message"]
+
+
+def test_a_snapshot_of_a_devbox_from_a_blueprint_keeps_the_blueprint(sdk, http: httpx.Client) -> None:  # noqa: ANN001
+    blueprint = sdk.blueprints.create_and_await_build_complete(name="snapped", dockerfile="FROM devbox-mcp\nRUN true")
+    box = sdk.devboxes.create_and_await_running(blueprint_id=blueprint.id)
+    snapshot = sdk.devboxes.snapshot_disk(box.id)
+    sdk.devboxes.shutdown(box.id)
+    refused = http.post(f"/v1/blueprints/{blueprint.id}/delete")
+    assert refused.status_code == 409 and f"snapshot {snapshot.id}" in refused.json()["message"]
+    sdk.devboxes.disk_snapshots.delete(snapshot.id)
+    sdk.blueprints.delete(blueprint.id)
 
 
 def test_a_failing_run_fails_the_build_naming_the_step_and_its_status(sdk) -> None:  # noqa: ANN001
@@ -165,12 +237,13 @@ def test_what_cannot_be_honoured_is_refused_by_name_and_nothing_is_built(
     assert http.get("/v1/blueprints", params={"limit": 1}).json()["total_count"] == before
 
 
-def test_a_build_the_backend_stopped_in_the_middle_is_failed_at_the_next_start(tmp_path: Path) -> None:
+def test_builds_survive_a_restart_and_one_cut_short_is_failed_at_the_next_start(tmp_path: Path) -> None:
     backend = start_in_thread(tmp_path)
     try:
         from runloop_api_client import Runloop
 
         sdk = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=0)
+        sdk.blueprints.create_and_await_build_complete(name="kept", dockerfile="FROM devbox-mcp\nRUN echo kept > /etc/kept")
         view = sdk.blueprints.create(name="interrupted", dockerfile="FROM devbox-mcp\nRUN echo started; sleep 600")
         while "started" not in messages(sdk, view.id):
             sdk.blueprints.retrieve(view.id)
@@ -179,6 +252,10 @@ def test_a_build_the_backend_stopped_in_the_middle_is_failed_at_the_next_start(t
     again = start_in_thread(tmp_path, api_key=backend.api_key)
     try:
         sdk = Runloop(bearer_token=again.api_key, base_url=again.base_url, max_retries=0)
+        # A build that completed survives the restart, and devboxes still start from it.
+        kept = sdk.devboxes.create_and_await_running(blueprint_name="kept")
+        assert sdk.devboxes.execute_sync(kept.id, command="cat /etc/kept").stdout == "kept\n"
+        sdk.devboxes.shutdown(kept.id)
         done = sdk.blueprints.retrieve(view.id)
         assert done.status == "failed" and done.failure_reason == "build_failed"
         lines = messages(sdk, view.id)

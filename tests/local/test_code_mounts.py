@@ -118,3 +118,21 @@ def test_the_token_is_used_for_the_clone_and_kept_nowhere(
 def test_bad_code_mounts_are_refused_naming_the_field(http: httpx.Client, mount: dict, named: str) -> None:
     response = http.post("/v1/devboxes", json={"code_mounts": [mount]})
     assert response.status_code == 400 and named in response.json()["message"], response.text
+
+
+def test_a_blueprints_code_mounts_are_in_its_devboxes_and_its_token_is_kept_nowhere(
+    sdk, backend: RunningBackend, http: httpx.Client  # noqa: ANN001
+) -> None:
+    mount = {"repo_owner": "acme", "repo_name": "private", "token": TOKEN, "install_command": "echo ok > .installed"}
+    blueprint = sdk.blueprints.create_and_await_build_complete(name="with-code", code_mounts=[mount])
+    assert blueprint.parameters.code_mounts[0].token is None
+    assert TOKEN not in http.get(f"/v1/blueprints/{blueprint.id}").text
+    assert TOKEN not in http.get(f"/v1/blueprints/{blueprint.id}/logs").text
+    for path in (Path(backend.config.data_dir) / "blueprints" / blueprint.id).iterdir():
+        assert TOKEN not in path.read_text(errors="replace"), path
+    box = sdk.devboxes.create_and_await_running(blueprint_id=blueprint.id)
+    try:
+        got = sdk.devboxes.execute_sync(box.id, command="cat private/SECRET.md private/.installed")
+        assert got.stdout == "private\nok\n", got
+    finally:
+        sdk.devboxes.shutdown(box.id)

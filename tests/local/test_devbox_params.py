@@ -15,7 +15,7 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
     [
         ({"blueprint_name": "b"}, "blueprint_name: no blueprint named 'b' has built"),
         ({"blueprint_id": "bpt_x", "blueprint_name": "b"}, "blueprint_id or blueprint_name, not both"),
-        ({"snapshot_id": "snp_x"}, "snapshot_id is not supported"),
+        ({"snapshot_id": "snp_x", "blueprint_name": "b"}, "give snapshot_id or a blueprint"),
         ({"repo_connection_id": "rc_x"}, "repo_connection_id is not supported"),
         ({"tunnel": {"auth_mode": "open"}}, "tunnel is not supported"),
         ({"gateways": {"GWS": {"gateway": "anthropic", "secret": "k"}}}, "gateways are not supported"),

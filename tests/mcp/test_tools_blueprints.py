@@ -72,3 +72,19 @@ async def test_create_devbox_refuses_what_is_not_a_repository_or_a_built_bluepri
     assert "repositories[0]: give owner/name or owner/name@ref" in error
     error = await call_error(mcp, "create_devbox", {"blueprint": "never-built-blueprint"})
     assert "no blueprint named 'never-built-blueprint' has built successfully" in error
+
+
+async def test_a_built_blueprint_starts_devboxes_by_name(mcp: Client) -> None:
+    name = f"mcp-built-{id(mcp)}"
+    out = structured(await call_ok(mcp, "create_blueprint", {"name": name, "dockerfile": "FROM devbox-mcp\nRUN echo ready > /etc/ready"}))
+    assert out["status"] == "build_complete" and out["log"] == ""
+    box = structured(await call_ok(mcp, "create_devbox", {"blueprint": name}))
+    try:
+        ran = structured(await call_ok(mcp, "execute", {"devbox_id": box["id"], "command": "cat /etc/ready"}))
+        assert ran["stdout"] == "ready\n"
+        by_id = structured(await call_ok(mcp, "create_devbox", {"blueprint": out["id"]}))
+        await call_ok(mcp, "shutdown_devbox", {"devbox_id": by_id["id"]})
+    finally:
+        await call_ok(mcp, "shutdown_devbox", {"devbox_id": box["id"]})
+    listed = structured(await call_ok(mcp, "list_blueprints", {"name": name}))
+    assert listed["blueprints"] == [f"{out['id']}  build_complete  {name}"]
