@@ -33,7 +33,8 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
-RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons"}
+RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons",
+            "create_blueprint", "list_blueprints"}  # fmt: skip
 
 
 class Checked:
@@ -152,6 +153,12 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         ]})
         assert batch["results"][1]["changes"] == 2 and batch["results"][2]["rows"] == [["a", 1], ["b", None]]
         assert '{"k": "b", "v": null}' in text_of(result)
+
+        # Blueprints: a failed build carries its failing step; the list, one line per blueprint.
+        result, failed = await call("create_blueprint", {"name": "results", "dockerfile": "FROM devbox-mcp\nRUN exit 5"})
+        assert failed["status"] == "failed" and failed["log"] in text_of(result) and "exited with status 5" in failed["log"]
+        result, blueprints = await call("list_blueprints", {"name": "results"})
+        assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
 
         # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
