@@ -28,7 +28,6 @@ from .devbox_params import (
 from .dockerfile import preview
 from .errors import ApiError
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
-from .sandbox import DEFAULT_USER
 from .sizes import SizeError, resolve
 
 
@@ -77,8 +76,9 @@ def _checked(body: BuildBody) -> None:
         refusals(CreateBody(launch_parameters=body.launch_parameters))
         launch_user(body.launch_parameters)
         _check_size(body.launch_parameters)
+    home = launch_user(body.launch_parameters).home
     for path in body.file_mounts or {}:
-        files.home_relative(path, "file_mounts path", DEFAULT_USER.home)
+        files.home_relative(path, "file_mounts path", home)
     for command in body.system_setup_commands or []:
         if "\0" in command:
             raise ApiError(400, "system_setup_commands: a command contains a NUL character")
@@ -116,13 +116,14 @@ async def _create(request: Request) -> dict[str, Any]:
     if mounts:
         parameters["code_mounts"] = [m.record() for m in mounts]  # never the tokens
     launch = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    user = launch_user(body.launch_parameters)
     blueprint = blueprints.create(
         name=body.name,
         parameters=parameters,
         metadata=body.metadata or {},
         base=base,
         request=BuildRequest(code_mounts=mounts, secrets=secrets, file_mounts=body.file_mounts or {},
-                             launch_parameters=launch),  # fmt: skip
+                             launch_parameters=launch, user=user),  # fmt: skip
     )
     return blueprint.view()
 

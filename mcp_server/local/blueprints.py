@@ -40,7 +40,7 @@ from .dockerfile import DockerfileError, Plan, Step, parse
 from .errors import ApiError, not_found
 from .executions import ExecutionManager
 from .ids import new_id
-from .sandbox import ROOT_USER
+from .sandbox import DEFAULT_USER, ROOT_USER, SandboxUser
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -149,6 +149,7 @@ class BuildRequest:
     secrets: dict[str, str]
     file_mounts: dict[str, str]
     launch_parameters: dict[str, Any]
+    user: SandboxUser = DEFAULT_USER  # whose home the build devbox has: its devboxes' user
 
 
 class BlueprintManager:
@@ -371,7 +372,7 @@ class BlueprintManager:
             name=f"build of blueprint {blueprint.id}", environment_variables={}, launch_parameters=params,
             # On a base, the home is the base's: the files are written once the devbox runs.
             metadata={}, file_mounts=request.file_mounts if base is None else {}, secrets=request.secrets,
-            code_mounts=request.code_mounts,
+            code_mounts=request.code_mounts, user=request.user,
             build_for=blueprint.id, **self._start_from(base),
         )  # fmt: skip
         blueprint.build_devbox_id = devbox.id
@@ -402,7 +403,7 @@ class BlueprintManager:
 
     async def _step(self, blueprint: Blueprint, devbox_id: str, step: Step) -> None:
         where = _where(step)
-        script = _script(step)
+        script = _script(step, self.devboxes.get(devbox_id).sandbox_user.home)
         ex = await self.executions.start(devbox_id, script, user=ROOT_USER)
         offset = 0
         pending = b""
@@ -468,7 +469,7 @@ def _read_from(path: Path, offset: int) -> bytes:
         return fh.read()
 
 
-def _script(step: Step) -> str:
+def _script(step: Step, home: str) -> str:
     """The shell command one build step runs as (root) in the build devbox."""
     q = shlex.quote
     merged = "exec 2>&1; "  # one stream: the log keeps the order the lines came in
@@ -479,7 +480,7 @@ def _script(step: Step) -> str:
         return f"{merged}id -u -- {q(step.user)} >/dev/null"
     owner = "" if step.user in ("root", "0") else f" && chown -R -- {q(step.user)} {q(step.dest)}"
     if step.kind == "copy":
-        source = step.source if step.source.startswith("/") else f"/home/user/{step.source.removeprefix('~/')}"
+        source = step.source if step.source.startswith("/") else f"{home}/{step.source.removeprefix('~/')}"
         return f"{merged}mkdir -p -- \"$(dirname -- {q(step.dest)})\" && cp -a -- {q(source)} {q(step.dest)}{owner}"
     command = f"/bin/bash -c {q(step.command)}"
     if step.user not in ("root", "0"):

@@ -119,6 +119,18 @@ def test_a_blueprint_on_a_blueprint_is_a_layer_on_a_layer(sdk, http: httpx.Clien
     assert f"blueprint {by_field.id}" in refused.json()["message"] and f"blueprint {by_from.id}" in refused.json()["message"]
 
 
+def test_a_blueprints_user_is_its_devboxes_user(sdk) -> None:  # noqa: ANN001
+    blueprint = sdk.blueprints.create_and_await_build_complete(
+        name="as-root", launch_parameters={"user_parameters": {"username": "root", "uid": 0}},
+        file_mounts={"f.txt": "x"}, dockerfile="FROM devbox-mcp\nCOPY f.txt /etc/f.txt",
+    )  # fmt: skip
+    box = sdk.devboxes.create_and_await_running(blueprint_id=blueprint.id)
+    try:
+        assert sdk.devboxes.execute_sync(box.id, command="id -un; cat /etc/f.txt ~/f.txt").stdout == "root\nxx"
+    finally:
+        sdk.devboxes.shutdown(box.id)
+
+
 def test_a_snapshot_of_a_devbox_from_a_blueprint_keeps_the_blueprint(sdk, http: httpx.Client) -> None:  # noqa: ANN001
     blueprint = sdk.blueprints.create_and_await_build_complete(name="snapped", dockerfile="FROM devbox-mcp\nRUN true")
     box = sdk.devboxes.create_and_await_running(blueprint_id=blueprint.id)
