@@ -22,6 +22,7 @@ from .common import annotations, api_errors, at_most, page_text, result, state
 
 POLL_SECONDS = 1.0  # between looks at a build in progress (the API has no long-poll for builds)
 LIST_LIMIT = 50
+PROGRESS_LINES = 20  # log lines sent as progress per look at the build
 FAILED_STEP_LINES = 40  # of the failing step's log, its last lines
 
 
@@ -57,6 +58,8 @@ async def create_blueprint(
     with api_errors():
         view = await client.create_blueprint({"name": name, "dockerfile": dockerfile})
     seen = 0
+    step = 1
+    await ctx.report_progress(step, None, f"blueprint {view.id}: {view.status}")
     start = time.monotonic()
     hold = budgets.boot_seconds(ctx, app.settings)
     lines: list[str] = []
@@ -65,9 +68,13 @@ async def create_blueprint(
             while True:
                 view = await client.get_blueprint(view.id)
                 lines = [line.message for line in (await client.blueprint_logs(view.id)).logs]
-                for line in lines[seen:]:
-                    seen += 1
-                    await ctx.report_progress(seen, None, line[:500])
+                new, seen = lines[seen:], len(lines)
+                if len(new) > PROGRESS_LINES:  # a chatty step (apt-get): its latest lines, and how many were left out
+                    await ctx.report_progress(step, None, f"({len(new) - PROGRESS_LINES} lines left out)")
+                    new = new[-PROGRESS_LINES:]
+                for line in new:
+                    step += 1
+                    await ctx.report_progress(step, None, line[:500])
                 if view.status in BLUEPRINT_FINAL_STATUSES or time.monotonic() - start >= hold:
                     break
                 await anyio.sleep(POLL_SECONDS)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from mcp import Client
 from support.git_server import GitServer
 from support.mcp_client import call_error, call_ok, structured, text_of
 
 from mcp_server.local.code_mounts import BASE_URL_ENV
+from mcp_server.local.server import RunningBackend
+from mcp_server.runloop import NotFound, RunloopClient
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +44,42 @@ async def test_a_failed_build_returns_the_failing_steps_log_and_reports_lines_as
     assert "first step" in seen and "checking" in seen  # every line came as progress
     text = text_of(result)
     assert text.startswith(f"blueprint {out['id']} failed (build_failed); the failing step:") and "missing dep" in text
+
+
+async def test_cancelling_create_blueprint_stops_the_build_and_deletes_it(mcp: Client, backend: RunningBackend) -> None:
+    found: list[str] = []
+    sleeping = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and message.startswith("blueprint ") and not found:
+            found.append(message.split(":")[0].removeprefix("blueprint "))
+        if message == "sleeping":
+            sleeping.set()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                await mcp.call_tool("create_blueprint", {"name": "mcp-cancelled",
+                                    "dockerfile": "FROM devbox-mcp\nRUN echo sleeping; sleep 600"},
+                                    progress_callback=on_progress)  # fmt: skip
+
+            tg.start_soon(run)
+            await sleeping.wait()
+            tg.cancel_scope.cancel()
+    blueprint_id = found[0]
+    devboxes = backend._server.config.app.state.devboxes
+    build = next(d for d in devboxes.all() if d.build_for == blueprint_id)
+    async with RunloopClient(backend.base_url, backend.api_key) as client:
+        with anyio.fail_after(30):
+            while True:
+                try:
+                    await client.get_blueprint(blueprint_id)
+                except NotFound:
+                    break
+                await anyio.sleep(0.05)
+        view = await client.wait_for_devbox_status(build.id, ["shutdown"], timeout_seconds=20)
+    assert view.status == "shutdown"
 
 
 async def test_an_instruction_this_machine_cannot_build_is_named(mcp: Client) -> None:
