@@ -6,7 +6,7 @@ that has one; other clients only its text. So the structured content must carry 
 text shows (the output itself, not an envelope around it), and it must validate against the
 published `outputSchema`: the TypeScript SDK and fastmcp refuse a result that does not. The
 schemas are checked here with `jsonschema` (draft 2020-12, MCP's default dialect), against the
-`tools/list` a real client receives, for representative calls of all 17 tools.
+`tools/list` a real client receives, for representative calls of all 19 tools.
 """
 
 from __future__ import annotations
