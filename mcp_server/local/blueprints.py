@@ -320,7 +320,7 @@ class BlueprintManager:
             self._finish(blueprint, "build_complete")
         except asyncio.CancelledError:
             raise
-        except (BuildFailed, DockerfileError) as exc:
+        except (BuildFailed, DockerfileError, ApiError) as exc:  # ApiError: the build devbox was refused
             self._log(blueprint, "error", str(exc))
             self._finish(blueprint, "failed", getattr(exc, "reason", "build_failed"))
         except Exception as exc:  # a build ends failed, never stuck building
