@@ -9,14 +9,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, secret_api, uploads, validation
+from . import execution_api, files, secret_api, snapshot_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
-from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .secret_store import SecretStore
+from .snapshots import SnapshotStore
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -82,6 +83,7 @@ async def _create(request: Request) -> dict[str, Any]:
     secrets = body.secrets or {}
     _check_secrets(devboxes, secrets, body.environment_variables or {})
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    base = request.app.state.snapshots.base_of(body.snapshot_id) if body.snapshot_id else None
     devbox = devboxes.create(
         name=body.name,
         environment_variables=body.environment_variables or {},
@@ -91,6 +93,8 @@ async def _create(request: Request) -> dict[str, Any]:
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        base=base,
+        snapshot_id=body.snapshot_id,
     )
     return devbox.view()
 
@@ -170,7 +174,8 @@ async def wait_for_devbox_status(request: Request) -> Response:
 
 async def shutdown_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
+    force = query_bool(request, "force", False)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"], force=force)).view())
 
 
 async def suspend_devbox(request: Request) -> Response:
@@ -267,15 +272,18 @@ def build(config: LocalConfig) -> Component:
     manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *secret_api.ROUTES]
+    snapshots = SnapshotStore(manager)
 
     async def startup() -> None:
         secrets.load()
         await manager.startup()
+        await snapshots.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await executions.shutdown()
+        await snapshots.shutdown()
         await manager.shutdown()
 
     return Component(
@@ -284,6 +292,6 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
         },  # fmt: skip
     )
