@@ -293,5 +293,6 @@ def build(config: LocalConfig) -> Component:
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
+            "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip
     )
