@@ -309,5 +309,6 @@ def build(config: LocalConfig) -> Component:
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
             "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
+            "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -6,7 +6,7 @@ that has one; other clients only its text. So the structured content must carry 
 text shows (the output itself, not an envelope around it), and it must validate against the
 published `outputSchema`: the TypeScript SDK and fastmcp refuse a result that does not. The
 schemas are checked here with `jsonschema` (draft 2020-12, MCP's default dialect), against the
-`tools/list` a real client receives, for representative calls of all 19 tools.
+`tools/list` a real client receives, for representative calls of all 23 tools.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PNG = base64.b64decode(
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
 RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons",
-            "create_blueprint", "list_blueprints"}  # fmt: skip
+            "create_blueprint", "list_blueprints", "list_snapshots"}  # fmt: skip
 
 
 class Checked:
@@ -159,6 +159,16 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         assert failed["status"] == "failed" and failed["log"] in text_of(result) and "exited with status 5" in failed["log"]
         result, blueprints = await call("list_blueprints", {"name": "results"})
         assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
+
+        # Snapshots and forks.
+        _, snapshot = await call("snapshot_devbox", {"devbox_id": devbox, "name": "results"})
+        result, snapshots = await call("list_snapshots", {"devbox_id": devbox})
+        assert snapshot["id"] in [s["id"] for s in snapshots["snapshots"]] and snapshot["id"] in text_of(result)
+        _, forked = await call("fork_devbox", {"devbox_id": devbox, "count": 1})
+        for fork in forked["devbox_ids"]:
+            await call("shutdown_devbox", {"devbox_id": fork})
+        _, deleted = await call("delete_snapshot", {"snapshot_id": snapshot["id"]})
+        assert deleted["id"] == snapshot["id"]
 
         # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})

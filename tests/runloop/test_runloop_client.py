@@ -359,6 +359,11 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "list_blueprints": lambda c: c.list_blueprints(name="n"),
         "blueprint_logs": lambda c: c.blueprint_logs("bpt_b"),
         "delete_blueprint": lambda c: c.delete_blueprint("bpt_b"),
+        "snapshot_devbox_async": lambda c: c.snapshot_devbox_async(d),
+        "snapshot_status": lambda c: c.snapshot_status("snp_s"),
+        "list_snapshots": lambda c: c.list_snapshots(),
+        "delete_snapshot": lambda c: c.delete_snapshot("snp_s"),
+        "fork_devbox": lambda c: c.fork_devbox(d, count=2),
     }
     covered = {name.split(" ")[0] for name in calls}
     assert covered == _api_methods(), "every API call of RunloopClient is in this table"
@@ -377,4 +382,4 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
             assert all(r.method == "GET" for r in attempts) or (len(keys) == 1 and None not in keys), name
             if name == "execute":
                 assert len({json.loads(r.body)["command_id"] for r in attempts}) == 1
-    assert sent_once == {"send_stdin", "sql_query", "sql_batch"}
+    assert sent_once == {"send_stdin", "sql_query", "sql_batch", "snapshot_devbox_async", "fork_devbox"}
