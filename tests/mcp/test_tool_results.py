@@ -160,7 +160,12 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         result, blueprints = await call("list_blueprints", {"name": "results"})
         assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
 
-        # Snapshots and forks.
+        # Lifecycle: suspend, resume; shut down last.
+        _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
+        assert suspended["status"] in ("suspending", "suspended")
+        _, resumed = await call("resume_devbox", {"devbox_id": devbox})
+        assert resumed["status"] == "running"
+        # Snapshots and forks (after the resume: a resume right after a capture may outlast this client's hold).
         _, snapshot = await call("snapshot_devbox", {"devbox_id": devbox, "name": "results"})
         result, snapshots = await call("list_snapshots", {"devbox_id": devbox})
         assert snapshot["id"] in [s["id"] for s in snapshots["snapshots"]] and snapshot["id"] in text_of(result)
@@ -170,11 +175,6 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         _, deleted = await call("delete_snapshot", {"snapshot_id": snapshot["id"]})
         assert deleted["id"] == snapshot["id"]
 
-        # Lifecycle last: suspend, resume, shut down.
-        _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
-        assert suspended["status"] in ("suspending", "suspended")
-        _, resumed = await call("resume_devbox", {"devbox_id": devbox})
-        assert resumed["status"] == "running"
         _, down = await call("shutdown_devbox", {"devbox_id": devbox})
         assert down["id"] == devbox
         assert call.called == ALL
