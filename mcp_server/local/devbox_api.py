@@ -10,15 +10,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, pty_api, secret_api, uploads, validation
+from . import execution_api, files, pty_api, secret_api, snapshot_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
-from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .pty import PtyManager
 from .secret_store import SecretStore
+from .snapshots import SnapshotStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 
 MAX_WAIT_SECONDS = 30.0
@@ -85,6 +86,7 @@ async def _create(request: Request) -> dict[str, Any]:
     secrets = body.secrets or {}
     _check_secrets(devboxes, secrets, body.environment_variables or {})
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    base = request.app.state.snapshots.base_of(body.snapshot_id) if body.snapshot_id else None
     devbox = devboxes.create(
         name=body.name,
         environment_variables=body.environment_variables or {},
@@ -94,6 +96,8 @@ async def _create(request: Request) -> dict[str, Any]:
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        base=base,
+        snapshot_id=body.snapshot_id,
     )
     return devbox.view()
 
@@ -173,7 +177,8 @@ async def wait_for_devbox_status(request: Request) -> Response:
 
 async def shutdown_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
+    force = query_bool(request, "force", False)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"], force=force)).view())
 
 
 async def suspend_devbox(request: Request) -> Response:
@@ -298,16 +303,19 @@ def build(config: LocalConfig) -> Component:
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
+    snapshots = SnapshotStore(manager)
 
     async def startup() -> None:
         secrets.load()
         await manager.startup()
+        await snapshots.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
         await executions.shutdown()
+        await snapshots.shutdown()
         await manager.shutdown()
 
     return Component(
@@ -316,6 +324,6 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
         },  # fmt: skip
     )

@@ -305,14 +305,19 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
 
 
 def _mount(image: Path, mountpoint: Path) -> None:
+    mount_image(image, mountpoint, b"ext4", _MOUNT_OPTIONS)
+    reaper.unmount_at_exit(mountpoint)
+
+
+def mount_image(image: Path, mountpoint: Path, fstype: bytes, options: bytes, extra_flags: int = 0) -> None:
+    """Mount the filesystem in `image` at `mountpoint` through a loop device that frees itself when unmounted."""
     device, loop_fd = _attach_loop(image)
     try:
-        flags = _MS_NOSUID | _MS_NODEV
-        if _libc().mount(device.encode(), str(mountpoint).encode(), b"ext4", flags, _MOUNT_OPTIONS):
-            raise DiskError(f"could not mount the devbox's disk: {os.strerror(ctypes.get_errno())}")
+        flags = _MS_NOSUID | _MS_NODEV | extra_flags
+        if _libc().mount(device.encode(), str(mountpoint).encode(), fstype, flags, options):
+            raise DiskError(f"could not mount {image.name}: {os.strerror(ctypes.get_errno())}")
     finally:
         os.close(loop_fd)  # unmounted (or never mounted), the device now frees itself
-    reaper.unmount_at_exit(mountpoint)
 
 
 def detach(mountpoint: Path) -> None:
