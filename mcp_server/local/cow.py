@@ -56,6 +56,7 @@ _FITHAW = 0xC0045878
 _MS_NOSUID, _MS_NODEV, _MS_NOATIME = 2, 4, 1024
 POOL_OPTIONS = b"nodatasum,discard=async,commit=30"
 MIN_POOL_BYTES = 16 << 30
+RELEASE_WAIT_SECONDS = 15.0
 
 
 class CowError(Exception):
@@ -100,17 +101,23 @@ class Pool:
         return os.path.ismount(self.root)
 
     def open(self) -> None:
-        """Make the pool when missing and mount it (blocking; idempotent). CowError when it cannot."""
+        """Make the pool when missing and mount it (blocking). CowError when it cannot.
+
+        A mount found there is a killed backend's (one backend per data directory), about to be
+        removed by its reaper: it is detached first, and mounted afresh once released.
+        """
         if self.mounted:
-            return
+            disk.detach(self.root)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root.mkdir(mode=0o700, exist_ok=True)
         if not self.image.exists():
             self._make()
-        deadline = time.monotonic() + disk.UNMOUNT_WAIT_SECONDS
-        while disk.attached(self.image):  # a killed backend's mount still being released
+        # Mounted by an earlier backend and detached lazily: wait for the kernel to release it, as
+        # mounting it through a second loop device meanwhile would mount one filesystem twice.
+        deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+        while disk.attached(self.image):
             if time.monotonic() > deadline:
-                raise CowError(f"the disk pool {self.image} is still attached from an earlier backend; try again")
+                raise CowError(f"the disk pool {self.image} is still held by an earlier backend's mounts; try again")
             time.sleep(0.05)
         try:
             disk.mount_image(self.image, self.root, b"btrfs", POOL_OPTIONS, extra_flags=_MS_NOATIME)

@@ -313,11 +313,15 @@ def mount_image(image: Path, mountpoint: Path, fstype: bytes, options: bytes, ex
     """Mount the filesystem in `image` at `mountpoint` through a loop device that frees itself when unmounted."""
     device, loop_fd = _attach_loop(image)
     try:
-        flags = _MS_NOSUID | _MS_NODEV | extra_flags
-        if _libc().mount(device.encode(), str(mountpoint).encode(), fstype, flags, options):
-            raise DiskError(f"could not mount {image.name}: {os.strerror(ctypes.get_errno())}")
+        mount_device(device, mountpoint, fstype, options, extra_flags)
     finally:
         os.close(loop_fd)  # unmounted (or never mounted), the device now frees itself
+
+
+def mount_device(device: str, mountpoint: Path, fstype: bytes, options: bytes, extra_flags: int = 0) -> None:
+    flags = _MS_NOSUID | _MS_NODEV | extra_flags
+    if _libc().mount(device.encode(), str(mountpoint).encode(), fstype, flags, options):
+        raise DiskError(f"could not mount {device}: {os.strerror(ctypes.get_errno())}")
 
 
 def detach(mountpoint: Path) -> None:

@@ -41,11 +41,23 @@ _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
+mounts=$(cat /proc/self/mounts)
+while read -r _dev mnt _rest; do
+  case "$mnt" in {foreign}) umount -l "$mnt" 2>/dev/null || true ;; esac
+done <<MOUNTS
+$mounts
+MOUNTS
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
 shift 7
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups -- "$bwrap" "$@"
 """
 LAUNCH_DIR = "/mnt" if os.path.isdir("/mnt") else "/tmp"
+# The namespace copied every host mount, among them every devbox disk and copy-on-write pool (cow.py)
+# of every backend: detached here (from a list read first: /proc/self/mounts read while mounts go
+# skips some) once the devbox's own layers are mounted (the overlay and the
+# binds hold their own references), so that no sandbox keeps another devbox's disk, or a stopped
+# backend's pool, from being released.
+_FOREIGN_MOUNTS = "*/devboxes/*/disk|*/cow/fs|*/.spare-disks/mnt-*"
 
 # The resident process of a devbox with its own system (see the module docstring, step 3).
 INIT_COMMAND = (
@@ -89,7 +101,8 @@ def launch_command(
     *, unshare: str, bash: str, setpriv: str, bwrap: str, ids: IdRange, layers: RootFs, fds: LaunchFds
 ) -> list[str]:
     """The command that mounts the devbox's system and starts bubblewrap (append bubblewrap's arguments)."""
-    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab)
+    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab,
+                                   foreign=_FOREIGN_MOUNTS)  # fmt: skip
     return [
         unshare, "--mount", "--propagation", "private", "--",
         bash, "--noprofile", "--norc", "-c", script, "devbox-launch",

@@ -68,7 +68,8 @@ def test_a_restart_removes_what_an_upload_killed_mid_way_left(tmp_path: Path) ->
     # A devbox's disk is unmounted once its backend is gone (disk.py's reaper): mount it to look.
     on_disk = home.parent == state / "disk"
     if on_disk:
-        _wait_for("the killed backend's mounts to go", lambda: not os.path.ismount(state / "disk"))
+        pool = data_dir / "cow" / "fs"  # the copy-on-write pool the disk image is on (local/cow.py)
+        _wait_for("the killed backend's mounts to go", lambda: not os.path.ismount(state / "disk") and not os.path.ismount(pool))
     with mounted(data_dir, devbox, state / "disk") if on_disk else contextlib.nullcontext():
         [left] = partial()  # what the kill left, as the issue found it
 

@@ -60,13 +60,14 @@ def disk_image(data_dir: Path, devbox_id: str) -> Iterator[Path]:
     if not pool.image.exists():
         yield data_dir / "devboxes" / devbox_id / "disk.img"
         return
-    opened = not pool.mounted
+    if pool.mounted:  # the backend runs
+        yield pool.root / "disks" / f"{devbox_id}.img"
+        return
     pool.open()
     try:
         yield pool.root / "disks" / f"{devbox_id}.img"
     finally:
-        if opened:
-            pool.close()
+        pool.close()
 
 
 def used_bytes(path: Path) -> int:
