@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import budgets
 from ..runloop import DevboxStatus, DevboxUsage, DevboxView, RunloopError, WaitTimeout
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
+from .common import DevboxId, EnvVars, Id, annotations, api_errors, as_map, at_most, page_text, result, state
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
@@ -195,6 +195,7 @@ async def create_devbox(
     custom_cpu_cores: float | None = None,
     custom_gb_memory: int | None = None,
     custom_disk_size: int | None = None,
+    snapshot_id: Id | None = None,
 ) -> DevboxSized:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
     A short client timeout may return it still starting (see get_devbox)."""
@@ -212,6 +213,7 @@ async def create_devbox(
             on_idle=on_idle,
             launch_parameters={k: v for k, v in sized.items() if v is not None}
             | ({"user_parameters": ROOT} if run_as_root else {}),
+            extra={"snapshot_id": snapshot_id} if snapshot_id else None,
         )
     try:
         view = await wait_running(ctx, view)

@@ -51,19 +51,15 @@ def _has_disk(state: Path) -> bool:
 
 @contextlib.contextmanager
 def disk_image(data_dir: Path, devbox_id: str) -> Iterator[Path]:
-    """The devbox's disk image, for a test to mount while its backend is stopped: on the copy-on-write
-    pool (local/cow.py; mounted here for the while when the backend is not running), else in its state
-    directory."""
+    """The devbox's disk image, for a test to mount once its backend is stopped (killed): on the
+    copy-on-write pool (local/cow.py; mounted here for the while), else in its state directory."""
     from mcp_server.local import cow
 
     pool = cow.Pool(data_dir / "cow")
     if not pool.image.exists():
         yield data_dir / "devboxes" / devbox_id / "disk.img"
         return
-    if pool.mounted:  # the backend runs
-        yield pool.root / "disks" / f"{devbox_id}.img"
-        return
-    pool.open()
+    pool.open()  # a mount left by the killed backend is detached (its reaper would remove it) and made anew
     try:
         yield pool.root / "disks" / f"{devbox_id}.img"
     finally:
