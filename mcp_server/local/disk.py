@@ -120,8 +120,11 @@ class SparePool:
     spare is mounted ahead too, and a create only moves it into place: no mount on the way to running.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, free_space_of: Path | None = None) -> None:
+        """`free_space_of`: the host directory whose free space bounds the spares (the data
+        directory, when `directory` is on the copy-on-write pool, whose own free space is virtual)."""
         self.directory = directory
+        self.free_space_of = free_space_of
         self._lock = threading.Lock()
         self._making: set[int] = set()
         self._mounted: dict[Path, Path] = {}  # spare image -> where it is mounted
@@ -177,7 +180,7 @@ class SparePool:
                 return False
             self._making.add(size)
         try:
-            st = os.statvfs(self.directory.parent)
+            st = os.statvfs(self.free_space_of or self.directory.parent)
             if st.f_bavail * st.f_frsize < size:
                 return False  # a devbox created now would get no disk (limits.disk_gap): no spare either
             self.directory.mkdir(mode=0o700, exist_ok=True)

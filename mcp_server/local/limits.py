@@ -69,7 +69,7 @@ class Limits:
         self.tag = cgroups.tag_of(data_dir)
         self.host = cgroups.detect()
         self.disk_reason = disk.unavailable_reason()
-        self.pool = disk.SparePool(spares)
+        self.pool = disk.SparePool(spares, free_space_of=data_dir)
         self.cpus = cgroups.host_cpus()
         self._cpu_load: dict[int, float] = dict.fromkeys(self.cpus, 0.0)
         self._running: dict[str, _Running] = {}
