@@ -325,5 +325,6 @@ def build(config: LocalConfig) -> Component:
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
+            "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -26,7 +26,7 @@ from . import cow, rootfs
 from .captures import CaptureError, DiskCapture, ext4_used_bytes, seal
 from .clock import now_ms
 from .config import LocalConfig
-from .disk import DiskError, detach
+from .disk import UNMOUNT_WAIT_SECONDS, DiskError, attached, detach
 from .errors import ApiError, disk_full, is_disk_full
 from .idmap import FALLBACK_NOTE, IdRange, host_range
 from .ids import new_id
@@ -1101,7 +1101,12 @@ class DevboxManager:
                     shared = cow.clone(devbox.disk_image, dest)
             finally:
                 self.limits.thaw(devbox.id)
-        else:  # suspended: its disk is unmounted, and clean
+        else:  # suspended: its disk is unmounted, and clean once released (a lazy unmount may lag)
+            deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
+            while attached(devbox.disk_image):
+                if time.monotonic() > deadline:
+                    raise CaptureError(f"devbox {devbox.id}'s disk is still being released after its suspend; try again")
+                time.sleep(0.02)
             shared = cow.clone(devbox.disk_image, dest)
         seal(dest)
         return DiskCapture(

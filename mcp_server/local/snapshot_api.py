@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from .devboxes import DevboxManager
 from .errors import ApiError
-from .http import paginate, parse_body, query_bool
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .snapshots import FORK_MAX, SnapshotStore, metadata_filters, metadata_matches
 
 
@@ -40,23 +40,35 @@ def _devboxes(request: Request) -> DevboxManager:
     return request.app.state.devboxes
 
 
+def _once(request: Request) -> IdempotencyCache:
+    """A retry of a snapshot or fork (the SDK's, with the same x-request-id) gets the first answer."""
+    return request.app.state.snapshot_requests
+
+
 async def snapshot_disk(request: Request) -> Response:
     store = _store(request)
     body = await parse_body(request, SnapshotBody)
-    snapshot = store.begin(request.path_params["id"], **body.model_dump())
-    snapshot = await store.make(snapshot)
-    if snapshot.status != "complete":
-        raise ApiError(400 if snapshot.error_message and "disk is full" not in snapshot.error_message else 507,
-                       f"snapshot {snapshot.id} failed: {snapshot.error_message}")  # fmt: skip
-    return JSONResponse(snapshot.view())
+
+    async def make() -> dict[str, Any]:
+        snapshot = await store.make(store.begin(request.path_params["id"], **body.model_dump()))
+        if snapshot.status != "complete":
+            full = (snapshot.error_message or "").startswith("the disk is full")
+            raise ApiError(507 if full else 400, f"snapshot {snapshot.id} failed: {snapshot.error_message}")
+        return snapshot.view()
+
+    return JSONResponse(await _once(request).run(idempotency_key(request, "snapshot_disk"), make))
 
 
 async def snapshot_disk_async(request: Request) -> Response:
     store = _store(request)
     body = await parse_body(request, SnapshotBody)
-    snapshot = store.begin(request.path_params["id"], **body.model_dump())
-    store.make_in_background(snapshot)
-    return JSONResponse(snapshot.view())
+
+    async def start() -> dict[str, Any]:
+        snapshot = store.begin(request.path_params["id"], **body.model_dump())
+        store.make_in_background(snapshot)
+        return snapshot.view()
+
+    return JSONResponse(await _once(request).run(idempotency_key(request, "snapshot_disk_async"), start))
 
 
 async def snapshot_status(request: Request) -> Response:
@@ -101,8 +113,12 @@ async def delete_snapshot(request: Request) -> Response:
 
 async def fork_devbox(request: Request) -> Response:
     body = await parse_body(request, ForkBody)
-    forks = await _store(request).fork(request.path_params["id"], body.count, body.name_prefix)
-    return JSONResponse({"devboxes": [f.view() for f in forks]})
+
+    async def fork() -> dict[str, Any]:
+        forks = await _store(request).fork(request.path_params["id"], body.count, body.name_prefix)
+        return {"devboxes": [f.view() for f in forks]}
+
+    return JSONResponse(await _once(request).run(idempotency_key(request, "fork"), fork))
 
 
 # -- metadata keys and values ----------------------------------------------------------------------

@@ -128,6 +128,22 @@ def test_a_fork_is_count_running_copies_each_on_its_own_disk(http: httpx.Client,
     sdk.devboxes.shutdown(source.id)
 
 
+def test_a_retried_snapshot_or_fork_acts_once(http: httpx.Client, sdk: Runloop) -> None:
+    """The SDK retries a POST with the same x-request-id: the retry gets the first answer."""
+    box = sdk.devboxes.create_and_await_running(launch_parameters=NO_NET)
+    headers = {"x-request-id": f"snap-retry-{os.getpid()}"}
+    first = http.post(f"/v1/devboxes/{box.id}/snapshot_disk", json={}, headers=headers).json()
+    again = http.post(f"/v1/devboxes/{box.id}/snapshot_disk", json={}, headers=headers).json()
+    assert first["id"] == again["id"]
+    assert [s.id for s in sdk.devboxes.disk_snapshots.list(devbox_id=box.id).snapshots] == [first["id"]]
+    headers = {"x-request-id": f"fork-retry-{os.getpid()}"}
+    forks = http.post(f"/v1/devboxes/{box.id}/fork", json={"count": 1}, headers=headers).json()["devboxes"]
+    assert http.post(f"/v1/devboxes/{box.id}/fork", json={"count": 1}, headers=headers).json()["devboxes"] == forks
+    for devbox_id in (forks[0]["id"], box.id):
+        sdk.devboxes.shutdown(devbox_id)
+    sdk.devboxes.disk_snapshots.delete(first["id"])
+
+
 def test_metadata_keys_and_values_of_snapshots_and_devboxes(http: httpx.Client, sdk: Runloop) -> None:
     box = sdk.devboxes.create_and_await_running(launch_parameters=NO_NET, metadata={"kv-test-owner": "ann"})
     snap = sdk.devboxes.snapshot_disk(box.id, metadata={"kv-test-stage": "green"})
