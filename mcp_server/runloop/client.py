@@ -499,7 +499,7 @@ class RunloopClient:
         body = {"name": name, "commit_message": commit_message, "metadata": dict(metadata) if metadata else None}
         return await self._post(
             f"/v1/devboxes/{_path_segment(devbox_id)}/snapshot_disk_async", SnapshotView,
-            {k: v for k, v in body.items() if v is not None}, retry=False,
+            {k: v for k, v in body.items() if v is not None},
         )  # fmt: skip
 
     async def snapshot_status(self, snapshot_id: str) -> SnapshotStatus:
@@ -522,7 +522,7 @@ class RunloopClient:
         body: dict[str, Any] = {"count": count}
         if name_prefix is not None:
             body["name_prefix"] = name_prefix
-        forked = await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/fork", DevboxListPage, body, retry=False)
+        forked = await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/fork", DevboxListPage, body)
         return forked.devboxes
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
