@@ -1,7 +1,8 @@
 """Building the MCP server: the tools on top of one Runloop client.
 
 `build_server` takes either a ready client (the caller owns and closes it) or a factory called
-once per server run inside its event loop (the server closes what it made). Each run's
+at most once per server run, inside its event loop, when a tool first needs it (the server
+closes what it made). Each run's
 `AppState` holds that client, the settings and the handle to the resources (their subscription
 hub); the server keeps the handle too, for whoever watches the hub. Transports are not chosen
 here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
@@ -76,11 +77,12 @@ def build_server(
         if isinstance(client, RunloopClient):
             yield AppState(client, settings, server.resources)
             return
-        made = client()
+        run = AppState(client, settings, server.resources)  # the client is made at its first use
         try:
-            yield AppState(made, settings, server.resources)
+            yield run
         finally:
-            await made.aclose()
+            if run.made_client is not None:
+                await run.made_client.aclose()
 
     server = DevboxServer(
         "devbox-mcp",

@@ -194,7 +194,9 @@ class SharedBackend:
             return state
 
     def client(self) -> RunloopClient:
-        return RunloopClient(PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner))
+        return RunloopClient(
+            PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner), subsecond_waits=True
+        )
 
 
 class BackendTransport(httpx.AsyncBaseTransport):

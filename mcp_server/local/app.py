@@ -15,10 +15,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import axon_api, devbox_api
 from .config import LocalConfig
 from .errors import ApiError, api_error_handler, os_error_handler, unexpected_error_handler
+from .pty_api import TUNNEL_PREFIX
+
+TUNNEL_PATHS = TUNNEL_PREFIX + "/"
 
 
 class BearerAuth:
-    """Lets through only requests that carry `Authorization: Bearer <api key>` (except `/healthz`).
+    """Lets through only requests that carry `Authorization: Bearer <api key>`, except `/healthz` and
+    the PTY tunnel paths (`/tunnel/...`), which their own routes check against the tunnel's token.
 
     The scheme is matched case-insensitively (RFC 7235): `bearer <key>` is the same credential.
     """
@@ -28,7 +32,9 @@ class BearerAuth:
         self._expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/healthz":
+        if scope["type"] not in ("http", "websocket") or scope["path"] == "/healthz" or scope["path"].startswith(
+            TUNNEL_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         scheme, _, presented = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")

@@ -27,6 +27,8 @@ ENV_SECONDS: dict[str, float] = {
     "DEVBOX_AXON_SSE_IDLE_SECONDS": 900.0,
     # An axon nobody used for this long has its writer thread and connections closed.
     "DEVBOX_AXON_IDLE_CLOSE_SECONDS": 600.0,
+    # A PTY session with no client attached for this long ends (its shell gets SIGHUP); 0: at once.
+    "DEVBOX_PTY_IDLE_TTL_SECONDS": 300.0,
 }
 
 

@@ -115,15 +115,30 @@ class Pool:
         # Mounted by an earlier backend and detached lazily: wait for the kernel to release it, as
         # mounting it through a second loop device meanwhile would mount one filesystem twice.
         deadline = time.monotonic() + RELEASE_WAIT_SECONDS
-        while disk.attached(self.image):
-            if time.monotonic() > deadline:
-                raise CowError(f"the disk pool {self.image} is still held by an earlier backend's mounts; try again")
+        while disk.attached(self.image) and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
-            disk.mount_image(self.image, self.root, b"btrfs", POOL_OPTIONS, extra_flags=_MS_NOATIME)
+            if not self._mount_held():
+                disk.mount_image(self.image, self.root, b"btrfs", POOL_OPTIONS, extra_flags=_MS_NOATIME)
         except disk.DiskError as exc:
             raise CowError(str(exc)) from None
         reaper.unmount_at_exit(self.root)
+
+    def _mount_held(self) -> bool:
+        """Still attached after the wait: not a release under way but a mount that something holds
+        (a mount namespace made while the pool was mounted, such as another program's sandbox). That
+        file system is alive, so mounting its loop device again gives the same one (the kernel
+        shares its superblock). False when it is not attached (any more)."""
+        for device in disk.attached(self.image):
+            try:
+                disk.mount_device(device, self.root, b"btrfs", POOL_OPTIONS, extra_flags=_MS_NOATIME)
+            except disk.DiskError:
+                continue  # released meanwhile
+            if device in disk.attached(self.image):  # still this pool's, now held by this mount
+                log.warning("the disk pool %s was still held by an earlier mount; mounted that one again", self.image)
+                return True
+            disk.detach(self.root)  # freed and reused for another image between the look and the mount
+        return False
 
     def _make(self) -> None:
         st = os.statvfs(self.directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -9,7 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import blueprint_api, code_mounts, execution_api, files, secret_api, snapshot_api, uploads, validation
+from . import (
+    blueprint_api,
+    code_mounts,
+    execution_api,
+    files,
+    pty_api,
+    secret_api,
+    snapshot_api,
+    uploads,
+    validation,
+)
 from .blueprints import BlueprintManager, DiskLayers
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, LaunchParameters, check_secrets, file_mounts_of, launch_user, refusals
@@ -17,8 +28,10 @@ from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
+from .pty import PtyManager
 from .secret_store import SecretStore
 from .snapshots import SnapshotStore
+from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -217,6 +230,32 @@ async def devbox_logs(request: Request) -> Response:
     return JSONResponse({"logs": entries})
 
 
+async def tail_devbox_logs(request: Request) -> Response:
+    """SSE: each DevboxLog entry (as /logs has them) as one event, the past ones first, then each
+    as it is added; the stream ends once the devbox is shut down (or failed)."""
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    execution_id = request.query_params.get("execution_id") or None
+    if request.query_params.get("shell_name"):
+        raise ApiError(400, "shell_name: the embedded backend has no named shells, so no entry has one; filter by execution_id")
+    return sse_response(_log_events(devboxes, devbox_id, execution_id))
+
+
+async def _log_events(devboxes: DevboxManager, devbox_id: str, execution_id: str | None) -> AsyncIterator[bytes]:
+    position = 0
+    while True:
+        with devboxes.log_waiter(devbox_id) as changed:  # before reading: nothing added meanwhile is missed
+            entries, position = devboxes.logs_since(devbox_id, position)
+            for entry in entries:
+                if execution_id is None or entry.get("cmd_id") == execution_id:
+                    yield encode_event(entry)
+            if devboxes.get(devbox_id).status in ("shutdown", "failure"):
+                return
+            if not await wait_or_timeout(changed.wait, KEEPALIVE_SECONDS):
+                yield KEEPALIVE
+
+
 # -- files -----------------------------------------------------------------------------
 
 
@@ -271,6 +310,7 @@ ROUTES = [
     Route("/v1/devboxes/{id}/resume", resume_devbox, methods=["POST"]),
     Route("/v1/devboxes/{id}/keep_alive", keep_alive, methods=["POST"]),
     Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
+    Route("/v1/devboxes/{id}/logs/tail", tail_devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
     Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),
@@ -283,10 +323,13 @@ def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
     manager = DevboxManager(config, secrets)
     executions = ExecutionManager(manager)
+    ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
     snapshots = SnapshotStore(manager)
     blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, DiskLayers(manager))
-    routes = [*execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES]
+    routes = [
+        *execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES
+    ]
 
     async def startup() -> None:
         secrets.load()
@@ -296,6 +339,7 @@ def build(config: LocalConfig) -> Component:
         await blueprints.startup()
 
     async def shutdown() -> None:
+        await ptys.shutdown()
         await blueprints.shutdown()
         await executions.shutdown()
         await snapshots.shutdown()
@@ -307,7 +351,7 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
             "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
             "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -36,6 +37,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -77,6 +79,12 @@ NON_INTERACTIVE_ENV: dict[str, str] = {
     "NPM_CONFIG_YES": "true",
     "CI": "true",
 }
+# What a terminal session (pty.py) drops of that: a person answers there, and `git rebase -i`
+# must open an editor. It gets TERM=xterm-256color instead of `dumb`.
+_NON_INTERACTIVE_ONLY = (
+    "DEBIAN_FRONTEND", "GIT_TERMINAL_PROMPT", "GIT_EDITOR", "GIT_SSH_COMMAND", "PAGER", "GIT_PAGER",
+    "PIP_NO_INPUT", "NPM_CONFIG_YES", "CI",
+)  # fmt: skip
 
 # Host files a sandbox must never read (for a root backend the sandbox user owns them: masks, not permissions, guard them).
 _SECRET_FILES = (
@@ -110,6 +118,10 @@ _JOIN_CGROUPS = (
     '[ "$1" = - ] || ulimit -u "$1" 2>/dev/null || ulimit -p "$1" || exit 125; shift; '
     'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
 )
+
+_TIOCSPTLCK = 0x40045431  # Linux: (un)lock a pty's slave
+_TIOCGPTPEER = 0x5441  # Linux 4.13+: open a pty's slave from its master, without a path
+_TTY_GID = 5  # the `tty` group of Debian-based images, which owns login terminals
 
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
@@ -164,7 +176,9 @@ def _which(name: str) -> str | None:
 
 @functools.cache
 def tools() -> dict[str, str | None]:
-    return {name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash", "unshare", "setpriv")}
+    return {
+        name: _which(name) for name in ("bwrap", "nsenter", "slirp4netns", "bash", "unshare", "setpriv", "setsid")
+    }
 
 
 def sandbox_unavailable_reason() -> str | None:
@@ -623,8 +637,14 @@ class Sandbox:
 
     # -- run -------------------------------------------------------------------------------
 
-    def command_env(self, env: Mapping[str, str], user: SandboxUser | None = None) -> dict[str, str]:
+    def command_env(
+        self, env: Mapping[str, str], user: SandboxUser | None = None, *, terminal: bool = False
+    ) -> dict[str, str]:
         merged = dict(NON_INTERACTIVE_ENV)
+        if terminal:
+            for name in _NON_INTERACTIVE_ONLY:
+                del merged[name]
+            merged["TERM"] = "xterm-256color"
         user = user or self.spec.user
         merged.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
         if self.spec.unsafe:
@@ -643,6 +663,7 @@ class Sandbox:
         stderr: int,
         args: Sequence[str] = (),
         user: SandboxUser | None = None,
+        terminal: bool = False,
     ) -> asyncio.subprocess.Process:
         """Run `bash -c command` in the user's home inside the sandbox, as the leader of a new process group.
 
@@ -650,6 +671,11 @@ class Sandbox:
         background (they stay in its group: non-interactive bash has no job control).
         `args` become the script's positional parameters ($1, $2, ...). `user` (a devbox with a
         system of its own only) runs it as another account than the devbox's.
+
+        `terminal`: stdin is the slave of a pty (pty.py), which becomes the controlling terminal
+        of a new session (`setsid --ctty`, forked under the returned process, which waits for it),
+        so the shell has job control and the pty's signals (^C, SIGWINCH, hang-up) reach it; the
+        environment is an interactive one (`command_env(terminal=True)`).
         """
         if user is not None and self.spec.ids is None and user != self.spec.user:
             raise SandboxError("only a devbox with a system of its own runs commands as another user")
@@ -658,7 +684,9 @@ class Sandbox:
         if self._network is not None and not self._network.done():
             await asyncio.wait({self._network})  # neither cancels it nor raises its failure
         creating = asyncio.ensure_future(
-            self._create_process(command, args, self.command_env(env, user), stdin, stdout, stderr, user)
+            self._create_process(
+                command, args, self.command_env(env, user, terminal=terminal), stdin, stdout, stderr, user, terminal
+            )
         )
         try:
             return await asyncio.shield(creating)
@@ -680,10 +708,13 @@ class Sandbox:
         stdout: int,
         stderr: int,
         user: SandboxUser | None = None,
+        terminal: bool = False,
     ) -> asyncio.subprocess.Process:
+        # A new session with the pty as its controlling terminal; forks (we already lead a session) and waits.
+        ctty = [tools()["setsid"] or "setsid", "--wait", "--ctty"] if terminal else []
         if self.spec.unsafe:
             proc = await asyncio.create_subprocess_exec(
-                *_in_cgroups(self.spec, [tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
+                *_in_cgroups(self.spec, [*ctty, tools()["bash"] or "/bin/bash", "-c", command, "bash", *args]),
                 stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
                 cwd=self.spec.home, start_new_session=True,
             )  # fmt: skip
@@ -702,6 +733,7 @@ class Sandbox:
             credentials = ["--preserve-credentials"]
         return await spawner.spawn(
             _in_cgroups(self.spec, [
+                *ctty,
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
                 *self._ns_flags, "-r", "-w",
@@ -711,6 +743,33 @@ class Sandbox:
             own_system=own_system,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
+
+    def open_pty(self, user: SandboxUser | None = None) -> tuple[int, int]:
+        """A pseudo-terminal for a terminal session: (master, slave), both close-on-exec.
+
+        From the sandbox's own devpts when it has one (a root backend's `--dev /dev`), so the shell's
+        terminal is a `/dev/pts/N` of the devbox (`tty`, `ps` and `GPG_TTY` see it), owned by the
+        user as a login terminal is; from the host's otherwise (the name then resolves to nothing
+        inside, while /dev/tty and everything else work the same).
+        """
+        ptmx = f"/proc/{self.init_pid}/root/dev/pts/ptmx"
+        if self.init_pid is not None and not self.spec.unsafe and os.path.exists(ptmx):
+            try:
+                master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:
+                return os.openpty()
+            try:
+                fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlock the slave
+                slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:  # before Linux 4.13: no TIOCGPTPEER
+                os.close(master)
+                return os.openpty()
+            if self.spec.ids is not None:
+                uid = (user or self.spec.user).uid
+                with contextlib.suppress(OSError):
+                    os.fchown(slave, self.spec.ids.host_uid(uid), self.spec.ids.host_gid(_TTY_GID))
+            return master, slave
+        return os.openpty()
 
     # -- stop ------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class Activity:
         self.last = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # an attached terminal counts as a request
             await self.app(scope, receive, send)
             return
         self.in_flight += 1

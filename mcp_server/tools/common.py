@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -21,11 +21,27 @@ from ..settings import Settings
 @dataclass
 class AppState:
     """Lives for one server run (the MCP lifespan): the API client, the settings, and the handle to
-    the resources (list changes, links to full output)."""
+    the resources (list changes, links to full output).
 
-    client: RunloopClient
+    The client may be given as the function that makes it: it is then made at its first use, not
+    as the server starts, so `initialize` is answered without waiting for it (making one costs
+    tens of ms: TLS set-up, HTTP pools), and a run that calls no tool never makes one.
+    """
+
+    make_client: RunloopClient | Callable[[], RunloopClient]
     settings: Settings
     resources: ResourcesHandle
+
+    @property
+    def client(self) -> RunloopClient:
+        if not isinstance(self.make_client, RunloopClient):
+            self.make_client = self.make_client()
+        return self.make_client
+
+    @property
+    def made_client(self) -> RunloopClient | None:
+        """The client, if one was made (for the run's end to close it)."""
+        return self.make_client if isinstance(self.make_client, RunloopClient) else None
 
 
 def state(ctx: Context) -> AppState:

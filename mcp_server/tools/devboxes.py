@@ -180,7 +180,8 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     hold = budgets.boot_seconds(ctx, app.settings)
     with api_errors("waiting for the devbox to run"):
         try:
-            async for view in app.client.watch_devbox(devbox_id, READY, timeout_seconds=hold):
+            watch = app.client.watch_devbox(devbox_id, READY, timeout_seconds=hold, current=view)
+            async for view in watch:  # noqa: B020 - the watch started from the view it replaces
                 if view.status != last_status:
                     steps += 1
                     last_status = view.status

@@ -13,6 +13,7 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
+        ({"snapshot_id": "snp_x"}, "snapshot_id: no snapshot 'snp_x'"),
         ({"blueprint_name": "b"}, "blueprint_name: no blueprint named 'b' has built"),
         ({"blueprint_id": "bpt_x", "blueprint_name": "b"}, "blueprint_id or blueprint_name, not both"),
         ({"snapshot_id": "snp_x", "blueprint_name": "b"}, "give snapshot_id or a blueprint"),

@@ -52,7 +52,9 @@ def api() -> PublishedApi:
 @pytest.fixture
 async def recorded(backend: RunningBackend) -> AsyncIterator[tuple[Client, FaultProxy]]:
     with running_proxy(backend.base_url) as proxy:
-        async with Client(make_server(backend, base_url=proxy.url), mode="auto") as client:
+        # Driven as Runloop's API: without the embedded backend's extensions (sub-second holds).
+        server = make_server(backend, base_url=proxy.url, subsecond_waits=False)
+        async with Client(server, mode="auto") as client:
             yield client, proxy
 
 
@@ -75,6 +77,12 @@ async def _create_devbox(client: Client, proxy: FaultProxy, backend: RunningBack
         group.start_soon(create)
         waits = await anyio.to_thread.run_sync(proxy.wait_seen, r"^/v1/devboxes/[^/]+/wait_for_status", 1)
         devbox_id = waits[0].path.split("/")[3]
+        # Its launch command runs once it is initializing: its disk is mounted by then (asked directly,
+        # not through the proxy: not a request of the tools).
+        async with httpx.AsyncClient(base_url=backend.base_url, headers={"Authorization": f"Bearer {backend.api_key}"},
+                                     timeout=60) as http:  # fmt: skip
+            r = await http.post(f"/v1/devboxes/{devbox_id}/wait_for_status", json={"statuses": ["initializing"]})
+            assert r.json()["status"] == "initializing", r.text
         tmp = devbox_home(backend.config.data_dir, devbox_id).parent / "tmp"  # on the devbox's disk, if any
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / GO_FILE.rsplit("/", 1)[1]).touch()
@@ -116,6 +124,8 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     done = _id(await call("execute", {"devbox_id": devbox, "command": command, "wait_seconds": 30}), "exe")
     await call("read_file", {"devbox_id": devbox, "path": "blob.bin", "binary": True})
     await call("execute", {"devbox_id": devbox, "command": "true", "command_id": "contract-1", "wait_seconds": 30})
+    # Longer than the fast window: attached to by a second execute, then streamed and waited for.
+    await call("execute", {"devbox_id": devbox, "command": "echo start; sleep 0.5; echo end", "wait_seconds": 30})
     reader = _id(await call("execute", {"devbox_id": devbox, "command": "read -r line; echo got $line",
                                         "attach_stdin": True, "wait_seconds": 0}), "exe")  # fmt: skip
     await call("send_stdin", {"devbox_id": devbox, "execution_id": reader, "text": "x\n"})
@@ -141,8 +151,6 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     async with client.listen(resource_subscriptions=uris):
         await anyio.to_thread.run_sync(proxy.wait_seen, rf"^/v1/axons/{axon}/subscribe/sse", 1)
 
-    await call("suspend_devbox", {"devbox_id": devbox})
-    await call("resume_devbox", {"devbox_id": devbox})
     snapshot = _id(await call("snapshot_devbox", {"devbox_id": devbox, "name": "contract", "commit_message": "m"}), "snp")
     await call("list_snapshots", {"devbox_id": devbox})
     await call("delete_snapshot", {"snapshot_id": snapshot})
@@ -152,6 +160,9 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     forked = json.loads(text_of(await call("fork_devbox", {"devbox_id": devbox, "count": 1})))
     for fork in forked["devbox_ids"]:
         await call("shutdown_devbox", {"devbox_id": fork})
+
+    await call("suspend_devbox", {"devbox_id": devbox})
+    await call("resume_devbox", {"devbox_id": devbox})
     await call("shutdown_devbox", {"devbox_id": devbox})
     return called
 
