@@ -10,16 +10,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, policy_api, pty_api, secret_api, uploads, validation
+from . import execution_api, files, policy_api, pty_api, secret_api, snapshot_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
-from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .policy_store import PolicyStore
 from .pty import PtyManager
 from .secret_store import SecretStore
+from .snapshots import SnapshotStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 from .tunnel_proxy import TunnelProxy
 from .tunnels import TunnelConfig
@@ -88,6 +89,7 @@ async def _create(request: Request) -> dict[str, Any]:
     secrets = body.secrets or {}
     _check_secrets(devboxes, secrets, body.environment_variables or {})
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    base = request.app.state.snapshots.base_of(body.snapshot_id) if body.snapshot_id else None
     devbox = devboxes.create(
         name=body.name,
         environment_variables=body.environment_variables or {},
@@ -98,6 +100,8 @@ async def _create(request: Request) -> dict[str, Any]:
         secrets=secrets,
         user=user,
         tunnel=body.tunnel,
+        base=base,
+        snapshot_id=body.snapshot_id,
     )
     return devbox.view()
 
@@ -177,7 +181,8 @@ async def wait_for_devbox_status(request: Request) -> Response:
 
 async def shutdown_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
+    force = query_bool(request, "force", False)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"], force=force)).view())
 
 
 async def suspend_devbox(request: Request) -> Response:
@@ -320,7 +325,9 @@ def build(config: LocalConfig) -> Component:
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *policy_api.ROUTES]
+    routes = [*execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES,
+              *policy_api.ROUTES]
+    snapshots = SnapshotStore(manager)
 
     tunnels = TunnelProxy(manager, config.tunnel_host, config.tunnel_port)  # listens now: a taken port fails here
     manager.set_tunnel_origin(tunnels.origin)
@@ -330,12 +337,14 @@ def build(config: LocalConfig) -> Component:
         policies.load()
         await tunnels.start()
         await manager.startup()
+        await snapshots.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
         await tunnels.close()
         await executions.shutdown()
+        await snapshots.shutdown()
         await manager.shutdown()
 
     return Component(
@@ -346,5 +355,6 @@ def build(config: LocalConfig) -> Component:
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "tunnels": tunnels,
             "policies": policies, "policy_changes": IdempotencyCache(),
+            "snapshots": snapshots, "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip
     )

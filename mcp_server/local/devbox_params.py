@@ -155,7 +155,6 @@ _BLUEPRINTS = (
 _REFUSED_FIELDS: dict[str, str] = {
     "blueprint_id": _BLUEPRINTS,
     "blueprint_name": _BLUEPRINTS,
-    "snapshot_id": _BLUEPRINTS,
     "code_mounts": (
         "are not supported by the embedded backend; clone the repository with a launch command instead "
         "(launch_parameters.launch_commands: ['git clone <url>'])"

@@ -25,7 +25,7 @@ from ..runloop import (
     WaitTimeout,
 )
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
+from .common import DevboxId, EnvVars, Id, annotations, api_errors, as_map, at_most, page_text, result, state
 from .tunnels import tunnel_text
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
@@ -249,6 +249,7 @@ async def create_devbox(
     network_policy: Annotated[
         str | list[str] | None, Field(description="policy id, or hostnames to allow (*.x ok)")
     ] = None,
+    snapshot_id: Id | None = None,
 ) -> DevboxSized:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
     A short client timeout may return it still starting (see get_devbox)."""
@@ -268,6 +269,7 @@ async def create_devbox(
             launch_parameters={k: v for k, v in sized.items() if v is not None}
             | ({"user_parameters": ROOT} if run_as_root else {})
             | ({"network_policy_id": policy_id} if policy_id else {}),
+            extra={"snapshot_id": snapshot_id} if snapshot_id else None,
         )
     try:
         view = await wait_running(ctx, view)

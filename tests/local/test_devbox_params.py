@@ -14,7 +14,7 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
     ("body", "fragment"),
     [
         ({"blueprint_name": "b"}, "blueprint_name is not supported"),
-        ({"snapshot_id": "snp_x"}, "snapshot_id is not supported"),
+        ({"snapshot_id": "snp_x"}, "snapshot_id: no snapshot 'snp_x'"),
         ({"repo_connection_id": "rc_x"}, "repo_connection_id is not supported"),
         ({"tunnel": {"auth_mode": "public"}}, "auth_mode"),
         ({"gateways": {"GWS": {"gateway": "anthropic", "secret": "k"}}}, "gateways are not supported"),

@@ -260,7 +260,7 @@ BACKEND_REQUEST_SCHEMAS = {
         "DevboxCreateParameters", "DevboxUpdateParameters", "DevboxWaitForStatusRequest",
         "DevboxReadFileParameters", "DevboxWriteFileParameters", "DevboxDownloadFileParameters",
         "DevboxCreateExecutionParameters", "DevboxStartExecutionParameters", "DevboxWaitForCommandRequest",
-        "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus",
+        "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus", "DevboxSnapshotRequest",
     ],
     "runloop-axons-api.yml": ["AxonCreateParams", "PublishParams", "SqlStatementParams", "SqlBatchParams"],
 }  # fmt: skip
