@@ -15,6 +15,7 @@ from . import (
     code_mounts,
     execution_api,
     files,
+    policy_api,
     pty_api,
     secret_api,
     snapshot_api,
@@ -28,10 +29,13 @@ from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
+from .policy_store import PolicyStore
 from .pty import PtyManager
 from .secret_store import SecretStore
 from .snapshots import SnapshotStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
+from .tunnel_proxy import TunnelProxy
+from .tunnels import TunnelConfig
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -130,6 +134,7 @@ async def _create(request: Request) -> dict[str, Any]:
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        tunnel=body.tunnel,
         code_mounts=repositories,
         **start,
     )
@@ -216,6 +221,21 @@ async def resume_devbox(request: Request) -> Response:
 async def keep_alive(request: Request) -> Response:
     devboxes = _devboxes(request)
     devboxes.keep_alive(request.path_params["id"])
+    return JSONResponse({})
+
+
+async def enable_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    config = await parse_body(request, TunnelConfig)
+    devbox = await devboxes.enable_tunnel(devbox_id, config)
+    return JSONResponse(devbox.view()["tunnel"])
+
+
+async def remove_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    await devboxes.remove_tunnel(request.path_params["id"])
     return JSONResponse({})
 
 
@@ -312,6 +332,8 @@ ROUTES = [
     Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/logs/tail", tail_devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
+    Route("/v1/devboxes/{id}/enable_tunnel", enable_tunnel, methods=["POST"]),
+    Route("/v1/devboxes/{id}/remove_tunnel", remove_tunnel, methods=["POST"]),
     Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/upload_file", upload_file, methods=["POST"]),
@@ -321,18 +343,25 @@ ROUTES = [
 
 def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
-    manager = DevboxManager(config, secrets)
+    policies = PolicyStore(config.data_dir)
+    manager = DevboxManager(config, secrets, policies)
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
     snapshots = SnapshotStore(manager)
     blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, DiskLayers(manager))
     routes = [
-        *execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *blueprint_api.ROUTES
+        *execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES,
+        *policy_api.ROUTES, *blueprint_api.ROUTES,
     ]
+
+    tunnels = TunnelProxy(manager, config.tunnel_host, config.tunnel_port)  # listens now: a taken port fails here
+    manager.set_tunnel_origin(tunnels.origin)
 
     async def startup() -> None:
         secrets.load()
+        policies.load()
+        await tunnels.start()
         await manager.startup()
         await snapshots.startup()
         await executions.startup()
@@ -340,6 +369,7 @@ def build(config: LocalConfig) -> Component:
 
     async def shutdown() -> None:
         await ptys.shutdown()
+        await tunnels.close()
         await blueprints.shutdown()
         await executions.shutdown()
         await snapshots.shutdown()
@@ -351,8 +381,9 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "snapshots": snapshots,
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "tunnels": tunnels,
+            "policies": policies, "policy_changes": IdempotencyCache(),
+            "snapshots": snapshots, "snapshot_requests": IdempotencyCache(),
             "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
-            "snapshot_requests": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -41,6 +41,7 @@ from .models import (
     ExecutionView,
     FileDownload,
     LogEntry,
+    NetworkPolicyView,
     OutputChunk,
     PublishResult,
     SnapshotListPage,
@@ -50,6 +51,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .retry import RetryPolicy
 
@@ -79,6 +81,7 @@ __all__ = [
     "FileTooLarge",
     "InvalidArgument",
     "LogEntry",
+    "NetworkPolicyView",
     "NotFound",
     "OutputChunk",
     "PermissionDenied",
@@ -96,6 +99,7 @@ __all__ = [
     "SqlResult",
     "SqlStatement",
     "StdinResult",
+    "TunnelView",
     "StreamError",
     "UnexpectedResponse",
     "Unprocessable",

@@ -33,8 +33,9 @@ class BlueprintResult(BaseModel):
 
 
 class BlueprintList(BaseModel):
-    blueprints: list[str]  # "<id>  <status>  <name>", newest first: lines a model reads at a glance
-    has_more: bool
+    # "<id>  <status>  <name>", newest first: lines a model reads at a glance. At most LIST_LIMIT; when
+    # there are more, the last line says so (a has_more field would cost every conversation tools/list bytes).
+    blueprints: list[str]
 
 
 def failing_step(lines: list[str]) -> list[str]:
@@ -51,8 +52,7 @@ async def create_blueprint(
     name: Annotated[str, at_most(256)],
     dockerfile: Annotated[str, at_most(1_000_000)],
 ) -> Annotated[CallToolResult, BlueprintResult]:
-    """Build a blueprint (dockerfile: FROM devbox-mcp or a blueprint; RUN, ENV, ARG, WORKDIR, USER);
-    log as progress."""
+    """Build a blueprint (dockerfile: FROM devbox-mcp|blueprint; RUN, ENV, ARG, WORKDIR, USER)."""
     app = state(ctx)
     client = app.client
     with api_errors():
@@ -108,9 +108,11 @@ async def list_blueprints(
     with api_errors():
         page = await state(ctx).client.list_blueprints(name=name, limit=LIST_LIMIT)
     lines = [f"{b.id}  {b.status}  {b.name or ''}".rstrip() for b in page.blueprints]
-    listing = BlueprintList(blueprints=lines, has_more=page.has_more)
-    more = f"\nmore: only the newest {LIST_LIMIT} are listed; give a name to see its builds" if listing.has_more else ""
-    return result(listing, page_text("blueprint", lines, False, None) + more)
+    text = page_text("blueprint", lines, False, None)
+    if page.has_more:
+        lines.append(f"more: only the newest {LIST_LIMIT} are listed; give a name to see its builds")
+        text += "\n" + lines[-1]
+    return result(BlueprintList(blueprints=lines), text)
 
 
 def register(server: MCPServer) -> None:

@@ -24,7 +24,7 @@ CORE = {"create_devbox", "execute", "stream_logs", "read_file", "publish_event",
 ALL = CORE | {
     "create_blueprint", "list_blueprints",
     "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
-    "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch",
+    "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch", "expose_port",
     "snapshot_devbox", "list_snapshots", "delete_snapshot", "fork_devbox",
 }
 

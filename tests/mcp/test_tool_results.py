@@ -6,7 +6,7 @@ that has one; other clients only its text. So the structured content must carry 
 text shows (the output itself, not an envelope around it), and it must validate against the
 published `outputSchema`: the TypeScript SDK and fastmcp refuse a result that does not. The
 schemas are checked here with `jsonschema` (draft 2020-12, MCP's default dialect), against the
-`tools/list` a real client receives, for representative calls of all 23 tools.
+`tools/list` a real client receives, for representative calls of every tool.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
-RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons",
-            "create_blueprint", "list_blueprints", "list_snapshots"}  # fmt: skip
+RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port",
+            "list_snapshots", "create_blueprint", "list_blueprints"}  # fmt: skip
 
 
 class Checked:
@@ -154,13 +154,17 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         assert batch["results"][1]["changes"] == 2 and batch["results"][2]["rows"] == [["a", 1], ["b", None]]
         assert '{"k": "b", "v": null}' in text_of(result)
 
+        # A port a person opens: the URL as text too (the structured content is the whole result).
+        result, exposed = await call("expose_port", {"devbox_id": devbox, "port": 8000, "public": False})
+        assert exposed["url"] in text_of(result) and exposed["token"] in text_of(result)
+
         # Blueprints: a failed build carries its failing step; the list, one line per blueprint.
         result, failed = await call("create_blueprint", {"name": "results", "dockerfile": "FROM devbox-mcp\nRUN exit 5"})
         assert failed["status"] == "failed" and failed["log"] in text_of(result) and "exited with status 5" in failed["log"]
         result, blueprints = await call("list_blueprints", {"name": "results"})
         assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
 
-        # Lifecycle: suspend, resume; shut down last.
+        # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
         assert suspended["status"] in ("suspending", "suspended")
         _, resumed = await call("resume_devbox", {"devbox_id": devbox})
