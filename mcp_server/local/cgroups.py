@@ -22,6 +22,8 @@ import functools
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,9 @@ log = logging.getLogger("devbox_mcp.local")
 
 LIMITED = ("memory", "pids", "cpu", "cpuset")  # what a size sets
 MEASURED = ("cpuacct",)  # joined for its figures only (v1; v2's cpu controller measures itself)
+# v1's freezer, joined to pause a devbox for a consistent snapshot (v2 has cgroup.freeze in every cgroup).
+PAUSED = ("freezer",)
+FREEZE_WAIT_SECONDS = 2.0
 SUBTREE = "devbox-mcp"
 CPU_PERIOD_US = 100_000
 
@@ -102,7 +107,7 @@ def detect() -> Host:
             host.missing[name] = "the backend is not root and has no delegated cgroup to make devbox cgroups in"
     own = parse_self_cgroup(_read("/proc/self/cgroup") or "")
     mounts = parse_mounts(_read("/proc/self/mounts") or "")
-    wanted = set(LIMITED + MEASURED)
+    wanted = set(LIMITED + MEASURED + PAUSED)
     for version, mountpoint, options in mounts:
         if version != 1:
             continue
@@ -118,7 +123,7 @@ def detect() -> Host:
     if unified is not None and wanted and "" in own:
         base = Path(unified) / own[""].lstrip("/")
         available = frozenset((_read(base / "cgroup.controllers") or "").split())
-        controllers = frozenset((wanted - set(MEASURED)) & available)
+        controllers = frozenset((wanted - set(MEASURED + PAUSED)) & available)
         if controllers:
             _try_hierarchy(host, Hierarchy(2, base, controllers))
             wanted -= controllers
@@ -328,6 +333,28 @@ class DevboxCgroup:
                     return int(value) / 1e6
         return None
 
+    def freeze(self) -> bool:
+        """Pause every process of the devbox (they stop at their next safe point: a write system call
+        is either done or not begun). False when this host has no freezer, or not every process
+        froze within FREEZE_WAIT_SECONDS (one in uninterruptible I/O): the caller goes on, thawing after."""
+        v1 = self._dir("freezer")
+        if v1 is not None and v1.is_dir():
+            _write(v1 / "freezer.state", "FROZEN")
+            return _wait_for(lambda: (_read(v1 / "freezer.state") or "").strip() == "FROZEN")
+        v2 = next((d for h, d in self.dirs.items() if h.version == 2 and (d / "cgroup.freeze").exists()), None)
+        if v2 is not None:
+            _write(v2 / "cgroup.freeze", "1")
+            return _wait_for(lambda: "frozen 1" in (_read(v2 / "cgroup.events") or "").splitlines())
+        return False
+
+    def thaw(self) -> None:
+        v1 = self._dir("freezer")
+        if v1 is not None and v1.is_dir():
+            _write(v1 / "freezer.state", "THAWED")
+        for h, d in self.dirs.items():
+            if h.version == 2 and (d / "cgroup.freeze").exists():
+                _write(d / "cgroup.freeze", "0")
+
     def remove(self) -> bool:
         """Remove the (empty) cgroups; False when one still holds a process."""
         gone = True
@@ -358,6 +385,15 @@ def remove_tag(host: Host, tag: str) -> None:
         with contextlib.suppress(OSError):
             (h.base / SUBTREE / tag).rmdir()
             (h.base / SUBTREE).rmdir()
+
+
+def _wait_for(done: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + FREEZE_WAIT_SECONDS
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def host_cpus() -> list[int]:

@@ -10,16 +10,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, policy_api, pty_api, secret_api, uploads, validation
+from . import (
+    blueprint_api,
+    code_mounts,
+    execution_api,
+    files,
+    policy_api,
+    pty_api,
+    secret_api,
+    snapshot_api,
+    uploads,
+    validation,
+)
+from .blueprints import BlueprintManager, DiskLayers
 from .config import Component, LocalConfig
-from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
+from .devbox_params import CreateBody, LaunchParameters, check_secrets, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
-from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .http import IdempotencyCache, idempotency_key, paginate, parse_body, query_bool
 from .policy_store import PolicyStore
 from .pty import PtyManager
 from .secret_store import SecretStore
+from .snapshots import SnapshotStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 from .tunnel_proxy import TunnelProxy
 from .tunnels import TunnelConfig
@@ -71,6 +84,10 @@ def _devboxes(request: Request) -> DevboxManager:
     return request.app.state.devboxes
 
 
+def _blueprints(request: Request) -> BlueprintManager:
+    return request.app.state.blueprints
+
+
 def _creations(request: Request) -> IdempotencyCache:
     return request.app.state.devbox_creations
 
@@ -86,11 +103,31 @@ async def _create(request: Request) -> dict[str, Any]:
     for path in mounts:
         files.home_relative(path, "file_mounts path", user.home)
     secrets = body.secrets or {}
-    _check_secrets(devboxes, secrets, body.environment_variables or {})
+    check_secrets(devboxes.secrets, secrets, body.environment_variables or {})
+    try:
+        repositories = code_mounts.parse(body.code_mounts)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
     params = body.launch_parameters.model_dump(exclude_none=True) if body.launch_parameters else {}
+    env = body.environment_variables or {}
+    start: dict[str, Any] = {}
+    if (body.blueprint_id or body.blueprint_name) and body.snapshot_id:
+        raise ApiError(400, "give snapshot_id or a blueprint (blueprint_id, blueprint_name), not both")
+    if body.blueprint_id or body.blueprint_name:
+        blueprints = _blueprints(request)
+        blueprint = blueprints.usable(blueprint_id=body.blueprint_id, blueprint_name=body.blueprint_name)
+        # The blueprint's launch parameters and ENVs are defaults: what the body gives wins.
+        params = {**blueprint.launch_parameters, **params}
+        given_user = body.launch_parameters is not None and body.launch_parameters.user_parameters
+        if not given_user and blueprint.launch_parameters.get("user_parameters"):
+            user = launch_user(LaunchParameters(user_parameters=blueprint.launch_parameters["user_parameters"]))
+        env = {**blueprint.env, **env}
+        start = blueprints.start_from(blueprint)
+    elif body.snapshot_id:
+        start = {"base": request.app.state.snapshots.base_of(body.snapshot_id), "snapshot_id": body.snapshot_id}
     devbox = devboxes.create(
         name=body.name,
-        environment_variables=body.environment_variables or {},
+        environment_variables=env,
         launch_parameters=params,
         metadata=body.metadata or {},
         file_mounts=mounts,
@@ -98,23 +135,10 @@ async def _create(request: Request) -> dict[str, Any]:
         secrets=secrets,
         user=user,
         tunnel=body.tunnel,
+        code_mounts=repositories,
+        **start,
     )
     return devbox.view()
-
-
-def _check_secrets(devboxes: DevboxManager, secrets: dict[str, str], environment_variables: dict[str, str]) -> None:
-    """Every secret named must exist, and no variable may come from both maps."""
-    for env in secrets:
-        if env in environment_variables:
-            raise ApiError(400, f"{env} is in both environment_variables and secrets; give each variable in one of them")
-    missing = devboxes.secrets.missing(secrets)
-    if missing:
-        env = next(e for e, name in secrets.items() if name == missing[0])
-        raise ApiError(
-            400,
-            f"secrets: no secret is named {missing[0]!r} (asked for {env}); create it first "
-            "(POST /v1/secrets) or list the secrets (GET /v1/secrets) for the right name",
-        )
 
 
 async def create_devbox(request: Request) -> Response:
@@ -144,7 +168,10 @@ async def list_devboxes(request: Request) -> Response:
     if status and status not in _VIEW_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(_VIEW_STATUSES)}; got {status!r}")
     # Newest first, as Runloop lists them.
-    items = [d.view() for d in reversed(devboxes.all()) if not status or d.status == status]
+    items = [
+        d.view() for d in reversed(devboxes.all())
+        if (not status or d.status == status) and not d.build_for  # a blueprint's build devbox is not listed
+    ]  # fmt: skip
     return JSONResponse(paginate(request, items, "devboxes"))
 
 
@@ -177,7 +204,8 @@ async def wait_for_devbox_status(request: Request) -> Response:
 
 async def shutdown_devbox(request: Request) -> Response:
     devboxes = _devboxes(request)
-    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"])).view())
+    force = query_bool(request, "force", False)
+    return JSONResponse((await devboxes.shutdown_devbox(request.path_params["id"], force=force)).view())
 
 
 async def suspend_devbox(request: Request) -> Response:
@@ -320,7 +348,12 @@ def build(config: LocalConfig) -> Component:
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *policy_api.ROUTES]
+    snapshots = SnapshotStore(manager)
+    blueprints = BlueprintManager(config.data_dir / "blueprints", manager, executions, DiskLayers(manager))
+    routes = [
+        *execution_api.ROUTES, *snapshot_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES,
+        *policy_api.ROUTES, *blueprint_api.ROUTES,
+    ]
 
     tunnels = TunnelProxy(manager, config.tunnel_host, config.tunnel_port)  # listens now: a taken port fails here
     manager.set_tunnel_origin(tunnels.origin)
@@ -330,12 +363,16 @@ def build(config: LocalConfig) -> Component:
         policies.load()
         await tunnels.start()
         await manager.startup()
+        await snapshots.startup()
         await executions.startup()
+        await blueprints.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
         await tunnels.close()
+        await blueprints.shutdown()
         await executions.shutdown()
+        await snapshots.shutdown()
         await manager.shutdown()
 
     return Component(
@@ -346,5 +383,7 @@ def build(config: LocalConfig) -> Component:
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
             "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "tunnels": tunnels,
             "policies": policies, "policy_changes": IdempotencyCache(),
+            "snapshots": snapshots, "snapshot_requests": IdempotencyCache(),
+            "blueprints": blueprints, "blueprint_creations": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -8,7 +8,8 @@ models, as everywhere. Left in as null, `{}`, `[]` or `false`, a field asks for 
 accepted.
 
 Honoured: name, environment_variables, secrets, file_mounts, mounts of type `file_mount`,
-entrypoint, metadata, tunnel (tunnels.py), and launch_parameters.{launch_commands, keep_alive_time_seconds,
+entrypoint, metadata, tunnel (tunnels.py), blueprint_id and blueprint_name (`blueprints`), code_mounts
+(`code_mounts`), and launch_parameters.{launch_commands, keep_alive_time_seconds,
 after_idle, lifecycle.after_idle, lifecycle.resume_triggers.http (a tunnel's wake), architecture (the host's), provisioning_tier `standard`,
 available_ports (deprecated: the API itself ignores it), network_mode (our extension),
 user_parameters (the account commands run as: root, `user` or another, see `launch_user`),
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from .errors import ApiError
 from .sandbox import DEFAULT_USER, ROOT_USER, SandboxUser
+from .secret_store import SecretStore
 from .tunnels import TunnelConfig
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -147,19 +149,8 @@ def unknown_fields(model: BaseModel, where: str = "") -> None:
             unknown_fields(value, f"{where}{name}.")
 
 
-_BLUEPRINTS = (
-    "is not supported by the embedded backend (no blueprints or snapshots); create a devbox without it "
-    "and use launch_parameters.launch_commands to set it up"
-)
 # Create-body fields the embedded backend refuses whenever they ask for something.
 _REFUSED_FIELDS: dict[str, str] = {
-    "blueprint_id": _BLUEPRINTS,
-    "blueprint_name": _BLUEPRINTS,
-    "snapshot_id": _BLUEPRINTS,
-    "code_mounts": (
-        "are not supported by the embedded backend; clone the repository with a launch command instead "
-        "(launch_parameters.launch_commands: ['git clone <url>'])"
-    ),
     "repo_connection_id": (
         "is not supported by the embedded backend (no repository connections); clone the repository "
         "with a launch command instead (launch_parameters.launch_commands: ['git clone <url>'])"
@@ -173,6 +164,21 @@ _REFUSED_FIELDS: dict[str, str] = {
 _REFUSED_LAUNCH_PARAMETERS: dict[str, str] = {
     "required_services": "needs a blueprint's containerized services, which the embedded backend has not; leave it out",
 }
+
+
+def check_secrets(store: SecretStore, secrets: dict[str, str], environment_variables: dict[str, str]) -> None:
+    """Every secret named must exist, and no variable may come from both maps."""
+    for env in secrets:
+        if env in environment_variables:
+            raise ApiError(400, f"{env} is in both environment_variables and secrets; give each variable in one of them")
+    missing = store.missing(secrets)
+    if missing:
+        env = next(e for e, name in secrets.items() if name == missing[0])
+        raise ApiError(
+            400,
+            f"secrets: no secret is named {missing[0]!r} (asked for {env}); create it first "
+            "(POST /v1/secrets) or list the secrets (GET /v1/secrets) for the right name",
+        )
 
 
 def host_architecture() -> str:

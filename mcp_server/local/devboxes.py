@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import rootfs
+from . import code_mounts as code
+from . import cow, rootfs
+from .captures import CaptureError, DiskCapture, ext4_used_bytes, seal
 from .clock import now_ms
 from .config import LocalConfig
-from .disk import DiskError, detach
+from .disk import UNMOUNT_WAIT_SECONDS, DiskError, attached, detach
 from .egress import EgressNamespace
 from .errors import ApiError, disk_full, is_disk_full
 from .idmap import FALLBACK_NOTE, IdRange, host_range
@@ -105,6 +108,15 @@ class Devbox:
     size: dict[str, Any] = field(default_factory=dict)  # sizes.Size.record(); empty: made before sizes
     disk: bool = False  # its writable storage is a disk image of its size (disk.py)
     disk_gap: str | None = None  # why not, when it has none
+    code_mounts: list[dict[str, Any]] = field(default_factory=list)  # code_mounts.CodeMount.record(): no tokens
+    blueprint_id: str | None = None  # the blueprint it starts from
+    build_for: str | None = None  # the blueprint it builds (a build devbox: not listed)
+    disk_path: str | None = None  # where its disk image is (on the copy-on-write pool); None: state_dir/disk.img
+    # What it started from (captures.py): the capture's record, its snapshot, and the bytes in use on
+    # its disk at its first start (size_bytes of its snapshots is relative to that).
+    base: dict[str, Any] | None = None
+    snapshot_id: str | None = None
+    base_used_bytes: int | None = None
     sandbox: Sandbox | None = None
     enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -117,7 +129,7 @@ class Devbox:
 
     @property
     def disk_image(self) -> Path:
-        return self.state_dir / "disk.img"
+        return Path(self.disk_path) if self.disk_path else self.state_dir / "disk.img"
 
     @property
     def writable_root(self) -> Path:
@@ -164,8 +176,8 @@ class Devbox:
             "metadata": dict(self.metadata),
             "state_transitions": list(self.state_transitions),
             "initiator_type": "api",
-            "blueprint_id": None,
-            "snapshot_id": None,
+            "blueprint_id": self.blueprint_id,
+            "snapshot_id": self.snapshot_id,
             "resources": self.resources(),  # ours: the size and the limits really in force
         }
         if self.tunnel is not None:
@@ -261,7 +273,11 @@ class DevboxManager:
         self.ids: IdRange | None = None
         self.images: ImageStore | None = None
         self._image_build: asyncio.Future[Image] | None = None
-        self.limits = Limits(config.data_dir, spares=self.root / ".spare-disks")
+        # Root backends keep devbox disks on a copy-on-write pool, so that captures are reflinks (cow.py).
+        self.cow_reason = cow.unavailable_reason()
+        self.pool = cow.Pool(config.data_dir / "cow") if self.cow_reason is None else None
+        self.limits = Limits(config.data_dir, spares=self.pool.root / "spares" if self.pool else self._spares_dir)
+        self._capturing: dict[str, int] = {}  # devbox id -> captures in progress
         # Called with the devbox id before its sandbox stops (suspend, shutdown, backend exit).
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
@@ -273,10 +289,22 @@ class DevboxManager:
         self._tunnel_keys: dict[str, str] = {}  # tunnel_key -> devbox id
         self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 
+    @property
+    def _spares_dir(self) -> Path:
+        return self.root / ".spare-disks"
+
     # -- registry --------------------------------------------------------------------------
 
     async def startup(self) -> None:
         self.storage.open()
+        if self.pool is not None:
+            try:
+                await asyncio.to_thread(self.pool.open)
+                (self.pool.root / "disks").mkdir(mode=0o700, exist_ok=True)
+            except (cow.CowError, OSError) as exc:
+                log.warning("devbox disks: no copy-on-write pool (%s); snapshots are full copies", exc)
+                self.cow_reason, self.pool = f"the copy-on-write pool could not be mounted: {exc}", None
+                self.limits.pool.directory = self._spares_dir
         await asyncio.to_thread(warm_up)
         await asyncio.to_thread(self._find_system)
         for path in sorted(self.root.glob("*/devbox.json")):
@@ -329,6 +357,8 @@ class DevboxManager:
         if self.egress is not None:
             await self.egress.stop()
         await self.limits.shutdown()
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.close)
         self.storage.close()
 
     def _find_system(self) -> None:
@@ -602,8 +632,16 @@ class DevboxManager:
         secrets: dict[str, str] | None = None,
         user: SandboxUser = DEFAULT_USER,
         tunnel: TunnelConfig | None = None,
+        code_mounts: list[code.CodeMount] | None = None,
+        blueprint_id: str | None = None,
+        build_for: str | None = None,
+        base: DiskCapture | None = None,
+        snapshot_id: str | None = None,
     ) -> Devbox:
-        """Register a devbox and start booting it in the background (status `provisioning`)."""
+        """Register a devbox and start booting it in the background (status `provisioning`).
+
+        `base`: its disk is a copy-on-write clone of that capture (captures.py), `snapshot_id` names it.
+        """
         unavailable = sandbox_unavailable_reason()
         unsafe = False
         if unavailable:
@@ -634,6 +672,8 @@ class DevboxManager:
             size = resolve(params)
         except SizeError as exc:
             raise ApiError(400, str(exc)) from None
+        if base is not None:
+            user = self._check_base(base, size, user, unsafe=unsafe, file_mounts=file_mounts)
         devbox_id = new_id("dbx")
         devbox = Devbox(
             id=devbox_id,
@@ -652,9 +692,19 @@ class DevboxManager:
             user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
             size=size.record(),
             tunnel=new_tunnel(tunnel) if tunnel is not None else None,
+            code_mounts=[mount.record() for mount in code_mounts or ()],
+            blueprint_id=blueprint_id,
+            build_for=build_for,
         )
         devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
         devbox.disk = devbox.disk_gap is None
+        if base is not None:
+            if not devbox.disk:
+                raise ApiError(400, f"cannot start a devbox from a snapshot here: it would get no disk ({devbox.disk_gap})")
+            devbox.base, devbox.snapshot_id = base.record(), snapshot_id
+            devbox.image, devbox.base_used_bytes = base.system_image, base.used_bytes
+        if devbox.disk and self.pool is not None:
+            devbox.disk_path = str(self.pool.root / "disks" / f"{devbox_id}.img")
         devbox.state_transitions.append(
             {"status": "provisioning", "transition_time_ms": devbox.create_time_ms}
         )
@@ -667,7 +717,7 @@ class DevboxManager:
                 raise disk_full("create a devbox") from None
             raise
         self._register(devbox)
-        self._spawn_task(devbox_id, self._boot(devbox))
+        self._spawn_task(devbox_id, self._boot(devbox, list(code_mounts or ())))
         return devbox
 
     def _spawn_task(self, devbox_id: str, coro: Awaitable[None]) -> None:
@@ -677,13 +727,71 @@ class DevboxManager:
             lambda t: self._tasks.pop(devbox_id, None) if self._tasks.get(devbox_id) is t else None
         )
 
-    async def _boot(self, devbox: Devbox) -> None:
+    def _check_base(
+        self, base: DiskCapture, size: Size, user: SandboxUser, *, unsafe: bool, file_mounts: dict[str, str] | None
+    ) -> SandboxUser:
+        """Whether a devbox of `size` for `user` can start from `base`; the user it runs as."""
+        if unsafe or self.ids is None or base.id_range != [self.ids.uid_base, self.ids.gid_base, self.ids.count]:
+            raise ApiError(400, "cannot start a devbox from this snapshot: it was made by a backend with another id range")
+        if base.system_image is not None and ImageStore.at(Path(base.system_image)) is None:
+            raise ApiError(400, f"the devbox image this snapshot was made on ({base.system_image}) is gone")
+        if size.disk_bytes < base.disk_bytes:
+            raise ApiError(
+                400,
+                f"launch_parameters.resource_size_request: the snapshot's disk is {base.disk_bytes // (1 << 30)} GiB; "
+                "ask for a size with at least that much disk",
+            )
+        if file_mounts:
+            raise ApiError(400, "file_mounts: not with a snapshot (its home is the snapshot's); write the files after create")
+        base_user = SandboxUser(**base.user) if base.user else DEFAULT_USER
+        if user != DEFAULT_USER and user != base_user:
+            raise ApiError(
+                400,
+                f"launch_parameters.user_parameters: the snapshot's home belongs to {base_user.name!r} "
+                f"(uid {base_user.uid}); leave user_parameters out or give that user",
+            )
+        return base_user
+
+    def _clone_base(self, devbox: Devbox) -> None:
+        """The disk of a devbox started from a capture: a clone of it, grown to the devbox's size."""
+        assert devbox.base is not None
+        base = DiskCapture.from_record(devbox.base)
+        devbox.disk_image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cow.clone(base.image, devbox.disk_image)
+        os.chmod(devbox.disk_image, 0o600)
+        if devbox.resource_size.disk_bytes > base.disk_bytes:
+            os.truncate(devbox.disk_image, devbox.resource_size.disk_bytes)
+            result = subprocess.run(["resize2fs", "-f", str(devbox.disk_image)], capture_output=True, timeout=120)
+            if result.returncode != 0:
+                raise DiskError(f"could not grow the disk to its size: {result.stderr.decode(errors='replace').strip()}")
+
+    async def _boot(self, devbox: Devbox, mounts: list[code.CodeMount]) -> None:
+        """Provision (image, limits, directories, code mounts, sandbox), then initialize (install and
+        launch commands), then run; `failure` with the reason logged when a step fails."""
         try:
-            if devbox.id_range is not None:
+            if devbox.base is not None:
+                await asyncio.to_thread(self._clone_base, devbox)
+            elif devbox.id_range is not None:
                 devbox.image = str((await self._image(devbox)).path)
                 self._save(devbox)
             await self._start_limits(devbox)
-            await asyncio.to_thread(self._prepare_dirs, devbox)
+            if devbox.base_used_bytes is None and devbox.disk:
+                # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
+                devbox.base_used_bytes = await asyncio.to_thread(ext4_used_bytes, devbox.disk_image)
+                self._save(devbox)
+            if devbox.base is not None:  # its home and system are the capture's: as at a resume
+                await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
+                from .files import partial_writes_dir  # files imports this module
+
+                partial_writes_dir(devbox)
+            else:
+                await asyncio.to_thread(self._prepare_dirs, devbox)
+            if not await self._clone_code_mounts(devbox, mounts):
+                devbox.failure_reason = "execution_failed"
+                await self._stop_sandbox(devbox)
+                self._transition(devbox, "failure")
+                return
+            del mounts  # the tokens go with it
             await self._start_sandbox(devbox)
             await self._create_account(devbox)
             self._transition(devbox, "initializing")
@@ -711,6 +819,23 @@ class DevboxManager:
             await self._stop_sandbox(devbox)
             devbox.failure_reason = "execution_failed"
             self._transition(devbox, "failure")
+
+    async def _clone_code_mounts(self, devbox: Devbox, mounts: list[code.CodeMount]) -> bool:
+        """Clone each code mount into the home (host side, see code_mounts.py); False at the first that fails."""
+        for mount in mounts:
+            dest = devbox.home / mount.repo_name
+            try:
+                summary = await code.clone(mount, dest)
+                ids = devbox.ids
+                if ids is not None:
+                    uid = devbox.sandbox_user.uid
+                    await asyncio.to_thread(rootfs.give_tree, dest, ids.host_uid(uid), ids.host_gid(uid))
+            except (code.CodeMountError, OSError) as exc:
+                self.add_log(devbox.id, {"level": "error", "source": "setup_commands",
+                                         "message": f"code mount {mount.label}: {exc}"})  # fmt: skip
+                return False
+            self.add_log(devbox.id, {"source": "setup_commands", "message": summary})
+        return True
 
     def _prepare_dirs(self, devbox: Devbox) -> None:
         for path in (devbox.home, devbox.tmp):
@@ -877,7 +1002,11 @@ class DevboxManager:
         Their output goes to a file, not a pipe: a command that starts a server in the
         background (`server &`) must not keep the devbox initializing by holding a pipe open.
         """
-        commands = devbox.launch_parameters.get("launch_commands") or []
+        installs = [
+            f"cd ~/{shlex.quote(m['repo_name'])} && {m['install_command']}"
+            for m in devbox.code_mounts if m.get("install_command")
+        ]
+        commands = installs + list(devbox.launch_parameters.get("launch_commands") or [])
         assert devbox.sandbox is not None
         setup_dir = devbox.state_dir / "setup"
         setup_dir.mkdir(exist_ok=True)
@@ -1033,8 +1162,14 @@ class DevboxManager:
                 raise SandboxError(f"the image this devbox was built on ({layers.image.parent}) is gone; create a new devbox")
             layers.prepare(ids)
 
-    async def shutdown_devbox(self, devbox_id: str, reason: str = "api_shutdown") -> Devbox:
+    async def shutdown_devbox(self, devbox_id: str, reason: str = "api_shutdown", *, force: bool = True) -> Devbox:
+        """Shut down; `force=False` (the API's default) refuses with 409 while a capture of it is in progress."""
         devbox = self.get(devbox_id)
+        if not force and self._capturing.get(devbox_id):
+            raise ApiError(
+                409,
+                f"devbox {devbox_id} has a snapshot in progress; wait for it to complete, or shut down with force=true",
+            )
         task = self._tasks.get(devbox_id)
         if task is not None:
             task.cancel()
@@ -1111,6 +1246,65 @@ class DevboxManager:
         self.tunnel_origin = origin
         for devbox in self._devboxes.values():
             devbox.tunnel_origin = origin
+
+    # -- captures (captures.py) -------------------------------------------------------------
+
+    def capture_path(self, kind: str, name: str) -> Path:
+        """Where to keep a capture named `name` of kind `kind` ("snapshots", "blueprints"): beside the
+        devbox disks, on the pool when there is one, so that clones share its blocks."""
+        root = self.pool.root if self.pool is not None else self.config.data_dir / "captures"
+        return root / kind / f"{name}.img"
+
+    def capturing(self, devbox_id: str) -> bool:
+        return bool(self._capturing.get(devbox_id))
+
+    async def capture(self, devbox_id: str, dest: Path) -> DiskCapture:
+        """Capture the devbox's writable filesystem at one instant into `dest` (read-only, copy-on-write).
+
+        CaptureError when it cannot be captured now (not running or suspended, no disk of its own).
+        """
+        devbox = self.get(devbox_id)
+        self._capturing[devbox_id] = self._capturing.get(devbox_id, 0) + 1
+        try:
+            async with self._lock(devbox_id):
+                if devbox.status not in ("running", "suspended"):
+                    raise CaptureError(f"only a running or suspended devbox can be captured; {not_running_message(devbox)}")
+                if not devbox.disk:
+                    raise CaptureError(f"devbox {devbox_id} has no disk of its own to capture ({devbox.disk_gap})")
+                return await asyncio.to_thread(self._capture, devbox, dest)
+        finally:
+            self._capturing[devbox_id] -= 1
+            if not self._capturing[devbox_id]:
+                del self._capturing[devbox_id]
+
+    def _capture(self, devbox: Devbox, dest: Path) -> DiskCapture:
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if devbox.sandbox is not None and os.path.ismount(devbox.writable_root):
+            # Processes first: a process held by the frozen filesystem could not be paused.
+            if not self.limits.freeze(devbox.id):
+                log.info("devbox %s: captured without pausing its processes (no freezer, or one did not stop)", devbox.id)
+            try:
+                with cow.frozen(devbox.writable_root):
+                    shared = cow.clone(devbox.disk_image, dest)
+            finally:
+                self.limits.thaw(devbox.id)
+        else:  # suspended: its disk is unmounted, and clean once released (a lazy unmount may lag)
+            deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
+            while attached(devbox.disk_image):
+                if time.monotonic() > deadline:
+                    raise CaptureError(f"devbox {devbox.id}'s disk is still being released after its suspend; try again")
+                time.sleep(0.02)
+            shared = cow.clone(devbox.disk_image, dest)
+        seal(dest)
+        return DiskCapture(
+            image=dest,
+            system_image=devbox.image,
+            id_range=devbox.id_range,
+            user=devbox.user,
+            disk_bytes=os.stat(dest).st_size,
+            used_bytes=ext4_used_bytes(dest),
+            copy_on_write=shared,
+        )
 
     # -- keep-alive ------------------------------------------------------------------------
 

@@ -118,8 +118,11 @@ class SparePool:
     spare is mounted ahead too, and a create only moves it into place: no mount on the way to running.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, free_space_of: Path | None = None) -> None:
+        """`free_space_of`: the host directory whose free space bounds the spares (the data
+        directory, when `directory` is on the copy-on-write pool, whose own free space is virtual)."""
         self.directory = directory
+        self.free_space_of = free_space_of
         self._lock = threading.Lock()
         self._making: set[int] = set()
         self._mounted: dict[Path, Path] = {}  # spare image -> where it is mounted
@@ -175,7 +178,7 @@ class SparePool:
                 return False
             self._making.add(size)
         try:
-            st = os.statvfs(self.directory.parent)
+            st = os.statvfs(self.free_space_of or self.directory.parent)
             if st.f_bavail * st.f_frsize < size:
                 return False  # a devbox created now would get no disk (limits.disk_gap): no spare either
             self.directory.mkdir(mode=0o700, exist_ok=True)
@@ -311,14 +314,23 @@ def _mount_device(device: str, mountpoint: Path) -> bool:
 
 
 def _mount(image: Path, mountpoint: Path) -> None:
+    mount_image(image, mountpoint, b"ext4", _MOUNT_OPTIONS)
+    reaper.unmount_at_exit(mountpoint)
+
+
+def mount_image(image: Path, mountpoint: Path, fstype: bytes, options: bytes, extra_flags: int = 0) -> None:
+    """Mount the filesystem in `image` at `mountpoint` through a loop device that frees itself when unmounted."""
     device, loop_fd = _attach_loop(image)
     try:
-        flags = _MS_NOSUID | _MS_NODEV
-        if _libc().mount(device.encode(), str(mountpoint).encode(), b"ext4", flags, _MOUNT_OPTIONS):
-            raise DiskError(f"could not mount the devbox's disk: {os.strerror(ctypes.get_errno())}")
+        mount_device(device, mountpoint, fstype, options, extra_flags)
     finally:
         os.close(loop_fd)  # unmounted (or never mounted), the device now frees itself
-    reaper.unmount_at_exit(mountpoint)
+
+
+def mount_device(device: str, mountpoint: Path, fstype: bytes, options: bytes, extra_flags: int = 0) -> None:
+    flags = _MS_NOSUID | _MS_NODEV | extra_flags
+    if _libc().mount(device.encode(), str(mountpoint).encode(), fstype, flags, options):
+        raise DiskError(f"could not mount {device}: {os.strerror(ctypes.get_errno())}")
 
 
 def detach(mountpoint: Path) -> None:

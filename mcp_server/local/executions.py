@@ -46,6 +46,7 @@ from .sse import wait_or_timeout
 
 if TYPE_CHECKING:
     from .devboxes import Devbox, DevboxManager
+    from .sandbox import SandboxUser
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -336,8 +337,12 @@ class ExecutionManager:
 
     # -- start -------------------------------------------------------------------------------
 
-    async def start(self, devbox_id: str, command: str, *, command_id: str | None = None, attach_stdin: bool = False) -> Execution:
-        """Run `command` in the devbox; with a `command_id` already used on this devbox, return that execution."""
+    async def start(
+        self, devbox_id: str, command: str, *, command_id: str | None = None, attach_stdin: bool = False,
+        user: SandboxUser | None = None,
+    ) -> Execution:
+        """Run `command` in the devbox (as `user`, else its own); with a `command_id` already used on
+        this devbox, return that execution."""
         lock = self._start_locks.setdefault(devbox_id, asyncio.Lock())
         async with lock:
             table = self._table(self.devboxes.get(devbox_id))
@@ -370,6 +375,7 @@ class ExecutionManager:
                     stdin=asyncio.subprocess.PIPE if attach_stdin else subprocess.DEVNULL,
                     stdout=out_fd,
                     stderr=err_fd,
+                    user=user,
                 )
             except Exception as exc:
                 store.spares.append(execution_id)  # nothing was written: the directory stays spare

@@ -69,7 +69,7 @@ class Limits:
         self.tag = cgroups.tag_of(data_dir)
         self.host = cgroups.detect()
         self.disk_reason = disk.unavailable_reason()
-        self.pool = disk.SparePool(spares)
+        self.pool = disk.SparePool(spares, free_space_of=data_dir)
         self.cpus = cgroups.host_cpus()
         self._cpu_load: dict[int, float] = dict.fromkeys(self.cpus, 0.0)
         self._running: dict[str, _Running] = {}
@@ -219,7 +219,7 @@ class Limits:
             cpus=",".join(map(str, running.cpus)) if running.cpus else None,
         )
         for controller, why in group.create(settings).items():
-            if controller != "cpuacct":
+            if controller not in ("cpuacct", "freezer"):
                 not_enforced[{"pids": "processes", "cpuset": "nproc"}.get(controller, controller)] = why
         running.oom_base = group.oom_kills()
         if sandboxed and "memory" not in not_enforced:
@@ -260,6 +260,27 @@ class Limits:
             with contextlib.suppress(BaseException):
                 await self._refresher
             self._refresher = None
+
+    # -- pausing (captures) ----------------------------------------------------------------------
+
+    def freeze(self, devbox_id: str) -> bool:
+        """Pause the devbox's processes (cgroup freezer); False when they could not all be paused."""
+        running = self._running.get(devbox_id)
+        if running is None or running.cgroup is None:
+            return False
+        try:
+            return running.cgroup.freeze()
+        except OSError as exc:
+            log.warning("devbox %s: could not pause its processes: %s", devbox_id, exc)
+            return False
+
+    def thaw(self, devbox_id: str) -> None:
+        running = self._running.get(devbox_id)
+        if running is not None and running.cgroup is not None:
+            try:
+                running.cgroup.thaw()
+            except OSError as exc:
+                log.error("devbox %s: could not resume its paused processes: %s", devbox_id, exc)
 
     # -- CPUs ------------------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ ${line#C }" ;;
 done
 nl='
 '
+# The mounts as they were when the backend died: a mount made at the same place afterwards (by a
+# new backend, or a test looking at a disk) is not ours to remove.
+mounts=$(cat /proc/self/mounts)
 while read -r _dev mnt _rest; do
   IFS=$nl
   for p in $pats; do
@@ -39,7 +42,9 @@ while read -r _dev mnt _rest; do
     case "$mnt" in $p) umount -l "$mnt" 2>/dev/null ;; esac
   done
   unset IFS
-done </proc/self/mounts
+done <<MOUNTS
+$mounts
+MOUNTS
 [ -n "$dirs" ] || exit 0
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
   left=

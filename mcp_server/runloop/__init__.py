@@ -25,10 +25,14 @@ from .errors import (
     WaitTimeout,
 )
 from .models import (
+    BLUEPRINT_FINAL_STATUSES,
     AxonEventListPage,
     AxonEventView,
     AxonListPage,
     AxonView,
+    BlueprintListPage,
+    BlueprintLogs,
+    BlueprintView,
     DevboxListPage,
     DevboxStatus,
     DevboxUsage,
@@ -40,6 +44,9 @@ from .models import (
     NetworkPolicyView,
     OutputChunk,
     PublishResult,
+    SnapshotListPage,
+    SnapshotStatus,
+    SnapshotView,
     SqlBatchResult,
     SqlResult,
     SqlStatement,
@@ -49,6 +56,7 @@ from .models import (
 from .retry import RetryPolicy
 
 __all__ = [
+    "BLUEPRINT_FINAL_STATUSES",
     "DEFAULT_BASE_URL",
     "ApiStatusError",
     "Authentication",
@@ -57,6 +65,9 @@ __all__ = [
     "AxonListPage",
     "AxonView",
     "BadRequest",
+    "BlueprintListPage",
+    "BlueprintLogs",
+    "BlueprintView",
     "ClientConfig",
     "Conflict",
     "ConnectionFailed",
@@ -81,6 +92,9 @@ __all__ = [
     "RunloopClient",
     "RunloopError",
     "ServerError",
+    "SnapshotListPage",
+    "SnapshotStatus",
+    "SnapshotView",
     "SqlBatchResult",
     "SqlResult",
     "SqlStatement",

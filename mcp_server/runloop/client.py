@@ -43,6 +43,9 @@ from .models import (
     AxonEventView,
     AxonListPage,
     AxonView,
+    BlueprintListPage,
+    BlueprintLogs,
+    BlueprintView,
     DevboxListPage,
     DevboxUsage,
     DevboxView,
@@ -54,6 +57,9 @@ from .models import (
     NetworkPolicyView,
     OutputChunk,
     PublishResult,
+    SnapshotListPage,
+    SnapshotStatus,
+    SnapshotView,
     SqlBatchResult,
     SqlResult,
     SqlStatement,
@@ -410,6 +416,27 @@ class RunloopClient:
             body["metadata"] = dict(metadata)
         return await self._post("/v1/devboxes", DevboxView, body)
 
+    # --- blueprints -----------------------------------------------------------------------------
+
+    async def create_blueprint(self, body: Mapping[str, Any]) -> BlueprintView:
+        """Start a blueprint build (BlueprintBuildParameters as is); it builds in the background."""
+        return await self._post("/v1/blueprints", BlueprintView, dict(body))
+
+    async def get_blueprint(self, blueprint_id: str) -> BlueprintView:
+        return await self._get(f"/v1/blueprints/{_path_segment(blueprint_id)}", BlueprintView)
+
+    async def list_blueprints(
+        self, *, name: str | None = None, limit: int | None = None, starting_after: str | None = None
+    ) -> BlueprintListPage:
+        params = {"name": name, "limit": limit, "starting_after": starting_after}
+        return await self._get("/v1/blueprints", BlueprintListPage, params=params)
+
+    async def blueprint_logs(self, blueprint_id: str) -> BlueprintLogs:
+        return await self._get(f"/v1/blueprints/{_path_segment(blueprint_id)}/logs", BlueprintLogs)
+
+    async def delete_blueprint(self, blueprint_id: str) -> None:
+        await self._send("POST", f"/v1/blueprints/{_path_segment(blueprint_id)}/delete", idempotency_key=new_request_id())
+
     async def get_devbox(self, devbox_id: str) -> DevboxView:
         return await self._get(f"/v1/devboxes/{_path_segment(devbox_id)}", DevboxView)
 
@@ -512,6 +539,41 @@ class RunloopClient:
         body = {"auth_mode": auth_mode, "http_keep_alive": http_keep_alive, "wake_on_http": wake_on_http}
         body = {k: v for k, v in body.items() if v is not None}
         return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/enable_tunnel", TunnelView, body)
+    # --- disk snapshots ---------------------------------------------------------------------------
+
+    async def snapshot_devbox_async(
+        self, devbox_id: str, *, name: str | None = None, commit_message: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> SnapshotView:  # fmt: skip
+        """Start a disk snapshot (returns at once, `in_progress`; see `snapshot_status`)."""
+        body = {"name": name, "commit_message": commit_message, "metadata": dict(metadata) if metadata else None}
+        return await self._post(
+            f"/v1/devboxes/{_path_segment(devbox_id)}/snapshot_disk_async", SnapshotView,
+            {k: v for k, v in body.items() if v is not None},
+        )  # fmt: skip
+
+    async def snapshot_status(self, snapshot_id: str) -> SnapshotStatus:
+        return await self._get(f"/v1/devboxes/disk_snapshots/{_path_segment(snapshot_id)}/status", SnapshotStatus)
+
+    async def list_snapshots(
+        self, *, devbox_id: str | None = None, limit: int | None = None, starting_after: str | None = None
+    ) -> SnapshotListPage:
+        params = {"devbox_id": devbox_id, "limit": limit, "starting_after": starting_after}
+        return await self._get("/v1/devboxes/disk_snapshots", SnapshotListPage, params=params)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._send(
+            "POST", f"/v1/devboxes/disk_snapshots/{_path_segment(snapshot_id)}/delete", idempotency_key=new_request_id()
+        )
+
+    async def fork_devbox(self, devbox_id: str, *, count: int, name_prefix: str | None = None) -> list[DevboxView]:
+        """The embedded backend's fork: `count` running copies of the devbox from one snapshot.
+        NotFound from a server without it (Runloop's cloud): snapshot and create instead."""
+        body: dict[str, Any] = {"count": count}
+        if name_prefix is not None:
+            body["name_prefix"] = name_prefix
+        forked = await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/fork", DevboxListPage, body)
+        return forked.devboxes
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
         return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})

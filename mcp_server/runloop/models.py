@@ -88,6 +88,31 @@ class DevboxUsage(View):
     disk_gb_seconds: int = 0
 
 
+class SnapshotView(View):
+    """`DevboxDiskSnapshotView`."""
+
+    id: str
+    name: str | None = None
+    create_time_ms: int | None = None
+    source_devbox_id: str | None = None
+    commit_message: str | None = None
+    size_bytes: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SnapshotStatus(View):
+    """`DevboxSnapshotAsyncStatusView`: in_progress, complete (with the snapshot), error, deleted."""
+
+    status: str
+    snapshot: SnapshotView | None = None
+    error_message: str | None = None
+
+
+class SnapshotListPage(View):
+    snapshots: list[SnapshotView] = Field(default_factory=list)
+    has_more: bool = False
+
+
 class DevboxListPage(View):
     devboxes: list[DevboxView] = Field(default_factory=list)
     has_more: bool = False
@@ -274,3 +299,34 @@ class SqlBatchItem(View):
 
 class SqlBatchResult(View):
     results: list[SqlBatchItem] = Field(default_factory=list)
+
+
+# --- blueprints ------------------------------------------------------------------------------
+
+BLUEPRINT_FINAL_STATUSES = frozenset({"build_complete", "failed"})
+
+
+class BlueprintView(View):
+    id: str
+    name: str | None = None
+    status: str
+    create_time_ms: int | None = None
+    build_finish_time_ms: int | None = None
+    failure_reason: str | None = None
+    base_blueprint_id: str | None = None
+
+
+class BlueprintListPage(View):
+    blueprints: list[BlueprintView] = Field(default_factory=list)
+    has_more: bool = False
+
+
+class BlueprintLogLine(View):
+    level: str | None = None
+    timestamp_ms: int | None = None
+    message: Text = ""
+
+
+class BlueprintLogs(View):
+    blueprint_id: str | None = None
+    logs: list[BlueprintLogLine] = Field(default_factory=list)

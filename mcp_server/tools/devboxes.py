@@ -5,6 +5,7 @@ host cannot enforce (embedded backend), and, for get, its usage."""
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,7 @@ from ..runloop import (
     WaitTimeout,
 )
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
+from .common import DevboxId, EnvVars, Id, annotations, api_errors, as_map, at_most, page_text, result, state
 from .tunnels import tunnel_text
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
@@ -152,6 +153,26 @@ def secret_map(refs: list[SecretRef] | None) -> dict[str, str] | None:
     return out
 
 
+_REPOSITORY = re.compile(r"^([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?(?:@([A-Za-z0-9_./+-]+))?$")
+
+
+def _starting_points(blueprint: str | None, repositories: list[str] | None) -> dict[str, Any]:
+    """The create fields for a blueprint (an id, `bpt_...`, or a name: its latest build) and code mounts."""
+    extra: dict[str, Any] = {}
+    if blueprint:
+        extra["blueprint_id" if blueprint.startswith("bpt_") else "blueprint_name"] = blueprint
+    mounts = []
+    for index, repository in enumerate(repositories or []):
+        match = _REPOSITORY.match(repository)
+        if match is None:
+            raise ToolError(f"repositories[{index}]: give owner/name or owner/name@ref (a branch or tag)")
+        owner, name, ref = match.groups()
+        mounts.append({"repo_owner": owner, "repo_name": name} | ({"git_ref": ref} if ref else {}))
+    if mounts:
+        extra["code_mounts"] = mounts
+    return extra
+
+
 def _user_of(view: DevboxView) -> str | None:
     user = view.launch_parameters.get("user_parameters")
     return user.get("username") if isinstance(user, dict) else None
@@ -249,6 +270,9 @@ async def create_devbox(
     network_policy: Annotated[
         str | list[str] | None, Field(description="policy id, or hostnames to allow (*.x ok)")
     ] = None,
+    blueprint: Annotated[str | None, Field(description="id or name"), at_most(256)] = None,
+    repositories: Annotated[list[str] | None, Field(description="owner/name[@ref]"), at_most(20)] = None,
+    snapshot_id: Id | None = None,
 ) -> DevboxSized:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
     A short client timeout may return it still starting (see get_devbox)."""
@@ -268,6 +292,7 @@ async def create_devbox(
             launch_parameters={k: v for k, v in sized.items() if v is not None}
             | ({"user_parameters": ROOT} if run_as_root else {})
             | ({"network_policy_id": policy_id} if policy_id else {}),
+            extra=_starting_points(blueprint, repositories) | ({"snapshot_id": snapshot_id} if snapshot_id else {}),
         )
     try:
         view = await wait_running(ctx, view)

@@ -13,8 +13,10 @@ OTHER_ARCH = "arm64" if host_architecture() == "x86_64" else "x86_64"
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [
-        ({"blueprint_name": "b"}, "blueprint_name is not supported"),
-        ({"snapshot_id": "snp_x"}, "snapshot_id is not supported"),
+        ({"snapshot_id": "snp_x"}, "snapshot_id: no snapshot 'snp_x'"),
+        ({"blueprint_name": "b"}, "blueprint_name: no blueprint named 'b' has built"),
+        ({"blueprint_id": "bpt_x", "blueprint_name": "b"}, "blueprint_id or blueprint_name, not both"),
+        ({"snapshot_id": "snp_x", "blueprint_name": "b"}, "give snapshot_id or a blueprint"),
         ({"repo_connection_id": "rc_x"}, "repo_connection_id is not supported"),
         ({"tunnel": {"auth_mode": "public"}}, "auth_mode"),
         ({"gateways": {"GWS": {"gateway": "anthropic", "secret": "k"}}}, "gateways are not supported"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from runloop_api_client import Runloop
 from runloop_api_client.lib.polling import PollingConfig
-from support.backend_process import BackendProcess, backend_process
+from support.backend_process import BackendProcess, backend_process, disk_image
 from support.devbox_system import machine_system
 
 from mcp_server.local.sandbox import sandbox_unavailable_reason
@@ -292,11 +292,12 @@ def _disk_mounted(state: Path) -> Iterator[Path]:
         yield root
         return
     root.mkdir(exist_ok=True)
-    subprocess.run(["mount", "-o", "loop", str(state / "disk.img"), str(root)], check=True)
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-d", str(root)], check=True)
+    with disk_image(state.parent.parent, state.name) as image:
+        subprocess.run(["mount", "-o", "loop", str(image), str(root)], check=True)
+        try:
+            yield root
+        finally:
+            subprocess.run(["umount", "-d", str(root)], check=True)
 
 
 def test_a_devbox_resumes_while_one_started_after_it_runs(local_api: tuple[BackendProcess, Runloop]) -> None:

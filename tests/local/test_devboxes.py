@@ -264,7 +264,7 @@ def test_logs_filter_by_execution_id(http: httpx.Client, devbox) -> None:  # noq
         (json.dumps({"blueprint_id": "bpt_x"}).encode(), 400, "blueprint_id"),
         (json.dumps({"file_mounts": {"/etc/passwd": "x"}}).encode(), 400, "/home/user"),
         (json.dumps({"secrets": {"TOKEN": "my_secret"}}).encode(), 400, "no secret is named 'my_secret'"),
-        (json.dumps({"code_mounts": [{"repo_name": "x", "repo_owner": "y"}]}).encode(), 400, "git clone"),
+        (json.dumps({"code_mounts": [{"repo_name": "x"}]}).encode(), 400, "code_mounts[0].repo_owner"),
         (json.dumps({"entrypoint": ["ls"]}).encode(), 400, "entrypoint"),
         (json.dumps({"entrypoint": "serve\0"}).encode(), 400, "NUL"),
         (json.dumps({"environment_variables": {"A": "x\0y"}}).encode(), 400, "value of A"),

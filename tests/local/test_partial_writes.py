@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from support.backend_process import backend_process, devbox_home, open_chunked
+from support.backend_process import backend_process, devbox_home, disk_image, open_chunked
 
 from mcp_server.local import disk, files
 from mcp_server.local.server import start_in_thread
@@ -31,13 +31,14 @@ def _wait_for(what: str, check) -> None:  # noqa: ANN001
 
 
 @contextlib.contextmanager
-def mounted(image: Path, mountpoint: Path) -> Iterator[None]:
+def mounted(data_dir: Path, devbox_id: str, mountpoint: Path) -> Iterator[None]:
     """The devbox's disk, mounted as the backend mounts it, for the test to look into while the devbox is down."""
-    disk.attach(image, mountpoint, 0)
-    try:
-        yield
-    finally:
-        disk.detach(mountpoint)
+    with disk_image(data_dir, devbox_id) as image:
+        disk.attach(image, mountpoint, 0)
+        try:
+            yield
+        finally:
+            disk.detach(mountpoint)
 
 
 def test_a_restart_removes_what_an_upload_killed_mid_way_left(tmp_path: Path) -> None:
@@ -67,8 +68,9 @@ def test_a_restart_removes_what_an_upload_killed_mid_way_left(tmp_path: Path) ->
     # A devbox's disk is unmounted once its backend is gone (disk.py's reaper): mount it to look.
     on_disk = home.parent == state / "disk"
     if on_disk:
-        _wait_for("the killed backend's mounts to go", lambda: not os.path.ismount(state / "disk"))
-    with mounted(state / "disk.img", state / "disk") if on_disk else contextlib.nullcontext():
+        pool = data_dir / "cow" / "fs"  # the copy-on-write pool the disk image is on (local/cow.py)
+        _wait_for("the killed backend's mounts to go", lambda: not os.path.ismount(state / "disk") and not os.path.ismount(pool))
+    with mounted(data_dir, devbox, state / "disk") if on_disk else contextlib.nullcontext():
         [left] = partial()  # what the kill left, as the issue found it
 
         # Files of the user's that look alike but are not a recorded write's: they stay.

@@ -33,7 +33,8 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
-RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port"}
+RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port",
+            "list_snapshots", "create_blueprint", "list_blueprints"}  # fmt: skip
 
 
 class Checked:
@@ -157,11 +158,26 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         result, exposed = await call("expose_port", {"devbox_id": devbox, "port": 8000, "public": False})
         assert exposed["url"] in text_of(result) and exposed["token"] in text_of(result)
 
+        # Blueprints: a failed build carries its failing step; the list, one line per blueprint.
+        result, failed = await call("create_blueprint", {"name": "results", "dockerfile": "FROM devbox-mcp\nRUN exit 5"})
+        assert failed["status"] == "failed" and failed["log"] in text_of(result) and "exited with status 5" in failed["log"]
+        result, blueprints = await call("list_blueprints", {"name": "results"})
+        assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
+
         # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
         assert suspended["status"] in ("suspending", "suspended")
         _, resumed = await call("resume_devbox", {"devbox_id": devbox})
         assert resumed["status"] == "running"
+        _, snap = await call("snapshot_devbox", {"devbox_id": devbox, "name": "results"})
+        assert snap["devbox_id"] == devbox
+        _, snaps = await call("list_snapshots", {"devbox_id": devbox})
+        assert [s["id"] for s in snaps["snapshots"]] == [snap["id"]]
+        _, forked = await call("fork_devbox", {"devbox_id": devbox, "count": 1})
+        for fork in forked["devbox_ids"]:
+            await call("shutdown_devbox", {"devbox_id": fork})
+        _, deleted = await call("delete_snapshot", {"snapshot_id": snap["id"]})
+        assert deleted == {"id": snap["id"]}
         _, down = await call("shutdown_devbox", {"devbox_id": devbox})
         assert down["id"] == devbox
         assert call.called == ALL

@@ -330,6 +330,11 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "shutdown_devbox": lambda c: c.shutdown_devbox(d),
         "suspend_devbox": lambda c: c.suspend_devbox(d),
         "resume_devbox": lambda c: c.resume_devbox(d),
+        "snapshot_devbox_async": lambda c: c.snapshot_devbox_async(d),
+        "snapshot_status": lambda c: c.snapshot_status("snp_s"),
+        "list_snapshots": lambda c: c.list_snapshots(),
+        "delete_snapshot": lambda c: c.delete_snapshot("snp_s"),
+        "fork_devbox": lambda c: c.fork_devbox(d, count=2),
         "keep_alive_devbox": lambda c: c.keep_alive_devbox(d),
         "enable_tunnel": lambda c: c.enable_tunnel(d),  # a retry that finds the tunnel made: expose_port re-reads
         "get_devbox_logs": lambda c: c.get_devbox_logs(d),
@@ -358,6 +363,11 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "watch_devbox": lambda c: _drain(c.watch_devbox(d, ["running"], timeout_seconds=5)),
         "stream_output": lambda c: _drain(c.stream_output(d, e, "stdout")),
         "subscribe_axon": lambda c: _drain(c.subscribe_axon(a)),
+        "create_blueprint": lambda c: c.create_blueprint({"name": "n", "dockerfile": "FROM devbox-mcp"}),
+        "get_blueprint": lambda c: c.get_blueprint("bpt_b"),
+        "list_blueprints": lambda c: c.list_blueprints(name="n"),
+        "blueprint_logs": lambda c: c.blueprint_logs("bpt_b"),
+        "delete_blueprint": lambda c: c.delete_blueprint("bpt_b"),
     }
     covered = {name.split(" ")[0] for name in calls}
     assert covered == _api_methods(), "every API call of RunloopClient is in this table"

@@ -38,7 +38,32 @@ def devbox_home(data_dir: Path, devbox_id: str) -> Path:
     """A devbox's home as the host sees it: on its own disk when it has one (mounted while it runs,
     see local/disk.py), else in its state directory."""
     state = data_dir / "devboxes" / devbox_id
-    return state / "disk" / "home" if (state / "disk.img").exists() else state / "home"
+    return state / "disk" / "home" if _has_disk(state) else state / "home"
+
+
+def _has_disk(state: Path) -> bool:
+    import json
+
+    with contextlib.suppress(OSError, ValueError):
+        return bool(json.loads((state / "devbox.json").read_text()).get("disk"))
+    return False
+
+
+@contextlib.contextmanager
+def disk_image(data_dir: Path, devbox_id: str) -> Iterator[Path]:
+    """The devbox's disk image, for a test to mount once its backend is stopped (killed): on the
+    copy-on-write pool (local/cow.py; mounted here for the while), else in its state directory."""
+    from mcp_server.local import cow
+
+    pool = cow.Pool(data_dir / "cow")
+    if not pool.image.exists():
+        yield data_dir / "devboxes" / devbox_id / "disk.img"
+        return
+    pool.open()  # a mount left by the killed backend is detached (its reaper would remove it) and made anew
+    try:
+        yield pool.root / "disks" / f"{devbox_id}.img"
+    finally:
+        pool.close()
 
 
 def used_bytes(path: Path) -> int:

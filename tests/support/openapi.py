@@ -260,9 +260,10 @@ BACKEND_REQUEST_SCHEMAS = {
         "DevboxCreateParameters", "DevboxUpdateParameters", "DevboxWaitForStatusRequest",
         "DevboxReadFileParameters", "DevboxWriteFileParameters", "DevboxDownloadFileParameters",
         "DevboxCreateExecutionParameters", "DevboxStartExecutionParameters", "DevboxWaitForCommandRequest",
-        "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus",
+        "DevboxKillExecutionRequest", "DevboxSendStdInRequest", "DevboxViewStatus", "DevboxSnapshotRequest",
     ],
     "runloop-axons-api.yml": ["AxonCreateParams", "PublishParams", "SqlStatementParams", "SqlBatchParams"],
+    "runloop-blueprint-api.yml": ["BlueprintBuildParameters", "BlueprintBuildFromInspectionParameters"],
 }  # fmt: skip
 _DROPPED_KEYS = ("description", "example", "title", "default", "discriminator")
 
