@@ -3,7 +3,7 @@
 `build_server` takes either a ready client (the caller owns and closes it) or a factory called
 once per server run inside its event loop (the server closes what it made). Each run's
 `AppState` holds that client, the settings and the handle to the resources (their subscription
-hub); the server keeps the handle too, for whoever watches the hub. Transports are not chosen
+hub) and the terminal sessions; the server keeps both too, for whoever watches the hub. Transports are not chosen
 here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 from . import __version__
@@ -20,6 +21,7 @@ from .logging_and_completion import add_logging_and_completion
 from .resources import ResourcesHandle, register_resources
 from .runloop import RunloopClient
 from .settings import Settings
+from .terminal.sessions import Terminals
 from .tools import register_all
 from .tools.common import AppState
 
@@ -33,6 +35,7 @@ class DevboxServer(MCPServer):
     """The MCP server of devbox-mcp: an `MCPServer` that keeps the handle to its resources."""
 
     resources: ResourcesHandle
+    terminals: Terminals
 
 
 def build_server(
@@ -42,14 +45,16 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: DevboxServer) -> AsyncIterator[AppState]:
-        if isinstance(client, RunloopClient):
-            yield AppState(client, settings, server.resources)
-            return
-        made = client()
+        made = client if isinstance(client, RunloopClient) else client()
         try:
-            yield AppState(made, settings, server.resources)
+            yield AppState(made, settings, server.resources, server.terminals)
         finally:
-            await made.aclose()
+            # The run's terminals stop following their PTYs, which live on in the devboxes: a client
+            # that comes back reattaches to the same shells.
+            with anyio.CancelScope(shield=True):
+                await server.terminals.detach_client(made)
+            if made is not client:
+                await made.aclose()
 
     server = DevboxServer(
         "devbox-mcp",
@@ -59,7 +64,8 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
-    server.resources = register_resources(server, client, settings)
+    server.terminals = Terminals(scrollback_bytes=settings.output_budget)
+    server.resources = register_resources(server, client, settings, server.terminals)
     add_logging_and_completion(server, server.resources.complete)
     compact_schemas(server)
     return server

@@ -15,6 +15,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PtyDisconnected,
     RateLimited,
     RequestTimeout,
     RunloopError,
@@ -38,12 +39,16 @@ from .models import (
     FileDownload,
     LogEntry,
     OutputChunk,
+    PtyConnectView,
+    PtyControlResultView,
+    PtyTunnelView,
     PublishResult,
     SqlBatchResult,
     SqlResult,
     SqlStatement,
     StdinResult,
 )
+from .pty import PtyEndpoint, PtySocket
 from .retry import RetryPolicy
 
 __all__ = [
@@ -71,6 +76,12 @@ __all__ = [
     "NotFound",
     "OutputChunk",
     "PermissionDenied",
+    "PtyConnectView",
+    "PtyControlResultView",
+    "PtyDisconnected",
+    "PtyEndpoint",
+    "PtySocket",
+    "PtyTunnelView",
     "PublishResult",
     "RateLimited",
     "RequestTimeout",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from . import axons, devboxes, execute, files
+from . import axons, devboxes, execute, files, terminal
 
 
 def register_all(server: MCPServer) -> None:
-    for module in (devboxes, execute, files, axons):
+    for module in (devboxes, execute, files, axons, terminal):
         module.register(server)

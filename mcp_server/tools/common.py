@@ -15,16 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..resources import ResourcesHandle
 from ..runloop import RunloopClient, RunloopError
 from ..settings import Settings
+from ..terminal.sessions import Terminals
 
 
 @dataclass
 class AppState:
-    """Lives for one server run (the MCP lifespan): the API client, the settings, and the handle to
-    the resources (list changes, links to full output)."""
+    """Lives for one server run (the MCP lifespan): the API client, the settings, the handle to
+    the resources (list changes, links to full output) and the server's terminal sessions."""
 
     client: RunloopClient
     settings: Settings
     resources: ResourcesHandle
+    terminals: Terminals
 
 
 def state(ctx: Context) -> AppState:

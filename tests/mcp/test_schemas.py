@@ -24,6 +24,7 @@ CORE = {"create_devbox", "execute", "stream_logs", "read_file", "publish_event",
 ALL = CORE | {
     "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
     "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch",
+    "open_terminal", "terminal_send", "terminal_read", "close_terminal",
 }
 
 
@@ -65,7 +66,7 @@ def test_execute_says_plainly_that_it_runs_a_shell_command() -> None:
 def test_annotations_are_true_to_what_tools_do() -> None:
     docs = anyio.run(tool_schemas)
     read_only = {n for n, d in docs.items() if d["annotations"]["readOnlyHint"]}
-    assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons"}
+    assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons", "terminal_read"}
     destructive = {n for n, d in docs.items() if d["annotations"]["destructiveHint"]}
     assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch", "sql_query", "execute", "send_stdin"} <= destructive
     assert not {"create_devbox", "create_axon", "publish_event", "suspend_devbox", "resume_devbox"} & destructive
