@@ -851,7 +851,7 @@ class RunloopClient:
         # Resize and close act the same when repeated; a signal must not be sent twice.
         response = await self._send(
             "POST", session_path(_path_segment(session_name), "/control"), json_body=body,
-            retry=action != "signal", pty=endpoint,
+            idempotency_key=new_request_id(), retry=action != "signal", pty=endpoint,
         )
         return self._parse(response, PtyControlResultView)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
+import anyio
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -83,6 +84,7 @@ class PtySocket:
 
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
+        self._first: bytes | None = None  # a message read early by `refused`
 
     @classmethod
     async def open(cls, url: str, endpoint: PtyEndpoint, *, open_seconds: float = 15.0) -> PtySocket:
@@ -114,8 +116,23 @@ class PtySocket:
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
 
+    async def refused(self, seconds: float) -> PtyDisconnected | None:
+        """The server's refusal if it closes the connection within `seconds` of the upgrade before
+        sending anything (a PTY service refuses a second client that way); else None."""
+        try:
+            with anyio.move_on_after(seconds):
+                self._first = await self.receive()
+                if self._first is None:
+                    return PtyDisconnected("the PTY WebSocket closed at once (the session ended)", code=1000)
+        except PtyDisconnected as exc:
+            return exc
+        return None
+
     async def receive(self) -> bytes | None:
         """The next bytes from the terminal, or None once the server closed normally."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         try:
             message = await self._connection.recv()
         except ConnectionClosed as exc:

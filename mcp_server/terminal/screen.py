@@ -7,8 +7,11 @@ cells; this module adds what an agent needs on top:
   a byte bound, the middle counted), so a result can show what went past since the last call;
 - the alternate screen (modes 47, 1047, 1049), which full-screen programs (vim, less, htop) switch
   to and back from: pyte ignores it, and without it the shell's screen would not come back;
+- answers to queries (cursor position, device attributes), which the session sends back as a
+  terminal would;
 - `region_text`: the text drawn since a mark (the cursor position when input was sent), for
-  `wait_for` to match what is new rather than an old prompt still on the screen.
+  `wait_for` to match what is new rather than an old prompt still on the screen (a full-screen
+  program's whole screen counts as new).
 
 `pyte` interprets about 1 MB/s of output in pure Python. Output that arrives faster is not
 all drawn: the session keeps a bounded backlog and skips its middle (see `session.py`), so a
@@ -17,12 +20,15 @@ flood costs bounded memory and time, and the screen still ends as the program le
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pyte
 
 from ..shaping import DEFAULT_BUDGET, OutputBuffer
+
+log = logging.getLogger("devbox_mcp.terminal")
 
 # Private modes as pyte stores them (shifted left by 5).
 _ALT_SCREEN_MODES = frozenset(m << 5 for m in (47, 1047, 1049))
@@ -38,6 +44,10 @@ class _Screen(pyte.Screen):
         self.scrolled_lines = 0  # lines scrolled off since creation: marks survive scrolling
         self.clears = 0  # whole-screen erases and screen switches since creation
         self._main: tuple[Any, Any] | None = None  # the main screen's buffer and cursor, in the alternate one
+        self.replies: list[str] = []  # answers to the program's queries (cursor position, device attributes)
+
+    def write_process_input(self, data: str) -> None:
+        self.replies.append(data)
 
     def index(self) -> None:
         top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
@@ -68,10 +78,23 @@ class _Screen(pyte.Screen):
             self.dirty.update(range(self.lines))
         super().reset_mode(*modes, **kwargs)
 
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        # `CSI > 4 ; 2 m` (xterm's modifyOtherKeys, which vim sends) is not a colour: pyte would pass
+        # it here with private=True, which the base method does not take.
+        if not private:
+            super().select_graphic_rendition(*attrs)
+
     def line_text(self, y: int) -> str:
-        # A wide character's second cell holds "", so joining the cells gives the line's text.
+        # Only the cells written hold a character (the rest are blanks): join those. A wide
+        # character's second cell holds "", so the text comes out right.
         line = self.buffer[y]
-        return "".join(line[x].data for x in range(self.columns)).rstrip()
+        if not line:
+            return ""
+        cells = [" "] * (min(max(line), self.columns - 1) + 1)
+        for x, char in line.items():
+            if x < self.columns:
+                cells[x] = char.data
+        return "".join(cells).rstrip()
 
 
 @dataclass(frozen=True)
@@ -101,13 +124,23 @@ class VirtualScreen:
         return self._screen.lines
 
     def feed(self, data: bytes) -> None:
-        self._stream.feed(data)
+        try:
+            self._stream.feed(data)
+        except Exception as exc:  # a sequence pyte cannot handle must not stop the terminal
+            log.debug("terminal screen: %r; parser restarted", exc)
+            self._stream = pyte.ByteStream(self._screen)
 
     def resync(self, skipped: int) -> None:
         """`skipped` bytes of output were not drawn (a flood): say so where they would have scrolled
         past, and restart the parser (it may have been inside an escape sequence)."""
         self._screen.scrolled.add(f"[… {skipped} bytes of output not drawn: they came faster than the screen draws …]\n")
         self._stream = pyte.ByteStream(self._screen)
+
+    def take_replies(self) -> bytes:
+        """What the terminal answers to the queries drawn so far (a real terminal sends them as input:
+        programs such as prompt_toolkit's REPLs ask for the cursor position and wait)."""
+        replies, self._screen.replies = self._screen.replies, []
+        return "".join(replies).encode()
 
     def resize(self, cols: int, rows: int) -> None:
         self._screen.resize(rows, cols)
@@ -146,9 +179,10 @@ class VirtualScreen:
         return Mark(row, col, self._screen.scrolled_lines, self._screen.clears)
 
     def region_text(self, mark: Mark) -> str:
-        """The screen from `mark` on (the whole screen if it was cleared or switched since)."""
+        """The screen from `mark` on; the whole screen if it was cleared or switched since, or if a
+        full-screen program (on the alternate screen) draws it: such programs redraw anywhere."""
         rows = self.lines()
-        if self._screen.clears != mark.clears:
+        if self._screen.clears != mark.clears or self.alternate:
             return "\n".join(rows)
         row = mark.row - (self._screen.scrolled_lines - mark.scrolled_lines)
         if row < 0:

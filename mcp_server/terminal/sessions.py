@@ -7,10 +7,11 @@ with the id attaches to the same shell. The resource `terminal://{id}` is the sa
 
 While attached, two tasks run per session, owned by the registry (a session outlives the tool
 call that opened it): the *reader* takes frames off the WebSocket into a bounded backlog, and
-the *painter* feeds the backlog to the screen in slices. When output arrives faster than the
-screen is drawn (a flood), the backlog keeps its last `BACKLOG_KEEP` bytes and skips the rest at a
-line boundary (the screen then says how much it skipped): memory and time stay bounded, the
-program runs at full speed, and the screen ends as the program left it.
+the *painter* feeds the backlog to the screen in slices, in at most `PAINT_SHARE` of the time
+after a burst. When output comes faster (a flood), or the backlog passes `BACKLOG_LIMIT`, the backlog
+keeps its last `BACKLOG_KEEP` bytes and skips the rest at a line boundary (the scrolled-off lines
+say how much): memory and CPU stay bounded, the program runs at full speed, and the screen ends
+as the program left it.
 
 `exchange` is the one way input goes in: send bytes, then wait until `wait_for` matches text
 drawn since the send, or (without `wait_for`) output has been quiet for a while, or the time is up.
@@ -40,8 +41,17 @@ SESSION_ID = re.compile(r"^(?P<devbox_id>[\w.:-]{1,200})/(?P<name>[A-Za-z0-9_-]{
 BACKLOG_LIMIT = 512 * 1024  # undrawn bytes held before the oldest are skipped
 BACKLOG_KEEP = 64 * 1024  # what is kept of them then (more than a full-screen redraw)
 PAINT_SLICE = 8 * 1024  # bytes drawn between yields to the event loop
+# Drawing is slow (pyte is pure Python: ~30 µs a line): past a burst of PAINT_BURST seconds of
+# drawing, the painter takes at most PAINT_SHARE of the time, and a backlog beyond BACKLOG_KEEP is
+# skipped meanwhile.
+PAINT_SHARE = 0.25
+PAINT_BURST = 0.5
 
 Stopped = Literal["matched", "quiet", "timeout", "exited"]
+
+CLOSE_ATTACHED = 4409  # the PTY service's close code: another client is attached
+ATTACH_ATTEMPTS = 5
+REFUSAL_SECONDS = 0.25
 
 
 class TerminalError(Exception):
@@ -63,6 +73,18 @@ def parse_session_id(value: str) -> tuple[str, str]:
 class Exchange:
     stopped: Stopped
     seconds: float
+
+
+async def _refusal(socket: PtySocket) -> PtyDisconnected | None:
+    """The server's refusal right after the upgrade (a close frame), if it sends one: waits for the
+    first frame, at most `REFUSAL_SECONDS` (a fresh shell's prompt or a replay usually comes first)."""
+    return await socket.refused(REFUSAL_SECONDS)
+
+
+def _refusal_message(sid: str, refused: PtyDisconnected) -> str:
+    if refused.code == CLOSE_ATTACHED:
+        return f"terminal {sid} is attached by another client (one at a time); close that one or open a new terminal"
+    return f"terminal {sid}: {refused}"
 
 
 class TerminalSession:
@@ -91,6 +113,8 @@ class TerminalSession:
         self._changed = anyio.Event()
         self._painted = anyio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._paint_budget = PAINT_BURST  # seconds the painter may draw for now (a token bucket)
+        self._paint_clock = time.monotonic()
         self._lock = anyio.Lock()
         self.version = 0  # bumped on every drawn slice
 
@@ -101,10 +125,22 @@ class TerminalSession:
         return self._socket is not None and all(not t.done() for t in self._tasks)
 
     async def attach(self, *, size: bool) -> bool:
-        """Attach to the PTY (creating it if it does not exist); whether a new shell was started."""
+        """Attach to the PTY (creating it if it does not exist); whether a new shell was started.
+
+        A refusal because another client is attached (close code 4409) is retried for a moment:
+        a client that just left (this server's previous run) may not be gone yet on the server."""
         self._endpoint = await self.client.pty_endpoint(self.devbox_id)
         cols, rows = (self.screen.cols, self.screen.rows) if size else (None, None)
-        view, self._socket = await self.client.pty_attach(self._endpoint, self.name, cols=cols, rows=rows)
+        for attempt in range(1, ATTACH_ATTEMPTS + 1):
+            view, socket = await self.client.pty_attach(self._endpoint, self.name, cols=cols, rows=rows)
+            refused = await _refusal(socket)
+            if refused is None:
+                break
+            await socket.aclose()
+            if refused.code != CLOSE_ATTACHED or attempt == ATTACH_ATTEMPTS:
+                raise TerminalError(_refusal_message(self.id, refused))
+            await anyio.sleep(0.1 * 2**attempt)
+        self._socket = socket
         if view.cols and view.rows and (view.cols, view.rows) != (self.screen.cols, self.screen.rows):
             self.screen.resize(view.cols, view.rows)
         self.exited = False
@@ -172,12 +208,29 @@ class TerminalSession:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._backlog:
+                now = time.monotonic()
+                self._paint_budget = min(PAINT_BURST, self._paint_budget + (now - self._paint_clock) * PAINT_SHARE)
+                self._paint_clock = now
+                if self._paint_budget <= 0:
+                    # A flood: draw only its latest part, in a share of the time; the reader keeps reading.
+                    if len(self._backlog) > BACKLOG_KEEP:
+                        self._skip()
+                    await anyio.sleep(min(-self._paint_budget, 0.2) / PAINT_SHARE + 0.01)
+                    continue
                 if self._skipped:
                     self.screen.resync(self._skipped)
                     self._skipped = 0
                 chunk = bytes(self._backlog[:PAINT_SLICE])
                 del self._backlog[:PAINT_SLICE]
+                drawing = time.monotonic()
                 self.screen.feed(chunk)
+                self._paint_budget -= time.monotonic() - drawing
+                replies = self.screen.take_replies()
+                if replies and self._socket is not None:
+                    try:
+                        await self._socket.send(replies)
+                    except PtyDisconnected:
+                        pass  # the reader sees the end too
                 text = self._decoder.decode(chunk)
                 for listener in list(self._listeners):
                     listener(text)
@@ -215,9 +268,11 @@ class TerminalSession:
         quiet: float,
         on_output: Callable[[str], None] | None = None,
         first_output: bool = False,
+        resize: tuple[int, int] | None = None,
     ) -> Exchange:
         """Send `data` and wait (see the module docstring). `first_output`: quiet counts only once
-        some output came (a shell starting)."""
+        some output came (a shell starting). `resize` (cols, rows) is applied first: what the
+        program draws in answer is new."""
         async with self._lock:
             started = time.monotonic()
             await self.ensure_attached()
@@ -226,6 +281,10 @@ class TerminalSession:
             if on_output is not None:
                 self._listeners.add(on_output)
             try:
+                if resize is not None:
+                    assert self._endpoint is not None
+                    await self.client.pty_control(self._endpoint, self.name, "resize", cols=resize[0], rows=resize[1])
+                    self.screen.resize(*resize)
                 if data:
                     assert self._socket is not None
                     await self._socket.send(data)
@@ -249,7 +308,7 @@ class TerminalSession:
             now = time.monotonic()
             if now >= deadline:
                 return "timeout"
-            counting = wait_for is None and not (first_output and self.version == version)
+            counting = wait_for is None and not (first_output and self.version == 0)
             if counting and now - last_change >= quiet:
                 return "quiet"
             until = min(deadline, last_change + quiet) if counting else deadline
@@ -258,13 +317,6 @@ class TerminalSession:
                 await changed.wait()
             if changed.is_set():
                 last_change = time.monotonic()
-
-    async def resize(self, cols: int, rows: int) -> None:
-        async with self._lock:
-            await self.ensure_attached()
-            assert self._endpoint is not None
-            await self.client.pty_control(self._endpoint, self.name, "resize", cols=cols, rows=rows)
-            self.screen.resize(cols, rows)
 
     async def close(self) -> None:
         """End the PTY session in the devbox (SIGHUP to its foreground process group) and stop following it."""

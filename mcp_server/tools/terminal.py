@@ -107,8 +107,6 @@ async def terminal_send(
     size = _size(resize)
     with _errors():
         term = await app.terminals.get(app.client, session)
-        if size is not None:
-            await term.resize(*size)
         await term.ensure_attached()
     try:
         app_keys = term.screen.app_cursor_keys
@@ -116,7 +114,7 @@ async def terminal_send(
     except ValueError as exc:
         raise ToolError(f"keys: {exc}") from None
     seconds = wait_budget(ctx, app.settings, DEFAULT_SEND_SECONDS if timeout is None else timeout)
-    return await _interact(ctx, term, data, pattern, seconds, False)
+    return await _interact(ctx, term, data, pattern, seconds, False, size)
 
 
 async def terminal_read(ctx: Context, session: str) -> Annotated[CallToolResult, Screen]:
@@ -177,7 +175,8 @@ def _errors() -> Iterator[None]:
 
 
 async def _interact(
-    ctx: Context, term: TerminalSession, data: bytes, pattern: re.Pattern[str] | None, seconds: float, opening: bool
+    ctx: Context, term: TerminalSession, data: bytes, pattern: re.Pattern[str] | None, seconds: float, opening: bool,
+    resize: tuple[int, int] | None = None,
 ) -> CallToolResult:
     app = state(ctx)
 
@@ -191,7 +190,7 @@ async def _interact(
         try:
             exchange = await term.exchange(
                 data, wait_for=pattern, seconds=seconds, quiet=app.settings.terminal_quiet_seconds,
-                on_output=progress.feed, first_output=opening,
+                on_output=progress.feed, first_output=opening, resize=resize,
             )
         except (TerminalError, RunloopError) as exc:
             failed = exc  # raised outside the progress task group, as itself
