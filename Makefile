@@ -30,6 +30,8 @@ bench: install
 	$(BIN)/python -m bench.local_api
 	$(BIN)/python -m bench.devbox_system
 	$(BIN)/python -m bench.mcp
+	$(BIN)/python -m bench.speed
+	$(BIN)/python -m bench.cold_start
 	$(BIN)/python -m bench.axons
 	$(BIN)/python -m bench.resources
 	$(BIN)/python -m bench.http

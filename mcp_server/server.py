@@ -1,7 +1,8 @@
 """Building the MCP server: the tools on top of one Runloop client.
 
 `build_server` takes either a ready client (the caller owns and closes it) or a factory called
-once per server run inside its event loop (the server closes what it made). Each run's
+at most once per server run, inside its event loop, when a tool first needs it (the server
+closes what it made). Each run's
 `AppState` holds that client, the settings and the handle to the resources (their subscription
 hub) and the terminal sessions; the server keeps both too, for whoever watches the hub. Transports are not chosen
 here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
@@ -9,12 +10,16 @@ here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import ValidationError
 
 from . import __version__
 from .logging_and_completion import add_logging_and_completion
@@ -37,6 +42,33 @@ class DevboxServer(MCPServer):
     resources: ResourcesHandle
     terminals: Terminals
 
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """The SDK's `call_tool`, with argument errors that never echo what was sent.
+
+        pydantic's message repeats each bad input (`input_value=...`): an environment variable's
+        value or a file's contents are secrets or bulk. The model gets, per bad argument, where and
+        what is wrong; that is what it needs to correct the call."""
+        try:
+            called = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
+                for error in exc.__cause__.errors(include_input=False, include_url=False)
+            )
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {problems}") from None
+        if isinstance(called, CallToolResult) and called.structured_content is not None:
+            # Published output schemas have no nulls (compact_schemas): a field without a value is absent,
+            # in the structured content and in a text that is its JSON (the SDK's rendering of a model).
+            whole, called.structured_content = called.structured_content, without_none(called.structured_content)
+            for block in called.content:
+                if isinstance(block, TextContent) and block.text.startswith("{") and _parses_to(block.text, whole):
+                    block.text = json.dumps(called.structured_content, indent=2, ensure_ascii=False)
+        return called
+
 
 def build_server(
     client: RunloopClient | Callable[[], RunloopClient], settings: Settings | None = None
@@ -45,16 +77,18 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: DevboxServer) -> AsyncIterator[AppState]:
-        made = client if isinstance(client, RunloopClient) else client()
+        run = AppState(client, settings, server.resources, server.terminals)  # a factory's client is made at its first use
         try:
-            yield AppState(made, settings, server.resources, server.terminals)
+            yield run
         finally:
-            # The run's terminals stop following their PTYs, which live on in the devboxes: a client
-            # that comes back reattaches to the same shells.
-            with anyio.CancelScope(shield=True):
-                await server.terminals.detach_client(made)
-            if made is not client:
-                await made.aclose()
+            made = run.made_client
+            if made is not None:
+                # The run's terminals stop following their PTYs, which live on in the devboxes: a
+                # client that comes back reattaches to the same shells.
+                with anyio.CancelScope(shield=True):
+                    await server.terminals.detach_client(made)
+                if made is not client:
+                    await made.aclose()
 
     server = DevboxServer(
         "devbox-mcp",
@@ -79,14 +113,55 @@ def compact_schemas(server: MCPServer) -> None:
     - pydantic's auto titles go: they cost every conversation context and say nothing.
     - `anyOf [T, null]` becomes `type: [T, "null"]` (half the bytes; an enum gains `null`). In
       inputs the `default: null` goes too: strict converters make every argument required, and
-      null is then how a model leaves an optional one out. Output schemas keep their nulls:
-      clients validate structured content against them.
+      null is then how a model leaves an optional one out.
+    - Outputs leave nothing null: a field with no value is left out of the structured content
+      (`DevboxServer.call_tool`), so its schema says only what the value is when present, and it is
+      not required.
     """
     for tool in server._tool_manager.list_tools():
         tool.description = " ".join((tool.description or "").split())
         tool.parameters = _compact(inline_refs(tool.parameters))
         if tool.fn_metadata.output_schema is not None:
-            tool.fn_metadata.output_schema = _compact(inline_refs(tool.fn_metadata.output_schema))
+            tool.fn_metadata.output_schema = _without_nulls(_compact(inline_refs(tool.fn_metadata.output_schema)))
+
+
+def _without_nulls(schema: object) -> object:
+    """An output schema where no field is null: a field that may be null is optional instead."""
+    if isinstance(schema, list):
+        return [_without_nulls(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _without_nulls(value) for key, value in schema.items() if key != "default"}  # says nothing here
+    kind = out.get("type")
+    if isinstance(kind, list) and "null" in kind and len(kind) == 2:
+        out["type"] = next(k for k in kind if k != "null")
+        if isinstance(out.get("enum"), list):
+            out["enum"] = [v for v in out["enum"] if v is not None]
+        out["nullable"] = True  # a marker for the parent, removed below
+    properties = out.get("properties")
+    if isinstance(properties, dict):
+        optional = {name for name, sub in properties.items() if isinstance(sub, dict) and sub.pop("nullable", False)}
+        if "required" in out:
+            out["required"] = [name for name in out["required"] if name not in optional]
+    return out
+
+
+def _parses_to(text: str, value: Any) -> bool:
+    try:
+        return json.loads(text) == value
+    except ValueError:
+        return False
+
+
+def without_none(value: Any) -> Any:
+    """Structured content with every null-valued key left out, at any depth.
+
+    List items are never dropped: a row's SQL NULLs are values, and positions mean columns."""
+    if isinstance(value, dict):
+        return {key: without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_none(item) if isinstance(item, dict | list) else item for item in value]
+    return value
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

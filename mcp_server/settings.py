@@ -27,6 +27,14 @@ class Settings:
     binary_cap: int = 512 * 1024
     # Rows returned by sql_query before the result is cut (with a note).
     sql_max_rows: int = 200
+    # How long `execute`'s first API request waits for the command to complete (tools/execute.py
+    # `start_execution`): a command done by then costs that one request. Unset (None): on the
+    # embedded backend as long as the call's wait (≤ 25 s), the answer coming early once the
+    # command prints (`output_grace`); against Runloop's API 0.1 s. 0: always stream.
+    fast_window: float | None = None
+    # Embedded backend: how long after a command's first output its answer waits for it to
+    # complete; a longer command's first line shows after about this long.
+    output_grace: float = 0.003
     # Time allowed to kill a cancelled command in the devbox.
     kill_timeout: float = 5.0
     # How long create_devbox / resume_devbox wait for the devbox to be running.

@@ -196,7 +196,8 @@ class SharedBackend:
 
     def client(self) -> RunloopClient:
         return RunloopClient(
-            PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner), pty_url=EMBEDDED_PTY_URL
+            PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner), subsecond_waits=True,
+            pty_url=EMBEDDED_PTY_URL,
         )
 
 

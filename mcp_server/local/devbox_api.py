@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,7 @@ from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
 from .pty import PtyManager
 from .secret_store import SecretStore
+from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -201,6 +203,32 @@ async def devbox_logs(request: Request) -> Response:
     return JSONResponse({"logs": entries})
 
 
+async def tail_devbox_logs(request: Request) -> Response:
+    """SSE: each DevboxLog entry (as /logs has them) as one event, the past ones first, then each
+    as it is added; the stream ends once the devbox is shut down (or failed)."""
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    execution_id = request.query_params.get("execution_id") or None
+    if request.query_params.get("shell_name"):
+        raise ApiError(400, "shell_name: the embedded backend has no named shells, so no entry has one; filter by execution_id")
+    return sse_response(_log_events(devboxes, devbox_id, execution_id))
+
+
+async def _log_events(devboxes: DevboxManager, devbox_id: str, execution_id: str | None) -> AsyncIterator[bytes]:
+    position = 0
+    while True:
+        with devboxes.log_waiter(devbox_id) as changed:  # before reading: nothing added meanwhile is missed
+            entries, position = devboxes.logs_since(devbox_id, position)
+            for entry in entries:
+                if execution_id is None or entry.get("cmd_id") == execution_id:
+                    yield encode_event(entry)
+            if devboxes.get(devbox_id).status in ("shutdown", "failure"):
+                return
+            if not await wait_or_timeout(changed.wait, KEEPALIVE_SECONDS):
+                yield KEEPALIVE
+
+
 # -- files -----------------------------------------------------------------------------
 
 
@@ -255,6 +283,7 @@ ROUTES = [
     Route("/v1/devboxes/{id}/resume", resume_devbox, methods=["POST"]),
     Route("/v1/devboxes/{id}/keep_alive", keep_alive, methods=["POST"]),
     Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
+    Route("/v1/devboxes/{id}/logs/tail", tail_devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
     Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),

@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -236,6 +236,9 @@ class DevboxManager:
         self._keep_alive_until: dict[str, float] = {}  # monotonic deadlines (keep_alive_time_seconds)
         self._keep_alive_timers: dict[str, asyncio.Task[None]] = {}
         self._unsaved: set[str] = set()  # devboxes whose latest state a full disk kept out of devbox.json
+        # Log tails (`logs_since`): entries trimmed off each devbox's list so far, and who to wake.
+        self._logs_dropped: dict[str, int] = {}
+        self._log_waiters: dict[str, set[asyncio.Event]] = {}
         # Root backends: the id range devboxes map to and the images they overlay (idmap.py, image.py).
         self.ids: IdRange | None = None
         self.images: ImageStore | None = None
@@ -414,7 +417,10 @@ class DevboxManager:
         entry = {"level": "info", "timestamp_ms": now_ms(), **entry}
         devbox.logs.append(entry)
         if len(devbox.logs) > MAX_LOG_ENTRIES:
-            del devbox.logs[: len(devbox.logs) - MAX_LOG_ENTRIES]
+            trimmed = len(devbox.logs) - MAX_LOG_ENTRIES
+            self._logs_dropped[devbox_id] = self._logs_dropped.get(devbox_id, 0) + trimmed
+            del devbox.logs[:trimmed]
+        self._wake_log_waiters(devbox_id)
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
         try:
             with open(devbox.state_dir / "logs.jsonl", "ab") as fh:
@@ -433,6 +439,30 @@ class DevboxManager:
         if execution_id:
             return [e for e in devbox.logs if e.get("cmd_id") == execution_id]
         return list(devbox.logs)
+
+    def logs_since(self, devbox_id: str, position: int) -> tuple[list[dict[str, Any]], int]:
+        """The entries added after `position` (0: all still kept) and the position after them, for
+        a tail that reads on as entries come (`log_waiter` wakes it)."""
+        devbox = self.get(devbox_id)
+        dropped = self._logs_dropped.get(devbox_id, 0)
+        return devbox.logs[max(0, position - dropped) :], dropped + len(devbox.logs)
+
+    @contextlib.contextmanager
+    def log_waiter(self, devbox_id: str) -> Iterator[asyncio.Event]:
+        """An event set at the devbox's next log entry or status change."""
+        event = asyncio.Event()
+        waiters = self._log_waiters.setdefault(devbox_id, set())
+        waiters.add(event)
+        try:
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._log_waiters.pop(devbox_id, None)
+
+    def _wake_log_waiters(self, devbox_id: str) -> None:
+        for event in self._log_waiters.get(devbox_id, ()):
+            event.set()
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -472,6 +502,7 @@ class DevboxManager:
         event = self._changed.pop(devbox.id, None)
         if event is not None:
             event.set()
+        self._wake_log_waiters(devbox.id)
 
     async def wait_for_status(self, devbox_id: str, statuses: Iterable[str], seconds: float) -> Devbox:
         """Wait until the devbox is in one of `statuses`; ApiError 408 when `seconds` run out first."""

@@ -17,10 +17,13 @@ from .errors import ApiError
 from .executions import STATUSES, Execution, ExecutionManager
 from .http import idempotency_key, parse_body, query_int
 from .output import stream_output
-from .sse import sse_response, wait_or_timeout
+from .sse import sse_response
 
 MAX_WAIT_SECONDS = 25.0  # the long-poll limit of executions (the SDK's EXEC_LONG_POLL_SERVER_MAX_SECONDS)
 MAX_LAST_N = 10_000_000
+# On execute answers: this server takes `optimistic_timeout` in fractions of a second and
+# `output_grace_seconds` (our extensions); a client that learns it can use them.
+SUBSECOND_HEADER = {"x-devbox-mcp-subsecond-waits": "1"}
 
 
 class _Body(BaseModel):
@@ -39,7 +42,11 @@ class ExecuteBody(_Body):
 
     command: StrictStr
     command_id: StrictStr | None = None
+    # Our extensions: fractions of a second too (validation.py); and `output_grace_seconds`: answer
+    # once the command has printed and that much more time passed without it completing
+    # (`ExecutionManager.wait_optimistic`).
     optimistic_timeout: StrictInt | StrictFloat | None = None
+    output_grace_seconds: StrictInt | StrictFloat | None = None
 
 
 class ExecuteSyncBody(_Body):
@@ -126,6 +133,7 @@ async def execute(request: Request) -> Response:
     command = _check_command(body.command)
     last_n = _last_n(request)
     optimistic = _seconds("optimistic_timeout", body.optimistic_timeout, MAX_WAIT_SECONDS)
+    grace = None if body.output_grace_seconds is None else _seconds("output_grace_seconds", body.output_grace_seconds, 0)
     if body.command_id is not None and not body.command_id.strip():
         raise ApiError(400, "command_id must not be empty; send a fresh UUIDv7, or leave it out")
     if body.command_id is not None:
@@ -136,8 +144,8 @@ async def execute(request: Request) -> Response:
             return await manager.start(devbox_id, command)
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
-    await wait_or_timeout(ex.done.wait, optimistic)
-    return JSONResponse(manager.view(ex, last_n))
+    await manager.wait_optimistic(ex, optimistic, output_grace=grace)
+    return JSONResponse(manager.view(ex, last_n), headers=SUBSECOND_HEADER)
 
 
 async def execute_sync(request: Request) -> Response:

@@ -41,7 +41,8 @@ from .clock import now_ms
 from .errors import ApiError, disk_full, is_disk_full, not_found
 from .http import IdempotencyCache
 from .ids import new_id
-from .output import FileWatcher, OutputSource, tail_lines
+from .output import POLL_SECONDS, FileWatcher, OutputSource, tail_lines
+from .sse import wait_or_timeout
 
 if TYPE_CHECKING:
     from .devboxes import Devbox, DevboxManager
@@ -458,6 +459,35 @@ class ExecutionManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ex.done.wait(), seconds)
         return ex.record.status in statuses
+
+    async def wait_optimistic(self, ex: Execution, seconds: float, *, output_grace: float | None = None) -> None:
+        """Wait until the command completes or `seconds` pass (execute's `optimistic_timeout`).
+
+        With `output_grace` (our extension), stop early too once the command has printed
+        something and `output_grace` more seconds passed without it completing: a caller can then
+        hold the request long for a silent command and still show a talkative one's first line
+        at once.
+        """
+        if output_grace is None or ex.finished:
+            await wait_or_timeout(ex.done.wait, seconds)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        wake = asyncio.Event()
+        ex.waiters.add(wake)  # set when the command completes
+        streams: tuple[Stream, ...] = ("stdout", "stderr")
+        polling = not all([self.watcher.subscribe(ex.path(s), wake) for s in streams])
+        try:
+            while not ex.finished and (remaining := deadline - loop.time()) > 0:
+                if any(os.stat(ex.path(s)).st_size for s in streams):
+                    await wait_or_timeout(ex.done.wait, min(output_grace, remaining))
+                    return
+                wake.clear()
+                await wait_or_timeout(wake.wait, min(remaining, POLL_SECONDS) if polling else remaining)
+        finally:
+            ex.waiters.discard(wake)
+            for s in streams:
+                self.watcher.unsubscribe(ex.path(s), wake)
 
     async def kill(self, ex: Execution, *, process_group: bool) -> None:
         """Kill the command: its bash alone, or (`process_group`) everything it started, politely first."""

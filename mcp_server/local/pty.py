@@ -141,6 +141,15 @@ class PtySession:
 
     # -- output ----------------------------------------------------------------------------
 
+    @property
+    def waiting_for_client(self) -> bool:
+        """Whether reading has stopped because the attached client has not taken the output yet."""
+        return self.attached and not self._reading and not self._eof and not self.ended
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._pending)
+
     def start_reading(self) -> None:
         if not self._reading and not self._eof and not self.ended:
             asyncio.get_running_loop().add_reader(self.master, self._read_ready)
@@ -152,16 +161,22 @@ class PtySession:
             self._reading = False
 
     def _read_ready(self) -> None:
-        try:
-            data = os.read(self.master, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every slave end is closed
-            data = b""
-        if not data:
-            self._eof = True
-            self._stop_reading()
-        else:
+        """Read what the pty has, up to READ_CHUNK: a pty hands out at most 4 KiB a read, and one
+        frame per read would cost the client a frame (and us a wake-up) per 4 KiB."""
+        data = b""
+        while len(data) < READ_CHUNK:
+            try:
+                chunk = os.read(self.master, READ_CHUNK - len(data))
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every slave end is closed
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                self._stop_reading()
+                break
+            data += chunk
+        if data:
             self._pending += data
             if self.attached:
                 if len(self._pending) >= ATTACHED_HIGH_WATER:
@@ -174,7 +189,7 @@ class PtySession:
         """The output waiting for the client (all of it, at most a few hundred KiB); None once the
         session has ended and nothing is left to send."""
         while not self._pending:
-            if self.ended or self._eof:
+            if self.ended:  # not at EOF alone: the shell's exit, which says how it ended, follows
                 return None
             self._changed.clear()
             await self._changed.wait()
@@ -182,6 +197,12 @@ class PtySession:
         self._pending.clear()
         self.start_reading()
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Put back output a client did not get (it left mid-send), for the next one."""
+        self._pending[:0] = data
+        if len(self._pending) > DETACHED_KEEP:
+            del self._pending[: len(self._pending) - DETACHED_KEEP]
 
     # -- input -----------------------------------------------------------------------------
 
@@ -344,11 +365,11 @@ class PtyManager:
                 self._arm_expiry(existing)
                 return existing, False
             cols, rows = size or (DEFAULT_COLS, DEFAULT_ROWS)
-            master, slave = os.openpty()
+            assert devbox.sandbox is not None
+            master, slave = devbox.sandbox.open_pty()
             try:
                 _set_size(slave, cols, rows)
                 os.set_blocking(master, False)
-                assert devbox.sandbox is not None
                 process = await devbox.sandbox.spawn(
                     SHELL_COMMAND,
                     env=self.devboxes.command_env(devbox),

@@ -168,7 +168,11 @@ async def _pump(websocket: WebSocket, session: PtySession) -> None:
 
     async def output() -> None:
         while (data := await session.output()) is not None:
-            await websocket.send_bytes(data)  # waits while the client is slow: reading stops meanwhile
+            try:
+                await websocket.send_bytes(data)  # waits while the client is slow: reading stops meanwhile
+            except BaseException:
+                session.unread(data)  # the client left (or the task was cancelled): keep it for the next
+                raise
         await websocket.close(CLOSE_ENDED, _reason(session.end_reason))
 
     async def input() -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -36,6 +37,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -116,6 +118,10 @@ _JOIN_CGROUPS = (
     '[ "$1" = - ] || ulimit -u "$1" 2>/dev/null || ulimit -p "$1" || exit 125; shift; '
     'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
 )
+
+_TIOCSPTLCK = 0x40045431  # Linux: (un)lock a pty's slave
+_TIOCGPTPEER = 0x5441  # Linux 4.13+: open a pty's slave from its master, without a path
+_TTY_GID = 5  # the `tty` group of Debian-based images, which owns login terminals
 
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
@@ -737,6 +743,33 @@ class Sandbox:
             own_system=own_system,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
+
+    def open_pty(self, user: SandboxUser | None = None) -> tuple[int, int]:
+        """A pseudo-terminal for a terminal session: (master, slave), both close-on-exec.
+
+        From the sandbox's own devpts when it has one (a root backend's `--dev /dev`), so the shell's
+        terminal is a `/dev/pts/N` of the devbox (`tty`, `ps` and `GPG_TTY` see it), owned by the
+        user as a login terminal is; from the host's otherwise (the name then resolves to nothing
+        inside, while /dev/tty and everything else work the same).
+        """
+        ptmx = f"/proc/{self.init_pid}/root/dev/pts/ptmx"
+        if self.init_pid is not None and not self.spec.unsafe and os.path.exists(ptmx):
+            try:
+                master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:
+                return os.openpty()
+            try:
+                fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlock the slave
+                slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:  # before Linux 4.13: no TIOCGPTPEER
+                os.close(master)
+                return os.openpty()
+            if self.spec.ids is not None:
+                uid = (user or self.spec.user).uid
+                with contextlib.suppress(OSError):
+                    os.fchown(slave, self.spec.ids.host_uid(uid), self.spec.ids.host_gid(_TTY_GID))
+            return master, slave
+        return os.openpty()
 
     # -- stop ------------------------------------------------------------------------------
 

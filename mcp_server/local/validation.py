@@ -30,6 +30,9 @@ _OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     # The documents say `items: {type: object}` (a generator's "any"); the SDK types the bindings as
     # Iterable[object], and SQL parameters are scalars.
     ("SqlStatementParams", "params"): {"type": "array"},
+    # Our extension: fractions of a second, so the MCP server's `execute` can wait a few ms for a
+    # fast command and still show a longer one's first line at once (tools/execute.py).
+    ("DevboxStartExecutionParameters", "optimistic_timeout"): {"type": "number", "nullable": True},
     # Typed integer, yet "Must be 0.5, 1, or a multiple of 2" (ResourceSize); the SDK sends a float.
     ("LaunchParameters", "custom_cpu_cores"): {"type": "number", "nullable": True},
 }

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -77,6 +78,8 @@ DEFAULT_WAIT_SECONDS = 600.0
 SLOW_CALL_SECONDS = 600.0
 DEFAULT_DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 USER_AGENT = "devbox-mcp/0.1"
+# Sent by the embedded backend on execute answers: it takes fractions of a second as holds.
+SUBSECOND_WAITS_HEADER = "x-devbox-mcp-subsecond-waits"
 
 
 def new_command_id() -> str:
@@ -98,6 +101,9 @@ class RunloopClient:
 
     `retry` governs request retries and stream reconnects; `stream_idle_timeout` is how long a
     stream may stay silent (servers send keep-alives) before the client reconnects.
+    `subsecond_waits`: the server takes `optimistic_timeout` in fractions of a second (the
+    embedded backend does; Runloop's API takes whole seconds). Left None, the client learns it
+    from the first execute answer (the embedded backend marks its answers); False: never.
     `wrap_transport` wraps each connection pool's transport, for a caller that decides per
     request where it goes (the embedded backend's address can change while a client lives).
     `pty_url` is the template of the base URL of a devbox's PTY paths (default: see `pty.py`).
@@ -114,9 +120,14 @@ class RunloopClient:
         connect_timeout: float = 5.0,
         stream_idle_timeout: float = 60.0,
         wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+        subsecond_waits: bool | None = None,
         pty_url: str | None = None,
     ) -> None:
         check_connection(base_url, api_key)
+        # The embedded backend takes `optimistic_timeout` in fractions of a second (our extension);
+        # Runloop's API takes whole seconds. None: whole seconds until the server says otherwise.
+        self.subsecond_waits = bool(subsecond_waits)
+        self._learn_waits = subsecond_waits is None
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.retry = retry or RetryPolicy()
@@ -126,10 +137,12 @@ class RunloopClient:
         self._connect_timeout = connect_timeout
         self.pty_url = pty_url or default_pty_url(self.base_url)
 
+        verify = _tls_context(self.base_url)
+
         def transport(limits: httpx.Limits) -> dict[str, Any]:
             if wrap_transport is None:
-                return {"limits": limits}
-            return {"transport": wrap_transport(httpx.AsyncHTTPTransport(limits=limits))}
+                return {"limits": limits, "verify": verify}
+            return {"transport": wrap_transport(httpx.AsyncHTTPTransport(limits=limits, verify=verify))}
 
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -465,16 +478,23 @@ class RunloopClient:
         )
 
     async def watch_devbox(
-        self, devbox_id: str, until: Iterable[str], *, timeout_seconds: float = DEFAULT_WAIT_SECONDS
+        self,
+        devbox_id: str,
+        until: Iterable[str],
+        *,
+        timeout_seconds: float = DEFAULT_WAIT_SECONDS,
+        current: DevboxView | None = None,
     ) -> AsyncIterator[DevboxView]:
         """Yield the devbox view now and at each status change, ending once its status is in `until`.
 
         Each wait is a long-poll for "any status but the current one", so transitions are seen
         as they happen without polling. Raises `WaitTimeout` after `timeout_seconds` overall.
+        `current`: the view the caller just received (from create or resume), the start instead
+        of a request that would read it again.
         """
         targets = set(until)
         deadline = time.monotonic() + timeout_seconds
-        view = await self.get_devbox(devbox_id)
+        view = current if current is not None and current.id == devbox_id else await self.get_devbox(devbox_id)
         yield view
         while view.status not in targets:
             others = [s for s in DEVBOX_STATUSES if s != view.status]
@@ -606,28 +626,46 @@ class RunloopClient:
         command: str,
         *,
         command_id: str | None = None,
-        optimistic_timeout: int | None = None,
+        optimistic_timeout: float | None = None,
         last_n: int | None = None,
+        output_grace: float | None = None,
     ) -> ExecutionView:
         """Start `command` through the idempotent execute endpoint and wait up to
         `optimistic_timeout` s (≤ 25) for it to complete.
 
         `command_id` (a UUIDv7 generated when not given) makes retries safe: the server runs a
-        given id once. The returned view's `execution_id` is the id to stream and wait on.
+        given id once, and a second call with the same id attaches to the same execution. The
+        returned view's `execution_id` is the id to stream and wait on. A fraction of a second
+        is sent only to a server that takes one (`subsecond_waits`), else it is refused here;
+        so is `output_grace` (the embedded backend's extension: answer once the command has
+        printed and that many seconds more passed without it completing).
         """
+        if output_grace is not None and not self.subsecond_waits:
+            raise InvalidArgument("output_grace is an extension of the embedded backend, which this server is not")
         if optimistic_timeout is not None and not 0 <= optimistic_timeout <= 25:
             raise InvalidArgument(f"optimistic_timeout must be between 0 and 25 seconds, got {optimistic_timeout}")
+        if optimistic_timeout is not None and optimistic_timeout != int(optimistic_timeout):
+            if not self.subsecond_waits:
+                raise InvalidArgument(f"optimistic_timeout must be whole seconds for this API, got {optimistic_timeout}")
+        elif optimistic_timeout is not None:
+            optimistic_timeout = int(optimistic_timeout)
         body: dict[str, Any] = {"command": command, "command_id": command_id or new_command_id()}
         if optimistic_timeout is not None:
             body["optimistic_timeout"] = optimistic_timeout
+        if output_grace is not None:
+            body["output_grace_seconds"] = output_grace
         wait = float(optimistic_timeout or 0)
-        return await self._post(
+        response = await self._send(
+            "POST",
             f"/v1/devboxes/{_path_segment(devbox_id)}/execute",
-            ExecutionView,
-            body,
+            json_body=body,
             params={"last_n": last_n},
+            idempotency_key=new_request_id(),
             request_timeout=httpx.Timeout(wait + 30.0, connect=self._connect_timeout),
         )
+        if self._learn_waits and response.headers.get(SUBSECOND_WAITS_HEADER) == "1":
+            self.subsecond_waits = True  # the embedded backend says so on every execute answer
+        return self._parse(response, ExecutionView)
 
     async def execute_async(self, devbox_id: str, command: str, *, attach_stdin: bool = False) -> ExecutionView:
         """Start `command` and return at once (status `queued` or `running`)."""
@@ -868,6 +906,16 @@ class RunloopClient:
 
 class _LogList(BaseModel):
     logs: list[LogEntry] = []
+
+
+def _tls_context(base_url: str) -> ssl.SSLContext:
+    """One TLS context for both connection pools, made once: loading the CA bundle costs about
+    20 ms, and each pool would load its own, at every server start (the cold start of a stdio
+    server). A plain-HTTP base URL (the embedded backend on loopback) loads none: a request
+    sent elsewhere over TLS would then fail verification, never skip it."""
+    if base_url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names; trusts no one
+    return httpx.create_ssl_context()
 
 
 def _path_segment(value: str) -> str:

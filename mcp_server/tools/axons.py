@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from ..runloop import AxonView, SqlResult
 from ..shaping import truncate_utf8
-from .common import AxonId, Labels, annotations, api_errors, as_map, page_text, result, state
+from .common import AxonId, Labels, annotations, api_errors, as_map, at_most, page_text, result, state
 from .sql_guard import SqlRefused, check_read_only
 
 SqlParam = str | int | float | bool | None
@@ -34,7 +34,7 @@ class AxonInfo(BaseModel):
 
 class AxonList(BaseModel):
     axons: list[AxonInfo]
-    has_more: bool = Field(description="call again with starting_after = last id")
+    has_more: bool  # call again with starting_after = last id
 
 
 class Published(BaseModel):
@@ -49,27 +49,26 @@ class Column(BaseModel):
 
 
 Row = list[JsonValue]
-ROWS_DESCRIPTION = "values in column order (bounded: see note)"
 
 
 class QueryResult(BaseModel):
     axon_id: str
     columns: list[Column]
-    rows: list[Row] = Field(description=ROWS_DESCRIPTION)
-    row_count: int = Field(description="rows the statement returned")
+    rows: list[Row]  # values in column order (bounded: see note)
+    row_count: int  # rows the statement returned
     rows_cut: bool
     changes: int | None = None
     note: str | None = None
 
 
 class Statement(BaseModel):
-    sql: Annotated[str, Field(min_length=1, max_length=100_000)]
-    params: list[SqlParam] = Field(default_factory=list, max_length=1000)
+    sql: Annotated[str, Field(min_length=1), at_most(100_000)]
+    params: Annotated[list[SqlParam], at_most(1000)] = Field(default_factory=list)
 
 
 class BatchItem(BaseModel):
     columns: list[str] = Field(default_factory=list)
-    rows: list[Row] = Field(default_factory=list, description=ROWS_DESCRIPTION)
+    rows: list[Row] = Field(default_factory=list)  # values in column order (bounded: see note)
     row_count: int = 0
     rows_cut: bool = False
     changes: int | None = None
@@ -135,7 +134,7 @@ def _clip_row(row: list[Any], budget: int) -> list[Any]:
 
 async def create_axon(
     ctx: Context,
-    name: Annotated[str | None, Field(max_length=256)] = None,
+    name: Annotated[str | None, at_most(256)] = None,
     metadata: Annotated[Labels | None, Field(description="string labels")] = None,
 ) -> AxonInfo:
     """Create an axon: an event stream with a SQL-queryable history."""
@@ -147,7 +146,7 @@ async def create_axon(
 
 async def list_axons(
     ctx: Context,
-    name: Annotated[str | None, Field(max_length=256, description="name prefix")] = None,
+    name: Annotated[str | None, Field(description="name prefix"), at_most(256)] = None,
     limit: Annotated[int, Field(ge=1, le=100)] = 20,
     starting_after: Annotated[AxonId | None, Field(description="last id of the previous page")] = None,
 ) -> Annotated[CallToolResult, AxonList]:
@@ -162,9 +161,9 @@ async def list_axons(
 async def publish_event(
     ctx: Context,
     axon_id: AxonId,
-    event_type: Annotated[str, Field(min_length=1, max_length=256)],
+    event_type: Annotated[str, Field(min_length=1), at_most(256)],
     payload: Annotated[JsonValue, Field(description="any JSON value")],
-    source: Annotated[str, Field(min_length=1, max_length=256)] = "devbox-mcp",
+    source: Annotated[str, Field(min_length=1), at_most(256)] = "devbox-mcp",
     origin: Literal["AGENT_EVENT", "USER_EVENT", "EXTERNAL_EVENT"] = "AGENT_EVENT",
 ) -> Published:
     """Publish an event to an axon. Returns its sequence number and timestamp."""
@@ -178,8 +177,8 @@ async def publish_event(
 async def sql_query(
     ctx: Context,
     axon_id: AxonId,
-    sql: Annotated[str, Field(min_length=1, max_length=100_000, description="one statement, ? placeholders")],
-    params: Annotated[list[SqlParam], Field(max_length=1000)] | None = None,
+    sql: Annotated[str, Field(min_length=1, description="one statement, ? placeholders"), at_most(100_000)],
+    params: Annotated[list[SqlParam], at_most(1000)] | None = None,
     allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
 ) -> Annotated[CallToolResult, QueryResult]:
     """Run one SQL statement on an axon's database (events are in table rl_axon_events).
@@ -210,7 +209,7 @@ async def sql_query(
 async def sql_batch(
     ctx: Context,
     axon_id: AxonId,
-    statements: Annotated[list[Statement], Field(min_length=1, max_length=100)],
+    statements: Annotated[list[Statement], Field(min_length=1), at_most(100)],
 ) -> Annotated[CallToolResult, BatchResult]:
     """Run SQL statements atomically (one transaction) on an axon's database; may write.
     If one fails, none is applied."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..resources import ResourcesHandle
 from ..runloop import RunloopClient, RunloopError
@@ -21,12 +22,28 @@ from ..terminal.sessions import Terminals
 @dataclass
 class AppState:
     """Lives for one server run (the MCP lifespan): the API client, the settings, the handle to
-    the resources (list changes, links to full output) and the server's terminal sessions."""
+    the resources (list changes, links to full output) and the server's terminal sessions.
 
-    client: RunloopClient
+    The client may be given as the function that makes it: it is then made at its first use, not
+    as the server starts, so `initialize` is answered without waiting for it (making one costs
+    tens of ms: TLS set-up, HTTP pools), and a run that calls no tool never makes one.
+    """
+
+    make_client: RunloopClient | Callable[[], RunloopClient]
     settings: Settings
     resources: ResourcesHandle
     terminals: Terminals
+
+    @property
+    def client(self) -> RunloopClient:
+        if not isinstance(self.make_client, RunloopClient):
+            self.make_client = self.make_client()
+        return self.make_client
+
+    @property
+    def made_client(self) -> RunloopClient | None:
+        """The client, if one was made (for the run's end to close it)."""
+        return self.make_client if isinstance(self.make_client, RunloopClient) else None
 
 
 def state(ctx: Context) -> AppState:
@@ -73,31 +90,58 @@ def page_text(kind: str, lines: list[str], has_more: bool, last_id: str | None) 
 
 # Ids become URL path segments: no slashes, no dots-only names, no spaces.
 _ID = r"^[\w.:-]+$"
-DevboxId = Annotated[str, Field(max_length=200, pattern=_ID)]
-ExecutionId = Annotated[str, Field(max_length=200, pattern=_ID)]
-AxonId = Annotated[str, Field(max_length=200, pattern=_ID)]
+
+
+def at_most(limit: int) -> AfterValidator:
+    """A length bound that is checked but not published.
+
+    Generous bounds (a 100,000-character command, a 256-character name) only stop abuse: a model
+    never comes near them, so stating them in every schema costs each conversation tools/list bytes
+    and tells it nothing. Bounds a model must plan around (page sizes, wait times) stay in the schema."""
+
+    def check(value: Any) -> Any:
+        if value is not None and len(value) > limit:
+            unit = "items" if isinstance(value, list) else "characters"
+            raise ValueError(f"at most {limit:,} {unit}, got {len(value):,}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _id_characters(value: str) -> str:
+    if not re.fullmatch(_ID, value):
+        raise ValueError("an id has only letters, digits, '_', '.', ':' and '-'")
+    return value
+
+
+# Ids become URL path segments (no slashes, no spaces): checked, not published, like `at_most`:
+# an id comes from an earlier result, so its shape tells a model nothing.
+Id = Annotated[str, at_most(200), AfterValidator(_id_characters)]
+DevboxId = Id
+ExecutionId = Id
+AxonId = Id
 FilePath = Annotated[
     str,
-    Field(min_length=1, max_length=4096, description="relative paths are from home"),
+    Field(min_length=1, description="relative paths are from home"), at_most(4096),
 ]
 
 
 class EnvVar(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the pattern needs one character
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), at_most(256)]  # the pattern needs one character
     value: str
 
 
 class Label(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=256)
+    name: Annotated[str, Field(min_length=1), at_most(256)]
     value: str
 
 
 # Key/value maps are lists of {name, value}: strict schema converters (OpenAI's strict mode)
 # refuse open objects, whose keys a schema cannot declare.
-EnvVars = Annotated[list[EnvVar], Field(max_length=1000)]
-Labels = Annotated[list[Label], Field(max_length=100)]
+EnvVars = Annotated[list[EnvVar], at_most(1000)]
+Labels = Annotated[list[Label], at_most(100)]
 
 
 def as_map(field: str, items: list[EnvVar] | list[Label] | None) -> dict[str, str] | None:
@@ -119,11 +163,15 @@ def annotations(
     *, read_only: bool = False, destructive: bool = False, idempotent: bool = False, open_world: bool = False,
     title: str | None = None,
 ) -> ToolAnnotations:
-    """Every hint spelled out: clients assume the worst (destructive, non-idempotent) when one is missing."""
+    """The hints that differ from MCP's defaults (not read-only, destructive, not idempotent, open world).
+
+    A client reads a missing hint as its default, the worst case, so spelling a default out says
+    nothing and costs every conversation bytes of tools/list. `destructive` and `idempotent` mean
+    something only for a tool that writes, so a read-only tool states neither."""
     return ToolAnnotations(
         title=title,
-        read_only_hint=read_only,
-        destructive_hint=destructive,
-        idempotent_hint=idempotent,
-        open_world_hint=open_world,
+        read_only_hint=True if read_only else None,
+        destructive_hint=None if read_only or destructive else False,
+        idempotent_hint=True if idempotent and not read_only else None,
+        open_world_hint=None if open_world else False,
     )

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import budgets
 from ..runloop import DevboxStatus, DevboxUsage, DevboxView, RunloopError, WaitTimeout
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .common import DevboxId, EnvVars, annotations, api_errors, as_map, page_text, result, state
+from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
@@ -54,7 +54,7 @@ class SecretRef(BaseModel):
 
 class DevboxList(BaseModel):
     devboxes: list[DevboxInfo]
-    has_more: bool = Field(description="call again with starting_after = last id")
+    has_more: bool  # call again with starting_after = last id
 
 
 def info(view: DevboxView) -> DevboxInfo:
@@ -159,7 +159,8 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     hold = budgets.boot_seconds(ctx, app.settings)
     with api_errors("waiting for the devbox to run"):
         try:
-            async for view in app.client.watch_devbox(devbox_id, READY, timeout_seconds=hold):
+            watch = app.client.watch_devbox(devbox_id, READY, timeout_seconds=hold, current=view)
+            async for view in watch:  # noqa: B020 - the watch started from the view it replaces
                 if view.status != last_status:
                     steps += 1
                     last_status = view.status
@@ -175,14 +176,14 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
 
 async def create_devbox(
     ctx: Context,
-    name: Annotated[str | None, Field(max_length=256)] = None,
+    name: Annotated[str | None, at_most(256)] = None,
     environment_variables: Annotated[EnvVars | None, Field(description="env of every command")] = None,
-    launch_commands: Annotated[list[str] | None, Field(max_length=50, description="run once at start-up")] = None,
+    launch_commands: Annotated[list[str] | None, Field(description="run once at start-up"), at_most(50)] = None,
     network_mode: Annotated[
         Literal["isolated", "none", "host"] | None, Field(description="embedded backend only")
     ] = None,
     secrets: Annotated[
-        list[SecretRef] | None, Field(max_length=100, description="env vars from stored secrets")
+        list[SecretRef] | None, Field(description="env vars from stored secrets"), at_most(100)
     ] = None,
     idle_timeout_seconds: Annotated[int | None, Field(ge=1)] = None,  # unused this long: on_idle
     on_idle: Literal["suspend", "shutdown"] = "suspend",

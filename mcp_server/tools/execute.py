@@ -1,9 +1,14 @@
 """Running commands: `execute`, `stream_logs`, `send_stdin`, `kill_execution`.
 
 `execute` starts the command through the idempotent execute endpoint (a retried call with the
-same `command_id` attaches to the same execution instead of running it again), then reads
-both output streams. Every chunk feeds the progress notifications; the streams end when the
-command has exited and all its output was sent, so nothing printed just before exit is lost.
+same `command_id` attaches to the same execution instead of running it again), which holds the
+request while the command runs (`start_execution`: until it prints on the embedded backend, a
+short window on Runloop's): a command done by then comes back with its exit status and whole
+output in that one answer, one API request. Otherwise
+the call reads both output streams, from where the answer's output ends when it carried the
+output so far (the embedded backend's does). Every chunk feeds the progress notifications; the
+streams end when the command has exited and all its output was sent, so nothing printed just
+before exit is lost.
 If the wait budget ends first, the call hands off: the command keeps running and the result
 says where to continue with `stream_logs` (byte offsets counted from what was received).
 If the client cancels the call, the command is killed in the devbox (its process group).
@@ -16,6 +21,7 @@ clients hand their model one or the other.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from contextlib import aclosing
@@ -33,36 +39,40 @@ from ..progress import output_progress
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
-from .common import AppState, DevboxId, ExecutionId, annotations, api_errors, result, state
+from .common import AppState, DevboxId, ExecutionId, Id, annotations, api_errors, at_most, result, state
 
 STREAMS: tuple[Literal["stdout"], Literal["stderr"]] = ("stdout", "stderr")
 MAX_MATCHES = 20
 MATCH_CHARS = 500  # of each matching line returned
 PARTIAL_KEEP = 64 * 1024  # characters of an unfinished line searched for `until`
-
+# Lines of each stream an execute answer is asked to carry. A stream with more (or, on the embedded
+# backend, more than 1 MiB) comes back cut (`*_truncated`) and is read from the stream instead.
+FAST_LAST_N = 10_000
+CLOUD_FAST_WINDOW = 0.1  # s: Runloop's API holds whole seconds; `start_execution` attaches after this
+MAX_HOLD = 25  # s: the execute endpoint's longest hold
 
 class OutputEnvelope(BaseModel):
     devbox_id: str
     execution_id: str
     status: Literal["queued", "running", "completed"]
     exit_status: int | None = None
-    output_complete: bool = Field(description="all output read")
-    stdout: str = Field(description="cleaned; a marker replaces an omitted middle (so in stderr)")
+    output_complete: bool  # all output read
+    stdout: str  # cleaned; a marker replaces an omitted middle (so in stderr)
     stderr: str
-    stdout_offset: int = Field(description="stream_logs continues here")
+    stdout_offset: int  # stream_logs continues here
     stderr_offset: int
-    omitted_bytes: int = Field(description="left out of stdout and stderr")
+    omitted_bytes: int  # left out of stdout and stderr
     hint: str | None = None
 
 
 class ExecuteResult(OutputEnvelope):
-    command_id: str | None = Field(description="retry with it: never runs twice")
+    command_id: str | None  # retry with it: never runs twice
     duration_seconds: float
 
 
 class LogsResult(OutputEnvelope):
     stopped_because: Literal["completed", "matched", "wait_ended"]
-    matches: list[str] = Field(default_factory=list, description="lines matching until (≤ 20)")
+    matches: list[str] = Field(default_factory=list)  # lines matching until (≤ 20)
 
 
 class ExecutionState(BaseModel):
@@ -86,10 +96,32 @@ class StreamsRead:
     buffers: dict[str, OutputBuffer]
     ended: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(STREAMS, False))
     matches: list[str] = field(default_factory=list)
+    followed: bool = False  # a stream was opened: time passed since the execute answer
 
     @property
     def complete(self) -> bool:
         return all(self.ended.values())
+
+    def seed(self, view: ExecutionView) -> dict[str, str]:
+        """Take the output an execute answer carries where it is whole; returns what was taken.
+
+        A completed view's stream is whole unless its `*_truncated` flag is set (the SDK reads it
+        the same way); that stream ends here. A running view's text (the embedded backend sends
+        the output so far, up to its last whole character) is whole when not truncated and
+        valid UTF-8, and its byte length is where the stream continues: nothing lost or repeated.
+        """
+        taken: dict[str, str] = {}
+        for s in STREAMS:
+            text: str | None = getattr(view, s)
+            if text is None or getattr(view, f"{s}_truncated") or self.offsets[s] != self.start[s]:
+                continue
+            if not view.completed and (getattr(view, f"{s}_truncated") is None or "\ufffd" in text):
+                continue
+            self.buffers[s].add(text)
+            self.offsets[s] += len(text.encode("utf-8"))
+            self.ended[s] = view.completed
+            taken[s] = text
+        return taken
 
 
 class _LineMatcher:
@@ -135,11 +167,19 @@ async def read_streams(
     stderr_offset: int = 0,
     wait: float,
     until: re.Pattern[str] | None = None,
+    seed: ExecutionView | None = None,
 ) -> StreamsRead:
-    """Read both streams from the given offsets until they end, `until` matches, or `wait` passes."""
+    """Read both streams from the given offsets until they end, `until` matches, or `wait` passes.
+
+    With `seed` (the execute answer), the output it carries whole is taken from it (shown as
+    progress when the command still runs) and only the rest is read from the streams.
+    """
     keep = max(app.settings.output_budget, 1024)
     start = {"stdout": stdout_offset, "stderr": stderr_offset}
     output = StreamsRead(offsets=dict(start), start=dict(start), buffers={s: OutputBuffer(keep) for s in STREAMS})
+    seeded = output.seed(seed) if seed is not None else {}
+    if output.complete or wait <= 0:
+        return output  # the answer held everything (or there is no time left): no stream to open
     matcher = _LineMatcher(until) if until else None
     errors: list[RunloopError] = []
 
@@ -152,6 +192,9 @@ async def read_streams(
         max_bytes=app.settings.progress_message_bytes,
         start_bytes=stdout_offset + stderr_offset,
     ) as progress:
+        output.followed = True
+        for text in seeded.values():
+            progress.feed(text)
         with anyio.move_on_after(wait):
             async with anyio.create_task_group() as tg:
 
@@ -178,7 +221,8 @@ async def read_streams(
                         tg.cancel_scope.cancel()
 
                 for stream in STREAMS:
-                    tg.start_soon(pump, stream)
+                    if not output.ended[stream]:
+                        tg.start_soon(pump, stream)
     if errors:
         raise ToolError(f"reading the output of execution {execution_id} failed: {errors[0]}")
     return output
@@ -225,6 +269,65 @@ def continue_hint(devbox_id: str, execution_id: str, output: StreamsRead) -> str
     )
 
 
+def fast_window(app: AppState, wait: float) -> float:
+    """How long the execute request may wait for the command (see `Settings.fast_window`)."""
+    if app.settings.fast_window is not None:
+        window = app.settings.fast_window
+    else:
+        window = MAX_HOLD if app.client.subsecond_waits else CLOUD_FAST_WINDOW
+    return min(window, wait, MAX_HOLD)
+
+
+async def start_execution(
+    client: RunloopClient, devbox_id: str, command: str, command_id: str, window: float, output_grace: float
+) -> ExecutionView:
+    """Start the command and wait up to `window` s for it to complete, in as few requests as that allows.
+
+    - The embedded backend (`subsecond_waits`) holds the execute request up to `window` s, and
+      answers early once the command has printed and `output_grace` s more passed (our
+      extensions): a silent command is awaited, a talkative one's first line shows at once, and
+      either way a command done by then costs this one request.
+    - Runloop's API holds whole seconds. The execute request asks for the next whole second;
+      if no answer came within `window`, a second execute with the same `command_id` and no hold
+      attaches to the same execution (never a second run) and returns at once, so a longer
+      command's output is followed after `window`, not a second. Whichever answers first wins;
+      the other request is abandoned (the command is not affected). A command done within
+      `window` thus costs one request there too.
+    - `window` 0: no hold and no output in the answer (the command's output is streamed).
+    """
+    if window <= 0:
+        return await client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=0)
+    if client.subsecond_waits:
+        return await client.execute(
+            devbox_id, command, command_id=command_id, optimistic_timeout=window, last_n=FAST_LAST_N,
+            output_grace=output_grace,
+        )
+    hold = min(MAX_HOLD, max(1, math.ceil(window)))
+    if hold == window:
+        return await client.execute(devbox_id, command, command_id=command_id, optimistic_timeout=hold, last_n=FAST_LAST_N)
+    answers: list[ExecutionView] = []
+    errors: list[RunloopError] = []
+    async with anyio.create_task_group() as tg:
+
+        async def ask(after: float, seconds: float) -> None:
+            await anyio.sleep(after)
+            try:
+                view = await client.execute(
+                    devbox_id, command, command_id=command_id, optimistic_timeout=seconds, last_n=FAST_LAST_N
+                )
+            except RunloopError as exc:
+                errors.append(exc)
+            else:
+                answers.append(view)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(ask, 0, hold)
+        tg.start_soon(ask, window, 0)
+    if answers:
+        return answers[0]
+    raise errors[0]
+
+
 async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, complete: bool) -> ExecutionView:
     """The execution's status and exit code. After the streams ended it is (about to be) completed."""
     if complete:
@@ -235,17 +338,15 @@ async def final_state(client: RunloopClient, devbox_id: str, execution_id: str, 
 async def execute(
     ctx: Context,
     devbox_id: DevboxId,
-    command: Annotated[str, Field(min_length=1, max_length=100_000, description="shell command (bash -c)")],
+    command: Annotated[str, Field(min_length=1, description="shell command (bash -c)"), at_most(100_000)],
     wait_seconds: Annotated[
         float | None,
-        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50, less if the client times out sooner)"),
+        Field(ge=0, le=3600, description="before handing off to stream_logs (default 50)"),
     ] = None,
     command_id: Annotated[
-        str | None,
-        Field(
-            max_length=100, pattern=r"^[\w.:-]+$",
-            description="idempotency key: a retry with it never runs the command twice",
-        ),
+        Id | None,
+        Field(description="idempotency key: a retry with it never runs the command twice"),
+        at_most(100),
     ] = None,
     attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
@@ -257,6 +358,7 @@ async def execute(
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
     wait = wait_budget(ctx, app.settings, wait_seconds)
     cid = None if attach_stdin else command_id or new_command_id()
+    window = fast_window(app, wait)
     started = time.monotonic()
     execution_id: str | None = None
     try:
@@ -265,12 +367,19 @@ async def execute(
                 # The idempotent endpoint has no stdin option; this call is sent once.
                 view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
             else:
-                view = await app.client.execute(devbox_id, command, command_id=cid, optimistic_timeout=0)
+                assert cid is not None
+                view = await start_execution(app.client, devbox_id, command, cid, window, app.settings.output_grace)
         execution_id = view.execution_id
         # The budget counts from the call's start: starting the command took part of it.
-        output = await read_streams(ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)))
-        with api_errors():
-            final = await final_state(app.client, devbox_id, execution_id, output.complete)
+        output = await read_streams(
+            ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)),
+            seed=view if window > 0 else None,
+        )
+        if view.completed or not output.followed:
+            final = view  # its exit status is known, or nothing was awaited since it came: no further request
+        else:
+            with api_errors():
+                final = await final_state(app.client, devbox_id, execution_id, output.complete)
     except anyio.get_cancelled_exc_class():
         if execution_id is not None or cid is not None:
             await _kill_cancelled(app, devbox_id, command, cid, execution_id)
@@ -290,7 +399,7 @@ async def stream_logs(
     ] = None,
     until: Annotated[
         str | None,
-        Field(min_length=1, max_length=1000, description="regex: return as soon as an output line matches"),
+        Field(min_length=1, description="regex: return as soon as an output line matches"), at_most(1000),
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
     """Follow a running command's output from offsets (live as progress) until it completes,
@@ -348,7 +457,7 @@ async def send_stdin(
     ctx: Context,
     devbox_id: DevboxId,
     execution_id: ExecutionId,
-    text: Annotated[str | None, Field(min_length=1, max_length=100_000, description="text to write")] = None,
+    text: Annotated[str | None, Field(min_length=1, description="text to write"), at_most(100_000)] = None,
     signal: Annotated[
         Literal["EOF", "INTERRUPT"] | None, Field(description="EOF closes stdin; INTERRUPT sends Ctrl-C")
     ] = None,

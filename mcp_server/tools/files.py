@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from ..settings import Settings
 from ..shaping import line_hint, shape
-from .common import DevboxId, FilePath, annotations, api_errors, result, state
+from .common import DevboxId, FilePath, annotations, api_errors, at_most, result, state
 
 # Text files are scanned up to this size to select lines; beyond it the result says so.
 TEXT_SCAN_BYTES = 32 * 1024 * 1024
@@ -47,15 +47,15 @@ class FileRead(BaseModel):
     path: str
     kind: Literal["text", "image", "binary"]
     mime_type: str
-    size_bytes: int | None = Field(description="None: too large to tell")
-    text: str | None = Field(None, description="cleaned; a marker replaces an omitted middle")
+    size_bytes: int | None  # None: too large to tell
+    text: str | None = None  # cleaned; a marker replaces an omitted middle
     total_lines: int | None = None
     start_line: int | None = None
     end_line: int | None = None
-    omitted_bytes: int = Field(0, description="left out of text (see its marker)")
-    scanned_bytes: int | None = Field(None, description="only the first bytes were read")
-    content_index: int | None = Field(None, description="index of the image content block")
-    base64: str | None = Field(None, description="binary: the file's bytes")
+    omitted_bytes: int = 0  # left out of text (see its marker)
+    scanned_bytes: int | None = None  # only the first bytes were read
+    content_index: int | None = None  # index of the image content block
+    base64: str | None = None  # binary: the file's bytes
 
 
 class FileWritten(BaseModel):
@@ -184,7 +184,7 @@ async def write_file(
     ctx: Context,
     devbox_id: DevboxId,
     path: FilePath,
-    contents: Annotated[str, Field(max_length=5_000_000, description="the whole new content (UTF-8 text)")],
+    contents: Annotated[str, Field(description="the whole new content (UTF-8 text)"), at_most(5_000_000)],
 ) -> FileWritten:
     """Write a text file in a devbox, replacing it if it exists."""
     with api_errors():

@@ -99,6 +99,38 @@ def test_command_id_returns_the_running_execution(sdk, devbox, http):
     assert run(sdk, devbox, "cat once.txt").stdout == "once\n"
 
 
+def test_execute_takes_a_fraction_of_a_second_and_answers_with_the_output_so_far(http, devbox, sdk):
+    """Our extension: `optimistic_timeout` in fractions of a second; a command still running after
+    it is answered with its output so far, whole characters only, and the flags saying it is whole."""
+    marker = f"frac-{uuid.uuid4().hex[:8]}"
+    body = {"command": f"printf 'caf\\xc3\\xa9\\n'; until [ -e {marker} ]; do sleep 0.01; done",
+            "command_id": str(uuid.uuid4()), "optimistic_timeout": 0.25}  # fmt: skip
+    view = http.post(f"/v1/devboxes/{devbox}/execute", json=body, params={"last_n": 10}).json()
+    assert view["status"] == "running" and view["stdout"] == "café\n" and view["stdout_truncated"] is False
+    run(sdk, devbox, f"touch {marker}")
+    done = sdk.devboxes.executions.await_completed(view["execution_id"], devbox_id=devbox)
+    assert done.exit_status == 0
+    quick = {"command": "echo quick", "command_id": str(uuid.uuid4()), "optimistic_timeout": 5.5}
+    assert http.post(f"/v1/devboxes/{devbox}/execute", json=quick).json()["stdout"] == "quick\n"
+
+
+def test_execute_with_an_output_grace_answers_once_the_command_prints(http, devbox, sdk):
+    """Our extension `output_grace_seconds`: a long hold ends once the command has printed (and
+    the grace passed without it completing); a silent command is held until it completes."""
+    marker = f"grace-{uuid.uuid4().hex[:8]}"
+    body = {"command": f"echo early; until [ -e {marker} ]; do sleep 0.01; done; echo late",
+            "command_id": str(uuid.uuid4()), "optimistic_timeout": 25, "output_grace_seconds": 0.01}  # fmt: skip
+    view = http.post(f"/v1/devboxes/{devbox}/execute", json=body).json()
+    assert view["status"] == "running" and view["stdout"] == "early\n"
+    run(sdk, devbox, f"touch {marker}")
+    assert sdk.devboxes.executions.await_completed(view["execution_id"], devbox_id=devbox).stdout == "early\nlate\n"
+    silent = {"command": "sleep 0.2; exit 3", "command_id": str(uuid.uuid4()), "optimistic_timeout": 25,
+              "output_grace_seconds": 0.01}  # fmt: skip
+    assert http.post(f"/v1/devboxes/{devbox}/execute", json=silent).json()["exit_status"] == 3
+    bad = {"command": "true", "command_id": str(uuid.uuid4()), "output_grace_seconds": 26}
+    assert "output_grace_seconds" in http.post(f"/v1/devboxes/{devbox}/execute", json=bad).json()["message"]
+
+
 def test_x_request_id_makes_execute_async_idempotent(http, devbox, sdk):
     headers = {"x-request-id": f"stainless-python-retry-{uuid.uuid4()}"}
     body = {"command": "echo y >> async_counter"}

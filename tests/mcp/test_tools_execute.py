@@ -210,14 +210,14 @@ async def test_cut_sse_connections_lose_and_repeat_nothing(fault_proxy: FaultPro
 
 async def test_5xx_and_429_are_retried_without_running_twice(fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str) -> None:
     tag = uuid.uuid4().hex[:8]
-    fault_proxy.fail(r"/execute$", status=503, times=1, forward=True, retry_after=0)
-    fault_proxy.fail(r"/execute$", status=429, times=1, forward=True, retry_after=0)
+    fault_proxy.fail(r"/execute(\?|$)", status=503, times=1, forward=True, retry_after=0)
+    fault_proxy.fail(r"/execute(\?|$)", status=429, times=1, forward=True, retry_after=0)
     fault_proxy.fail(r"/stream_stdout_updates", status=502, times=1, retry_after=0)
     server = make_server(backend, base_url=fault_proxy.url)
     async with Client(server, mode="legacy") as client:
         result = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": f"echo x >> /tmp/retry-{tag}; echo done"})
         assert structured(result)["exit_status"] == 0 and stdout_section(text_of(result)) == "done\n"
-        assert len(fault_proxy.seen(r"/execute$")) == 3
+        assert len(fault_proxy.seen(r"/execute(\?|$)")) == 3
         count = await call_ok(client, "execute", {"devbox_id": devbox_id, "command": f"wc -l < /tmp/retry-{tag}"})
     assert stdout_section(text_of(count)).strip() == "1"
 
@@ -293,7 +293,7 @@ async def test_cancel_while_the_execute_request_is_in_flight_leaves_no_orphan(
     command_id (which never starts a second run) and kills what that returns."""
     from mcp_server.runloop import RunloopClient
 
-    fault_proxy.delay(r"/execute$", seconds=1.5, times=1)
+    fault_proxy.delay(r"/execute(\?|$)", seconds=1.5, times=1)
     command_id = f"inflight-{uuid.uuid4().hex[:8]}"
     command = "sleep 300"
     async with Client(make_server(backend, base_url=fault_proxy.url), mode="auto") as client:
@@ -305,7 +305,7 @@ async def test_cancel_while_the_execute_request_is_in_flight_leaves_no_orphan(
 
                 tg.start_soon(run)
                 while True:  # the proxy runs on its own thread: poll its request log
-                    if fault_proxy.seen(r"/execute$"):
+                    if fault_proxy.seen(r"/execute(\?|$)"):
                         break
                     await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()

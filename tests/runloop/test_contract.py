@@ -52,7 +52,9 @@ def api() -> PublishedApi:
 @pytest.fixture
 async def recorded(backend: RunningBackend) -> AsyncIterator[tuple[Client, FaultProxy]]:
     with running_proxy(backend.base_url) as proxy:
-        async with Client(make_server(backend, base_url=proxy.url), mode="auto") as client:
+        # Driven as Runloop's API: without the embedded backend's extensions (sub-second holds).
+        server = make_server(backend, base_url=proxy.url, subsecond_waits=False)
+        async with Client(server, mode="auto") as client:
             yield client, proxy
 
 
@@ -110,6 +112,8 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     done = _id(await call("execute", {"devbox_id": devbox, "command": command, "wait_seconds": 30}), "exe")
     await call("read_file", {"devbox_id": devbox, "path": "blob.bin", "binary": True})
     await call("execute", {"devbox_id": devbox, "command": "true", "command_id": "contract-1", "wait_seconds": 30})
+    # Longer than the fast window: attached to by a second execute, then streamed and waited for.
+    await call("execute", {"devbox_id": devbox, "command": "echo start; sleep 0.5; echo end", "wait_seconds": 30})
     reader = _id(await call("execute", {"devbox_id": devbox, "command": "read -r line; echo got $line",
                                         "attach_stdin": True, "wait_seconds": 0}), "exe")  # fmt: skip
     await call("send_stdin", {"devbox_id": devbox, "execution_id": reader, "text": "x\n"})

@@ -139,6 +139,21 @@ async def test_execute_with_the_same_command_id_runs_once(client: RunloopClient,
     assert done.stdout.strip() == "1"
 
 
+async def test_execute_learns_that_the_embedded_backend_takes_fractions_of_a_second(
+    devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    """Whole seconds until the server's execute answer says otherwise; never with `subsecond_waits=False`."""
+    async with client_for(backend.base_url, backend.api_key) as learning, \
+            client_for(backend.base_url, backend.api_key, subsecond_waits=False) as strict:  # fmt: skip
+        with pytest.raises(InvalidArgument, match="whole seconds"):
+            await learning.execute(devbox_id, "true", optimistic_timeout=0.5)
+        assert (await learning.execute(devbox_id, "echo one", optimistic_timeout=5)).stdout == "one\n"
+        assert (await learning.execute(devbox_id, "echo two", optimistic_timeout=2.5)).stdout == "two\n"
+        await strict.execute(devbox_id, "true", optimistic_timeout=5)
+        with pytest.raises(InvalidArgument, match="whole seconds"):
+            await strict.execute(devbox_id, "true", optimistic_timeout=0.5)
+
+
 async def test_execute_retried_after_a_lost_response_runs_once(
     fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
 ) -> None:

@@ -137,6 +137,17 @@ class FaultProxy:
         with self._lock:
             return [r for r in self.requests if rx.search(r.target) and (method is None or r.method == method)]
 
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[list[SeenRequest]]:
+        """The requests sent while the block runs (the list is filled when it ends): how many API
+        requests one tool call makes, counted rather than timed."""
+        with self._lock:
+            first = len(self.requests)
+        made: list[SeenRequest] = []
+        yield made
+        with self._lock:
+            made.extend(self.requests[first:])
+
     def wait_seen(self, path: str, count: int, timeout: float = 30.0) -> list[SeenRequest]:
         """Block until `count` requests matching `path` were seen (TimeoutError after `timeout`).
 

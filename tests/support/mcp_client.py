@@ -17,8 +17,13 @@ from mcp_server.settings import Settings
 MODES = ["legacy", "auto"]
 
 
-def make_server(backend: RunningBackend, settings: Settings | None = None, base_url: str | None = None):
-    return build_server(lambda: RunloopClient(base_url or backend.base_url, backend.api_key), settings)
+def make_server(
+    backend: RunningBackend, settings: Settings | None = None, base_url: str | None = None, *, subsecond_waits: bool = True
+):
+    """Our server on the embedded backend (`subsecond_waits=False`: driving it as Runloop's API)."""
+    return build_server(
+        lambda: RunloopClient(base_url or backend.base_url, backend.api_key, subsecond_waits=subsecond_waits), settings
+    )
 
 
 def text_of(result: CallToolResult) -> str:
