@@ -52,7 +52,9 @@ class PtyEndpoint:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.auth_token}"}
+        # The API spec names Authorization; Runloop's Python SDK documents the second header.
+        bearer = f"Bearer {self.auth_token}"
+        return {"Authorization": bearer, "X-Runloop-Tunnel-Authorization": bearer}
 
 
 def default_pty_url(api_base_url: str) -> str:

@@ -78,6 +78,31 @@ class _Screen(pyte.Screen):
             self.dirty.update(range(self.lines))
         super().reset_mode(*modes, **kwargs)
 
+    def resize(self, lines: int | None = None, columns: int | None = None) -> None:
+        """As a terminal emulator does: fewer rows scroll off only what the cursor needs (pyte drops
+        the top rows whatever the cursor's row, losing what the program just wrote)."""
+        lines, columns = lines or self.lines, columns or self.columns
+        if (lines, columns) == (self.lines, self.columns):
+            return
+        excess = max(0, self.cursor.y - (lines - 1)) if lines < self.lines else 0
+        if self._main is None:
+            for y in range(excess):
+                self.scrolled.add(self.line_text(y) + "\n")
+            self.scrolled_lines += excess
+        kept = {y - excess: self.buffer[y] for y in range(excess, min(self.lines, lines + excess)) if y in self.buffer}
+        self.buffer.clear()
+        self.buffer.update(kept)
+        if columns < self.columns:
+            for line in self.buffer.values():
+                for x in range(columns, self.columns):
+                    line.pop(x, None)
+        self.cursor.y -= excess
+        self.lines, self.columns = lines, columns
+        self.margins = None
+        self.ensure_hbounds()
+        self.ensure_vbounds()
+        self.dirty.update(range(lines))
+
     def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
         # `CSI > 4 ; 2 m` (xterm's modifyOtherKeys, which vim sends) is not a colour: pyte would pass
         # it here with private=True, which the base method does not take.

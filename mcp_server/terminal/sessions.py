@@ -177,6 +177,7 @@ class TerminalSession:
                     await socket.aclose()
                 except Exception as exc:  # the connection is gone either way
                     log.debug("closing the PTY WebSocket of %s: %r", self.id, exc)
+        self._bump()  # whoever waits for a change (a subscription's follower) sees it stopped
 
     # ---- the two tasks --------------------------------------------------------------------------
 
@@ -282,9 +283,17 @@ class TerminalSession:
                 self._listeners.add(on_output)
             try:
                 if resize is not None:
+                    # The screen first: what the program draws in answer is drawn at the new size.
                     assert self._endpoint is not None
-                    await self.client.pty_control(self._endpoint, self.name, "resize", cols=resize[0], rows=resize[1])
+                    old = (self.screen.cols, self.screen.rows)
                     self.screen.resize(*resize)
+                    try:
+                        await self.client.pty_control(
+                            self._endpoint, self.name, "resize", cols=resize[0], rows=resize[1]
+                        )
+                    except BaseException:
+                        self.screen.resize(*old)
+                        raise
                 if data:
                     assert self._socket is not None
                     await self._socket.send(data)
