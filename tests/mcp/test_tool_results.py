@@ -6,7 +6,7 @@ that has one; other clients only its text. So the structured content must carry 
 text shows (the output itself, not an envelope around it), and it must validate against the
 published `outputSchema`: the TypeScript SDK and fastmcp refuse a result that does not. The
 schemas are checked here with `jsonschema` (draft 2020-12, MCP's default dialect), against the
-`tools/list` a real client receives, for representative calls of all 17 tools.
+`tools/list` a real client receives, for representative calls of all 21 tools.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
-RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons"}
+RENDERED = {
+    "execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons",
+    "open_terminal", "terminal_send", "terminal_read",
+}
 
 
 class Checked:
@@ -152,6 +155,19 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         ]})
         assert batch["results"][1]["changes"] == 2 and batch["results"][2]["rows"] == [["a", 1], ["b", None]]
         assert '{"k": "b", "v": null}' in text_of(result)
+
+        # Terminals: the rendered screen, whole in the structured content and in the text.
+        result, opened = await call("open_terminal", {"devbox_id": devbox, "command": None, "cols": 80, "rows": 24})
+        session = opened["session"]
+        result, typed = await call("terminal_send", {
+            "session": session, "text": "echo T$((1+1))", "keys": ["Enter"], "wait_for": "^T2$", "timeout": None,
+            "resize": None,
+        })
+        assert typed["status"].startswith("matched") and text_of(result).endswith(typed["screen"] + "\n")
+        _, read = await call("terminal_read", {"session": session})
+        assert "T2" in read["screen"] and read["status"] == "screen"
+        _, closed = await call("close_terminal", {"session": session})
+        assert closed == {"session": session, "closed": True}
 
         # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})
