@@ -37,6 +37,8 @@ bench: install
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.shared_backend
 	$(BIN)/python -m bench.sizes
+	$(BIN)/python -m bench.egress
+	$(BIN)/python -m bench.tunnel
 
 # Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/commands/test_packaging.py checks them).
 dist: install

@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     local.add_argument("--port", type=int, default=8787)
     local.add_argument("--data-dir", type=Path, default=None)
     local.add_argument(
+        "--tunnel-host", default="127.0.0.1", help="where the tunnel proxy listens (default: loopback only)"
+    )
+    local.add_argument(
+        "--tunnel-port", type=int, default=0, help="the tunnel proxy's port (default 0: any free port, printed)"
+    )
+    local.add_argument(
         "--unsafe-no-sandbox",
         action="store_true",
         help="run devboxes as plain host processes when bubblewrap is unavailable (no isolation)",
@@ -192,9 +198,12 @@ def _local_api(args: argparse.Namespace) -> int:
     from_env = "DEVBOX_LOCAL_API_KEY" in os.environ and not args.spawned
     key = os.environ["DEVBOX_LOCAL_API_KEY"] if from_env else generate_api_key()
 
-    def announce(state: service.ServiceState) -> None:
+    def announce(state: service.ServiceState, tunnels: str) -> None:
         idle = f"; stops after {args.idle_shutdown:g} s idle" if args.idle_shutdown else ""
         print(f"devbox-mcp local API on {state.base_url} (pid {state.pid}{idle})", file=sys.stderr)
+        scheme, _, host = tunnels.partition("://")
+        print(f"  tunnels: {scheme}://{{port}}-{{tunnel_key}}.{host}/ (or {tunnels}/tunnel/{{port}}-{{tunnel_key}}/)",
+              file=sys.stderr)  # fmt: skip
         if not args.spawned:
             print(f"  export RUNLOOP_BASE_URL={state.base_url}", file=sys.stderr)
             print(
@@ -203,7 +212,10 @@ def _local_api(args: argparse.Namespace) -> int:
             )
         print(f"  data: {data_dir} (devbox-mcp processes using it share it)", file=sys.stderr, flush=True)
 
-    config = LocalConfig(data_dir=data_dir, api_key=key, unsafe_no_sandbox=args.unsafe_no_sandbox)
+    config = LocalConfig(
+        data_dir=data_dir, api_key=key, unsafe_no_sandbox=args.unsafe_no_sandbox,
+        tunnel_host=args.tunnel_host, tunnel_port=args.tunnel_port,
+    )  # fmt: skip
     try:
         serve_registered(
             config, args.host, args.port, idle_shutdown_seconds=args.idle_shutdown or None, announce=announce
@@ -213,7 +225,8 @@ def _local_api(args: argparse.Namespace) -> int:
         print(f"devbox-mcp: {exc}; use it, or stop it with `{stop}`", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"devbox-mcp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{args.host}:{args.port} (API) or {args.tunnel_host}:{args.tunnel_port} (tunnels)"
+        print(f"devbox-mcp: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass

@@ -18,6 +18,9 @@ class LocalConfig:
     api_key: str = field(repr=False)  # a secret: never in a repr, a log line or a traceback
     # Run devboxes without bubblewrap (no isolation). Only by explicit choice; stated in every devbox view.
     unsafe_no_sandbox: bool = False
+    # Where the tunnel proxy listens (tunnel_proxy.py); port 0: any free port, chosen at start.
+    tunnel_host: str = "127.0.0.1"
+    tunnel_port: int = 0
 
 
 # Durations (seconds, 0 or more) the environment may change, with their defaults. A value that

@@ -10,16 +10,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import execution_api, files, pty_api, secret_api, uploads, validation
+from . import execution_api, files, policy_api, pty_api, secret_api, uploads, validation
 from .config import Component, LocalConfig
 from .devbox_params import CreateBody, file_mounts_of, launch_user, refusals
 from .devboxes import DevboxManager
 from .errors import ApiError
 from .executions import ExecutionManager
 from .http import IdempotencyCache, idempotency_key, paginate, parse_body
+from .policy_store import PolicyStore
 from .pty import PtyManager
 from .secret_store import SecretStore
 from .sse import KEEPALIVE, KEEPALIVE_SECONDS, encode_event, sse_response, wait_or_timeout
+from .tunnel_proxy import TunnelProxy
+from .tunnels import TunnelConfig
 
 MAX_WAIT_SECONDS = 30.0
 CREATE_AWAIT_SECONDS = 25.0  # create_and_await_running holds at most this long, then the SDK polls
@@ -94,6 +97,7 @@ async def _create(request: Request) -> dict[str, Any]:
         entrypoint=body.entrypoint,
         secrets=secrets,
         user=user,
+        tunnel=body.tunnel,
     )
     return devbox.view()
 
@@ -192,6 +196,21 @@ async def keep_alive(request: Request) -> Response:
     return JSONResponse({})
 
 
+async def enable_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    devbox_id = request.path_params["id"]
+    devboxes.get(devbox_id)
+    config = await parse_body(request, TunnelConfig)
+    devbox = await devboxes.enable_tunnel(devbox_id, config)
+    return JSONResponse(devbox.view()["tunnel"])
+
+
+async def remove_tunnel(request: Request) -> Response:
+    devboxes = _devboxes(request)
+    await devboxes.remove_tunnel(request.path_params["id"])
+    return JSONResponse({})
+
+
 async def devbox_usage(request: Request) -> Response:
     devboxes = _devboxes(request)
     return JSONResponse(devboxes.get(request.path_params["id"]).usage())
@@ -285,6 +304,8 @@ ROUTES = [
     Route("/v1/devboxes/{id}/logs", devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/logs/tail", tail_devbox_logs, methods=["GET"]),
     Route("/v1/devboxes/{id}/usage", devbox_usage, methods=["GET"]),
+    Route("/v1/devboxes/{id}/enable_tunnel", enable_tunnel, methods=["POST"]),
+    Route("/v1/devboxes/{id}/remove_tunnel", remove_tunnel, methods=["POST"]),
     Route("/v1/devboxes/{id}/read_file_contents", read_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/write_file_contents", write_file_contents, methods=["POST"]),
     Route("/v1/devboxes/{id}/upload_file", upload_file, methods=["POST"]),
@@ -294,19 +315,26 @@ ROUTES = [
 
 def build(config: LocalConfig) -> Component:
     secrets = SecretStore(config.data_dir)
-    manager = DevboxManager(config, secrets)
+    policies = PolicyStore(config.data_dir)
+    manager = DevboxManager(config, secrets, policies)
     executions = ExecutionManager(manager)
     ptys = PtyManager(manager)
     # Execution routes first: their static paths must win over `/v1/devboxes/{id}`.
-    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES]
+    routes = [*execution_api.ROUTES, *ROUTES, *pty_api.ROUTES, *secret_api.ROUTES, *policy_api.ROUTES]
+
+    tunnels = TunnelProxy(manager, config.tunnel_host, config.tunnel_port)  # listens now: a taken port fails here
+    manager.set_tunnel_origin(tunnels.origin)
 
     async def startup() -> None:
         secrets.load()
+        policies.load()
+        await tunnels.start()
         await manager.startup()
         await executions.startup()
 
     async def shutdown() -> None:
         await ptys.shutdown()
+        await tunnels.close()
         await executions.shutdown()
         await manager.shutdown()
 
@@ -316,6 +344,7 @@ def build(config: LocalConfig) -> Component:
         shutdown=shutdown,
         extra={
             "devboxes": manager, "devbox_creations": IdempotencyCache(), "executions": executions,
-            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(),
+            "ptys": ptys, "secrets": secrets, "secret_changes": IdempotencyCache(), "tunnels": tunnels,
+            "policies": policies, "policy_changes": IdempotencyCache(),
         },  # fmt: skip
     )

@@ -8,8 +8,8 @@ models, as everywhere. Left in as null, `{}`, `[]` or `false`, a field asks for 
 accepted.
 
 Honoured: name, environment_variables, secrets, file_mounts, mounts of type `file_mount`,
-entrypoint, metadata, and launch_parameters.{launch_commands, keep_alive_time_seconds,
-after_idle, lifecycle.after_idle, architecture (the host's), provisioning_tier `standard`,
+entrypoint, metadata, tunnel (tunnels.py), and launch_parameters.{launch_commands, keep_alive_time_seconds,
+after_idle, lifecycle.after_idle, lifecycle.resume_triggers.http (a tunnel's wake), architecture (the host's), provisioning_tier `standard`,
 available_ports (deprecated: the API itself ignores it), network_mode (our extension),
 user_parameters (the account commands run as: root, `user` or another, see `launch_user`),
 resource_size_request and custom_cpu_cores / custom_gb_memory / custom_disk_size (checked
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from .errors import ApiError
 from .sandbox import DEFAULT_USER, ROOT_USER, SandboxUser
+from .tunnels import TunnelConfig
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_IDLE_SECONDS = 2**31 - 1  # the API's int32
@@ -109,7 +110,7 @@ class CreateBody(_Params):
     blueprint_name: str | None = None
     snapshot_id: str | None = None
     repo_connection_id: str | None = None
-    tunnel: dict[str, Any] | None = None
+    tunnel: TunnelConfig | None = None
     gateways: dict[str, Any] | None = None
     mcp: dict[str, Any] | None = None
 
@@ -163,10 +164,6 @@ _REFUSED_FIELDS: dict[str, str] = {
         "is not supported by the embedded backend (no repository connections); clone the repository "
         "with a launch command instead (launch_parameters.launch_commands: ['git clone <url>'])"
     ),
-    "tunnel": (
-        "is not supported by the embedded backend (no tunnels); with launch_parameters.network_mode "
-        "'host' a server in the devbox listens on the host's own network"
-    ),
     "gateways": (
         "are not supported by the embedded backend (no agent gateway); pass the credential as a secret "
         "(secrets: {ENV_NAME: secret_name})"
@@ -175,10 +172,6 @@ _REFUSED_FIELDS: dict[str, str] = {
 }
 _REFUSED_LAUNCH_PARAMETERS: dict[str, str] = {
     "required_services": "needs a blueprint's containerized services, which the embedded backend has not; leave it out",
-    "network_policy_id": (
-        "is not supported by the embedded backend (no network policies); choose launch_parameters.network_mode "
-        "(isolated, none or host) instead"
-    ),
 }
 
 
@@ -226,13 +219,12 @@ def refusals(body: CreateBody) -> None:
                 "set only lifecycle.after_idle",
             )
         triggers = lifecycle.resume_triggers
-        for trigger in ("http", "axon_event"):
-            if triggers is not None and getattr(triggers, trigger):
-                raise ApiError(
-                    400,
-                    f"{where}lifecycle.resume_triggers.{trigger}: the embedded backend does not resume devboxes "
-                    "on its own; resume them with the resume call, and leave the trigger out",
-                )
+        if triggers is not None and triggers.axon_event:
+            raise ApiError(
+                400,
+                f"{where}lifecycle.resume_triggers.axon_event: the embedded backend does not resume devboxes "
+                "on axon events; resume them with the resume call, and leave the trigger out",
+            )
         hooks = lifecycle.lifecycle_hooks
         if hooks is not None and (hooks.suspend_commands or hooks.suspend_deadline_ms):
             raise ApiError(

@@ -26,12 +26,15 @@ from . import rootfs
 from .clock import now_ms
 from .config import LocalConfig
 from .disk import DiskError, detach
+from .egress import EgressNamespace
 from .errors import ApiError, disk_full, is_disk_full
 from .idmap import FALLBACK_NOTE, IdRange, host_range
 from .ids import new_id
 from .image import Image, ImageError, ImageStore, default_images_dir
 from .lifecycle import IdlePolicy, IdleTimers, idle_policy
 from .limits import Enforcement, Limits
+from .policy_proxy import PolicyProxy, proxy_environment
+from .policy_store import NetworkPolicy, PolicyStore
 from .sandbox import (
     DEFAULT_USER,
     NETWORK_MODES,
@@ -41,11 +44,13 @@ from .sandbox import (
     SandboxSpec,
     SandboxUser,
     sandbox_unavailable_reason,
+    tools,
     warm_up,
 )
 from .secret_store import SecretStore
 from .sizes import Size, SizeError, resolve
 from .storage import Storage
+from .tunnels import TunnelConfig, new_tunnel, tunnel_view
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -103,6 +108,8 @@ class Devbox:
     sandbox: Sandbox | None = None
     enforcement: Enforcement | None = None  # the limits in force while it runs
     logs: list[dict[str, Any]] = field(default_factory=list)
+    tunnel: dict[str, Any] | None = field(default=None, repr=False)  # tunnels.new_tunnel's record: a token
+    tunnel_origin: str | None = None  # where the backend's tunnel proxy serves (tunnels.tunnel_view)
 
     @property
     def resource_size(self) -> Size:
@@ -141,6 +148,10 @@ class Devbox:
     def network_mode(self) -> str:
         return str(self.launch_parameters.get("network_mode", "isolated"))
 
+    @property
+    def network_policy_id(self) -> str | None:
+        return self.launch_parameters.get("network_policy_id")
+
     def view(self) -> dict[str, Any]:
         """The DevboxView of the Runloop API."""
         view: dict[str, Any] = {
@@ -157,6 +168,8 @@ class Devbox:
             "snapshot_id": None,
             "resources": self.resources(),  # ours: the size and the limits really in force
         }
+        if self.tunnel is not None:
+            view["tunnel"] = tunnel_view(self.tunnel, self.tunnel_origin)
         for key in ("failure_reason", "shutdown_reason", "end_time_ms"):
             value = getattr(self, key)
             if value is not None:
@@ -217,15 +230,20 @@ class Devbox:
         return data
 
 
-_RUNTIME = ("sandbox", "enforcement", "logs")  # Devbox fields not kept in devbox.json
+_RUNTIME = ("sandbox", "enforcement", "logs", "tunnel_origin")  # Devbox fields not kept in devbox.json
 
 
 class DevboxManager:
     """Owns every devbox of one backend: registry on disk, lifecycle, sandboxes, logs."""
 
-    def __init__(self, config: LocalConfig, secrets: SecretStore | None = None) -> None:
+    def __init__(
+        self, config: LocalConfig, secrets: SecretStore | None = None, policies: PolicyStore | None = None
+    ) -> None:
         self.config = config
         self.secrets = secrets or SecretStore(config.data_dir)
+        self.policies = policies or PolicyStore(config.data_dir)
+        # Devboxes under a hostname allowlist reach out only through this (policy_proxy.py).
+        self.proxy = PolicyProxy(self._policy_of)
         self.storage = Storage(config.data_dir / "devboxes")
         self.root = self.storage.root
         self._devboxes: dict[str, Devbox] = {}
@@ -248,6 +266,11 @@ class DevboxManager:
         self.on_stop: list[Callable[[str], Awaitable[None]]] = []
         # Each says whether something (a command) is running in the devbox: it is not idle then.
         self.busy_checks: list[Callable[[str], bool]] = []
+        # Root backends: the namespace every isolated devbox's slirp4netns runs in (egress.py).
+        self.egress = EgressNamespace() if os.geteuid() == 0 else None
+        self._warned_egress = False
+        self.tunnel_origin: str | None = None  # set when the tunnel proxy listens (tunnel_proxy.py)
+        self._tunnel_keys: dict[str, str] = {}  # tunnel_key -> devbox id
         self.idle = IdleTimers(lambda devbox_id: any(check(devbox_id) for check in self.busy_checks), self._on_idle)
 
     # -- registry --------------------------------------------------------------------------
@@ -262,7 +285,7 @@ class DevboxManager:
             except (OSError, ValueError, TypeError, KeyError) as exc:
                 log.warning("skipping unreadable devbox record %s: %s", path, exc)
                 continue
-            self._devboxes[devbox.id] = devbox
+            self._register(devbox)
             if not devbox.disk:  # a devbox's disk is cleaned once mounted, when it resumes
                 await asyncio.to_thread(self._remove_partial_writes, devbox)
             if devbox.status in ("running", "suspending", "resuming"):
@@ -302,6 +325,9 @@ class DevboxManager:
         # shutdown should cost the slowest sandbox, not their sum.
         live = [devbox for devbox in self._devboxes.values() if devbox.sandbox is not None]
         await asyncio.gather(*(suspend(devbox) for devbox in live))
+        await self.proxy.close()
+        if self.egress is not None:
+            await self.egress.stop()
         await self.limits.shutdown()
         self.storage.close()
 
@@ -374,6 +400,12 @@ class DevboxManager:
         write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
         self._unsaved.discard(devbox.id)
 
+    def _register(self, devbox: Devbox) -> None:
+        self._devboxes[devbox.id] = devbox
+        devbox.tunnel_origin = self.tunnel_origin
+        if devbox.tunnel is not None:
+            self._tunnel_keys[devbox.tunnel["tunnel_key"]] = devbox.id
+
     def all(self) -> list[Devbox]:
         return sorted(self._devboxes.values(), key=lambda d: (d.create_time_ms, d.id))
 
@@ -404,8 +436,40 @@ class DevboxManager:
         raise ApiError(400, not_running_message(devbox))
 
     def command_env(self, devbox: Devbox) -> dict[str, str]:
-        """The environment a command of the devbox gets: its variables, and its secrets' current values."""
-        return {**devbox.environment_variables, **self.secrets.environment(devbox.secrets)}
+        """The environment a command of the devbox gets: its variables, and its secrets' current values
+        (after the proxy's variables, for a devbox that reaches out only through the policy's proxy)."""
+        proxy = proxy_environment() if devbox.sandbox is not None and devbox.sandbox.spec.proxy_only else {}
+        return {**proxy, **devbox.environment_variables, **self.secrets.environment(devbox.secrets)}
+
+    def _policy_of(self, devbox_id: str) -> NetworkPolicy | None:
+        devbox = self._devboxes.get(devbox_id)
+        policy_id = devbox.network_policy_id if devbox else None
+        return self.policies.find(policy_id) if policy_id else None
+
+    def _check_policy(self, params: dict[str, Any], network: str, unsafe: bool) -> None:
+        """A policy must exist, and (unless it allows all) needs an isolated devbox on a root backend."""
+        policy_id = params.get("network_policy_id")
+        if policy_id is None:
+            return
+        policy = self.policies.find(policy_id)
+        if policy is None:
+            raise ApiError(
+                400,
+                f"launch_parameters.network_policy_id: no network policy has the id {policy_id!r}; create one "
+                "(POST /v1/network-policies) or list them (GET /v1/network-policies)",
+            )
+        if network != "isolated":
+            raise ApiError(
+                400,
+                f"launch_parameters.network_policy_id applies to network_mode 'isolated', not {network!r}; "
+                "leave network_mode out",
+            )
+        if not policy.allow_all and (unsafe or os.geteuid() != 0):
+            raise ApiError(
+                400,
+                "launch_parameters.network_policy_id: a hostname allowlist needs a sandboxed devbox on a backend "
+                "running as root (its proxy is opened inside the devbox's network namespace)",
+            )
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -537,6 +601,7 @@ class DevboxManager:
         entrypoint: str | None = None,
         secrets: dict[str, str] | None = None,
         user: SandboxUser = DEFAULT_USER,
+        tunnel: TunnelConfig | None = None,
     ) -> Devbox:
         """Register a devbox and start booting it in the background (status `provisioning`)."""
         unavailable = sandbox_unavailable_reason()
@@ -563,6 +628,7 @@ class DevboxManager:
                 f"launch_parameters.network_mode must be one of {', '.join(NETWORK_MODES)}; got {network!r}",
             )
         params["network_mode"] = network
+        self._check_policy(params, network, unsafe)
         params["sandbox"] = "none (unsafe: commands run as host processes)" if unsafe else "bubblewrap"
         try:
             size = resolve(params)
@@ -585,6 +651,7 @@ class DevboxManager:
             id_range=None if unsafe or self.ids is None else [self.ids.uid_base, self.ids.gid_base, self.ids.count],
             user=None if user == DEFAULT_USER else {"name": user.name, "uid": user.uid, "home": user.home},
             size=size.record(),
+            tunnel=new_tunnel(tunnel) if tunnel is not None else None,
         )
         devbox.disk_gap = self.limits.disk_gap(size, sandboxed=not unsafe)
         devbox.disk = devbox.disk_gap is None
@@ -599,7 +666,7 @@ class DevboxManager:
             if is_disk_full(exc):
                 raise disk_full("create a devbox") from None
             raise
-        self._devboxes[devbox_id] = devbox
+        self._register(devbox)
         self._spawn_task(devbox_id, self._boot(devbox))
         return devbox
 
@@ -695,7 +762,30 @@ class DevboxManager:
             disk_gap=devbox.disk_gap,
         )
 
-    def _sandbox_for(self, devbox: Devbox) -> Sandbox:
+    def _proxy_only(self, devbox: Devbox) -> bool:
+        """Whether the devbox reaches out only through the policy's proxy (decided at each start)."""
+        policy = self._policy_of(devbox.id)
+        return devbox.network_policy_id is not None and (policy is None or not policy.allow_all)
+
+    async def _egress_prefix(self, devbox: Devbox) -> tuple[str, ...]:
+        """Start the egress namespace if an isolated devbox needs it: it fails closed, never open."""
+        if devbox.unsafe or devbox.network_mode != "isolated" or self._proxy_only(devbox) or not tools()["slirp4netns"]:
+            return ()  # (without slirp4netns an isolated devbox has no way out at all)
+        if self.egress is None:
+            if not self._warned_egress:
+                self._warned_egress = True
+                log.warning(
+                    "this backend is not root: isolated devboxes reach every address the host reaches "
+                    "(private and link-local ones too); run it as root for public-only egress"
+                )
+            return ()
+        try:
+            await self.egress.ensure()
+        except (OSError, TimeoutError) as exc:
+            raise SandboxError(f"could not set up the devbox's egress rules: {exc}") from None
+        return tuple(self.egress.enter())
+
+    def _sandbox_for(self, devbox: Devbox, egress_prefix: tuple[str, ...] = ()) -> Sandbox:
         limits = devbox.enforcement
         spec = SandboxSpec(
             home=devbox.home,
@@ -712,13 +802,18 @@ class DevboxManager:
             run_tmpfs_bytes=limits.run_tmpfs_bytes if limits else None,
             # Counted per user namespace, so per devbox; a host process (unsafe) would count the host's.
             max_processes=devbox.resource_size.pids if limits and not devbox.unsafe else None,
+            egress_prefix=egress_prefix,
+            proxy_only=not devbox.unsafe and self._proxy_only(devbox),
         )
         return Sandbox(spec)
 
     async def _start_sandbox(self, devbox: Devbox) -> None:
-        sandbox = self._sandbox_for(devbox)
+        sandbox = self._sandbox_for(devbox, await self._egress_prefix(devbox))
         devbox.sandbox = sandbox
         await sandbox.start()
+        if sandbox.spec.proxy_only:
+            assert sandbox.init_pid is not None
+            await self.proxy.attach(devbox.id, sandbox.init_pid)
         for warning in sandbox.warnings:
             self.add_log(devbox.id, {"level": "warn", "source": "stats", "message": warning})
         watcher = asyncio.ensure_future(self._watch_sandbox(devbox, sandbox))
@@ -771,6 +866,7 @@ class DevboxManager:
                 except Exception:  # a hook must not keep a sandbox alive
                     log.exception("on_stop hook failed for %s", devbox.id)
             devbox.sandbox = None
+            await self.proxy.detach(devbox.id)
             await sandbox.stop()
         devbox.enforcement = None
         await self.limits.stop(devbox.id)
@@ -964,6 +1060,57 @@ class DevboxManager:
             except OSError as exc:
                 log.warning("could not record that devbox %s is shut down: %s", devbox.id, exc)
         return devbox
+
+    # -- tunnel ----------------------------------------------------------------------------
+
+    async def enable_tunnel(self, devbox_id: str, config: TunnelConfig) -> Devbox:
+        """Give a running devbox its one tunnel (400 when it is not running or already has one)."""
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.tunnel is not None:
+                raise ApiError(
+                    400,
+                    f"devbox {devbox_id} already has a tunnel (key {devbox.tunnel['tunnel_key']}); a devbox has "
+                    "one tunnel, serving every port: use it, or remove it first (remove_tunnel)",
+                )
+            if devbox.status != "running":
+                raise ApiError(400, not_running_message(devbox))
+            devbox.tunnel = new_tunnel(config)
+            try:
+                self._save(devbox)
+            except OSError as exc:
+                devbox.tunnel = None
+                if is_disk_full(exc):
+                    raise disk_full(f"enable a tunnel on devbox {devbox_id}") from None
+                raise
+            self._tunnel_keys[devbox.tunnel["tunnel_key"]] = devbox.id
+            return devbox
+
+    async def remove_tunnel(self, devbox_id: str) -> None:
+        """Remove the devbox's tunnel; nothing to do when it has none (a retried call succeeds)."""
+        async with self._lock(devbox_id):
+            devbox = self.get(devbox_id)
+            if devbox.tunnel is None:
+                return
+            before = devbox.tunnel
+            devbox.tunnel = None
+            try:
+                self._save(devbox)
+            except OSError as exc:
+                devbox.tunnel = before
+                if is_disk_full(exc):
+                    raise disk_full(f"remove the tunnel of devbox {devbox_id}") from None
+                raise
+            self._tunnel_keys.pop(before["tunnel_key"], None)
+
+    def by_tunnel_key(self, key: str) -> Devbox | None:
+        devbox_id = self._tunnel_keys.get(key)
+        return self._devboxes.get(devbox_id) if devbox_id is not None else None
+
+    def set_tunnel_origin(self, origin: str) -> None:
+        self.tunnel_origin = origin
+        for devbox in self._devboxes.values():
+            devbox.tunnel_origin = origin
 
     # -- keep-alive ------------------------------------------------------------------------
 

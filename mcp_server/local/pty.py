@@ -31,7 +31,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import logging
 import os
 import re
 import secrets
@@ -49,8 +48,6 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from .devboxes import DevboxManager
 
-log = logging.getLogger("devbox_mcp.local")
-
 SESSION_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
 MAX_DIMENSION = 1000
@@ -58,8 +55,10 @@ READ_CHUNK = 64 * 1024
 ATTACHED_HIGH_WATER = 256 * 1024  # output waiting for the attached client; reading stops above it
 DETACHED_KEEP = 1024 * 1024  # output kept for the next client while none is attached (the latest bytes)
 CLOSE_GRACE_SECONDS = 2.0  # between the SIGHUP of `close` and the SIGKILL of what survived it
+STOP_WAIT_SECONDS = 5.0  # how long a stopping devbox waits for its shells' host processes to be reaped
 MAX_TUNNELS = 32  # per devbox; the oldest goes first
 SHELL_COMMAND = "exec /bin/bash -l"
+PROTOCOL_VERSION = "1"  # PtyConnectView.protocol_version: raw bytes in binary frames, close codes of pty_api
 _TIOCGSID = getattr(termios, "TIOCGSID", 0x5429)  # Linux; Python names only some of the tty ioctls
 
 
@@ -138,6 +137,7 @@ class PtySession:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _sid: int | None = None
     _expiry: asyncio.TimerHandle | None = None
+    _writable: asyncio.Future[None] | None = None  # what a blocked `write` waits for
 
     # -- output ----------------------------------------------------------------------------
 
@@ -215,12 +215,13 @@ class PtySession:
             try:
                 written = os.write(self.master, view)
             except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
+                self._writable = writable = loop.create_future()
                 loop.add_writer(self.master, lambda w=writable: w.done() or w.set_result(None))
                 try:
                     await writable
                 finally:
-                    with contextlib.suppress(ValueError, OSError):
+                    self._writable = None
+                    if not self.ended:  # `finish` has removed it before closing the master
                         loop.remove_writer(self.master)
                 continue
             except OSError:  # EIO: the shell is gone; its end is reported by `output`
@@ -271,6 +272,10 @@ class PtySession:
             if len(self._pending) > DETACHED_KEEP:
                 del self._pending[: len(self._pending) - DETACHED_KEEP]
         self._stop_reading()
+        if self._writable is not None:  # a write waiting for the program to read: it never will
+            asyncio.get_running_loop().remove_writer(self.master)
+            if not self._writable.done():
+                self._writable.set_result(None)
         self.ended, self.end_reason = True, reason
         os.close(self.master)
         self._changed.set()
@@ -339,6 +344,11 @@ class PtyManager:
         """Whether a client is attached to one of the devbox's sessions (it is in use, not idle)."""
         return any(s.attached for (d, _), s in self._sessions.items() if d == devbox_id)
 
+    def find(self, devbox_id: str, name: str) -> PtySession | None:
+        """The devbox's running session `name`, if there is one."""
+        session = self._sessions.get((devbox_id, name))
+        return session if session is not None and not session.ended else None
+
     def get(self, devbox_id: str, name: str) -> PtySession:
         session = self._sessions.get((devbox_id, check_name(name)))
         if session is None:
@@ -366,7 +376,9 @@ class PtyManager:
                 return existing, False
             cols, rows = size or (DEFAULT_COLS, DEFAULT_ROWS)
             assert devbox.sandbox is not None
-            master, slave = devbox.sandbox.open_pty()
+            # The host's pty (inside, `tty` says "not a tty"). One from the devbox's own devpts was
+            # tried: a resume right after a suspend then now and then found the disk still in use.
+            master, slave = os.openpty()
             try:
                 _set_size(slave, cols, rows)
                 os.set_blocking(master, False)
@@ -478,11 +490,23 @@ class PtyManager:
         session.finish(reason)
 
     async def _on_devbox_stop(self, devbox_id: str) -> None:
-        """The sandbox is about to stop (and kill every shell in it): end its sessions and tunnels."""
+        """The sandbox is about to stop (and kill every shell in it): end its sessions and tunnels.
+
+        What started each shell runs on the host (`setsid`, `nsenter`, which holds the devbox's root
+        and working directory): it is killed and awaited here, as executions' are, so nothing of
+        the devbox is in use once its sandbox has stopped (its disk is detached next)."""
         self.tunnels.drop_devbox(devbox_id)
-        for (d, _), session in list(self._sessions.items()):
-            if d == devbox_id:
-                self._end(session, "the devbox stopped")
+        ending = [s for (d, _), s in self._sessions.items() if d == devbox_id]
+        for session in ending:
+            sid = session.session_id()
+            self._end(session, "the devbox stopped")
+            for pid in (sid, session.process.pid):
+                if pid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+        for session in ending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.process.wait(), STOP_WAIT_SECONDS)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -505,10 +529,3 @@ def connect_view(
         "rows": session.rows,
         "idle_ttl_seconds": int(idle_ttl_seconds),
     }
-
-
-PROTOCOL_VERSION = "1"
-
-__all__ = [
-    "PtyManager", "PtySession", "TunnelRegistry", "check_name", "check_size", "connect_view", "signal_number",
-]  # fmt: skip

@@ -19,7 +19,8 @@ Wire contract (stable; the MCP terminal tools build on it):
    - WebSocket `connect_url` = `/tunnel/{tunnel_key}/pty/{session_name}/connect` (server-relative:
      ws:// or wss:// on the API's origin). Binary frames both ways carry the raw terminal bytes
      (text frames from the client are taken as UTF-8 input). On attach the client first gets the
-     output kept while no client was attached.
+     output kept while no client was attached. permessage-deflate is accepted when the client
+     offers it; a client after the lowest latency or memory declines it (`compression=None`).
    Handshake refusals are HTTP answers: 401 wrong or missing token, 404 unknown tunnel key.
    Close codes once accepted:
    - 4404: no such session (open it with the GET first; it may have ended);
@@ -145,8 +146,8 @@ async def pty_websocket(websocket: WebSocket) -> None:
     except ApiError as exc:
         await _deny(websocket, exc)
         return
-    session = ptys._sessions.get((devbox_id, name))
-    if session is None or session.ended:
+    session = ptys.find(devbox_id, name)
+    if session is None:
         await websocket.accept()
         await websocket.close(CLOSE_NO_SESSION, _reason(f"no PTY session {name!r}: GET /pty/{name} opens it"))
         return
@@ -166,7 +167,7 @@ async def pty_websocket(websocket: WebSocket) -> None:
 async def _pump(websocket: WebSocket, session: PtySession) -> None:
     """Output to the client and input from it, until either side ends."""
 
-    async def output() -> None:
+    async def outbound() -> None:
         while (data := await session.output()) is not None:
             try:
                 await websocket.send_bytes(data)  # waits while the client is slow: reading stops meanwhile
@@ -175,7 +176,7 @@ async def _pump(websocket: WebSocket, session: PtySession) -> None:
                 raise
         await websocket.close(CLOSE_ENDED, _reason(session.end_reason))
 
-    async def input() -> None:
+    async def inbound() -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -186,7 +187,7 @@ async def _pump(websocket: WebSocket, session: PtySession) -> None:
             if data:
                 await session.write(data)
 
-    tasks = [asyncio.ensure_future(output()), asyncio.ensure_future(input())]
+    tasks = [asyncio.ensure_future(outbound()), asyncio.ensure_future(inbound())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -35,12 +35,24 @@ from .idmap import IdRange
 # the data directory; there it can. The layers are opened here (descriptors from the backend's
 # namespace would not do) and named as /proc/self/fd paths, so no host path shows in the devbox's
 # mount table, then closed, as is the fstab: nothing of the host stays reachable from the devbox.
-# {lower} {upper} {work} {fstab}: descriptor numbers; $1..$3: the layers; $4: setpriv;
-# $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
+# The namespace began as a copy of the host's mount table, other devboxes' disks (loop devices)
+# included, and the host's mounts are private: a copy held here would pin that disk for this
+# devbox's whole life (a suspended devbox could not get it back on resume). So every loop-backed
+# mount outside the launch directory is detached here; this devbox's own disk stays reachable
+# through the binds under the launch directory and the overlay, which hold it.
+# {lower} {upper} {work} {fstab}: descriptor numbers; {top}: the launch directory; $1..$3: the layers;
+# $4: setpriv; $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
 _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
+findmnt --raw --noheadings --output SOURCE,TARGET | while read -r source target; do
+  printf -v target '%b' "$target"
+  case $source:$target in
+    /dev/loop*:{top}|/dev/loop*:{top}/*) ;;
+    /dev/loop*) umount --lazy "$target" 2>/dev/null || true ;;
+  esac
+done
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
 shift 7
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups -- "$bwrap" "$@"
@@ -89,7 +101,7 @@ def launch_command(
     *, unshare: str, bash: str, setpriv: str, bwrap: str, ids: IdRange, layers: RootFs, fds: LaunchFds
 ) -> list[str]:
     """The command that mounts the devbox's system and starts bubblewrap (append bubblewrap's arguments)."""
-    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab)
+    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, top=LAUNCH_DIR)
     return [
         unshare, "--mount", "--propagation", "private", "--",
         bash, "--noprofile", "--norc", "-c", script, "devbox-launch",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -37,7 +36,6 @@ import os
 import shutil
 import signal
 import stat
-import struct
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -46,6 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import rootfs, seccomp, spawner
+from .egress import UPLINK_DNS
 from .idmap import IdRange, write_maps
 
 log = logging.getLogger("devbox_mcp.local")
@@ -119,10 +118,6 @@ _JOIN_CGROUPS = (
     'while [ "$1" != -- ]; do echo $$ >"$1" || exit 125; shift; done; shift; exec "$@"'
 )
 
-_TIOCSPTLCK = 0x40045431  # Linux: (un)lock a pty's slave
-_TIOCGPTPEER = 0x5441  # Linux 4.13+: open a pty's slave from its master, without a path
-_TTY_GID = 5  # the `tty` group of Debian-based images, which owns login terminals
-
 INSTALL_HINT = (
     "bubblewrap (bwrap) is needed to sandbox devboxes: install it with `apt-get install bubblewrap` "
     "(or your distribution's package), or start the backend with --unsafe-no-sandbox to run commands "
@@ -164,6 +159,10 @@ class SandboxSpec:
     ram_disk_bytes: int | None = None  # /dev/shm, and /var on the host's system (on its own, /var is on disk)
     run_tmpfs_bytes: int | None = None  # /run
     max_processes: int | None = None  # RLIMIT_NPROC of commands (counted in the devbox's user namespace)
+    # `isolated` only: the command prefix that runs its slirp4netns in the egress namespace (egress.py),
+    # and whether it gets no slirp4netns at all (a network policy's proxy is its only way out).
+    egress_prefix: tuple[str, ...] = ()
+    proxy_only: bool = False
 
 
 def _which(name: str) -> str | None:
@@ -306,11 +305,16 @@ def _generated_files(spec: SandboxSpec) -> dict[str, bytes]:
         "/etc/machine-id": (os.urandom(16).hex() + "\n").encode(),
         "/etc/hosts": hosts.encode(),
     }
-    if spec.network == "isolated":
-        files["/etc/resolv.conf"] = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
-    elif spec.network == "none":
+    if spec.network == "isolated" and not spec.proxy_only:
+        files["/etc/resolv.conf"] = _resolv_conf(spec)
+    elif spec.network != "host":
         files["/etc/resolv.conf"] = b""
     return files
+
+
+def _resolv_conf(spec: SandboxSpec) -> bytes:
+    """slirp4netns's DNS forwarder, or behind the egress rules the uplink's (see egress.py)."""
+    return f"nameserver {UPLINK_DNS if spec.egress_prefix else '10.0.2.3'}\n".encode()
 
 
 def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
@@ -319,8 +323,8 @@ def _identity_files(spec: SandboxSpec) -> dict[str, bytes]:
     Accounts come from the devbox's own /etc/passwd (the image's, plus what the devbox adds).
     """
     hosts = f"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.1.1 {spec.hostname}\n"
-    if spec.network == "isolated":
-        resolv = b"nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+    if spec.network == "isolated" and not spec.proxy_only:
+        resolv = _resolv_conf(spec)
     elif spec.network == "host":
         try:
             resolv = Path("/etc/resolv.conf").read_bytes()
@@ -409,7 +413,7 @@ class Sandbox:
             # (it waits for it to exit, and a sandbox never does), so a cancelled start finishes
             # starting first and is then stopped.
             await asyncio.shield(starting)
-            if self.spec.network == "isolated" and tools()["slirp4netns"]:
+            if self.spec.network == "isolated" and not self.spec.proxy_only and tools()["slirp4netns"]:
                 self._network = asyncio.ensure_future(self._start_slirp())
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -600,7 +604,8 @@ class Sandbox:
             raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}") from None
 
     async def _start_slirp(self) -> None:
-        """Outbound network for an isolated sandbox, with the host's loopback out of reach.
+        """Outbound network for an isolated sandbox, with the host's loopback out of reach, and run
+        in the egress namespace (`spec.egress_prefix`, egress.py) so that only public addresses are.
 
         Runs beside the start (commands wait for it in `spawn`), so it adds nothing to
         create→running. slirp4netns exits when `_slirp_exit` closes, even if the backend dies.
@@ -610,10 +615,12 @@ class Sandbox:
         exit_r, self._slirp_exit = os.pipe()
         try:
             self._slirp = await asyncio.create_subprocess_exec(
+                *self.spec.egress_prefix,
                 tools()["slirp4netns"] or "slirp4netns",
                 "--configure",
                 "--mtu=65520",
                 "--disable-host-loopback",
+                *(["--disable-dns"] if self.spec.egress_prefix else []),
                 "--ready-fd",
                 str(ready_w),
                 "--exit-fd",
@@ -743,33 +750,6 @@ class Sandbox:
             own_system=own_system,
             stdin=stdin, stdout=stdout, stderr=stderr, env=full_env,
         )  # fmt: skip
-
-    def open_pty(self, user: SandboxUser | None = None) -> tuple[int, int]:
-        """A pseudo-terminal for a terminal session: (master, slave), both close-on-exec.
-
-        From the sandbox's own devpts when it has one (a root backend's `--dev /dev`), so the shell's
-        terminal is a `/dev/pts/N` of the devbox (`tty`, `ps` and `GPG_TTY` see it), owned by the
-        user as a login terminal is; from the host's otherwise (the name then resolves to nothing
-        inside, while /dev/tty and everything else work the same).
-        """
-        ptmx = f"/proc/{self.init_pid}/root/dev/pts/ptmx"
-        if self.init_pid is not None and not self.spec.unsafe and os.path.exists(ptmx):
-            try:
-                master = os.open(ptmx, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-            except OSError:
-                return os.openpty()
-            try:
-                fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))  # unlock the slave
-                slave = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-            except OSError:  # before Linux 4.13: no TIOCGPTPEER
-                os.close(master)
-                return os.openpty()
-            if self.spec.ids is not None:
-                uid = (user or self.spec.user).uid
-                with contextlib.suppress(OSError):
-                    os.fchown(slave, self.spec.ids.host_uid(uid), self.spec.ids.host_gid(_TTY_GID))
-            return master, slave
-        return os.openpty()
 
     # -- stop ------------------------------------------------------------------------------
 

@@ -65,11 +65,13 @@ def start_in_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     unsafe_no_sandbox: bool = False,
+    tunnel_port: int = 0,
 ) -> RunningBackend:
     """Start the backend on a loopback port in a daemon thread and wait until it answers."""
     config = LocalConfig(
-        data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox
-    )
+        data_dir=Path(data_dir), api_key=api_key or generate_api_key(), unsafe_no_sandbox=unsafe_no_sandbox,
+        tunnel_host=host, tunnel_port=tunnel_port,
+    )  # fmt: skip
     sock = listen(host, port)
     server = uvicorn.Server(_uvicorn_config(create_app(config)))
     failure: list[BaseException] = []
@@ -156,11 +158,12 @@ def serve_registered(
     port: int,
     *,
     idle_shutdown_seconds: float | None = None,
-    announce: Callable[[ServiceState], None] | None = None,
+    announce: Callable[[ServiceState, str], None] | None = None,
 ) -> None:
     """Serve `config.data_dir` until stopped (SIGINT/SIGTERM) or idle; registered for discovery meanwhile.
+    `announce` gets the state and where the tunnel proxy serves.
 
-    Raises `DataDirBusy` if another backend serves the data directory, OSError if the port is taken.
+    Raises `DataDirBusy` if another backend serves the data directory, OSError if a port is taken.
     """
     data_dir = Path(config.data_dir)
     lock_fd = hold_data_dir(data_dir)
@@ -178,12 +181,17 @@ def serve_registered(
         activity = Activity(app)
         devboxes.on_stop.append(_touch_on_stop(activity))
         tasks: set[asyncio.Task[None]] = set()
+        tunnels = app.state.tunnels
+
+        def busy() -> bool:
+            """A devbox with a sandbox, or a connection through a tunnel, keeps the backend up."""
+            return devboxes.has_live_devbox() or tunnels.busy()
 
         def start_idle_watch() -> None:
             if idle_shutdown_seconds:
                 activity.touch()
                 task = asyncio.ensure_future(
-                    watch_idle(activity, devboxes.has_live_devbox, idle_shutdown_seconds, stop_idle)
+                    watch_idle(activity, busy, idle_shutdown_seconds, stop_idle)
                 )
                 tasks.add(task)
 
@@ -195,7 +203,7 @@ def serve_registered(
         server = _Server(_uvicorn_config(activity), data_dir, start_idle_watch)
         write_state(data_dir, state)
         if announce is not None:
-            announce(state)
+            announce(state, app.state.tunnels.origin)
         try:
             asyncio.run(server.serve(sockets=[sock]))
         finally:

@@ -8,9 +8,9 @@ the lock it binds its port and writes `backend.json` (mode 0600: pid, URL, API k
 backlog. It removes the file as soon as it starts to stop (`server.serve_registered`).
 
 A backend with an idle limit stops itself once it has been idle that long: idle means no HTTP
-request in progress (open streams and long-polls count as requests) and no devbox with a
-sandbox (provisioning, initializing, running, suspending or resuming); the clock restarts at
-the end of every request and when a sandbox stops.
+request in progress (open streams and long-polls count as requests), no connection open through
+a tunnel, and no devbox with a sandbox (provisioning, initializing, running, suspending or
+resuming); the clock restarts at the end of every request and when a sandbox stops.
 
 Finding or starting a backend is the commands' job (`mcp_server/commands/embedded.py`); `start_lock`
 here is what they serialise on, so two processes starting at once share one backend.

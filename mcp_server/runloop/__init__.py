@@ -38,6 +38,7 @@ from .models import (
     ExecutionView,
     FileDownload,
     LogEntry,
+    NetworkPolicyView,
     OutputChunk,
     PtyConnectView,
     PtyControlResultView,
@@ -47,6 +48,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .pty import PtyEndpoint, PtySocket
 from .retry import RetryPolicy
@@ -73,6 +75,7 @@ __all__ = [
     "FileTooLarge",
     "InvalidArgument",
     "LogEntry",
+    "NetworkPolicyView",
     "NotFound",
     "OutputChunk",
     "PermissionDenied",
@@ -93,6 +96,7 @@ __all__ = [
     "SqlResult",
     "SqlStatement",
     "StdinResult",
+    "TunnelView",
     "StreamError",
     "UnexpectedResponse",
     "Unprocessable",

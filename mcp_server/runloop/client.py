@@ -50,6 +50,8 @@ from .models import (
     ExecutionView,
     FileDownload,
     LogEntry,
+    NetworkPolicyListPage,
+    NetworkPolicyView,
     OutputChunk,
     PtyConnectView,
     PtyControlResultView,
@@ -59,6 +61,7 @@ from .models import (
     SqlResult,
     SqlStatement,
     StdinResult,
+    TunnelView,
 )
 from .pty import PtyEndpoint, PtySocket, default_pty_url, pty_base_url, session_path, websocket_url
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
@@ -444,6 +447,21 @@ class RunloopClient:
         params = {"status": status, "limit": limit, "starting_after": starting_after}
         return await self._get("/v1/devboxes", DevboxListPage, params=params)
 
+    async def create_network_policy(
+        self, *, name: str, allowed_hostnames: Sequence[str] | None = None, description: str | None = None
+    ) -> NetworkPolicyView:
+        body: dict[str, Any] = {"name": name, "allowed_hostnames": list(allowed_hostnames or [])}
+        if description is not None:
+            body["description"] = description
+        return await self._post("/v1/network-policies", NetworkPolicyView, body)
+
+    async def get_network_policy(self, policy_id: str) -> NetworkPolicyView:
+        return await self._get(f"/v1/network-policies/{_path_segment(policy_id)}", NetworkPolicyView)
+
+    async def list_network_policies(self, *, name: str | None = None, limit: int | None = None) -> NetworkPolicyListPage:
+        """Policies whose name contains `name` (a page of them)."""
+        return await self._get("/v1/network-policies", NetworkPolicyListPage, params={"name": name, "limit": limit})
+
     async def update_devbox(
         self, devbox_id: str, *, name: str | None = None, metadata: Mapping[str, str] | None = None
     ) -> DevboxView:
@@ -508,6 +526,15 @@ class RunloopClient:
     async def shutdown_devbox(self, devbox_id: str, *, force: bool = False) -> DevboxView:
         params = {"force": True} if force else None
         return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/shutdown", DevboxView, params=params)
+
+    async def enable_tunnel(
+        self, devbox_id: str, *, auth_mode: Literal["open", "authenticated"] = "open",
+        http_keep_alive: bool | None = None, wake_on_http: bool | None = None,
+    ) -> TunnelView:
+        """Give the devbox its tunnel (a devbox has one: a second is a BadRequest)."""
+        body = {"auth_mode": auth_mode, "http_keep_alive": http_keep_alive, "wake_on_http": wake_on_http}
+        body = {k: v for k, v in body.items() if v is not None}
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/enable_tunnel", TunnelView, body)
 
     async def suspend_devbox(self, devbox_id: str) -> DevboxView:
         return await self._transition(devbox_id, "suspend", {"suspending", "suspended"})

@@ -38,6 +38,27 @@ class StateTransition(View):
     failure_reason: str | None = None
 
 
+# Where Runloop's cloud serves a tunnel; the embedded backend says where it does (`url_template`).
+CLOUD_TUNNEL_URL = "https://{port}-{tunnel_key}.tunnel.runloop.ai"
+
+
+class TunnelView(View):
+    """`TunnelView`: one per devbox, serving every port of it."""
+
+    tunnel_key: str
+    auth_mode: str = "open"
+    auth_token: str | None = Field(default=None, repr=False)  # a secret: never in a repr
+    http_keep_alive: bool | None = None
+    wake_on_http: bool | None = None
+    url_template: str | None = None  # the embedded backend's: `{port}` left to fill
+
+    def url(self, port: int | str) -> str:
+        """The URL a person opens to reach `port` of the devbox."""
+        if self.url_template:
+            return self.url_template.format(port=port)
+        return CLOUD_TUNNEL_URL.format(port=port, tunnel_key=self.tunnel_key)
+
+
 class DevboxView(View):
     id: str
     status: str
@@ -52,6 +73,7 @@ class DevboxView(View):
     shutdown_reason: str | None = None
     blueprint_id: str | None = None
     snapshot_id: str | None = None
+    tunnel: TunnelView | None = None
 
 
 class DevboxUsage(View):
@@ -70,6 +92,22 @@ class DevboxListPage(View):
     devboxes: list[DevboxView] = Field(default_factory=list)
     has_more: bool = False
     total_count: int | None = None
+
+
+class EgressRules(View):
+    allow_all: bool = False
+    allowed_hostnames: list[str] = Field(default_factory=list)
+
+
+class NetworkPolicyView(View):
+    id: str
+    name: str
+    egress: EgressRules = Field(default_factory=EgressRules)
+
+
+class NetworkPolicyListPage(View):
+    network_policies: list[NetworkPolicyView] = Field(default_factory=list)
+    has_more: bool = False
 
 
 class LogEntry(View):

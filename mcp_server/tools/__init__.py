@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from . import axons, devboxes, execute, files, terminal
+from . import axons, devboxes, execute, files, terminal, tunnels
 
 
 def register_all(server: MCPServer) -> None:
-    for module in (devboxes, execute, files, axons, terminal):
+    for module in (devboxes, execute, files, axons, tunnels, terminal):
         module.register(server)

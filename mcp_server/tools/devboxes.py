@@ -4,6 +4,7 @@ host cannot enforce (embedded backend), and, for get, its usage."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,18 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import budgets
-from ..runloop import DevboxStatus, DevboxUsage, DevboxView, RunloopError, WaitTimeout
+from ..runloop import (
+    DevboxStatus,
+    DevboxUsage,
+    DevboxView,
+    NetworkPolicyView,
+    RunloopClient,
+    RunloopError,
+    WaitTimeout,
+)
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
 from .common import DevboxId, EnvVars, annotations, api_errors, as_map, at_most, page_text, result, state
+from .tunnels import tunnel_text
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
@@ -36,6 +46,7 @@ class DevboxInfo(BaseModel):
 
 class DevboxSized(DevboxInfo):
     size: str | None = None  # and the limits this host cannot enforce, if any
+    reach: str | None = None  # what its network reaches (network_mode, network policy)
 
 
 class DevboxDetails(DevboxSized):
@@ -44,6 +55,7 @@ class DevboxDetails(DevboxSized):
     idle_timeout_seconds: int | None = None
     on_idle: str | None = None
     usage: str | None = None
+    tunnel: str | None = None  # its URL, {port} to fill
 
 
 class SecretRef(BaseModel):
@@ -111,7 +123,7 @@ def usage_of(view: DevboxView, usage: DevboxUsage) -> str:
     return used
 
 
-def details(view: DevboxView, usage: DevboxUsage | None = None) -> DevboxDetails:
+def details(view: DevboxView, usage: DevboxUsage | None = None, reach: str | None = None) -> DevboxDetails:
     """`info` plus the account commands run as, the size, the idle policy (`lifecycle.after_idle`, or the older top-level
     `after_idle`) and the usage."""
     params = view.launch_parameters
@@ -120,9 +132,11 @@ def details(view: DevboxView, usage: DevboxUsage | None = None) -> DevboxDetails
         **info(view).model_dump(),
         user=_user_of(view),
         size=size_of(view),
+        reach=reach,
         idle_timeout_seconds=idle.get("idle_time_seconds"),
         on_idle=idle.get("on_idle"),
         usage=usage_of(view, usage) if usage is not None else None,
+        tunnel=tunnel_text(view.tunnel, "{port}", with_token=False) if view.tunnel else None,
     )
 
 
@@ -174,6 +188,43 @@ async def wait_running(ctx: Context, view: DevboxView) -> DevboxView:
     return view
 
 
+PUBLIC_ONLY = "public internet only (no private, link-local or host addresses)"
+
+
+def reach_of(view: DevboxView, policy: NetworkPolicyView | None) -> str:
+    """What the devbox's network reaches, in one line: its mode, or its policy's rules."""
+    mode = view.launch_parameters.get("network_mode")
+    if mode == "none":
+        return "nothing: no network"
+    if mode == "host":
+        return "everything the host reaches (network_mode host)"
+    if policy is None or policy.egress.allow_all:
+        return PUBLIC_ONLY
+    if not policy.egress.allowed_hostnames:
+        return f"nothing: network policy {policy.id} allows no host"
+    return f"HTTP(S) via proxy to {', '.join(policy.egress.allowed_hostnames)} only (policy {policy.id})"
+
+
+async def policy_of(client: RunloopClient, view: DevboxView) -> NetworkPolicyView | None:
+    policy_id = view.launch_parameters.get("network_policy_id")
+    return await client.get_network_policy(policy_id) if policy_id else None
+
+
+async def policy_for(client: RunloopClient, network_policy: str | list[str]) -> str:
+    """The id of the policy to apply: the one named, or one allowing exactly these hosts (made once, then reused)."""
+    if isinstance(network_policy, str):
+        return network_policy
+    hosts = sorted({h.strip().lower() for h in network_policy})
+    name = "mcp-allow-" + hashlib.sha256("\n".join(hosts).encode()).hexdigest()[:16]
+    for policy in (await client.list_network_policies(name=name, limit=5)).network_policies:
+        if policy.name == name:
+            return policy.id
+    made = await client.create_network_policy(
+        name=name, allowed_hostnames=hosts, description="made by devbox-mcp's create_devbox"
+    )
+    return made.id
+
+
 async def create_devbox(
     ctx: Context,
     name: Annotated[str | None, at_most(256)] = None,
@@ -195,6 +246,9 @@ async def create_devbox(
     custom_cpu_cores: float | None = None,
     custom_gb_memory: int | None = None,
     custom_disk_size: int | None = None,
+    network_policy: Annotated[
+        str | list[str] | None, Field(description="policy id, or hostnames to allow (*.x ok)")
+    ] = None,
 ) -> DevboxSized:
     """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
     A short client timeout may return it still starting (see get_devbox)."""
@@ -202,6 +256,7 @@ async def create_devbox(
     sized = {"resource_size_request": resource_size, "custom_cpu_cores": custom_cpu_cores,
              "custom_gb_memory": custom_gb_memory, "custom_disk_size": custom_disk_size}  # fmt: skip
     with api_errors():
+        policy_id = await policy_for(app.client, network_policy) if network_policy is not None else None
         view = await app.client.create_devbox(
             name=name,
             environment_variables=as_map("environment_variables", environment_variables),
@@ -211,7 +266,8 @@ async def create_devbox(
             idle_timeout_seconds=idle_timeout_seconds,
             on_idle=on_idle,
             launch_parameters={k: v for k, v in sized.items() if v is not None}
-            | ({"user_parameters": ROOT} if run_as_root else {}),
+            | ({"user_parameters": ROOT} if run_as_root else {})
+            | ({"network_policy_id": policy_id} if policy_id else {}),
         )
     try:
         view = await wait_running(ctx, view)
@@ -228,7 +284,9 @@ async def create_devbox(
         reason = view.failure_reason or view.shutdown_reason or "no reason given"
         raise ToolError(f"devbox {view.id} did not start: it is {view.status} ({reason}); check launch_commands")
     await state(ctx).resources.list_changed()
-    return DevboxSized(**info(view).model_dump(), size=size_of(view))
+    with api_errors():
+        reach = reach_of(view, await policy_of(app.client, view))
+    return DevboxSized(**info(view).model_dump(), size=size_of(view), reach=reach)
 
 
 async def list_devboxes(
@@ -246,7 +304,7 @@ async def list_devboxes(
 
 
 async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
-    """Get a devbox's status, size, limits, idle policy and usage."""
+    """Get a devbox's status, size, limits, network reach, idle policy and usage."""
     client = state(ctx).client
     with api_errors():
         view = await client.get_devbox(devbox_id)
@@ -254,7 +312,11 @@ async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
         usage = await client.devbox_usage(devbox_id)
     except RunloopError:
         usage = None  # the details stand without it
-    return details(view, usage)
+    try:
+        reach = reach_of(view, await policy_of(client, view))
+    except RunloopError:
+        reach = None
+    return details(view, usage, reach)
 
 
 async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:

@@ -195,6 +195,8 @@ async def read_streams(
         output.followed = True
         for text in seeded.values():
             progress.feed(text)
+        if seeded:
+            await progress.flush()  # the first lines go out before the streams are opened
         with anyio.move_on_after(wait):
             async with anyio.create_task_group() as tg:
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from runloop_api_client import Runloop
+from runloop_api_client.lib.polling import PollingConfig
 from support.backend_process import BackendProcess, backend_process
 from support.devbox_system import machine_system
 
@@ -296,3 +297,23 @@ def _disk_mounted(state: Path) -> Iterator[Path]:
         yield root
     finally:
         subprocess.run(["umount", "-d", str(root)], check=True)
+
+
+def test_a_devbox_resumes_while_one_started_after_it_runs(local_api: tuple[BackendProcess, Runloop]) -> None:
+    # Each devbox's launch begins with a copy of the host's mount table; a copy of an earlier
+    # devbox's disk kept there would pin it, and that devbox could not get its disk back on resume.
+    _, sdk = local_api
+    first = sdk.devboxes.create_and_await_running(name="first")
+    try:
+        assert run(sdk, first.id, "echo kept > ~/note")[0] == 0
+        second = sdk.devboxes.create_and_await_running(name="second")  # its launch sees first's disk mounted
+        try:
+            sdk.devboxes.suspend(first.id)
+            assert sdk.devboxes.await_suspended(first.id).status == "suspended"
+            sdk.devboxes.resume(first.id)
+            assert sdk.devboxes.await_running(first.id, polling_config=PollingConfig(timeout_seconds=60)).status == "running"
+            assert run(sdk, first.id, "cat ~/note") == (0, "kept\n", "")
+        finally:
+            sdk.devboxes.shutdown(second.id)
+    finally:
+        sdk.devboxes.shutdown(first.id)

@@ -73,7 +73,7 @@ def test_a_running_command_keeps_the_devbox_busy(sdk, http: httpx.Client) -> Non
         ({"after_idle": {"idle_time_seconds": 0, "on_idle": "suspend"}}, 400, "idle_time_seconds"),
         ({"after_idle": {"idle_time_seconds": 5, "on_idle": "hibernate"}}, 400, "on_idle"),
         ({"after_idle": {"idle_time_seconds": 5}}, 400, "on_idle"),
-        ({"lifecycle": {"resume_triggers": {"http": True}}}, 400, "resume_triggers.http"),
+        ({"lifecycle": {"resume_triggers": {"axon_event": True}}}, 400, "resume_triggers.axon_event"),
         ({"lifecycle": {"lifecycle_hooks": {"suspend_commands": ["sync"]}}}, 400, "lifecycle_hooks"),
     ],
 )

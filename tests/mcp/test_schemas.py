@@ -23,7 +23,7 @@ SCHEMAS = ROOT / "tool_schemas"
 CORE = {"create_devbox", "execute", "stream_logs", "read_file", "publish_event", "sql_query"}
 ALL = CORE | {
     "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
-    "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch",
+    "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch", "expose_port",
     "open_terminal", "terminal_send", "terminal_read", "close_terminal",
 }
 

@@ -6,7 +6,7 @@ that has one; other clients only its text. So the structured content must carry 
 text shows (the output itself, not an envelope around it), and it must validate against the
 published `outputSchema`: the TypeScript SDK and fastmcp refuse a result that does not. The
 schemas are checked here with `jsonschema` (draft 2020-12, MCP's default dialect), against the
-`tools/list` a real client receives, for representative calls of all 21 tools.
+`tools/list` a real client receives, for representative calls of every tool.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PNG = base64.b64decode(
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
 RENDERED = {
-    "execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons",
+    "execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port",
     "open_terminal", "terminal_send", "terminal_read",
 }
 
@@ -155,6 +155,10 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         ]})
         assert batch["results"][1]["changes"] == 2 and batch["results"][2]["rows"] == [["a", 1], ["b", None]]
         assert '{"k": "b", "v": null}' in text_of(result)
+
+        # A port a person opens: the URL as text too (the structured content is the whole result).
+        result, exposed = await call("expose_port", {"devbox_id": devbox, "port": 8000, "public": False})
+        assert exposed["url"] in text_of(result) and exposed["token"] in text_of(result)
 
         # Terminals: the rendered screen, whole in the structured content and in the text.
         result, opened = await call("open_terminal", {"devbox_id": devbox, "command": None, "cols": 80, "rows": 24})

@@ -29,6 +29,7 @@ from support.mcp_client import call_ok, make_server, text_of
 from support.openapi import ALLOWANCES, QUERY_ALLOWANCES, VENDORED, PublishedApi, spec_dir, vendored_module
 
 from mcp_server.local.server import RunningBackend
+from mcp_server.settings import Settings
 
 SPECS = spec_dir()
 if SPECS is None:
@@ -54,7 +55,9 @@ def api() -> PublishedApi:
 async def recorded(backend: RunningBackend) -> AsyncIterator[tuple[Client, FaultProxy]]:
     with running_proxy(backend.base_url) as proxy:
         # Driven as Runloop's API: without the embedded backend's extensions (sub-second holds).
-        server = make_server(backend, base_url=proxy.url, subsecond_waits=False)
+        # A set wait_seconds lifts the 3 s cap of the SDK's default client name (budgets.py), which
+        # a loaded machine's boot outlasts: this test is about requests, not time budgets.
+        server = make_server(backend, Settings(wait_seconds=50), base_url=proxy.url, subsecond_waits=False)
         async with Client(server, mode="auto") as client:
             yield client, proxy
 
@@ -123,6 +126,8 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     await call("send_stdin", {"devbox_id": devbox, "execution_id": cat, "signal": "EOF"})
     sleeper = _id(await call("execute", {"devbox_id": devbox, "command": "sleep 300", "wait_seconds": 0}), "exe")
     await call("kill_execution", {"devbox_id": devbox, "execution_id": sleeper})
+    await call("expose_port", {"devbox_id": devbox, "port": 8000})
+    await call("expose_port", {"devbox_id": devbox, "port": 8001, "public": True})  # the tunnel it has
 
     # Terminals: create_pty_tunnel on the API, then the PTY paths where the tunnel key routes.
     opened = await call("open_terminal", {"devbox_id": devbox, "cols": 80, "rows": 24})

@@ -332,6 +332,7 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "suspend_devbox": lambda c: c.suspend_devbox(d),
         "resume_devbox": lambda c: c.resume_devbox(d),
         "keep_alive_devbox": lambda c: c.keep_alive_devbox(d),
+        "enable_tunnel": lambda c: c.enable_tunnel(d),  # a retry that finds the tunnel made: expose_port re-reads
         "get_devbox_logs": lambda c: c.get_devbox_logs(d),
         "read_file_contents": lambda c: c.read_file_contents(d, "f"),
         "write_file_contents": lambda c: c.write_file_contents(d, "f", "x"),
@@ -344,6 +345,9 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "wait_for_execution": lambda c: c.wait_for_execution(d, e, timeout_seconds=5),
         "kill_execution": lambda c: c.kill_execution(d, e),
         "send_stdin": lambda c: c.send_stdin(d, e, text="x"),
+        "create_network_policy": lambda c: c.create_network_policy(name="n", allowed_hostnames=["x.org"]),
+        "get_network_policy": lambda c: c.get_network_policy("np_p"),
+        "list_network_policies": lambda c: c.list_network_policies(name="n"),
         "create_axon": lambda c: c.create_axon(),
         "list_axons": lambda c: c.list_axons(),
         "get_axon": lambda c: c.get_axon(a),

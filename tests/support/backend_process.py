@@ -99,6 +99,7 @@ def _status_bytes(pid: int, key: str) -> int:
 def backend_process(
     data_dir: Path, log_path: Path, *, tmpdir: Path | None = None, api_key: str | None = None,
     python: str = sys.executable, prefix: list[str] | None = None, env: dict[str, str] | None = None,
+    args: list[str] | None = None,
 ) -> Iterator[BackendProcess]:
     """`devbox-mcp local-api` on a free loopback port; killed (SIGKILL) when the block ends.
 
@@ -110,7 +111,7 @@ def backend_process(
         env["TMPDIR"] = str(tmpdir)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [*(prefix or []), python, "-m", "mcp_server", "local-api", "--port", str(port), "--data-dir", str(data_dir)],
+            [*(prefix or []), python, "-m", "mcp_server", "local-api", "--port", str(port), "--data-dir", str(data_dir), *(args or [])],
             env=env,
             stdout=log,
             stderr=log,
