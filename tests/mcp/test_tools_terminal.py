@@ -100,8 +100,9 @@ async def test_vi_edits_and_saves_a_file_that_read_file_then_shows(mcp: Client, 
 
 async def test_ctrl_c_interrupts_sleep(mcp: Client, devbox_id: str) -> None:
     session = await open_shell(mcp, devbox_id)
-    await send(mcp, session, text="sleep 100", keys=["Enter"], wait_for="sleep 100")
-    await send(mcp, session, keys=["Ctrl-C"], wait_for=r"\^C")
+    # The program says it runs: Ctrl-C must reach sleep, not a shell still starting it.
+    await send(mcp, session, text="sh -c 'echo SLEEPING; exec sleep 100'", keys=["Enter"], wait_for="^SLEEPING")
+    await send(mcp, session, keys=["Ctrl-C"], wait_for=r"\$ $")  # the shell prompts again
     out = await send(mcp, session, text="echo rc=$?", keys=["Enter"], wait_for=r"^rc=\d+")
     assert re.search(r"^rc=130$", out["screen"], re.M), out["screen"]
 
