@@ -4,7 +4,7 @@
 at most once per server run, inside its event loop, when a tool first needs it (the server
 closes what it made). Each run's
 `AppState` holds that client, the settings and the handle to the resources (their subscription
-hub); the server keeps the handle too, for whoever watches the hub. Transports are not chosen
+hub) and the terminal sessions; the server keeps both too, for whoever watches the hub. Transports are not chosen
 here: `commands/serve.py` runs the result over stdio (or HTTP), tests connect to it in memory.
 """
 
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
@@ -25,6 +26,7 @@ from .logging_and_completion import add_logging_and_completion
 from .resources import ResourcesHandle, register_resources
 from .runloop import RunloopClient
 from .settings import Settings
+from .terminal.sessions import Terminals
 from .tools import register_all
 from .tools.common import AppState
 
@@ -38,6 +40,7 @@ class DevboxServer(MCPServer):
     """The MCP server of devbox-mcp: an `MCPServer` that keeps the handle to its resources."""
 
     resources: ResourcesHandle
+    terminals: Terminals
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -74,15 +77,18 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(server: DevboxServer) -> AsyncIterator[AppState]:
-        if isinstance(client, RunloopClient):
-            yield AppState(client, settings, server.resources)
-            return
-        run = AppState(client, settings, server.resources)  # the client is made at its first use
+        run = AppState(client, settings, server.resources, server.terminals)  # a factory's client is made at its first use
         try:
             yield run
         finally:
-            if run.made_client is not None:
-                await run.made_client.aclose()
+            made = run.made_client
+            if made is not None:
+                # The run's terminals stop following their PTYs, which live on in the devboxes: a
+                # client that comes back reattaches to the same shells.
+                with anyio.CancelScope(shield=True):
+                    await server.terminals.detach_client(made)
+                if made is not client:
+                    await made.aclose()
 
     server = DevboxServer(
         "devbox-mcp",
@@ -92,7 +98,8 @@ def build_server(
         log_level="WARNING",
     )
     register_all(server)
-    server.resources = register_resources(server, client, settings)
+    server.terminals = Terminals(scrollback_bytes=settings.output_budget)
+    server.resources = register_resources(server, client, settings, server.terminals)
     add_logging_and_completion(server, server.resources.complete)
     compact_schemas(server)
     return server

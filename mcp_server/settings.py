@@ -42,6 +42,8 @@ class Settings:
     # resource_link blocks to the full output of a cut result: auto (only for a client that has
     # read a resource in its session), always, or never. See resources/links.py.
     resource_links: LinkMode = "auto"
+    # terminal_send without wait_for returns once the terminal's output has been quiet this long.
+    terminal_quiet_seconds: float = 0.5
 
     def __post_init__(self) -> None:
         if self.resource_links not in LINK_MODES:

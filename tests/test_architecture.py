@@ -5,6 +5,7 @@
     local/       the embedded backend: a Runloop-compatible API on this machine
     core         the MCP building blocks at the package root: settings, shaping, progress,
                  subscriptions, logging_and_completion
+    terminal/    terminal sessions over the client: PTY WebSocket, virtual screen, waiting
     resources/   MCP resources over the client
     tools/       MCP tools over the client
     server       server.py: the MCP server, built from the tools and resources
@@ -34,18 +35,19 @@ MAY_IMPORT: dict[str, set[str]] = {
     "runloop": set(),
     "local": {"net"},
     "core": set(),
-    "resources": {"core", "runloop"},
-    "tools": {"core", "resources", "runloop"},
-    "server": {"core", "resources", "tools", "runloop"},
+    "terminal": {"core", "runloop"},
+    "resources": {"core", "runloop", "terminal"},
+    "tools": {"core", "resources", "runloop", "terminal"},
+    "server": {"core", "resources", "tools", "runloop", "terminal"},
     "transport": {"net"},
-    "commands": {"core", "resources", "tools", "server", "runloop", "transport", "local", "net"},
+    "commands": {"core", "resources", "tools", "server", "runloop", "terminal", "transport", "local", "net"},
 }
 MAY_NOT_IMPORT: dict[str, set[str]] = {
     "net": {"mcp"},
     "local": {"mcp"},  # the MCP SDK
     "runloop": {"mcp", "starlette", "uvicorn"},
 }
-FOLDERS = {"net", "runloop", "local", "resources", "tools", "transport", "commands"}
+FOLDERS = {"net", "runloop", "local", "terminal", "resources", "tools", "transport", "commands"}
 # The modules of local/ that may import routes: the app, what serves it, and the routes themselves.
 WIRING = {"mcp_server.local", "mcp_server.local.app", "mcp_server.local.server", "mcp_server.local.service"}
 

@@ -4,7 +4,8 @@ A real MCP client starts `devbox-mcp serve` as a stdio subprocess on the embedde
 (no Runloop key needed) and, printing each step: creates a devbox, runs a command whose output
 streams in live as progress, starts a web server in the background and fetches from it in a
 second execution, and from a second `devbox-mcp` process (devboxes live in the shared backend,
-not in the process that created them), writes and reads a file, publishes events to an axon
+not in the process that created them), writes and reads a file, uses a Python REPL through the
+terminal tools (reading the rendered screen after each input), publishes events to an axon
 and queries them with SQL, then shuts the devbox down and stops the backend it started.
 """
 
@@ -132,6 +133,8 @@ async def drive(client: Client, another: Callable[[], Client]) -> None:
         read = await call(client, "read_file", {"devbox_id": devbox, "path": "notes.txt", "tail_lines": 2})
         show(text_of(read))
 
+        await use_a_repl(client, devbox)
+
         step("create_axon, publish_event ×3, then sql_query over the history")
         axon = (await call(client, "create_axon", {"name": "demo-events"})).structured_content["id"]
         for i, status in enumerate(["started", "built", "served"], 1):
@@ -152,6 +155,32 @@ async def drive(client: Client, another: Callable[[], Client]) -> None:
         step("shutdown_devbox")
         down = await call(client, "shutdown_devbox", {"devbox_id": devbox})
         show(json.dumps(down.structured_content))
+
+
+async def use_a_repl(client: Client, devbox: str) -> None:
+    """An agent at a Python REPL: it types, reads the rendered screen, and the REPL keeps its state."""
+    step("open_terminal: an interactive shell; the result is the rendered screen")
+    opened = (await call(client, "open_terminal", {"devbox_id": devbox, "cols": 80, "rows": 12})).structured_content
+    session = opened["session"]
+    show(f"session {session}")
+    typed = [
+        ("python3 -q", r"^>>> $"),
+        ("import math; radius = 2", r"^>>> $"),
+        ("area = math.pi * radius ** 2", r"^>>> $"),
+        ("print(f'area of a circle of radius {radius}: {area:.2f}')", r"^area of .*\n>>> $"),
+    ]
+    for text, prompt in typed:
+        step(f"terminal_send text={text!r} keys=[Enter] wait_for={prompt!r}")
+        sent = await call(client, "terminal_send", {
+            "session": session, "text": text, "keys": ["Enter"], "wait_for": prompt, "timeout": 30,
+        })
+        screen = sent.structured_content
+        show(f"{DIM}{screen['status']}; cursor {screen['cursor']}; the screen:{RESET}")
+        show(screen["screen"], prefix=f"  {DIM}┃{RESET} ")
+    step("terminal_send keys=[Ctrl-D] (leave the REPL), then close_terminal")
+    await call(client, "terminal_send", {"session": session, "keys": ["Ctrl-D"], "wait_for": r"\$ $", "timeout": 30})
+    await call(client, "close_terminal", {"session": session})
+    show("terminal closed")
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ import httpx
 from ..local import service
 from ..local.service import ServiceState
 from ..runloop import RunloopClient
+from ..runloop.pty import EMBEDDED_PTY_URL
 
 log = logging.getLogger("devbox_mcp.commands")
 
@@ -195,7 +196,8 @@ class SharedBackend:
 
     def client(self) -> RunloopClient:
         return RunloopClient(
-            PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner), subsecond_waits=True
+            PLACEHOLDER_BASE_URL, wrap_transport=lambda inner: BackendTransport(self, inner), subsecond_waits=True,
+            pty_url=EMBEDDED_PTY_URL,
         )
 
 
@@ -232,5 +234,12 @@ def _aim(request: httpx.Request, state: ServiceState) -> httpx.Request:
     target = httpx.URL(state.base_url)
     request.url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
     request.headers["Host"] = target.netloc.decode("ascii")
-    request.headers["Authorization"] = f"Bearer {state.api_key}"
+    # The backend's key (replacing a stale one when resent), unless the request carries credentials
+    # of its own: a PTY tunnel's token.
+    if "Authorization" not in request.headers or request.extensions.get(_BACKEND_KEY):
+        request.headers["Authorization"] = f"Bearer {state.api_key}"
+        request.extensions[_BACKEND_KEY] = True
     return request
+
+
+_BACKEND_KEY = "devbox_mcp.backend_key"

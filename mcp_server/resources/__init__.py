@@ -1,6 +1,6 @@
 """MCP resources: axon event history, devbox views, execution output, with live subscriptions.
 
-`register_resources(mcp, client, settings)` adds the templates, the paginated `resources/list`,
+`register_resources(mcp, client, settings, terminals)` adds the templates, the paginated `resources/list`,
 and subscriptions in both protocol eras to a server, and returns the handle to what it
 installed. The server keeps the handle in each run's `AppState`, where tools use
 `output_links` (links to full output when a result was cut, for clients that can use them: see
@@ -35,6 +35,7 @@ from mcp.types import (
 from ..runloop import NotFound, RunloopClient, RunloopError
 from ..settings import Settings
 from ..subscriptions import HubStats, SubscriptionHub
+from ..terminal.sessions import Terminals
 from . import reading
 from .feeds import KINDS, make_follow
 from .links import ResourceReaders
@@ -45,10 +46,13 @@ from .uris import (
     DEVBOX,
     EXECUTION_OUTPUT,
     STREAMS,
+    TERMINAL,
     Stream,
+    TerminalFeed,
     feed_of,
     is_ours,
     output_uri,
+    terminal_uri,
 )
 
 __all__ = ["ResourcesHandle", "register_resources"]
@@ -134,9 +138,12 @@ class ResourcesHandle:
         ]
 
 
-def register_resources(mcp: MCPServer, client: ClientProvider, settings: Settings) -> ResourcesHandle:
+def register_resources(
+    mcp: MCPServer, client: ClientProvider, settings: Settings, terminals: Terminals
+) -> ResourcesHandle:
     """Add the resources, `resources/list` pagination and subscriptions to `mcp`. The handle also
-    completes the templates' arguments: routing `completion/complete` is the server builder's."""
+    completes the templates' arguments: routing `completion/complete` is the server builder's.
+    `terminals` are the terminal sessions the terminal tools follow (their screens are resources)."""
     shared = SharedClient(client)
 
     @asynccontextmanager
@@ -204,6 +211,18 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
                 c, devbox_id, execution_id, stream, offset, limit, budget=settings.output_budget
             )
 
+    @mcp.resource(
+        TERMINAL, name="terminal", title="Terminal screen", mime_type="text/plain",
+        description="The screen of a terminal session the terminal tools opened, as text. "
+        "Subscribe to hear when it changes.",
+    )
+    async def terminal(devbox_id: str, session: str) -> str:
+        found = terminals.find(f"{devbox_id}/{session}")
+        if found is None:
+            raise _not_found(terminal_uri(f"{devbox_id}/{session}"), _NO_TERMINAL)
+        await found.drawn(1.0)
+        return found.screen.text()
+
     async def check(ctx: Any, uri: str) -> None:
         """Refuse a subscription to something that does not exist, as a read would."""
         feed = feed_of(uri)
@@ -211,6 +230,10 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             if not is_ours(uri) and uri not in {r.uri for r in await mcp.list_resources()}:
                 raise _not_found(uri)
             return  # a single event: it exists or not, but never changes
+        if isinstance(feed, TerminalFeed):
+            if terminals.find(feed.session_id) is None:
+                raise _not_found(uri, _NO_TERMINAL)
+            return
         async with client_for(ctx) as c:
             try:
                 await KINDS[type(feed)].check(c, feed)
@@ -221,7 +244,7 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
             except RunloopError as exc:
                 raise _resource_error(uri, f"subscribing failed: {exc}") from None
 
-    hub = SubscriptionHub(_bus_of(mcp), feed_of, make_follow(shared.lease), check)
+    hub = SubscriptionHub(_bus_of(mcp), feed_of, make_follow(shared.lease, terminals), check)
     low = mcp._lowlevel_server
     hub.install(low)
 
@@ -241,6 +264,9 @@ def register_resources(mcp: MCPServer, client: ClientProvider, settings: Setting
 
         low.add_request_handler("resources/read", ReadResourceRequestParams, read_resource)
     return ResourcesHandle(hub, shared, settings, readers, template_completions(client_for))
+
+
+_NO_TERMINAL = "this server has no such terminal open; open_terminal opens one, terminal_read reattaches one"
 
 
 def _bus_of(mcp: MCPServer) -> Any:

@@ -15,9 +15,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+
 from ..runloop import RunloopClient
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .uris import AxonFeed, DevboxFeed, OutputFeed
+from ..terminal.sessions import Terminals
+from .uris import AxonFeed, DevboxFeed, OutputFeed, TerminalFeed
 
 Changed = Callable[[], Awaitable[None]]
 Ready = Callable[[], None]
@@ -92,10 +95,29 @@ KINDS: dict[type, FeedKind] = {
 }
 
 
-def make_follow(lease: Lease) -> Callable[[object, Changed, Ready], Awaitable[None]]:
-    """The hub's `follow`: the feed's kind's, holding a client for as long as it runs."""
+# At most this many screen-change notifications a second per terminal: a screen redrawn a thousand
+# times a second is read by a client a few times.
+TERMINAL_UPDATES_PER_SECOND = 10
+
+
+async def follow_terminal(terminals: Terminals, feed: TerminalFeed, changed: Changed, ready: Ready) -> None:
+    """Each change of a terminal's screen (at most `TERMINAL_UPDATES_PER_SECOND`), while this server
+    follows the session; the hub sends one last update when it stops (closed, or its shell exited)."""
+    ready()
+    while (session := terminals.find(feed.session_id)) is not None and session.attached:
+        await session.changed()
+        await changed()
+        await anyio.sleep(1 / TERMINAL_UPDATES_PER_SECOND)
+
+
+def make_follow(lease: Lease, terminals: Terminals) -> Callable[[object, Changed, Ready], Awaitable[None]]:
+    """The hub's `follow`: the feed's kind's, holding a client for as long as it runs (terminals are
+    followed in this process, without one)."""
 
     async def follow(feed: object, changed: Changed, ready: Ready) -> None:
+        if isinstance(feed, TerminalFeed):
+            await follow_terminal(terminals, feed, changed, ready)
+            return
         async with lease() as client:
             await KINDS[type(feed)].follow(client, feed, changed, ready)
 

@@ -16,6 +16,8 @@ AXON_EVENTS = "axon://{axon_id}/events{?after_sequence,before_sequence,limit}"
 AXON_EVENT = "axon://{axon_id}/events/{sequence}"
 DEVBOX = "devbox://{devbox_id}"
 EXECUTION_OUTPUT = "devbox://{devbox_id}/executions/{execution_id}/{stream}{?offset,limit}"
+# `{devbox_id}/{session}` is the terminal tools' session id: the URI is `terminal://` and the id.
+TERMINAL = "terminal://{devbox_id}/{session}"
 
 Stream = Literal["stdout", "stderr"]
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
@@ -24,6 +26,7 @@ _AXON_EVENTS = UriTemplate.parse(AXON_EVENTS)
 _AXON_EVENT = UriTemplate.parse(AXON_EVENT)
 _DEVBOX = UriTemplate.parse(DEVBOX)
 _EXECUTION_OUTPUT = UriTemplate.parse(EXECUTION_OUTPUT)
+_TERMINAL = UriTemplate.parse(TERMINAL)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,13 @@ class OutputFeed:
     devbox_id: str
     execution_id: str
     stream: Stream
+
+
+@dataclass(frozen=True)
+class TerminalFeed:
+    """Changes of one terminal session's screen."""
+
+    session_id: str  # devbox_id/name
 
 
 def _uri_segment(value: str) -> str:
@@ -80,7 +90,12 @@ def output_uri(
     return f"devbox://{_uri_segment(devbox_id)}/executions/{_uri_segment(execution_id)}/{stream}{query}"
 
 
-def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:
+def terminal_uri(session_id: str) -> str:
+    devbox_id, _, name = session_id.partition("/")
+    return f"terminal://{_uri_segment(devbox_id)}/{_uri_segment(name)}"
+
+
+def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | TerminalFeed | None:
     """The upstream a subscription to `uri` follows; None for URIs that never change here."""
     try:
         match = _AXON_EVENTS.match(uri)
@@ -92,6 +107,9 @@ def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:
         match = _EXECUTION_OUTPUT.match(uri)
         if match is not None and match["stream"] in STREAMS:
             return OutputFeed(str(match["devbox_id"]), str(match["execution_id"]), match["stream"])  # type: ignore[arg-type]
+        match = _TERMINAL.match(uri)
+        if match is not None:
+            return TerminalFeed(f"{match['devbox_id']}/{match['session']}")
     except ValueError:
         return None
     return None
@@ -100,6 +118,6 @@ def feed_of(uri: str) -> AxonFeed | DevboxFeed | OutputFeed | None:
 def is_ours(uri: str) -> bool:
     """Whether `uri` has the shape of one of the resource templates."""
     try:
-        return any(t.match(uri) is not None for t in (_AXON_EVENTS, _AXON_EVENT, _DEVBOX, _EXECUTION_OUTPUT))
+        return any(t.match(uri) is not None for t in (_AXON_EVENTS, _AXON_EVENT, _DEVBOX, _EXECUTION_OUTPUT, _TERMINAL))
     except ValueError:
         return False

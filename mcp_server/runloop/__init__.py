@@ -15,6 +15,7 @@ from .errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PtyDisconnected,
     RateLimited,
     RequestTimeout,
     RunloopError,
@@ -43,6 +44,9 @@ from .models import (
     LogEntry,
     NetworkPolicyView,
     OutputChunk,
+    PtyConnectView,
+    PtyControlResultView,
+    PtyTunnelView,
     PublishResult,
     SnapshotListPage,
     SnapshotStatus,
@@ -53,6 +57,7 @@ from .models import (
     StdinResult,
     TunnelView,
 )
+from .pty import PtyEndpoint, PtySocket
 from .retry import RetryPolicy
 
 __all__ = [
@@ -85,6 +90,12 @@ __all__ = [
     "NotFound",
     "OutputChunk",
     "PermissionDenied",
+    "PtyConnectView",
+    "PtyControlResultView",
+    "PtyDisconnected",
+    "PtyEndpoint",
+    "PtySocket",
+    "PtyTunnelView",
     "PublishResult",
     "RateLimited",
     "RequestTimeout",

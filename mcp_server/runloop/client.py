@@ -56,6 +56,9 @@ from .models import (
     NetworkPolicyListPage,
     NetworkPolicyView,
     OutputChunk,
+    PtyConnectView,
+    PtyControlResultView,
+    PtyTunnelView,
     PublishResult,
     SnapshotListPage,
     SnapshotStatus,
@@ -66,6 +69,7 @@ from .models import (
     StdinResult,
     TunnelView,
 )
+from .pty import PtyEndpoint, PtySocket, default_pty_url, pty_base_url, session_path, websocket_url
 from .retry import RetryPolicy, is_retryable_status, parse_retry_after
 from .streams import axon_events, output_chunks
 
@@ -111,6 +115,7 @@ class RunloopClient:
     from the first execute answer (the embedded backend marks its answers); False: never.
     `wrap_transport` wraps each connection pool's transport, for a caller that decides per
     request where it goes (the embedded backend's address can change while a client lives).
+    `pty_url` is the template of the base URL of a devbox's PTY paths (default: see `pty.py`).
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class RunloopClient:
         stream_idle_timeout: float = 60.0,
         wrap_transport: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
         subsecond_waits: bool | None = None,
+        pty_url: str | None = None,
     ) -> None:
         check_connection(base_url, api_key)
         # The embedded backend takes `optimistic_timeout` in fractions of a second (our extension);
@@ -138,6 +144,7 @@ class RunloopClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._connect_timeout = connect_timeout
+        self.pty_url = pty_url or default_pty_url(self.base_url)
 
         verify = _tls_context(self.base_url)
 
@@ -160,6 +167,13 @@ class RunloopClient:
             timeout=httpx.Timeout(timeout, connect=connect_timeout, read=stream_idle_timeout),
             **transport(httpx.Limits(max_connections=None, max_keepalive_connections=50)),
         )
+        # PTY paths are served elsewhere (a tunnel host) with a token of their own: neither the API
+        # key nor the custom headers go there.
+        self._pty_http = httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT},
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            **transport(httpx.Limits(max_connections=50, max_keepalive_connections=10)),
+        )
 
     @classmethod
     def from_config(cls, config: ClientConfig, **kwargs: Any) -> RunloopClient:
@@ -176,6 +190,7 @@ class RunloopClient:
     async def aclose(self) -> None:
         await self._http.aclose()
         await self._stream_http.aclose()
+        await self._pty_http.aclose()
 
     async def __aenter__(self) -> RunloopClient:
         return self
@@ -200,6 +215,7 @@ class RunloopClient:
         request_timeout: httpx.Timeout | float | None = None,
         stream: bool = False,
         long_poll: bool = False,
+        pty: PtyEndpoint | None = None,
     ) -> httpx.Response:
         """Send one logical call, retrying only if it cannot act twice.
 
@@ -209,7 +225,8 @@ class RunloopClient:
         is resent only when it provably never left (connection refused, connect timeout).
         With `long_poll`, a 408 is returned to the caller ("not yet") instead of raised or
         retried. With `stream`, a successful response is returned unread (the caller closes it).
-        Errors record in `attempts` how many times the request was sent.
+        Errors record in `attempts` how many times the request was sent. With `pty`, `path` is a
+        PTY path sent to that endpoint with its token (and without the API key).
         """
         retryable = (method == "GET" or idempotency_key is not None) if retry is None else retry
         all_headers = dict(headers or {})
@@ -217,12 +234,16 @@ class RunloopClient:
             all_headers["x-request-id"] = idempotency_key
         query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None}
         http = self._stream_http if (stream or long_poll) else self._http
+        secret = self._api_key
+        if pty is not None:
+            http, secret = self._pty_http, pty.auth_token
+            all_headers.update(pty.headers)
         attempts = 0
         while True:
             attempts += 1
             request = http.build_request(
                 method,
-                path,
+                pty.url(path) if pty is not None else path,
                 json=json_body,
                 params=query,
                 files=files,
@@ -241,12 +262,12 @@ class RunloopClient:
                             await response.aclose()
                     return response
             except httpx.TransportError as exc:
-                reason = self._describe(exc)
+                reason = redact(self._describe(exc), secret)
                 if not (retryable or _never_sent(exc)) or attempts >= self.retry.max_attempts:
                     raise ConnectionFailed(method, path, reason, attempts=attempts) from None
                 await self._pause(method, path, reason, attempts, None)
                 continue
-            error = await self._error_from(response, method, path)
+            error = await self._error_from(response, method, path, secret)
             error.attempts = attempts
             if not (
                 retryable
@@ -263,7 +284,9 @@ class RunloopClient:
                  attempts + 1, self.retry.max_attempts, delay, extra={"retry_delay": delay})
         await anyio.sleep(delay)
 
-    async def _error_from(self, response: httpx.Response, method: str, path: str) -> ApiStatusError:
+    async def _error_from(
+        self, response: httpx.Response, method: str, path: str, secret: str | None = None
+    ) -> ApiStatusError:
         """The mapped error of an error response (body read and closed), with the key redacted."""
         try:
             raw = await response.aread()
@@ -282,7 +305,7 @@ class RunloopClient:
             message = raw.decode("utf-8", errors="replace")[:500]
         return error_for_status(
             response.status_code,
-            redact(message, self._api_key),
+            redact(redact(message, self._api_key), secret),
             method=method,
             path=path,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
@@ -917,6 +940,57 @@ class RunloopClient:
         idle-closed connection is resumed after the last sequence seen. Close it with `aclose()`
         or by leaving the `async for`."""
         return axon_events(self._connect_sse, _path_segment(axon_id), after_sequence, self.retry)
+
+
+    # --- PTY sessions --------------------------------------------------------------------------
+
+    async def create_pty_tunnel(self, devbox_id: str) -> PtyTunnelView:
+        """A fresh tunnel key and token for the devbox's PTY paths (400 when it is not running)."""
+        return await self._post(f"/v1/devboxes/{_path_segment(devbox_id)}/create_pty_tunnel", PtyTunnelView)
+
+    async def pty_endpoint(self, devbox_id: str) -> PtyEndpoint:
+        """Where the devbox's PTY paths are served now, with the token they need."""
+        tunnel = await self.create_pty_tunnel(devbox_id)
+        return PtyEndpoint(pty_base_url(self.pty_url, self.base_url, tunnel.tunnel_key), tunnel.auth_token)
+
+    async def pty_connect(
+        self, endpoint: PtyEndpoint, session_name: str, *, cols: int | None = None, rows: int | None = None
+    ) -> tuple[PtyConnectView, httpx.URL]:
+        """Create or reconnect to a named PTY session; also the URL that answered (the WebSocket's origin)."""
+        response = await self._send(
+            "GET", session_path(_path_segment(session_name)), params={"cols": cols, "rows": rows}, pty=endpoint
+        )
+        return self._parse(response, PtyConnectView), response.request.url
+
+    async def pty_control(
+        self,
+        endpoint: PtyEndpoint,
+        session_name: str,
+        action: Literal["resize", "signal", "close"],
+        *,
+        cols: int | None = None,
+        rows: int | None = None,
+        signal: str | None = None,
+    ) -> PtyControlResultView:
+        """Resize a PTY session, signal its foreground process group, or close it."""
+        body: dict[str, Any] = {"action": action}
+        body.update({k: v for k, v in (("cols", cols), ("rows", rows), ("signal", signal)) if v is not None})
+        # Resize and close act the same when repeated; a signal must not be sent twice.
+        response = await self._send(
+            "POST", session_path(_path_segment(session_name), "/control"), json_body=body,
+            idempotency_key=new_request_id(), retry=action != "signal", pty=endpoint,
+        )
+        return self._parse(response, PtyControlResultView)
+
+    async def pty_attach(
+        self, endpoint: PtyEndpoint, session_name: str, *, cols: int | None = None, rows: int | None = None
+    ) -> tuple[PtyConnectView, PtySocket]:
+        """Create or reconnect to a PTY session and attach to its WebSocket (one client at a time)."""
+        view, answered = await self.pty_connect(endpoint, session_name, cols=cols, rows=rows)
+        if not view.connect_url:
+            raise UnexpectedResponse(f"GET /pty/{session_name} answered no connect_url")
+        socket = await PtySocket.open(websocket_url(answered, endpoint.base_url, view.connect_url), endpoint)
+        return view, socket
 
 
 class _LogList(BaseModel):

@@ -172,3 +172,15 @@ def redact(text: str, secret: str | None) -> str:
     if not secret or len(secret) < 8:
         return text
     return text.replace(secret, "[redacted]")
+
+
+class PtyDisconnected(RunloopError):
+    """A PTY session's WebSocket could not be opened or was closed by the server.
+
+    `code` is the WebSocket close code (None when the upgrade itself failed: `status` then holds
+    the HTTP status of the refusal)."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None) -> None:
+        self.code = code
+        self.status = status
+        super().__init__(message)

@@ -330,3 +330,31 @@ class BlueprintLogLine(View):
 class BlueprintLogs(View):
     blueprint_id: str | None = None
     logs: list[BlueprintLogLine] = Field(default_factory=list)
+
+
+# --- PTY sessions -----------------------------------------------------------------------------
+
+
+class PtyTunnelView(View):
+    """`POST /v1/devboxes/{id}/create_pty_tunnel`: where a devbox's PTY paths are served, and the token."""
+
+    tunnel_key: str
+    auth_token: str = Field(repr=False)
+
+
+class PtyConnectView(View):
+    """`GET /pty/{session_name}`: the session's WebSocket path and size."""
+
+    created: bool
+    attached: bool
+    session_name: str | None = None
+    status: str | None = None
+    connect_url: str | None = None
+    cols: int | None = None
+    rows: int | None = None
+    idle_ttl_seconds: int | None = None
+
+
+class PtyControlResultView(View):
+    session_name: str | None = None
+    status: str | None = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-from . import axons, blueprints, devboxes, execute, files, snapshots, tunnels
+from . import axons, blueprints, devboxes, execute, files, snapshots, terminal, tunnels
 
 
 def register_all(server: MCPServer) -> None:
-    for module in (devboxes, execute, files, axons, tunnels, snapshots, blueprints):
+    for module in (devboxes, execute, files, axons, tunnels, snapshots, blueprints, terminal):
         module.register(server)

@@ -16,12 +16,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from ..resources import ResourcesHandle
 from ..runloop import RunloopClient, RunloopError
 from ..settings import Settings
+from ..terminal.sessions import Terminals
 
 
 @dataclass
 class AppState:
-    """Lives for one server run (the MCP lifespan): the API client, the settings, and the handle to
-    the resources (list changes, links to full output).
+    """Lives for one server run (the MCP lifespan): the API client, the settings, the handle to
+    the resources (list changes, links to full output) and the server's terminal sessions.
 
     The client may be given as the function that makes it: it is then made at its first use, not
     as the server starts, so `initialize` is answered without waiting for it (making one costs
@@ -31,6 +32,7 @@ class AppState:
     make_client: RunloopClient | Callable[[], RunloopClient]
     settings: Settings
     resources: ResourcesHandle
+    terminals: Terminals
 
     @property
     def client(self) -> RunloopClient:

@@ -21,6 +21,8 @@ def test_demo_runs_every_step() -> None:
         "Serving HTTP",
         "hello from the devbox",
         "note 5: all good",
+        "area of a circle of radius 2: 12.57",  # the REPL kept radius and area across three sends
+        "terminal closed",
         '"status": "served"',
         "refused",
         '"status": "shutdown"',

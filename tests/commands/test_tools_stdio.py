@@ -57,7 +57,7 @@ async def test_tools_over_stdio_with_progress_and_no_key_anywhere(
     with log_path.open("w") as errlog:
         async with Client(stdio_client(params, errlog=errlog), mode=mode) as client:
             tools = await client.list_tools()
-            assert len(tools.tools) == 24
+            assert len(tools.tools) == 28
             result = await call_ok(
                 client, "execute",
                 {"devbox_id": devbox_id, "command": "for i in 1 2 3; do echo step $i; sleep 0.05; done; env | grep -c RUNLOOP_ || true"},

@@ -304,6 +304,7 @@ async def test_templates_are_listed(mcp: Client) -> None:
         "axon://{axon_id}/events/{sequence}",
         "devbox://{devbox_id}",
         EXECUTION_OUTPUT,
+        "terminal://{devbox_id}/{session}",
     }
     assert templates[EXECUTION_OUTPUT].mime_type == "text/plain"
     assert all(t.description for t in templates.values())

@@ -26,6 +26,7 @@ ALL = CORE | {
     "list_devboxes", "get_devbox", "shutdown_devbox", "suspend_devbox", "resume_devbox", "write_file",
     "send_stdin", "kill_execution", "create_axon", "list_axons", "sql_batch", "expose_port",
     "snapshot_devbox", "list_snapshots", "delete_snapshot", "fork_devbox",
+    "open_terminal", "terminal_send", "terminal_read", "close_terminal",
 }
 
 
@@ -77,7 +78,7 @@ def test_annotations_are_true_to_what_tools_do() -> None:
     docs = anyio.run(tool_schemas)
     read_only = {n for n, d in docs.items() if hints(d)["readOnlyHint"]}
     assert read_only == {"list_devboxes", "get_devbox", "stream_logs", "read_file", "list_axons", "list_snapshots",
-                         "list_blueprints"}  # fmt: skip
+                         "list_blueprints", "terminal_read"}  # fmt: skip
     # destructiveHint means something only for a tool that writes.
     destructive = {n for n, d in docs.items() if hints(d)["destructiveHint"] and n not in read_only}
     assert {"shutdown_devbox", "kill_execution", "write_file", "sql_batch", "sql_query", "execute", "send_stdin",

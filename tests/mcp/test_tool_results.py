@@ -33,8 +33,10 @@ PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 # Tools whose text is their own rendering; every other tool's text is its structured content as JSON.
-RENDERED = {"execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port",
-            "list_snapshots", "create_blueprint", "list_blueprints"}  # fmt: skip
+RENDERED = {
+    "execute", "stream_logs", "read_file", "sql_query", "sql_batch", "list_devboxes", "list_axons", "expose_port",
+    "list_snapshots", "create_blueprint", "list_blueprints", "open_terminal", "terminal_send", "terminal_read",
+}
 
 
 class Checked:
@@ -163,6 +165,19 @@ async def test_every_tool_result_validates_and_carries_what_the_text_shows(backe
         assert failed["status"] == "failed" and failed["log"] in text_of(result) and "exited with status 5" in failed["log"]
         result, blueprints = await call("list_blueprints", {"name": "results"})
         assert blueprints["blueprints"][0].startswith(failed["id"]) and blueprints["blueprints"][0] in text_of(result)
+
+        # Terminals: the rendered screen, whole in the structured content and in the text.
+        result, opened = await call("open_terminal", {"devbox_id": devbox, "command": None, "cols": 80, "rows": 24})
+        session = opened["session"]
+        result, typed = await call("terminal_send", {
+            "session": session, "text": "echo T$((1+1))", "keys": ["Enter"], "wait_for": "^T2$", "timeout": None,
+            "resize": None,
+        })
+        assert typed["status"].startswith("matched") and text_of(result).endswith(typed["screen"] + "\n")
+        _, read = await call("terminal_read", {"session": session})
+        assert "T2" in read["screen"] and read["status"] == "screen"
+        _, closed = await call("close_terminal", {"session": session})
+        assert closed == {"session": session, "closed": True}
 
         # Lifecycle last: suspend, resume, shut down.
         _, suspended = await call("suspend_devbox", {"devbox_id": devbox})

@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -140,6 +141,14 @@ async def _exercise(client: Client, proxy: FaultProxy, backend: RunningBackend) 
     await call("expose_port", {"devbox_id": devbox, "port": 8000})
     await call("expose_port", {"devbox_id": devbox, "port": 8001, "public": True})  # the tunnel it has
 
+    # Terminals: create_pty_tunnel on the API, then the PTY paths where the tunnel key routes.
+    opened = await call("open_terminal", {"devbox_id": devbox, "cols": 80, "rows": 24})
+    session = (opened.structured_content or {})["session"]
+    await call("terminal_send", {"session": session, "text": "echo hi", "keys": ["Enter"], "wait_for": "^hi$",
+                                 "resize": "100x30"})  # fmt: skip
+    await call("terminal_read", {"session": session})
+    await call("close_terminal", {"session": session})
+
     # Resources: the listing, each template, completions, and a subscription's feed.
     await client.list_resources()
     for uri in (f"devbox://{devbox}", f"axon://{axon}/events?limit=5", f"axon://{axon}/events/1",
@@ -181,7 +190,14 @@ async def test_every_request_of_every_tool_is_one_the_published_api_accepts(
     tools = {tool.name for tool in (await client.list_tools()).tools}
     assert tools <= called, f"tools this test does not exercise: {sorted(tools - called)}"
 
-    requests = [r for r in proxy.requests if not re.search(FORK, r.path)]
+    # The PTY paths are served at the tunnel's base URL: Runloop's tunnel host, or here the API under
+    # /tunnel/{key}; what is checked is the path below it, the spec's /pty/... The WebSocket upgrade
+    # is the data plane, which the spec does not model.
+    requests = [
+        replace(r, target=re.sub(r"^/tunnel/[^/]+(?=/pty/)", "", r.target))
+        for r in proxy.requests
+        if r.headers.get("upgrade", "").lower() != "websocket" and not re.search(FORK, r.path)
+    ]
     problems = [p for r in requests for p in api.check(r.method, r.target, r.headers, r.body)]
     assert not problems, "requests a strict server could refuse:\n" + "\n".join(dict.fromkeys(problems))
     operations = {f"{op.method} {op.template}" for r in requests if (op := api.operation(r.method, r.path))}

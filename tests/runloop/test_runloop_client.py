@@ -32,6 +32,7 @@ from mcp_server.runloop import (
 )
 from mcp_server.runloop.config import parse_custom_headers
 from mcp_server.runloop.errors import StreamError, error_for_status, redact
+from mcp_server.runloop.pty import PtyEndpoint
 from mcp_server.runloop.retry import parse_retry_after
 
 pytestmark = pytest.mark.anyio
@@ -368,7 +369,14 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
         "list_blueprints": lambda c: c.list_blueprints(name="n"),
         "blueprint_logs": lambda c: c.blueprint_logs("bpt_b"),
         "delete_blueprint": lambda c: c.delete_blueprint("bpt_b"),
+        "create_pty_tunnel": lambda c: c.create_pty_tunnel(d),
+        "pty_endpoint": lambda c: c.pty_endpoint(d),
+        "pty_connect": lambda c: c.pty_connect(pty, "s"),
+        "pty_attach": lambda c: c.pty_attach(pty, "s"),
+        "pty_control": lambda c: c.pty_control(pty, "s", "resize", cols=80, rows=24),
+        "pty_control signal": lambda c: c.pty_control(pty, "s", "signal", signal="SIGINT"),
     }
+    pty = PtyEndpoint(f"{fault_proxy.url}/tunnel/k", "tunnel-token-not-a-key")
     covered = {name.split(" ")[0] for name in calls}
     assert covered == _api_methods(), "every API call of RunloopClient is in this table"
     sent_once: set[str] = set()
@@ -386,4 +394,4 @@ async def test_design_every_call_is_retried_only_if_it_cannot_act_twice(fault_pr
             assert all(r.method == "GET" for r in attempts) or (len(keys) == 1 and None not in keys), name
             if name == "execute":
                 assert len({json.loads(r.body)["command_id"] for r in attempts}) == 1
-    assert sent_once == {"send_stdin", "sql_query", "sql_batch"}
+    assert sent_once == {"send_stdin", "sql_query", "sql_batch", "pty_control signal"}

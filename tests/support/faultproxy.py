@@ -255,6 +255,9 @@ class FaultProxy:
 
         up = urlsplit(self.upstream)
         up_reader, up_writer = await asyncio.open_connection(up.hostname, up.port)
+        if headers.get("upgrade", "").lower() == "websocket":
+            await self._tunnel(lines[0], raw_headers, reader, writer, up_reader, up_writer)
+            return
         try:
             request = "\r\n".join([lines[0], *raw_headers, "Connection: close", "", ""]).encode("latin-1") + body
             up_writer.write(request)
@@ -289,6 +292,26 @@ class FaultProxy:
                 writer.write(data)
                 await writer.drain()
                 sent += len(data)
+        finally:
+            up_writer.close()
+
+    async def _tunnel(
+        self, request_line: str, raw_headers: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """A WebSocket upgrade (recorded like any request): forwarded as is, then bytes piped both ways."""
+        up_writer.write("\r\n".join([request_line, *raw_headers, "Connection: Upgrade", "", ""]).encode("latin-1"))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            with contextlib.suppress(Exception):
+                sink.close()
+
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         finally:
             up_writer.close()
 
