@@ -114,9 +114,11 @@ def compact_schemas(server: MCPServer) -> None:
     - `anyOf [T, null]` becomes `type: [T, "null"]` (half the bytes; an enum gains `null`). In
       inputs the `default: null` goes too: strict converters make every argument required, and
       null is then how a model leaves an optional one out.
-    - Outputs leave nothing null: a field with no value is left out of the structured content
-      (`DevboxServer.call_tool`), so its schema says only what the value is when present, and it is
-      not required.
+    - Output schemas say what each field is when present, and nothing else: a field without a value
+      is left out of the structured content (`DevboxServer.call_tool`), never null, and which fields a
+      result has depends on it (a command still running has no exit status), so none is `required`;
+      no descriptions or defaults (a model docstring's included): no model reads them, and every
+      conversation would pay for them.
     """
     for tool in server._tool_manager.list_tools():
         tool.description = " ".join((tool.description or "").split())
@@ -126,23 +128,24 @@ def compact_schemas(server: MCPServer) -> None:
 
 
 def _without_nulls(schema: object) -> object:
-    """An output schema where no field is null: a field that may be null is optional instead."""
+    """An output schema with no null: a field without a value is left out, not null (`without_none`)."""
     if isinstance(schema, list):
         return [_without_nulls(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: _without_nulls(value) for key, value in schema.items() if key != "default"}  # says nothing here
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("default", "description", "required"):
+            continue  # see compact_schemas
+        if key == "properties":
+            out[key] = {name: _without_nulls(sub) for name, sub in value.items()}
+        else:
+            out[key] = _without_nulls(value)
     kind = out.get("type")
     if isinstance(kind, list) and "null" in kind and len(kind) == 2:
         out["type"] = next(k for k in kind if k != "null")
         if isinstance(out.get("enum"), list):
             out["enum"] = [v for v in out["enum"] if v is not None]
-        out["nullable"] = True  # a marker for the parent, removed below
-    properties = out.get("properties")
-    if isinstance(properties, dict):
-        optional = {name for name, sub in properties.items() if isinstance(sub, dict) and sub.pop("nullable", False)}
-        if "required" in out:
-            out["required"] = [name for name in out["required"] if name not in optional]
     return out
 
 
@@ -193,7 +196,11 @@ def _compact(schema: object) -> object:
         return schema
     out: dict[str, object] = {}
     for key, value in schema.items():
-        if key == "title":
+        # `minLength: 1` and `additionalProperties: false` are still checked by the argument models (with a
+        # message naming the argument) but left out, like `tools.common.at_most`: a model does not send an
+        # empty command or an extra key because a schema forbade it, and strict converters (openai-agents)
+        # add `additionalProperties: false` to every object themselves.
+        if key == "title" or (key == "minLength" and value == 1) or (key == "additionalProperties" and value is False):
             continue
         if key in ("properties", "$defs"):
             out[key] = {name: _compact(sub) for name, sub in value.items()}

@@ -43,6 +43,8 @@ _MNT_DETACH = 2
 # noinit_itable: no background zeroing of inode tables after the mount (the group descriptors'
 # checksums already say which are unused); discard: blocks freed inside are freed in the image.
 _MOUNT_OPTIONS = b"discard,noinit_itable"
+# How long a capture of a suspended devbox waits for its disk's last mount to be released.
+UNMOUNT_WAIT_SECONDS = 5.0
 _MKFS_OPTIONS = ("-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard")
 
 
@@ -296,21 +298,29 @@ def attach(image: Path, mountpoint: Path, size: int, pool: SparePool | None = No
                 return mountpoint
         else:
             make_image(image, size)
-    for device in attached(image):
-        # An earlier mount of this disk is still alive: a mount namespace made elsewhere while the disk was
-        # mounted (the host's mounts are private) holds a copy until it ends, which may be never. Mounting
-        # that same device again gives the same filesystem instance: never two writers on one image, and no
-        # waiting on a namespace that is not ours. A device that freed itself meanwhile is skipped.
-        if _mount_device(device, mountpoint):
-            reaper.unmount_at_exit(mountpoint)
-            return mountpoint
-    _mount(image, mountpoint)
+    if not _mount_held(image, mountpoint):
+        _mount(image, mountpoint)
     return mountpoint
 
 
-def _mount_device(device: str, mountpoint: Path) -> bool:
-    flags = _MS_NOSUID | _MS_NODEV
-    return _libc().mount(device.encode(), str(mountpoint).encode(), b"ext4", flags, _MOUNT_OPTIONS) == 0
+def _mount_held(image: Path, mountpoint: Path) -> bool:
+    """Mount `image`'s filesystem again if an earlier mount of it is still alive; False when none is.
+
+    A mount namespace made elsewhere while the disk was mounted (the host's mounts are private) holds a
+    copy until it ends, which may be never. Mounting that same loop device again gives the same
+    filesystem instance (the kernel shares its superblock): never two writers on one image, and no
+    waiting on a namespace that is not ours. A device freed meanwhile, or freed and reused for another
+    image between the look and the mount, is let go."""
+    for device in attached(image):
+        try:
+            mount_device(device, mountpoint, b"ext4", _MOUNT_OPTIONS)
+        except DiskError:
+            continue  # released meanwhile
+        if device in attached(image):
+            reaper.unmount_at_exit(mountpoint)
+            return True
+        detach(mountpoint)
+    return False
 
 
 def _mount(image: Path, mountpoint: Path) -> None:

@@ -181,8 +181,8 @@ async def sql_query(
     params: Annotated[list[SqlParam], at_most(1000)] | None = None,
     allow_writes: Annotated[bool, Field(description="allow a statement that writes")] = False,
 ) -> Annotated[CallToolResult, QueryResult]:
-    """Run one SQL statement on an axon's database (events are in table rl_axon_events).
-    Read-only unless allow_writes. Rows come back as objects, bounded."""
+    """Run one SQL statement on an axon's database (events: table rl_axon_events); read-only
+    unless allow_writes. Rows come back as value lists, bounded."""
     if not allow_writes:
         try:
             check_read_only(sql)
@@ -211,8 +211,7 @@ async def sql_batch(
     axon_id: AxonId,
     statements: Annotated[list[Statement], Field(min_length=1), at_most(100)],
 ) -> Annotated[CallToolResult, BatchResult]:
-    """Run SQL statements atomically (one transaction) on an axon's database; may write.
-    If one fails, none is applied."""
+    """Run SQL statements in one transaction on an axon's database: all applied, or none."""
     app = state(ctx)
     with api_errors():
         res = await app.client.sql_batch(axon_id, [{"sql": s.sql, "params": s.params} for s in statements])
@@ -245,12 +244,12 @@ async def sql_batch(
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(create_axon, annotations=annotations(title="Create axon"))
-    server.add_tool(list_axons, annotations=annotations(read_only=True, idempotent=True, title="List axons"))
-    server.add_tool(publish_event, annotations=annotations(title="Publish event"))
+    server.add_tool(create_axon, annotations=annotations())
+    server.add_tool(list_axons, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(publish_event, annotations=annotations())
     # It can write when asked (allow_writes), so it is not read-only, and a write may delete.
-    server.add_tool(sql_query, annotations=annotations(destructive=True, title="SQL query"))
-    server.add_tool(sql_batch, annotations=annotations(destructive=True, title="SQL batch"))
+    server.add_tool(sql_query, annotations=annotations(destructive=True))
+    server.add_tool(sql_batch, annotations=annotations(destructive=True))
 
 
 def _summary(res: SqlResult) -> str:

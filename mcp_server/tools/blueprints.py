@@ -116,5 +116,5 @@ async def list_blueprints(
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(create_blueprint, annotations=annotations(title="Create blueprint"))
-    server.add_tool(list_blueprints, annotations=annotations(read_only=True, title="List blueprints"))
+    server.add_tool(create_blueprint, annotations=annotations())
+    server.add_tool(list_blueprints, annotations=annotations(read_only=True))

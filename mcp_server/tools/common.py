@@ -117,6 +117,16 @@ def _id_characters(value: str) -> str:
 # Ids become URL path segments (no slashes, no spaces): checked, not published, like `at_most`:
 # an id comes from an earlier result, so its shape tells a model nothing.
 Id = Annotated[str, at_most(200), AfterValidator(_id_characters)]
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("an environment variable name is letters, digits and '_', not starting with a digit")
+    return value
+
+
+# Checked, not published (like `at_most`): a model writes such names right.
+EnvName = Annotated[str, at_most(256), AfterValidator(_env_name)]
 DevboxId = Id
 ExecutionId = Id
 AxonId = Id
@@ -128,7 +138,7 @@ FilePath = Annotated[
 
 class EnvVar(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"), at_most(256)]  # the pattern needs one character
+    name: EnvName
     value: str
 
 
@@ -160,16 +170,15 @@ def as_map(field: str, items: list[EnvVar] | list[Label] | None) -> dict[str, st
 
 
 def annotations(
-    *, read_only: bool = False, destructive: bool = False, idempotent: bool = False, open_world: bool = False,
-    title: str | None = None,
+    *, read_only: bool = False, destructive: bool = False, idempotent: bool = False, open_world: bool = False
 ) -> ToolAnnotations:
     """The hints that differ from MCP's defaults (not read-only, destructive, not idempotent, open world).
 
     A client reads a missing hint as its default, the worst case, so spelling a default out says
     nothing and costs every conversation bytes of tools/list. `destructive` and `idempotent` mean
-    something only for a tool that writes, so a read-only tool states neither."""
+    something only for a tool that writes, so a read-only tool states neither. No display title:
+    clients show the tool's name, which says the same (`create_devbox`, "Create devbox")."""
     return ToolAnnotations(
-        title=title,
         read_only_hint=True if read_only else None,
         destructive_hint=None if read_only or destructive else False,
         idempotent_hint=True if idempotent and not read_only else None,

@@ -26,13 +26,34 @@ from ..runloop import (
     WaitTimeout,
 )
 from ..runloop.models import DEVBOX_TERMINAL_STATUSES
-from .common import DevboxId, EnvVars, Id, annotations, api_errors, as_map, at_most, page_text, result, state
+from .common import (
+    DevboxId,
+    EnvName,
+    EnvVars,
+    Id,
+    annotations,
+    api_errors,
+    as_map,
+    at_most,
+    page_text,
+    result,
+    state,
+)
 from .tunnels import tunnel_text
 
 # Where waiting for a devbox to run ends: running, or a status it does not come back from.
 READY = ("running", *sorted(DEVBOX_TERMINAL_STATUSES))
 SIZES = Literal["X_SMALL", "SMALL", "MEDIUM", "LARGE", "X_LARGE", "XX_LARGE", "CUSTOM_SIZE"]
 CUSTOM_FIELDS = ("custom_cpu_cores", "custom_gb_memory", "custom_disk_size")
+
+
+class DevboxState(BaseModel):
+    """What a lifecycle call (shutdown, suspend, resume) changed: where the devbox is now, and why."""
+
+    id: str
+    status: str
+    failure_reason: str | None = None
+    shutdown_reason: str | None = None
 
 
 class DevboxInfo(BaseModel):
@@ -61,13 +82,19 @@ class DevboxDetails(DevboxSized):
 
 class SecretRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    env_var: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    env_var: EnvName
     secret_name: str
 
 
 class DevboxList(BaseModel):
     devboxes: list[DevboxInfo]
     has_more: bool  # call again with starting_after = last id
+
+
+def devbox_state(view: DevboxView) -> DevboxState:
+    return DevboxState(
+        id=view.id, status=view.status, failure_reason=view.failure_reason, shutdown_reason=view.shutdown_reason
+    )
 
 
 def info(view: DevboxView) -> DevboxInfo:
@@ -262,7 +289,7 @@ async def create_devbox(
     run_as_root: Annotated[bool | None, Field(description="else `user`, who has sudo")] = None,
     resource_size: Annotated[
         SIZES | None,
-        Field(description="X_SMALL to XX_LARGE: 0.5 to 8 CPUs, 1 to 32 GiB; default SMALL; CUSTOM_SIZE: custom_*"),
+        Field(description="0.5-8 CPUs, 1-32 GiB (default SMALL); CUSTOM_SIZE: custom_*"),
     ] = None,
     custom_cpu_cores: float | None = None,
     custom_gb_memory: int | None = None,
@@ -274,8 +301,8 @@ async def create_devbox(
     repositories: Annotated[list[str] | None, Field(description="owner/name[@ref]"), at_most(20)] = None,
     snapshot_id: Id | None = None,
 ) -> DevboxSized:
-    """Create a Linux devbox and wait until it runs (status as progress; cancelling shuts it down).
-    A short client timeout may return it still starting (see get_devbox)."""
+    """Create a Linux devbox and wait until it runs (status as progress; cancel shuts it down);
+    near the client's timeout it returns it still starting."""
     app = state(ctx)
     sized = {"resource_size_request": resource_size, "custom_cpu_cores": custom_cpu_cores,
              "custom_gb_memory": custom_gb_memory, "custom_disk_size": custom_disk_size}  # fmt: skip
@@ -344,35 +371,35 @@ async def get_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxDetails:
     return details(view, usage, reach)
 
 
-async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+async def shutdown_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxState:
     """Shut a devbox down for good: its processes stop, its files are gone."""
     with api_errors():
         view = await state(ctx).client.shutdown_devbox(devbox_id)
     await state(ctx).resources.list_changed()
-    return info(view)
+    return devbox_state(view)
 
 
-async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+async def suspend_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxState:
     """Suspend a running devbox, keeping its files; resume_devbox brings it back."""
     with api_errors():
         view = await state(ctx).client.suspend_devbox(devbox_id)
     await state(ctx).resources.list_changed()
-    return info(view)
+    return devbox_state(view)
 
 
-async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxInfo:
+async def resume_devbox(ctx: Context, devbox_id: DevboxId) -> DevboxState:
     """Resume a suspended devbox and wait until it runs."""
     with api_errors():
         view = await state(ctx).client.resume_devbox(devbox_id)
     view = await wait_running(ctx, view)
     await state(ctx).resources.list_changed()
-    return info(view)
+    return devbox_state(view)
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(create_devbox, annotations=annotations(title="Create devbox"))
-    server.add_tool(list_devboxes, annotations=annotations(read_only=True, idempotent=True, title="List devboxes"))
-    server.add_tool(get_devbox, annotations=annotations(read_only=True, idempotent=True, title="Get devbox"))
-    server.add_tool(shutdown_devbox, annotations=annotations(destructive=True, idempotent=True, title="Shut down devbox"))
-    server.add_tool(suspend_devbox, annotations=annotations(idempotent=True, title="Suspend devbox"))
-    server.add_tool(resume_devbox, annotations=annotations(idempotent=True, title="Resume devbox"))
+    server.add_tool(create_devbox, annotations=annotations())
+    server.add_tool(list_devboxes, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(get_devbox, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(shutdown_devbox, annotations=annotations(destructive=True, idempotent=True))
+    server.add_tool(suspend_devbox, annotations=annotations(idempotent=True))
+    server.add_tool(resume_devbox, annotations=annotations(idempotent=True))

@@ -347,14 +347,13 @@ async def execute(
     ] = None,
     command_id: Annotated[
         Id | None,
-        Field(description="idempotency key: a retry with it never runs the command twice"),
+        Field(description="a retry with it never runs twice"),
         at_most(100),
     ] = None,
     attach_stdin: Annotated[bool, Field(description="keep stdin open for send_stdin (no dedupe)")] = False,
 ) -> Annotated[CallToolResult, ExecuteResult]:
-    """Run a shell command in a devbox; output streams live as progress. Returns exit status,
-    duration, stdout, stderr; or, still running after wait_seconds, status running and stream_logs
-    offsets (it keeps running). Cancelling kills it."""
+    """Run a shell command in a devbox; output streams as progress. Returns exit status, stdout,
+    stderr; or, still running after wait_seconds, stream_logs offsets (it runs on). Cancel kills it."""
     app = state(ctx)
     if attach_stdin and command_id is not None:
         raise ToolError("command_id cannot be used with attach_stdin: such a command is started without dedupe")
@@ -394,14 +393,14 @@ async def stream_logs(
     ctx: Context,
     devbox_id: DevboxId,
     execution_id: ExecutionId,
-    stdout_offset: Annotated[int, Field(ge=0, description="stdout byte offset to start from")] = 0,
+    stdout_offset: Annotated[int, Field(ge=0)] = 0,
     stderr_offset: Annotated[int, Field(ge=0)] = 0,
     wait_seconds: Annotated[
-        float | None, Field(ge=0, le=3600, description="how long to follow (default 50, less if the client times out sooner)")
+        float | None, Field(ge=0, le=3600, description="how long to follow (default 50)")
     ] = None,
     until: Annotated[
         str | None,
-        Field(min_length=1, description="regex: return as soon as an output line matches"), at_most(1000),
+        Field(min_length=1, description="regex: return when a line matches"), at_most(1000),
     ] = None,
 ) -> Annotated[CallToolResult, LogsResult]:
     """Follow a running command's output from offsets (live as progress) until it completes,
@@ -472,10 +471,10 @@ async def send_stdin(
 
 def register(server: MCPServer) -> None:
     # A command can do anything (rm -rf, network calls): destructive and open-world, truthfully.
-    server.add_tool(execute, annotations=annotations(destructive=True, open_world=True, title="Run shell command"))
-    server.add_tool(stream_logs, annotations=annotations(read_only=True, idempotent=True, title="Stream logs"))
-    server.add_tool(kill_execution, annotations=annotations(destructive=True, idempotent=True, title="Kill execution"))
-    server.add_tool(send_stdin, annotations=annotations(destructive=True, open_world=True, title="Send stdin"))
+    server.add_tool(execute, annotations=annotations(destructive=True, open_world=True))
+    server.add_tool(stream_logs, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(kill_execution, annotations=annotations(destructive=True, idempotent=True))
+    server.add_tool(send_stdin, annotations=annotations(destructive=True, open_world=True))
 
 
 async def _kill_cancelled(

@@ -124,8 +124,8 @@ async def read_file(
         bool, Field(description="images as image content, other bytes as base64 (capped)")
     ] = False,
 ) -> Annotated[CallToolResult, FileRead]:
-    """Read a file in a devbox: text (a line range or the last lines, optionally), bounded.
-    Binary files are refused (size and type given) unless binary is true."""
+    """Read a text file in a devbox (optionally a line range or the last lines), bounded. A binary
+    file is refused (with its size and type) unless binary is true."""
     if tail_lines is not None and (start_line is not None or end_line is not None):
         raise ToolError("use either tail_lines or start_line/end_line, not both")
     app = state(ctx)
@@ -184,7 +184,7 @@ async def write_file(
     ctx: Context,
     devbox_id: DevboxId,
     path: FilePath,
-    contents: Annotated[str, Field(description="the whole new content (UTF-8 text)"), at_most(5_000_000)],
+    contents: Annotated[str, Field(description="UTF-8 text"), at_most(5_000_000)],
 ) -> FileWritten:
     """Write a text file in a devbox, replacing it if it exists."""
     with api_errors():
@@ -195,5 +195,5 @@ async def write_file(
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(read_file, annotations=annotations(read_only=True, idempotent=True, title="Read file"))
-    server.add_tool(write_file, annotations=annotations(destructive=True, idempotent=True, title="Write file"))
+    server.add_tool(read_file, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(write_file, annotations=annotations(destructive=True, idempotent=True))

@@ -138,7 +138,7 @@ async def _fork_by_snapshot(ctx: Context, devbox_id: str, name: str | None, coun
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(snapshot_devbox, annotations=annotations(title="Snapshot devbox"))
-    server.add_tool(list_snapshots, annotations=annotations(read_only=True, title="List snapshots"))
-    server.add_tool(delete_snapshot, annotations=annotations(destructive=True, idempotent=True, title="Delete snapshot"))
-    server.add_tool(fork_devbox, annotations=annotations(title="Fork devbox"))
+    server.add_tool(snapshot_devbox, annotations=annotations())
+    server.add_tool(list_snapshots, annotations=annotations(read_only=True))
+    server.add_tool(delete_snapshot, annotations=annotations(destructive=True, idempotent=True))
+    server.add_tool(fork_devbox, annotations=annotations())

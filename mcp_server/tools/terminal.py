@@ -137,10 +137,10 @@ async def close_terminal(ctx: Context, session: str) -> Closed:
 
 def register(server: MCPServer) -> None:
     # What runs in a terminal can do anything, as with execute.
-    server.add_tool(open_terminal, annotations=annotations(destructive=True, open_world=True, title="Open terminal"))
-    server.add_tool(terminal_send, annotations=annotations(destructive=True, open_world=True, title="Type in terminal"))
-    server.add_tool(terminal_read, annotations=annotations(read_only=True, idempotent=True, title="Read terminal"))
-    server.add_tool(close_terminal, annotations=annotations(destructive=True, idempotent=True, title="Close terminal"))
+    server.add_tool(open_terminal, annotations=annotations(destructive=True, open_world=True))
+    server.add_tool(terminal_send, annotations=annotations(destructive=True, open_world=True))
+    server.add_tool(terminal_read, annotations=annotations(read_only=True, idempotent=True))
+    server.add_tool(close_terminal, annotations=annotations(destructive=True, idempotent=True))
 
 
 def _check_length(name: str, value: str | None, limit: int) -> None:

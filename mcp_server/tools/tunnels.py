@@ -71,4 +71,4 @@ async def expose_port(
 
 
 def register(server: MCPServer) -> None:
-    server.add_tool(expose_port, annotations=annotations(idempotent=True, open_world=True, title="Expose port"))
+    server.add_tool(expose_port, annotations=annotations(idempotent=True, open_world=True))

@@ -129,7 +129,7 @@ async def test_devbox_bad_input_gives_clear_errors(mcp: Client) -> None:
     assert "environment_variables" in message and "'TOKEN' is given twice" in message
     assert "s3cret" not in message  # values can be secrets: never echoed
     message = await call_error(mcp, "create_devbox", {"environment_variables": [{"name": "BAD-NAME", "value": "x"}]})
-    assert "environment_variables" in message and "pattern" in message
+    assert "environment_variables" in message and "an environment variable name is letters, digits and" in message
     message = await call_error(mcp, "create_devbox", {"environment_variables": [{"name": "A", "value": "1", "x": 1}]})
     assert "environment_variables" in message and "x" in message
 
