@@ -10,11 +10,27 @@ own thread) and the MCP server's loop can both start subprocesses.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
+
+
+async def end_process(proc: asyncio.subprocess.Process | None, grace: float = 5.0) -> None:
+    """Wait up to `grace` seconds for a helper process told to exit (its exit descriptor closed),
+    then kill it; either way it is reaped. Helpers such as bubblewrap exit by themselves once their
+    child is gone: killing them first would leave that child a zombie of the host's reaper."""
+    if proc is None:
+        return
+    try:
+        await asyncio.wait_for(proc.communicate(), grace)
+    except (TimeoutError, Exception):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await proc.communicate()
 
 
 class RunningLoopPidfdWatcher(asyncio.AbstractChildWatcher):

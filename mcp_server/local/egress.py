@@ -33,12 +33,13 @@ not root cannot make a namespace its devboxes' slirp4netns can join, and runs it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
 import os
 import subprocess
+
+from .childwatch import end_process
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -175,14 +176,6 @@ class EgressNamespace:
             os.close(self._lifeline)
             self._lifeline = None
         for proc in (self._uplink, self._holder):
-            if proc is None:
-                continue
-            try:
-                await asyncio.wait_for(proc.communicate(), 5)
-            except (TimeoutError, Exception):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    await proc.communicate()
+            await end_process(proc)
         self._uplink = self._holder = None
         self.pid = None

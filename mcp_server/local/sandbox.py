@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import rootfs, seccomp, spawner
+from .childwatch import end_process
 from .egress import UPLINK_DNS
 from .idmap import IdRange, write_maps
 
@@ -776,17 +777,7 @@ class Sandbox:
             os.close(self._slirp_exit)  # slirp4netns exits on this
             self._slirp_exit = None
         for proc in (self._bwrap, self._slirp):
-            if proc is None:
-                continue
-            # bwrap exits by itself once its pid 1 is gone, after reaping it; killing it first
-            # would leave that pid 1 a zombie of whatever reaps orphans on this host.
-            try:
-                await asyncio.wait_for(proc.communicate(), 5)
-            except (TimeoutError, Exception):
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    await proc.communicate()
+            await end_process(proc)  # bwrap exits by itself once its pid 1 is gone, after reaping it
 
 
 def _slirp_target(pid: int) -> list[str]:
