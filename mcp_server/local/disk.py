@@ -128,6 +128,7 @@ class SparePool:
         self._lock = threading.Lock()
         self._making: set[int] = set()
         self._mounted: dict[Path, Path] = {}  # spare image -> where it is mounted
+        self._closed = False  # set by close(): a spare still being made is unmounted when done
         self._moves = True  # until a move fails
 
     def _spares(self, size: int) -> list[str]:
@@ -176,7 +177,7 @@ class SparePool:
 
     def _refill_one(self, size: int) -> bool:
         with self._lock:
-            if size in self._making or len(self._spares(size)) >= SPARES:
+            if self._closed or size in self._making or len(self._spares(size)) >= SPARES:
                 return False
             self._making.add(size)
         try:
@@ -202,9 +203,13 @@ class SparePool:
                     raise
             with self._lock:
                 os.replace(making, image)
-                if mountpoint is not None:
+                closed = self._closed
+                if mountpoint is not None and not closed:
                     self._mounted[image] = mountpoint
-            return True
+            if closed and mountpoint is not None:  # closed while this one was made: no mount outlives it
+                detach(mountpoint)
+                mountpoint.rmdir()
+            return not closed
         except (OSError, DiskError, subprocess.SubprocessError) as exc:
             log.warning("could not make a spare devbox disk of %d bytes: %s", size, exc)
             return False
@@ -226,6 +231,7 @@ class SparePool:
     def close(self) -> None:
         """Unmount the spares (their images stay, for the next backend)."""
         with self._lock:
+            self._closed = True
             mounted, self._mounted = self._mounted, {}
         for mountpoint in mounted.values():
             with contextlib.suppress(OSError, DiskError):
