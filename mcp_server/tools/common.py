@@ -155,17 +155,22 @@ Labels = Annotated[list[Label], at_most(100)]
 
 
 def as_map(field: str, items: list[EnvVar] | list[Label] | None) -> dict[str, str] | None:
-    """The map a `[{name, value}]` argument stands for; a name given twice is refused.
+    """The map a `[{name, value}]` argument stands for; a name given twice is refused."""
+    return unique_map(field, None if items is None else [(item.name, item.value) for item in items])
+
+
+def unique_map(field: str, pairs: list[tuple[str, str]] | None, key: str = "name") -> dict[str, str] | None:
+    """The map a list-of-pairs argument stands for; a `key` given twice is refused, naming it.
 
     Checked here rather than in a pydantic validator, whose message would echo the values
     (environment values can be secrets)."""
-    if items is None:
+    if pairs is None:
         return None
     out: dict[str, str] = {}
-    for item in items:
-        if item.name in out:
-            raise ToolError(f"{field}: name {item.name!r} is given twice; give each name once")
-        out[item.name] = item.value
+    for name, value in pairs:
+        if name in out:
+            raise ToolError(f"{field}: {key} {name!r} is given twice; give each {key} once")
+        out[name] = value
     return out
 
 

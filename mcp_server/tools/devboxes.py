@@ -38,6 +38,7 @@ from .common import (
     page_text,
     result,
     state,
+    unique_map,
 )
 from .tunnels import tunnel_text
 
@@ -170,14 +171,8 @@ def details(view: DevboxView, usage: DevboxUsage | None = None, reach: str | Non
 
 def secret_map(refs: list[SecretRef] | None) -> dict[str, str] | None:
     """`{ENV_VAR: secret_name}` for the `[{env_var, secret_name}]` argument; a variable given twice is refused."""
-    if refs is None:
-        return None
-    out: dict[str, str] = {}
-    for ref in refs:
-        if ref.env_var in out:
-            raise ToolError(f"secrets: {ref.env_var} is given twice; give each variable once")
-        out[ref.env_var] = ref.secret_name
-    return out
+    pairs = None if refs is None else [(ref.env_var, ref.secret_name) for ref in refs]
+    return unique_map("secrets", pairs, key="variable")
 
 
 _REPOSITORY = re.compile(r"^([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?(?:@([A-Za-z0-9_./+-]+))?$")

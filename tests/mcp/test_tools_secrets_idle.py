@@ -48,7 +48,7 @@ async def test_an_unknown_secret_or_a_variable_given_twice_is_a_clear_error(mcp:
     message = await call_error(mcp, "create_devbox", {"secrets": [{"env_var": "TOKEN", "secret_name": "NO_SUCH_ONE"}]})
     assert "NO_SUCH_ONE" in message and "TOKEN" in message
     twice = [{"env_var": "TOKEN", "secret_name": secret[0]}, {"env_var": "TOKEN", "secret_name": secret[0]}]
-    assert "TOKEN is given twice" in await call_error(mcp, "create_devbox", {"secrets": twice})
+    assert "'TOKEN' is given twice" in await call_error(mcp, "create_devbox", {"secrets": twice})
     bad = await call_error(mcp, "create_devbox", {"secrets": [{"env_var": "NOT-A-NAME", "secret_name": secret[0]}]})
     assert "env_var" in bad
 
