@@ -31,7 +31,7 @@ from .config import LocalConfig
 from .disk import UNMOUNT_WAIT_SECONDS, DiskError, attached, detach
 from .egress import EgressNamespace
 from .errors import ApiError, disk_full, is_disk_full
-from .idmap import FALLBACK_NOTE, IdRange, host_range
+from .idmap import FALLBACK_NOTE, IdRange, SubordinateMap, host_range, subordinate_map
 from .ids import new_id
 from .image import Image, ImageError, ImageStore, default_images_dir
 from .lifecycle import IdlePolicy, IdleTimers, idle_policy
@@ -271,6 +271,7 @@ class DevboxManager:
         self._log_waiters: dict[str, set[asyncio.Event]] = {}
         # Root backends: the id range devboxes map to and the images they overlay (idmap.py, image.py).
         self.ids: IdRange | None = None
+        self.user_map: SubordinateMap | None = None  # a backend that is not root: its /etc/subuid range
         self.images: ImageStore | None = None
         self._image_build: asyncio.Future[Image] | None = None
         # Root backends keep devbox disks on a copy-on-write pool, so that captures are reflinks (cow.py).
@@ -368,7 +369,11 @@ class DevboxManager:
         directory = default_images_dir()
         self.ids = host_range(directory)
         if self.ids is None:
-            log.warning("devboxes: %s", FALLBACK_NOTE)
+            self.user_map, why_not = subordinate_map()
+            if self.user_map is not None:
+                log.info("devboxes: %s", self.user_map.note)
+            else:
+                log.warning("devboxes: %s (%s)", FALLBACK_NOTE, why_not)
             return
         self.images = ImageStore(directory, self.ids)
         image = self.images.current()
@@ -920,6 +925,7 @@ class DevboxManager:
             unsafe=devbox.unsafe,
             rootfs=devbox.layers,
             ids=devbox.ids,
+            user_map=self.user_map if devbox.ids is None and not devbox.unsafe else None,
             user=devbox.sandbox_user,
             cgroup_procs=limits.cgroup_procs if limits else (),
             proc_files=tuple(limits.proc_files.items()) if limits else (),

@@ -14,6 +14,14 @@ Where the range comes from, first match wins:
 3. the top 65,536 ids of the range systemd reserves for containers (0x00080000-0x6FFFFFFF),
    moved down block by block past any /etc/subuid, /etc/subgid, passwd or group id it overlaps,
    then recorded so that it never changes under existing devboxes.
+
+A backend that is not root cannot choose ids: the kernel lets it map only its own uid, unless
+the administrator gave its user a subordinate range (/etc/subuid and /etc/subgid, as `useradd`
+does) and the setuid helpers newuidmap/newgidmap (package `uidmap`) are installed. Then
+(`SubordinateMap`) devbox ids 0..65535 are real too: uid 1000, `user`, is the backend's own uid
+(so the devbox's home and /tmp stay its files), every other id is one of its subordinate ids. The
+devbox still runs on the host's system, read-only: an image owned by a range, mounted as an overlay,
+needs a root backend. Without a range it falls back to the single mapping (`FALLBACK_NOTE`).
 """
 
 from __future__ import annotations
@@ -22,8 +30,11 @@ import contextlib
 import json
 import logging
 import os
+import pwd
+import shutil
 import stat
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +140,71 @@ FALLBACK_NOTE = (
     "read-only in them and they have no sudo or apt; run the backend as root for devboxes with a "
     "writable system (see the README, 'What a devbox is')"
 )
+SUBORDINATE_NOTE = (
+    "the backend is not root: devbox ids 0-65535 map to its subordinate ids {uid_first}-{uid_last} "
+    "(/etc/subuid; gids {gid_first}-{gid_last}), uid 1000 (`user`) to its own uid {uid}; devboxes "
+    "run on the host's system, read-only, without sudo or apt (a system of their own needs a root backend)"
+)
+_USER_ID = 1000  # `user` inside: the backend's own uid
+_HELPERS = {"uid": "newuidmap", "gid": "newgidmap"}
+
+
+def _helper(name: str) -> str | None:
+    return shutil.which(name, path=os.pathsep.join(["/usr/bin", "/bin", os.environ.get("PATH", "")]))
+
+
+@dataclass(frozen=True)
+class SubordinateMap:
+    """A non-root backend's devbox ids: 1000 is its own id, 0..999 and 1001..65535 its subordinate ids."""
+
+    uid: int
+    gid: int
+    sub_uid: int  # first of RANGE_SIZE - 1 subordinate uids
+    sub_gid: int
+
+    def helper_args(self, kind: str) -> list[str]:
+        """newuidmap's (kind "uid") or newgidmap's ("gid") triples, after the pid."""
+        own, sub = (self.uid, self.sub_uid) if kind == "uid" else (self.gid, self.sub_gid)
+        rest = RANGE_SIZE - _USER_ID - 1
+        triples = [(0, sub, _USER_ID), (_USER_ID, own, 1), (_USER_ID + 1, sub + _USER_ID, rest)]
+        return [str(n) for triple in triples for n in triple]
+
+    @property
+    def note(self) -> str:
+        last = RANGE_SIZE - 2
+        return SUBORDINATE_NOTE.format(uid_first=self.sub_uid, uid_last=self.sub_uid + last,
+                                       gid_first=self.sub_gid, gid_last=self.sub_gid + last, uid=self.uid)  # fmt: skip
+
+    def write(self, pid: int) -> None:
+        """Map the user namespace of `pid` through the setuid helpers (the kernel checks /etc/sub[ug]id)."""
+        for kind, helper in _HELPERS.items():
+            result = subprocess.run(
+                [_helper(helper) or helper, str(pid), *self.helper_args(kind)],
+                capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            if result.returncode != 0:
+                why = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+                raise OSError(f"{helper} could not map the devbox's ids: {why}")
+
+
+def subordinate_map() -> tuple[SubordinateMap | None, str]:
+    """For a backend that is not root: its subordinate map, or None and why there is none."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        label = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        label = str(uid)
+    names = {label, str(uid)}  # /etc/subuid names an account or a uid
+    needed = RANGE_SIZE - 1
+    uids = [s for n, s, c in _entries("/etc/subuid") if n in names and c >= needed]
+    gids = [s for n, s, c in _entries("/etc/subgid") if n in names and c >= needed]
+    if not uids or not gids:
+        return None, (f"no range of {needed} ids for {label} in /etc/subuid and /etc/subgid "
+                      "(`usermod --add-subuids/--add-subgids` adds one)")  # fmt: skip
+    missing = [h for h in _HELPERS.values() if not _helper(h)]
+    if missing:
+        return None, f"{' and '.join(missing)} not installed (`apt-get install uidmap`)"
+    return SubordinateMap(uid, gid, uids[0], gids[0]), ""
 
 
 def write_maps(pid: int, ids: IdRange) -> None:

@@ -12,8 +12,9 @@ Two kinds, chosen by the spec:
   root on request) and `sudo` works, yet no devbox process is host root, and nothing of the
   host's file system is mounted.
 - The host's system (a backend that is not root): the user is uid 1000 `user` with no
-  capabilities and no sudo; on the host it is the backend's own uid (bubblewrap can map only
-  that one without a setuid helper). The mount list is the boundary: system directories
+  capabilities and no sudo; on the host it is the backend's own uid. bubblewrap alone can map
+  only that one; with the user's subordinate range (`spec.user_map`, idmap.SubordinateMap) the
+  backend maps the other ids to it through newuidmap/newgidmap. The mount list is the boundary: system directories
   read-only, host secrets masked (the known ones and anything in /etc that is not
   world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
 
@@ -46,7 +47,7 @@ from typing import Literal
 from . import rootfs, seccomp, spawner
 from .childwatch import end_process
 from .egress import UPLINK_DNS
-from .idmap import IdRange, write_maps
+from .idmap import IdRange, SubordinateMap, write_maps
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -152,6 +153,7 @@ class SandboxSpec:
     unsafe: bool = False  # no sandbox at all: plain host processes in `home`
     rootfs: rootfs.RootFs | None = None  # a system of its own (needs `ids`); None: the host's, read-only
     ids: IdRange | None = None
+    user_map: SubordinateMap | None = None  # the host's system, a backend that is not root: its subordinate ids
     user: SandboxUser = DEFAULT_USER
     # Limits (limits.py): every process joins these cgroups (their cgroup.procs files) before it
     # execs, these host files are bound over /proc files, and RAM-backed mounts get these sizes.
@@ -426,6 +428,8 @@ class Sandbox:
         spec = self.spec
         args = [
             "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            # The backend maps the namespace (newuidmap) while bubblewrap waits.
+            *(["--userns-block-fd", str(fds["block"])] if spec.user_map else []),
             "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--hostname", spec.hostname,
             "--die-with-parent",
@@ -527,6 +531,8 @@ class Sandbox:
                 args = self._system_bwrap_args(fds)
                 init = rootfs.INIT_COMMAND
             else:
+                if spec.user_map is not None:
+                    fds["block"], block_w = os.pipe()
                 fds["home"] = os.open(spec.home, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 fds["tmp"] = os.open(spec.tmp, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
                 for path in _etc_masks()[0]:
@@ -570,18 +576,21 @@ class Sandbox:
                 os.close(fd)
         try:
             assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
-            if own_system:
+            if block_w is not None:
                 # bubblewrap waits for the id map before it goes on: the pid comes first.
-                assert spec.ids is not None and block_w is not None
                 info = await self._read_info_or_fail(info_r)
-                write_maps(int(info["child-pid"]), spec.ids)
+                if spec.ids is not None:
+                    write_maps(int(info["child-pid"]), spec.ids)
+                else:
+                    assert spec.user_map is not None
+                    await asyncio.to_thread(spec.user_map.write, int(info["child-pid"]))
                 os.write(block_w, b"1")
             ready = await asyncio.wait_for(self._bwrap.stdout.readline(), timeout=20)
             if ready not in (b"ready\n", b"ready-nosuid\n"):
                 raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}")
             if ready == b"ready-nosuid\n":
                 self.warnings.append(rootfs.NOSUID_WARNING)
-            if not own_system:
+            if block_w is None:
                 info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
             self._ns_flags = _namespace_flags(self.init_pid)
