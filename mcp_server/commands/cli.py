@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     secrets.add_argument("--data-dir", type=Path, default=None)
     image = sub.add_parser("image", help="show (or build) the devbox image of the embedded backend")
     image.add_argument("--build", action="store_true", help="build it now if it is missing (minutes, once per machine)")
+    image.add_argument("--gc", action="store_true", help="remove old images no devbox, snapshot or blueprint uses")
     return parser
 
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "image":
         from ..local.image import cli_main
 
-        return cli_main(build=args.build)
+        return cli_main(build=args.build, gc=args.gc)
     if command == "demo":
         from .demo import main as demo_main
 

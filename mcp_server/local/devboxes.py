@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import code_mounts as code
-from . import cow, rootfs
+from . import cow, image_gc, rootfs
 from .captures import CaptureError, DiskCapture, ext4_used_bytes, seal
 from .clock import now_ms
 from .config import LocalConfig
@@ -274,6 +275,8 @@ class DevboxManager:
         self.user_map: SubordinateMap | None = None  # a backend that is not root: its /etc/subuid range
         self.images: ImageStore | None = None
         self._image_build: asyncio.Future[Image] | None = None
+        self._image_holds: dict[Path, int] = {}  # images this backend puts devboxes on (image_gc.hold)
+        self._image_holds_lock = threading.Lock()
         # Root backends keep devbox disks on a copy-on-write pool, so that captures are reflinks (cow.py).
         self.cow_reason = cow.unavailable_reason()
         self.pool = cow.Pool(config.data_dir / "cow") if self.cow_reason is None else None
@@ -360,6 +363,10 @@ class DevboxManager:
         await self.limits.shutdown()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
+        with self._image_holds_lock:
+            for fd in self._image_holds.values():
+                os.close(fd)
+            self._image_holds.clear()
         self.storage.close()
 
     def _find_system(self) -> None:
@@ -388,20 +395,37 @@ class DevboxManager:
                 else "the first devbox builds it (a few minutes), or run `devbox-mcp image --build`",
             )  # fmt: skip
 
+    def _build_image(self) -> Image:
+        """Build the current recipe's image, then let go of the older ones and remove those nothing uses."""
+        assert self.images is not None
+        image = self.images.build(lambda line: log.info("devbox image: %s", line))
+        self._hold_image(image)
+        image_gc.collect(self.images)
+        return image
+
+    def _hold_image(self, image: Image) -> None:
+        """Record this data directory as a user of `image` (only: the devboxes on older ones are in their records)."""
+        assert self.images is not None
+        with self._image_holds_lock:
+            if image.path not in self._image_holds:
+                self._image_holds[image.path] = image_gc.hold(self.images, image, self.config.data_dir)
+            for path in [p for p in self._image_holds if p != image.path]:
+                os.close(self._image_holds.pop(path))
+
     async def _image(self, devbox: Devbox) -> Image:
         """The image for a new devbox: the current one, built first (once, shared) when missing."""
         assert self.images is not None
         image = self.images.current()
         if image is not None:
+            if image.path not in self._image_holds:
+                await asyncio.to_thread(self._hold_image, image)
             return image
         self.add_log(
             devbox.id,
             {"source": "setup_commands", "message": "building the devbox image (once per machine, a few minutes)"},
         )
         if self._image_build is None or self._image_build.done():
-            self._image_build = asyncio.ensure_future(
-                asyncio.to_thread(self.images.build, lambda line: log.info("devbox image: %s", line))
-            )
+            self._image_build = asyncio.ensure_future(asyncio.to_thread(self._build_image))
         image = await asyncio.shield(self._image_build)
         self.add_log(devbox.id, {"source": "setup_commands", "message": f"devbox image {image.path.name} ready"})
         return image

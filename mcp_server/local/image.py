@@ -290,9 +290,11 @@ class ImageStore:
             raise ImageError(f"mmdebstrap failed (exit {proc.returncode}): " + " | ".join(tail[-5:]))
 
 
-def cli_main(*, build: bool) -> int:
-    """`devbox-mcp image [--build]`: say where the image is, or build it (what `make install` runs)."""
+def cli_main(*, build: bool, gc: bool = False) -> int:
+    """`devbox-mcp image [--build] [--gc]`: say where the image is, or build it (what `make install`
+    runs); list the old images and what keeps each, or remove those nothing uses (image_gc.py)."""
     from .idmap import FALLBACK_NOTE, host_range
+    from .image_gc import collect, old_images
 
     directory = default_images_dir()
     ids = host_range(directory)
@@ -314,4 +316,10 @@ def cli_main(*, build: bool) -> int:
         return 0
     print(f"devbox-mcp: devbox image {image.path} ({image.info.get('build_seconds')} s to build; "
           f"ids {ids.uid_base}-{ids.uid_base + ids.count - 1} on the host)")
+    removed = collect(store) if gc else []
+    for path in removed:
+        print(f"devbox-mcp: removed the old image {path}: nothing uses it")
+    for old in old_images(store):
+        print(f"devbox-mcp: old image {old.path}: " + (f"kept, {old.kept_because}" if old.kept_because
+              else "nothing uses it; `devbox-mcp image --gc` removes it"))
     return 0
