@@ -4,7 +4,10 @@
   mounts (tmpfs) are charged to it too, and sized so that together they hold at most about half
   of it (/dev/shm and /var a quarter each, /run 64 MB): files there cannot fill the memory, so
   killing a process always frees some and the devbox can go on after an OOM kill.
-- CPU: a CFS quota of the size's vCPUs, on that many CPUs (a cpuset), so `nproc` says the size.
+- CPU: a CFS quota of the size's vCPUs, on that many CPUs (a cpuset), so `nproc` says the size;
+  and /sys/devices/system/cpu/{online,possible,present} list those CPUs (`CPU_FILES`), so glibc's
+  sysconf(_SC_NPROCESSORS_ONLN/CONF) and with it Python's os.cpu_count() and `getconf` say it too.
+  /proc/cpuinfo and /proc/stat stay the host's (no FUSE here): tools that count CPUs there do not.
 - processes: a pids limit (`sizes.Size.pids`), and the same RLIMIT_NPROC on every command (`ulimit -u`),
   which the kernel counts per user namespace, so per devbox, even without cgroups.
 - disk: the devbox's writable storage is an ext4 image of the size, loop-mounted (`disk.py`).
@@ -27,6 +30,9 @@ from typing import Any
 
 from . import cgroups, disk
 from .sizes import GIB, Size
+
+# Bound in a devbox's own /sys (a small tmpfs: the devbox has no sysfs of the host), one file for all.
+CPU_FILES = tuple(f"/sys/devices/system/cpu/{name}" for name in ("online", "possible", "present"))
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -194,10 +200,14 @@ class Limits:
         if image is not None:
             self._spawn_refill(size.disk_bytes)
         self._ensure_refresher()
+        cpu_list = _cpu_list_path(meminfo)
         return Enforcement(
             storage=running.storage,
             cgroup_procs=tuple(group.procs_files()) if group else (),
-            proc_files={"/proc/meminfo": str(meminfo)} if running.meminfo else {},
+            proc_files={
+                **({"/proc/meminfo": str(meminfo)} if running.meminfo else {}),
+                **(dict.fromkeys(CPU_FILES, str(cpu_list)) if running.cpus and sandboxed and "nproc" not in not_enforced else {}),
+            },
             ram_disk_bytes=size.memory_bytes // 4,
             run_tmpfs_bytes=min(RUN_TMPFS_BYTES, size.memory_bytes // 16),
             not_enforced=not_enforced,
@@ -222,6 +232,8 @@ class Limits:
             if controller not in ("cpuacct", "freezer"):
                 not_enforced[{"pids": "processes", "cpuset": "nproc"}.get(controller, controller)] = why
         running.oom_base = group.oom_kills()
+        if running.cpus and sandboxed and "nproc" not in not_enforced:
+            _rewrite(_cpu_list_path(meminfo), (cpu_ranges(running.cpus) + "\n").encode())
         if sandboxed and "memory" not in not_enforced:
             try:
                 self._write_meminfo(running, meminfo)
@@ -348,13 +360,32 @@ class Limits:
     def _write_meminfo(self, running: _Running, path: Path) -> None:
         """Rewrite the file in place: the devbox's bind mount holds this inode, not the name."""
         figures = running.cgroup.memory() if running.cgroup else None
-        data = meminfo_text(running.size.memory_bytes, figures or {}).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        try:
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
-        finally:
-            os.close(fd)
+        _rewrite(path, meminfo_text(running.size.memory_bytes, figures or {}).encode())
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _cpu_list_path(meminfo: Path) -> Path:
+    """The devbox's CPU list (`CPU_FILES`), beside its meminfo."""
+    return meminfo.with_name("cpu-list")
+
+
+def cpu_ranges(cpus: list[int]) -> str:
+    """CPUs as the kernel lists them in /sys: `0-3,6`."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def meminfo_text(limit: int, figures: dict[str, int]) -> str:

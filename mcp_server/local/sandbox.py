@@ -347,6 +347,19 @@ def _sized(size: int | None) -> list[str]:
     return ["--size", str(size)] if size else []
 
 
+def _sys_tmpfs(spec: SandboxSpec) -> list[str]:
+    """A devbox has no sysfs: files of its size bound under /sys (limits.CPU_FILES) get a small tmpfs there."""
+    if not any(p.startswith("/sys/") for p, _ in spec.proc_files):
+        return []
+    dirs = sorted({str(parent) for p, _ in spec.proc_files if p.startswith("/sys/") for parent in Path(p).parents} - {"/", "/sys"})
+    # bubblewrap would make the parents 0700: readable by root inside only.
+    return ["--size", "65536", "--tmpfs", "/sys", *[a for d in dirs for a in ("--perms", "0755", "--dir", d)]]
+
+
+def _sys_read_only(spec: SandboxSpec) -> list[str]:
+    return ["--remount-ro", "/sys"] if _sys_tmpfs(spec) else []
+
+
 def _in_cgroups(spec: SandboxSpec, argv: Sequence[str], *, command: bool = True) -> list[str]:
     """`argv`, run inside the devbox's cgroups when it has any, with its process limit when a `command`.
 
@@ -442,8 +455,10 @@ class Sandbox:
         # check the owner (sysctls, pressure triggers) must be read-only.
         for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
+        args += _sys_tmpfs(spec)
         for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
             args += ["--ro-bind", source, path]
+        args += _sys_read_only(spec)
         args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
@@ -492,8 +507,10 @@ class Sandbox:
         ]  # fmt: skip
         for path in _proc_read_only():  # the kernel already refuses the range's ids; belt and braces
             args += ["--ro-bind-try", path, path]
+        args += _sys_tmpfs(spec)
         for index, (path, source) in enumerate(spec.proc_files):  # e.g. a /proc/meminfo of the devbox's size
             args += ["--ro-bind", rootfs.host_file(index, Path(source)), path]
+        args += _sys_read_only(spec)
         if spec.network != "host":
             args.append("--unshare-net")
         # /dev/shm for everyone (as on any machine), sized; /var is on the devbox's disk, in its system.

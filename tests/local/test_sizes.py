@@ -128,6 +128,20 @@ def test_every_size_and_the_rules_edges_are_accepted(
 # -- enforcement inside ------------------------------------------------------------------------
 
 
+@root_only
+def test_nproc_getconf_and_python_count_the_devboxs_cpus(http: httpx.Client, make) -> None:  # noqa: ANN001
+    view = make(X_SMALL)
+    if "nproc" in view["resources"].get("not_enforced", {}):
+        pytest.skip(view["resources"]["not_enforced"]["nproc"])
+    out = run(http, view["id"], "nproc; getconf _NPROCESSORS_ONLN; getconf _NPROCESSORS_CONF; "
+              "python3 -c 'import os; print(os.cpu_count(), *sorted(os.sched_getaffinity(0)))'; "
+              "cat /sys/devices/system/cpu/online; touch /sys/x 2>/dev/null || echo read-only")  # fmt: skip
+    nproc, online, conf, python, listed, sys_dir = out["stdout"].splitlines()
+    count, cpu = python.split()
+    assert nproc == online == conf == count == "1"  # 0.5 CPU runs on one, whatever the host has
+    assert listed == cpu and sys_dir == "read-only"
+
+
 def _cgroup_file(devbox_cgroups: dict[str, str], controller: str, name: str) -> str:
     for version, mountpoint, options in cgroups.parse_mounts(Path("/proc/self/mounts").read_text()):
         if version == 1 and controller in options:
@@ -378,3 +392,9 @@ def test_meminfo_says_the_size_and_what_the_cgroup_uses() -> None:
     assert rows["MemFree"] == (1024 - 300) * 1024
     assert rows["MemAvailable"] == (1024 - 300 + 80) * 1024  # free + file cache that is not shmem
     assert rows["SwapTotal"] == 0 and rows["Shmem"] == 20 * 1024 and rows["AnonPages"] == 180 * 1024
+
+
+def test_cpu_lists_are_written_as_the_kernel_writes_them() -> None:
+    from mcp_server.local.limits import cpu_ranges
+
+    assert [cpu_ranges(c) for c in ([0], [1], [0, 1], [3, 0, 1, 2, 6], [1, 3, 4])] == ["0", "1", "0-1", "0-3,6", "1,3-4"]
