@@ -221,6 +221,25 @@ def test_suspend_resume_keeps_the_home(sdk) -> None:  # noqa: ANN001
         sdk.devboxes.shutdown(view.id)
 
 
+def test_launch_commands_run_at_create_not_at_resume(sdk) -> None:  # noqa: ANN001
+    """The spec: launch commands run "at launch time, before the entrypoint process is run". A resume
+    boots the devbox's kept disk, where what they did still is (and `git clone` would fail a second
+    time): they do not run again. Had they, they would have before the devbox was running again."""
+    view = sdk.devboxes.create_and_await_running(
+        launch_parameters={"launch_commands": ["echo launched >> launches.txt"]},
+    )
+    try:
+        sdk.devboxes.suspend(view.id)
+        sdk.devboxes.await_suspended(view.id)
+        sdk.devboxes.resume(view.id)
+        assert sdk.devboxes.await_running(view.id).status == "running"
+        assert sdk.devboxes.execute_sync(view.id, command="cat launches.txt").stdout == "launched\n"
+        ran = [e for e in sdk.devboxes.logs.list(view.id).logs if e.cmd == "echo launched >> launches.txt"]
+        assert len(ran) == 1
+    finally:
+        sdk.devboxes.shutdown(view.id)
+
+
 def test_shutdown_is_final(sdk, backend: RunningBackend) -> None:  # noqa: ANN001
     view = sdk.devboxes.create_and_await_running()
     sdk.devboxes.write_file_contents(view.id, file_path="gone.txt", contents="x")
