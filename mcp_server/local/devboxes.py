@@ -416,9 +416,12 @@ class DevboxManager:
         """The image for a new devbox: the current one, built first (once, shared) when missing."""
         assert self.images is not None
         image = self.images.current()
-        if image is not None:
-            if image.path not in self._image_holds:
+        if image is not None and image.path not in self._image_holds:
+            try:
                 await asyncio.to_thread(self._hold_image, image)
+            except FileNotFoundError:  # removed meanwhile, as old, by a backend of another recipe: build it
+                image = None
+        if image is not None:
             return image
         self.add_log(
             devbox.id,

@@ -5,7 +5,8 @@ old ones (image.py), which devboxes, snapshots and blueprints made on them keep 
 directory is shared by every data directory of the machine, so an image cannot know its users by
 itself: each backend records its data directory in `<image>/users/` when it first puts a devbox on
 the image, and holds a shared lock on that record while it runs. An old image is removed only when,
-under the store's lock (no build and no new record meanwhile), every record is unlocked (no
+under the users' lock of the store (no new record meanwhile; not the build's lock, so that a create
+never waits for another backend's build), every record is unlocked (no
 running backend uses it) and names a data directory where no devbox that is not shut down, no
 snapshot and no blueprint mentions the image. An image without a `users/` directory (built before
 images recorded them) is never removed automatically: who uses it cannot be known.
@@ -35,7 +36,10 @@ _RECORDS = ("devboxes/*/devbox.json", "snapshots/*.json", "blueprints/*/blueprin
 
 def hold(store: ImageStore, image: Image, data_dir: Path) -> int:
     """Record that `data_dir` puts devboxes on `image`; the returned descriptor's shared lock says a
-    backend runs on it (close it when the backend stops; the process ending closes it too)."""
+    backend runs on it (close it when the backend stops; the process ending closes it too).
+
+    FileNotFoundError: the image was removed meanwhile (it was old for another backend's recipe).
+    """
     users = image.path / USERS
     data_dir = data_dir.resolve()
     record = users / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
@@ -154,8 +158,8 @@ def _mentions(value: Any, image: str) -> bool:
 
 @contextlib.contextmanager
 def _store_lock(store: ImageStore):  # noqa: ANN202
-    """The lock a build holds (image.py): no image appears, and no user is recorded, meanwhile."""
+    """Held while a user is recorded or old images are removed."""
     store.directory.mkdir(parents=True, exist_ok=True)
-    with open(store.directory / ".lock", "w") as lock:
+    with open(store.directory / ".users.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
