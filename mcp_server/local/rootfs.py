@@ -125,9 +125,9 @@ class LaunchFds:
         return cls(fstab, next(free), next(free), next(free))
 
 
-def fstab(home: Path, tmp: Path, fds: LaunchFds, host_files: Sequence[Path] = ()) -> bytes:
-    """What the launch script mounts, in order (see its comment); then, read-only, the directory of
-    each of `host_files` (bubblewrap, as the range's root, could not reach them where they are)."""
+def fstab(home: Path, tmp: Path, fds: LaunchFds, host_dirs: Sequence[Path] = ()) -> bytes:
+    """What the launch script mounts, in order (see its comment); then, read-only, each of
+    `host_dirs` (bubblewrap, as the range's root, could not reach the files in them where they are)."""
     top = _fstab(Path(LAUNCH_DIR))
     layers = f"lowerdir=/proc/self/fd/{fds.lower},upperdir=/proc/self/fd/{fds.upper},workdir=/proc/self/fd/{fds.work}"
     lines = [
@@ -136,8 +136,8 @@ def fstab(home: Path, tmp: Path, fds: LaunchFds, host_files: Sequence[Path] = ()
         f"{_fstab(home)} {top}/home none bind,X-mount.mkdir 0 0",
         f"{_fstab(tmp)} {top}/tmp none bind,X-mount.mkdir 0 0",
     ]
-    for index, path in enumerate(host_files):
-        lines.append(f"{_fstab(path.parent)} {top}/host-files-{index} none bind,ro,X-mount.mkdir 0 0")
+    for index, path in enumerate(host_dirs):
+        lines.append(f"{_fstab(path)} {top}/host-files-{index} none bind,ro,X-mount.mkdir 0 0")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -147,7 +147,7 @@ def _fstab(path: Path) -> str:
 
 
 def host_file(index: int, path: Path) -> str:
-    """Where bubblewrap finds the `index`th of `fstab`'s `host_files`."""
+    """Where bubblewrap finds `path`, a file of the `index`th of `fstab`'s `host_dirs`."""
     return f"{LAUNCH_DIR}/host-files-{index}/{path.name}"
 
 

@@ -347,6 +347,11 @@ def _sized(size: int | None) -> list[str]:
     return ["--size", str(size)] if size else []
 
 
+def _host_file_folders(spec: SandboxSpec) -> list[Path]:
+    """The host directories of `spec.proc_files`, each once: one bind each into a devbox with its own system."""
+    return list(dict.fromkeys(Path(source).parent for _, source in spec.proc_files))
+
+
 def _sys_tmpfs(spec: SandboxSpec) -> list[str]:
     """A devbox has no sysfs: files of its size bound under /sys (limits.CPU_FILES) get a small tmpfs there."""
     if not any(p.startswith("/sys/") for p, _ in spec.proc_files):
@@ -508,8 +513,9 @@ class Sandbox:
         for path in _proc_read_only():  # the kernel already refuses the range's ids; belt and braces
             args += ["--ro-bind-try", path, path]
         args += _sys_tmpfs(spec)
-        for index, (path, source) in enumerate(spec.proc_files):  # e.g. a /proc/meminfo of the devbox's size
-            args += ["--ro-bind", rootfs.host_file(index, Path(source)), path]
+        folders = _host_file_folders(spec)
+        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
+            args += ["--ro-bind", rootfs.host_file(folders.index(Path(source).parent), Path(source)), path]
         args += _sys_read_only(spec)
         if spec.network != "host":
             args.append("--unshare-net")
@@ -569,7 +575,7 @@ class Sandbox:
                 assert spec.rootfs is not None and spec.ids is not None
                 fds["fstab"] = os.memfd_create("fstab", 0)
                 launch_fds = rootfs.LaunchFds.around(fds["fstab"], set(fds.values()))
-                os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds, [Path(source) for _, source in spec.proc_files]))
+                os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds, _host_file_folders(spec)))
                 launch = rootfs.launch_command(
                     unshare=tools()["unshare"] or "unshare", bash=tools()["bash"] or "bash",
                     setpriv=tools()["setpriv"] or "setpriv", bwrap=tools()["bwrap"] or "bwrap", ids=spec.ids,
