@@ -5,7 +5,8 @@
   of it (/dev/shm and /var a quarter each, /run 64 MB): files there cannot fill the memory, so
   killing a process always frees some and the devbox can go on after an OOM kill.
 - CPU: a CFS quota of the size's vCPUs, on that many CPUs (a cpuset), so `nproc` says the size;
-  and /sys/devices/system/cpu/{online,possible,present} list those CPUs (`CPU_FILES`), so glibc's
+  and /sys/devices/system/cpu/{online,possible,present} list those CPUs (`sys_view`, one directory
+  bound read-only as the devbox's /sys: it has no sysfs of the host's), so glibc's
   sysconf(_SC_NPROCESSORS_ONLN/CONF) and with it Python's os.cpu_count() and `getconf` say it too.
   /proc/cpuinfo and /proc/stat stay the host's (no FUSE here): tools that count CPUs there do not.
 - processes: a pids limit (`sizes.Size.pids`), and the same RLIMIT_NPROC on every command (`ulimit -u`),
@@ -31,8 +32,7 @@ from typing import Any
 from . import cgroups, disk
 from .sizes import GIB, Size
 
-# Bound in a devbox's own /sys (a small tmpfs: the devbox has no sysfs of the host), one file for all.
-CPU_FILES = tuple(f"/sys/devices/system/cpu/{name}" for name in ("online", "possible", "present"))
+CPU_FILES = ("online", "possible", "present")  # in /sys/devices/system/cpu: what glibc counts CPUs from
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -200,13 +200,13 @@ class Limits:
         if image is not None:
             self._spawn_refill(size.disk_bytes)
         self._ensure_refresher()
-        cpu_list = _cpu_list_path(meminfo)
+        sys_dir = sys_view(meminfo)
         return Enforcement(
             storage=running.storage,
             cgroup_procs=tuple(group.procs_files()) if group else (),
             proc_files={
                 **({"/proc/meminfo": str(meminfo)} if running.meminfo else {}),
-                **(dict.fromkeys(CPU_FILES, str(cpu_list)) if running.cpus and sandboxed and "nproc" not in not_enforced else {}),
+                **({"/sys": str(sys_dir)} if running.cpus and sandboxed and "nproc" not in not_enforced else {}),
             },
             ram_disk_bytes=size.memory_bytes // 4,
             run_tmpfs_bytes=min(RUN_TMPFS_BYTES, size.memory_bytes // 16),
@@ -233,7 +233,10 @@ class Limits:
                 not_enforced[{"pids": "processes", "cpuset": "nproc"}.get(controller, controller)] = why
         running.oom_base = group.oom_kills()
         if running.cpus and sandboxed and "nproc" not in not_enforced:
-            _rewrite(_cpu_list_path(meminfo), (cpu_ranges(running.cpus) + "\n").encode())
+            cpu = sys_view(meminfo) / "devices" / "system" / "cpu"
+            cpu.mkdir(mode=0o755, parents=True, exist_ok=True)
+            for name in CPU_FILES:
+                _rewrite(cpu / name, (cpu_ranges(running.cpus) + "\n").encode())
         if sandboxed and "memory" not in not_enforced:
             try:
                 self._write_meminfo(running, meminfo)
@@ -372,9 +375,9 @@ def _rewrite(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _cpu_list_path(meminfo: Path) -> Path:
-    """The devbox's CPU list (`CPU_FILES`), beside its meminfo."""
-    return meminfo.with_name("cpu-list")
+def sys_view(meminfo: Path) -> Path:
+    """The devbox's /sys (its CPUs only), beside its meminfo: one bind mount, however many files."""
+    return meminfo.with_name("sys")
 
 
 def cpu_ranges(cpus: list[int]) -> str:

@@ -158,7 +158,7 @@ class SandboxSpec:
     # Limits (limits.py): every process joins these cgroups (their cgroup.procs files) before it
     # execs, these host files are bound over /proc files, and RAM-backed mounts get these sizes.
     cgroup_procs: tuple[str, ...] = ()
-    proc_files: tuple[tuple[str, str], ...] = ()  # (/proc path, host file)
+    proc_files: tuple[tuple[str, str], ...] = ()  # (/proc or /sys path, host file or directory)
     ram_disk_bytes: int | None = None  # /dev/shm, and /var on the host's system (on its own, /var is on disk)
     run_tmpfs_bytes: int | None = None  # /run
     max_processes: int | None = None  # RLIMIT_NPROC of commands (counted in the devbox's user namespace)
@@ -352,19 +352,6 @@ def _host_file_folders(spec: SandboxSpec) -> list[Path]:
     return list(dict.fromkeys(Path(source).parent for _, source in spec.proc_files))
 
 
-def _sys_tmpfs(spec: SandboxSpec) -> list[str]:
-    """A devbox has no sysfs: files of its size bound under /sys (limits.CPU_FILES) get a small tmpfs there."""
-    if not any(p.startswith("/sys/") for p, _ in spec.proc_files):
-        return []
-    dirs = sorted({str(parent) for p, _ in spec.proc_files if p.startswith("/sys/") for parent in Path(p).parents} - {"/", "/sys"})
-    # bubblewrap would make the parents 0700: readable by root inside only.
-    return ["--size", "65536", "--tmpfs", "/sys", *[a for d in dirs for a in ("--perms", "0755", "--dir", d)]]
-
-
-def _sys_read_only(spec: SandboxSpec) -> list[str]:
-    return ["--remount-ro", "/sys"] if _sys_tmpfs(spec) else []
-
-
 def _in_cgroups(spec: SandboxSpec, argv: Sequence[str], *, command: bool = True) -> list[str]:
     """`argv`, run inside the devbox's cgroups when it has any, with its process limit when a `command`.
 
@@ -460,10 +447,8 @@ class Sandbox:
         # check the owner (sysctls, pressure triggers) must be read-only.
         for path in _proc_read_only():
             args += ["--ro-bind-try", path, path]
-        args += _sys_tmpfs(spec)
-        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
+        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size, its /sys
             args += ["--ro-bind", source, path]
-        args += _sys_read_only(spec)
         args += [
             "--ro-bind", "/etc", "/etc",
         ]  # fmt: skip
@@ -512,11 +497,9 @@ class Sandbox:
         ]  # fmt: skip
         for path in _proc_read_only():  # the kernel already refuses the range's ids; belt and braces
             args += ["--ro-bind-try", path, path]
-        args += _sys_tmpfs(spec)
         folders = _host_file_folders(spec)
-        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size
+        for path, source in spec.proc_files:  # e.g. a /proc/meminfo of the devbox's size, its /sys
             args += ["--ro-bind", rootfs.host_file(folders.index(Path(source).parent), Path(source)), path]
-        args += _sys_read_only(spec)
         if spec.network != "host":
             args.append("--unshare-net")
         # /dev/shm for everyone (as on any machine), sized; /var is on the devbox's disk, in its system.
