@@ -293,13 +293,14 @@ class ImageStore:
 def cli_main(*, build: bool, gc: bool = False) -> int:
     """`devbox-mcp image [--build] [--gc]`: say where the image is, or build it (what `make install`
     runs); list the old images and what keeps each, or remove those nothing uses (image_gc.py)."""
-    from .idmap import FALLBACK_NOTE, host_range
+    from .idmap import FALLBACK_NOTE, host_range, subordinate_map
     from .image_gc import collect, old_images
 
     directory = default_images_dir()
     ids = host_range(directory)
     if ids is None:
-        print(f"devbox-mcp: no devbox image: {FALLBACK_NOTE}")
+        user_map, why_not = subordinate_map()
+        print(f"devbox-mcp: no devbox image: {user_map.note if user_map else f'{FALLBACK_NOTE} ({why_not})'}")
         return 0
     store = ImageStore(directory, ids)
     image = store.current()
