@@ -8,12 +8,15 @@ removed at the end, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,10 @@ def _free_sub_range(count: int = 65536) -> int:
 
 @pytest.fixture
 def account() -> Iterator[Account]:
+    # usermod --add-subuids needs the files; a minimal container may have none (removed again if made here).
+    made = [Path(path) for path in SUB_FILES if not Path(path).exists()]
+    for path in made:
+        path.touch(mode=0o644)
     name = f"dbxsub{os.getpid()}x{os.urandom(2).hex()}"
     subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
     home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
@@ -74,11 +81,35 @@ def account() -> Iterator[Account]:
         os.chown(home, entry.pw_uid, entry.pw_gid)
         yield Account(name, entry.pw_uid, entry.pw_gid, home)
     finally:
+        _end_processes_of(pwd.getpwnam(name).pw_uid)
         deleted = subprocess.run(["userdel", name], check=False, capture_output=True, text=True)
         _drop_sub_lines(name)  # userdel removes them too; be sure
         shutil.rmtree(home, ignore_errors=True)
         assert deleted.returncode == 0, deleted.stderr
         assert not any(_sub_lines(name).values())
+        for path in made:
+            if not path.read_text().strip():
+                path.unlink()
+
+
+def _end_processes_of(uid: int) -> None:
+    """What the account still runs (a sandbox dying after its backend) goes before userdel, which
+    refuses a user with processes; all of them were started by this test, under this new account."""
+    for _ in range(100):
+        pids = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                line = next(x for x in status.read_text().splitlines() if x.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if int(line.split()[1]) == uid:
+                pids.append(int(status.parent.name))
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _give_range(account: Account) -> int:
