@@ -107,3 +107,32 @@ def test_the_backend_records_and_holds_the_image_its_devboxes_use(tmp_path: Path
         finally:
             os.close(fd)
         sdk.devboxes.shutdown(devbox.id)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="images belong to a root backend")
+def test_devbox_mcp_image_lists_old_images_and_gc_removes_the_unused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "id-range").write_text(json.dumps({"uid_base": 1_800_000_000, "gid_base": 1_800_000_000, "count": 65536}))
+    store = ImageStore(images, IdRange(1_800_000_000, 1_800_000_000))
+    current, unused, kept = _image(store, store.name), _image(store, "old-unused"), _image(store, "old-kept")
+    _recorded(store, unused, tmp_path / "gone")
+    _recorded(store, current, tmp_path / "gone")
+    del kept  # no users directory: built by an older devbox-mcp
+
+    def cli(*args: str) -> str:
+        env = {**os.environ, "DEVBOX_MCP_IMAGE_DIR": str(images)}
+        done = subprocess.run([sys.executable, "-m", "mcp_server", "image", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = cli()
+    assert f"old image {images / 'old-unused'}: nothing uses it; `devbox-mcp image --gc` removes it" in listed
+    assert f"old image {images / 'old-kept'}: kept, it does not record its users" in listed
+    assert (images / "old-unused").exists()  # listing removes nothing
+    collected = cli("--gc")
+    assert f"removed the old image {images / 'old-unused'}: nothing uses it" in collected
+    assert not (images / "old-unused").exists() and (images / "old-kept").exists() and current.rootfs.exists()
