@@ -164,6 +164,8 @@ def test_a_backend_with_a_subordinate_range_maps_devbox_ids_to_it(account: Accou
         assert _inside(sdk, devbox.id, "id -u; touch made; stat -c %u made").split() == ["1000", "1000"]
         home = backend.data_dir / "devboxes" / devbox.id / "home"
         assert (home / "made").stat().st_uid == account.uid  # `user` is the account itself on the host
+        # slirp4netns still joins the namespace (its owner is the account): the devbox has its interface.
+        assert "10.0.2.100/24" in _inside(sdk, devbox.id, "ip -o -4 addr show tap0")
         sdk.devboxes.shutdown(devbox.id)
 
 
