@@ -14,11 +14,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 from ..runloop import ClientConfig, RunloopClient
 from ..server import build_server
 from ..settings import Settings
+from ..transport.stdio import run_stdio
 
 log = logging.getLogger("devbox_mcp.commands")
 
@@ -72,7 +74,7 @@ def main(
     factory = server_factory(make_client, settings)
     if transport == "stdio":
         exit_on_signals()
-        factory().run("stdio")
+        anyio.run(run_stdio, factory())
         return 0
     if transport == "http":
         return serve_http(factory, host, port, **http_options)
