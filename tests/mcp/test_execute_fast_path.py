@@ -191,3 +191,32 @@ async def test_against_whole_second_holds_a_longer_command_attaches_after_the_wi
     assert requests.count("execute") == 2
     executions = {r.body for r in fault_proxy.requests if r.path.endswith("/execute")}
     assert len(executions) == 3  # two of the raced call (the same command_id, two holds), one streamed
+
+
+@pytest.mark.parametrize("settings", [FAST, Settings(output_grace=0.001)], ids=["completes-in-the-hold", "grace-ends"])
+async def test_the_first_output_shows_as_progress_while_the_request_is_held(
+    fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str, settings: Settings
+) -> None:
+    """The first line reaches the client as progress from the held execute request, before the
+    command completes (here it completes only once the client has seen that line); then, whether
+    the same request's answer completes it or the streams follow from there, nothing is shown twice."""
+    marker = f"/tmp/first-line-{uuid.uuid4().hex[:8]}"
+    command = f"printf 'd\\xc3\\xa9but\\n'; until [ -e {marker} ]; do sleep 0.01; done; echo fin"
+    messages: list[str] = []
+    server = make_server(backend, settings, base_url=fault_proxy.url)
+    async with Client(server, mode="auto") as client, Client(make_server(backend), mode="auto") as other:
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            messages.append(message or "")
+            if len(messages) == 1:
+                await call_ok(other, "execute", {"devbox_id": devbox_id, "command": f"touch {marker}"})
+
+        with fault_proxy.counting() as made:
+            result = await call_ok(
+                client, "execute", {"devbox_id": devbox_id, "command": command}, progress_callback=on_progress
+            )
+    assert structured(result)["stdout"] == "début\nfin\n" and structured(result)["exit_status"] == 0
+    if settings is FAST:  # the answer completes it: the rest is in the result, not in progress
+        assert messages == ["début\n"] and [r.path.rsplit("/", 1)[-1] for r in made] == ["execute"]
+    else:  # the streams follow from the answer's end
+        assert messages[0] == "début\n" and "".join(messages) == "début\nfin\n"
