@@ -85,8 +85,8 @@ def main(
 def exit_on_signals() -> None:
     """SIGINT and SIGTERM end a stdio server at once.
 
-    Its stdin reader is a thread blocked in read(), which no cancellation reaches, so a graceful
-    stop would wait until the client closes stdin. Nothing here needs one: devboxes live in the
+    On a terminal or a file its stdin reader is a thread blocked in read(), which no cancellation
+    reaches, so a graceful stop would wait until the client closes stdin. Nothing here needs one: devboxes live in the
     shared backend (or Runloop's cloud), and an interrupted call's command runs on in its devbox.
     """
 

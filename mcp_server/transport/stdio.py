@@ -6,8 +6,8 @@ paid by every call and every progress notification (a command's first output lin
 When stdin and stdout are pipes or sockets, which is how clients start a stdio server, this
 transport reads and writes them with asyncio's pipe transports instead, and hands the SDK's own
 `stdio_server` those streams, so parsing and the message loop stay the SDK's. Anything else (a
-terminal, a file) keeps the SDK's threaded transport, which does not change the descriptors'
-blocking mode.
+terminal, a file, or Windows) keeps the SDK's threaded transport, which does not change the
+descriptors' blocking mode.
 
 Like the SDK, it claims fd 0 and fd 1 while serving: they point at the null device and at
 stderr, so a library's or a child's stray output never corrupts the wire; the wire is served
@@ -17,9 +17,9 @@ from private duplicates, and both descriptors are restored on exit.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import stat
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -32,7 +32,10 @@ LINE_LIMIT = 256 * 1024 * 1024
 
 
 def _streamable(fd: int) -> bool:
-    """A pipe or a socket: safe to make non-blocking (a terminal is shared with the shell)."""
+    """A pipe or a socket on a POSIX system: safe to make non-blocking (a terminal is shared with
+    the shell; Windows' event loop cannot read pipes given as descriptors)."""
+    if sys.platform == "win32":
+        return False
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
@@ -42,7 +45,7 @@ def _streamable(fd: int) -> bool:
 
 def _claim(fd: int, divert: Callable[[], int]) -> tuple[int, Callable[[], None]]:
     """Serve the wire on a private duplicate of `fd`, and point `fd` elsewhere until released."""
-    private = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    private = os.dup(fd)  # not inherited by children; above 2, as 0-2 are open
     elsewhere = divert()
     try:
         os.dup2(elsewhere, fd)
