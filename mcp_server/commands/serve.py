@@ -20,7 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from ..runloop import ClientConfig, RunloopClient
 from ..server import build_server
 from ..settings import Settings
-from ..transport.stdio import run_stdio
+from ..transport.stdio import restore_blocking, run_stdio
 
 log = logging.getLogger("devbox_mcp.commands")
 
@@ -92,6 +92,7 @@ def exit_on_signals() -> None:
 
     def stop(signum: int, frame: object) -> None:
         os.write(2, f"devbox-mcp: stopping on {signal.Signals(signum).name}\n".encode())
+        restore_blocking()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGINT, stop)

@@ -17,6 +17,7 @@ from private duplicates, and both descriptors are restored on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import sys
@@ -43,9 +44,22 @@ def _streamable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
+# The wire's descriptors made non-blocking: their pipes may outlive this process, in one (say a
+# wrapper script) that expects blocking I/O.
+_unblocked: set[int] = set()
+
+
+def restore_blocking() -> None:
+    """Put the wire's pipes back in blocking mode (at exit, including an `os._exit`)."""
+    for fd in _unblocked:
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, True)
+
+
 def _claim(fd: int, divert: Callable[[], int]) -> tuple[int, Callable[[], None]]:
     """Serve the wire on a private duplicate of `fd`, and point `fd` elsewhere until released."""
     private = os.dup(fd)  # not inherited by children; above 2, as 0-2 are open
+    _unblocked.add(private)  # the event loop's pipe transport makes it non-blocking
     elsewhere = divert()
     try:
         os.dup2(elsewhere, fd)
@@ -56,7 +70,7 @@ def _claim(fd: int, divert: Callable[[], int]) -> tuple[int, Callable[[], None]]
         # The duplicate stays open: a transport may still flush into it, and a closed number
         # could be reused by another file meanwhile.
         os.dup2(private, fd)
-        os.set_blocking(fd, True)  # the pipe may outlive us, in a process expecting blocking I/O
+        restore_blocking()
 
     return private, release
 

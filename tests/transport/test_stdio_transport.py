@@ -103,3 +103,34 @@ def test_a_terminal_is_served_by_the_sdks_transport(server_script: Path) -> None
         os.close(master)
     names = answers[2]["result"]["structuredContent"]["result"]
     assert [n for n in names if "worker" in n.lower()], names
+
+
+@pytest.mark.parametrize("end", ["stdin closed", "SIGTERM"])
+def test_the_wire_is_blocking_again_when_the_server_ends(end: str) -> None:
+    """The event loop makes the wire's pipes non-blocking; a process that shares them after ours
+    (a wrapper script) expects blocking I/O, so they are restored at exit, by signal too."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNLOOP_", "DEVBOX_MCP_"))}
+    env |= {"RUNLOOP_BASE_URL": "http://127.0.0.1:9", "RUNLOOP_API_KEY": "unused"}  # no call is made
+    exe = str(Path(sys.executable).with_name("devbox-mcp"))
+    proc = subprocess.Popen([exe, "serve"], stdin=stdin_r, stdout=stdout_w, stderr=subprocess.DEVNULL, env=env)
+    try:
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}  # fmt: skip
+        os.write(stdin_w, json.dumps(initialize).encode() + b"\n")
+        with os.fdopen(os.dup(stdout_r), "rb") as out:
+            assert json.loads(out.readline())["id"] == 1  # serving
+        # The same open pipes as the server's: it made them non-blocking.
+        assert not os.get_blocking(stdin_r) and not os.get_blocking(stdout_w)
+        if end == "SIGTERM":
+            proc.terminate()
+        else:
+            os.close(stdin_w)
+        proc.wait(timeout=30)
+        assert os.get_blocking(stdin_r) and os.get_blocking(stdout_w)
+    finally:
+        proc.kill()
+        proc.wait()
+        for fd in (stdin_r, stdout_r, stdout_w, *([stdin_w] if end == "SIGTERM" else [])):
+            os.close(fd)
