@@ -14,11 +14,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 from ..runloop import ClientConfig, RunloopClient
 from ..server import build_server
 from ..settings import Settings
+from ..transport.stdio import restore_blocking, run_stdio
 
 log = logging.getLogger("devbox_mcp.commands")
 
@@ -72,7 +74,7 @@ def main(
     factory = server_factory(make_client, settings)
     if transport == "stdio":
         exit_on_signals()
-        factory().run("stdio")
+        anyio.run(run_stdio, factory())
         return 0
     if transport == "http":
         return serve_http(factory, host, port, **http_options)
@@ -83,13 +85,14 @@ def main(
 def exit_on_signals() -> None:
     """SIGINT and SIGTERM end a stdio server at once.
 
-    Its stdin reader is a thread blocked in read(), which no cancellation reaches, so a graceful
-    stop would wait until the client closes stdin. Nothing here needs one: devboxes live in the
+    On a terminal or a file its stdin reader is a thread blocked in read(), which no cancellation
+    reaches, so a graceful stop would wait until the client closes stdin. Nothing here needs one: devboxes live in the
     shared backend (or Runloop's cloud), and an interrupted call's command runs on in its devbox.
     """
 
     def stop(signum: int, frame: object) -> None:
         os.write(2, f"devbox-mcp: stopping on {signal.Signals(signum).name}\n".encode())
+        restore_blocking()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGINT, stop)

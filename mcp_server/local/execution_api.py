@@ -5,12 +5,15 @@ Request parsing and rules live here; `executions.ExecutionManager` does the work
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator
 from typing import ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .errors import ApiError
@@ -24,6 +27,9 @@ MAX_LAST_N = 10_000_000
 # On execute answers: this server takes `optimistic_timeout` in fractions of a second and
 # `output_grace_seconds` (our extensions); a client that learns it can use them.
 SUBSECOND_HEADER = {"x-devbox-mcp-subsecond-waits": "1"}
+# Also ours: an execute request that accepts this gets its held answer as lines of views, one as
+# soon as the command first prints (if it still runs then), the last one the answer itself.
+NDJSON = "application/x-ndjson"
 
 
 class _Body(BaseModel):
@@ -144,8 +150,25 @@ async def execute(request: Request) -> Response:
             return await manager.start(devbox_id, command)
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
+    if NDJSON in request.headers.get("accept", ""):
+        views = _held_views(manager, ex, optimistic, grace, last_n)
+        return StreamingResponse(views, media_type=NDJSON, headers=SUBSECOND_HEADER)
     await manager.wait_optimistic(ex, optimistic, output_grace=grace)
     return JSONResponse(manager.view(ex, last_n), headers=SUBSECOND_HEADER)
+
+
+async def _held_views(
+    manager: ExecutionManager, ex: Execution, seconds: float, grace: float | None, last_n: int
+) -> AsyncIterator[bytes]:
+    """The held execute answer as lines: the view of the command when it first prints (if it is
+    still running then), so a client can show that output without waiting for the hold to end;
+    then the view at the end of the hold, the same as the one-object answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    if await manager.wait_for_output(ex, seconds) and not ex.finished:
+        yield orjson.dumps(manager.view(ex, last_n)) + b"\n"
+        await manager.wait_optimistic(ex, max(0.0, deadline - loop.time()), output_grace=grace)
+    yield orjson.dumps(manager.view(ex, last_n)) + b"\n"
 
 
 async def execute_sync(request: Request) -> Response:

@@ -479,16 +479,24 @@ class ExecutionManager:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        if await self.wait_for_output(ex, seconds) and not ex.finished:
+            await wait_or_timeout(ex.done.wait, max(0.0, min(output_grace, deadline - loop.time())))
+
+    async def wait_for_output(self, ex: Execution, seconds: float) -> bool:
+        """Wait until the command has printed something or completed, or `seconds` pass; True once it printed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
         wake = asyncio.Event()
         ex.waiters.add(wake)  # set when the command completes
         streams: tuple[Stream, ...] = ("stdout", "stderr")
         polling = not all([self.watcher.subscribe(ex.path(s), wake) for s in streams])
         try:
-            while not ex.finished and (remaining := deadline - loop.time()) > 0:
-                if any(os.stat(ex.path(s)).st_size for s in streams):
-                    await wait_or_timeout(ex.done.wait, min(output_grace, remaining))
-                    return
+            while True:
                 wake.clear()
+                if any(os.stat(ex.path(s)).st_size for s in streams):
+                    return True
+                if ex.finished or (remaining := deadline - loop.time()) <= 0:
+                    return False
                 await wait_or_timeout(wake.wait, min(remaining, POLL_SECONDS) if polling else remaining)
         finally:
             ex.waiters.discard(wake)

@@ -14,7 +14,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
@@ -89,6 +89,12 @@ DEFAULT_DOWNLOAD_MAX_BYTES = 64 * 1024 * 1024
 USER_AGENT = "devbox-mcp/0.1"
 # Sent by the embedded backend on execute answers: it takes fractions of a second as holds.
 SUBSECOND_WAITS_HEADER = "x-devbox-mcp-subsecond-waits"
+# Accepted by the embedded backend's execute: the held answer as lines of views (`execute`'s `on_output`).
+NDJSON = "application/x-ndjson"
+
+
+class _LinesBroken(Exception):
+    """A held execute answer sent as lines broke off (or ended empty) after the command started."""
 
 
 def new_command_id() -> str:
@@ -718,6 +724,7 @@ class RunloopClient:
         optimistic_timeout: float | None = None,
         last_n: int | None = None,
         output_grace: float | None = None,
+        on_output: Callable[[ExecutionView], Awaitable[None]] | None = None,
     ) -> ExecutionView:
         """Start `command` through the idempotent execute endpoint and wait up to
         `optimistic_timeout` s (≤ 25) for it to complete.
@@ -728,6 +735,9 @@ class RunloopClient:
         is sent only to a server that takes one (`subsecond_waits`), else it is refused here;
         so is `output_grace` (the embedded backend's extension: answer once the command has
         printed and that many seconds more passed without it completing).
+        `on_output` (the embedded backend only; ignored elsewhere) is awaited with each view of the
+        command still running as it comes: the first as soon as it prints, while the request is
+        held on for it to complete; the answer's own view too, when it is still running.
         """
         if output_grace is not None and not self.subsecond_waits:
             raise InvalidArgument("output_grace is an extension of the embedded backend, which this server is not")
@@ -744,17 +754,55 @@ class RunloopClient:
         if output_grace is not None:
             body["output_grace_seconds"] = output_grace
         wait = float(optimistic_timeout or 0)
+        path = f"/v1/devboxes/{_path_segment(devbox_id)}/execute"
+        timeout = httpx.Timeout(wait + 30.0, connect=self._connect_timeout)
+        if on_output is not None and self.subsecond_waits and wait > 0:
+            try:
+                return await self._execute_lines(path, body, last_n, timeout, on_output)
+            except _LinesBroken:
+                pass  # asked again below: the same command_id attaches to the same execution
         response = await self._send(
-            "POST",
-            f"/v1/devboxes/{_path_segment(devbox_id)}/execute",
-            json_body=body,
-            params={"last_n": last_n},
-            idempotency_key=new_request_id(),
-            request_timeout=httpx.Timeout(wait + 30.0, connect=self._connect_timeout),
+            "POST", path, json_body=body, params={"last_n": last_n}, idempotency_key=new_request_id(),
+            request_timeout=timeout,
         )
         if self._learn_waits and response.headers.get(SUBSECOND_WAITS_HEADER) == "1":
             self.subsecond_waits = True  # the embedded backend says so on every execute answer
         return self._parse(response, ExecutionView)
+
+    async def _execute_lines(
+        self, path: str, body: dict[str, Any], last_n: int | None, request_timeout: httpx.Timeout,
+        on_output: Callable[[ExecutionView], Awaitable[None]],
+    ) -> ExecutionView:
+        """The held execute answer as lines of views (the embedded backend's extension): each view
+        of the command still running is passed to `on_output` as it comes; the last is the answer.
+
+        Raises `_LinesBroken` when the connection fails after the command was started.
+        """
+        response = await self._send(
+            "POST", path, json_body=body, params={"last_n": last_n}, idempotency_key=new_request_id(),
+            request_timeout=request_timeout, headers={"Accept": NDJSON}, stream=True,
+        )
+        try:
+            if not response.headers.get("content-type", "").startswith(NDJSON):
+                await response.aread()  # a server without the extension: its one-object answer
+                return self._parse(response, ExecutionView)
+            last: ExecutionView | None = None
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    last = ExecutionView.model_validate_json(line)
+                except ValidationError as exc:
+                    raise UnexpectedResponse(f"POST {path} returned a line that is not an ExecutionView: {exc}") from None
+                if not last.completed:
+                    await on_output(last)
+        except httpx.TransportError:
+            raise _LinesBroken from None
+        finally:
+            await response.aclose()
+        if last is None:
+            raise _LinesBroken
+        return last
 
     async def execute_async(self, devbox_id: str, command: str, *, attach_stdin: bool = False) -> ExecutionView:
         """Start `command` and return at once (status `queued` or `running`)."""

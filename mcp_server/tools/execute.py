@@ -4,7 +4,8 @@
 same `command_id` attaches to the same execution instead of running it again), which holds the
 request while the command runs (`start_execution`: until it prints on the embedded backend, a
 short window on Runloop's): a command done by then comes back with its exit status and whole
-output in that one answer, one API request. Otherwise
+output in that one answer, one API request. The embedded backend sends the command's first
+output on that request as soon as it prints, shown as progress at once (`ShownEarly`). Otherwise
 the call reads both output streams, from where the answer's output ends when it carried the
 output so far (the embedded backend's does). Every chunk feeds the progress notifications; the
 streams end when the command has exited and all its output was sent, so nothing printed just
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
@@ -35,7 +37,7 @@ from mcp.types import CallToolResult
 from pydantic import BaseModel, Field
 
 from ..budgets import wait_seconds as wait_budget
-from ..progress import output_progress
+from ..progress import OutputProgress, output_progress
 from ..runloop import ExecutionView, RunloopClient, RunloopError, new_command_id
 from ..settings import Settings
 from ..shaping import OutputBuffer, Shaped, stream_hint
@@ -124,6 +126,42 @@ class StreamsRead:
         return taken
 
 
+class ShownEarly:
+    """Output of a running command shown as progress from the execute answer's early views (sent
+    as soon as it prints, while the request is held on), so what follows is shown from there.
+
+    Only a stream's whole text is taken (not cut, valid UTF-8): it is then the exact start of
+    the stream, which the answer and the streams repeat, and `unseen` skips.
+    """
+
+    def __init__(self) -> None:
+        self.text = dict.fromkeys(STREAMS, "")
+        self._skip = dict.fromkeys(STREAMS, 0)
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(t.encode("utf-8")) for t in self.text.values())
+
+    def take(self, view: ExecutionView) -> list[str]:
+        """The text of `view` not shown yet, now counted as shown."""
+        new = []
+        for s in STREAMS:
+            text: str | None = getattr(view, s)
+            if text is None or getattr(view, f"{s}_truncated") is not False or "\ufffd" in text:
+                continue
+            if text.startswith(self.text[s]) and len(text) > len(self.text[s]):
+                new.append(text[len(self.text[s]) :])
+                self._skip[s] += len(text) - len(self.text[s])
+                self.text[s] = text
+        return new
+
+    def unseen(self, stream: str, text: str) -> str:
+        """`text`, the next piece of `stream` from its start, without what was shown already."""
+        skip = min(self._skip[stream], len(text))
+        self._skip[stream] -= skip
+        return text[skip:]
+
+
 class _LineMatcher:
     """Finds lines matching `until` across chunk boundaries (a partial last line is checked too).
 
@@ -168,6 +206,7 @@ async def read_streams(
     wait: float,
     until: re.Pattern[str] | None = None,
     seed: ExecutionView | None = None,
+    shown: ShownEarly | None = None,
 ) -> StreamsRead:
     """Read both streams from the given offsets until they end, `until` matches, or `wait` passes.
 
@@ -182,19 +221,17 @@ async def read_streams(
         return output  # the answer held everything (or there is no time left): no stream to open
     matcher = _LineMatcher(until) if until else None
     errors: list[RunloopError] = []
-
-    async def report(progress: float, message: str) -> None:
-        await ctx.report_progress(progress, None, message)
+    shown = shown or ShownEarly()
 
     async with output_progress(
-        report,
+        _reporter(ctx),
         interval=app.settings.progress_interval,
         max_bytes=app.settings.progress_message_bytes,
-        start_bytes=stdout_offset + stderr_offset,
+        start_bytes=stdout_offset + stderr_offset + shown.bytes,
     ) as progress:
         output.followed = True
-        for text in seeded.values():
-            progress.feed(text)
+        for s, text in seeded.items():
+            progress.feed(shown.unseen(s, text))
         if seeded:
             await progress.flush()  # the first lines go out before the streams are opened
         with anyio.move_on_after(wait):
@@ -211,7 +248,7 @@ async def read_streams(
                                 # here never loses a chunk that the offsets already count.
                                 output.buffers[stream].add(chunk.text)
                                 output.offsets[stream] = chunk.offset
-                                progress.feed(chunk.text)
+                                progress.feed(shown.unseen(stream, chunk.text))
                                 if matcher is not None and len(output.matches) < MAX_MATCHES:
                                     found = matcher.feed(stream, chunk.text)
                                     if found:
@@ -228,6 +265,25 @@ async def read_streams(
     if errors:
         raise ToolError(f"reading the output of execution {execution_id} failed: {errors[0]}")
     return output
+
+
+def _show_early(ctx: Context, app: AppState, shown: ShownEarly) -> Callable[[ExecutionView], Awaitable[None]]:
+    """What shows a running command's output from the execute answer's early views, at once."""
+    progress = OutputProgress(_reporter(ctx), max_bytes=app.settings.progress_message_bytes)
+
+    async def show(running: ExecutionView) -> None:
+        for text in shown.take(running):
+            progress.feed(text)
+        await progress.flush()
+
+    return show
+
+
+def _reporter(ctx: Context):  # noqa: ANN202 - a `progress.Report`
+    async def report(progress: float, message: str) -> None:
+        await ctx.report_progress(progress, None, message)
+
+    return report
 
 
 def split_budget(sizes: dict[str, int], budget: int) -> dict[str, int]:
@@ -281,14 +337,17 @@ def fast_window(app: AppState, wait: float) -> float:
 
 
 async def start_execution(
-    client: RunloopClient, devbox_id: str, command: str, command_id: str, window: float, output_grace: float
+    client: RunloopClient, devbox_id: str, command: str, command_id: str, window: float, output_grace: float,
+    on_output: Callable[[ExecutionView], Awaitable[None]] | None = None,
 ) -> ExecutionView:
     """Start the command and wait up to `window` s for it to complete, in as few requests as that allows.
 
     - The embedded backend (`subsecond_waits`) holds the execute request up to `window` s, and
       answers early once the command has printed and `output_grace` s more passed (our
       extensions): a silent command is awaited, a talkative one's first line shows at once, and
-      either way a command done by then costs this one request.
+      either way a command done by then costs this one request. The answer comes as lines
+      (our extension too): the command's first output reaches `on_output` as it prints, not
+      after the grace.
     - Runloop's API holds whole seconds. The execute request asks for the next whole second;
       if no answer came within `window`, a second execute with the same `command_id` and no hold
       attaches to the same execution (never a second run) and returns at once, so a longer
@@ -302,7 +361,7 @@ async def start_execution(
     if client.subsecond_waits:
         return await client.execute(
             devbox_id, command, command_id=command_id, optimistic_timeout=window, last_n=FAST_LAST_N,
-            output_grace=output_grace,
+            output_grace=output_grace, on_output=on_output,
         )
     hold = min(MAX_HOLD, max(1, math.ceil(window)))
     if hold == window:
@@ -360,6 +419,7 @@ async def execute(
     wait = wait_budget(ctx, app.settings, wait_seconds)
     cid = None if attach_stdin else command_id or new_command_id()
     window = fast_window(app, wait)
+    shown = None
     started = time.monotonic()
     execution_id: str | None = None
     try:
@@ -369,12 +429,16 @@ async def execute(
                 view = await app.client.execute_async(devbox_id, command, attach_stdin=True)
             else:
                 assert cid is not None
-                view = await start_execution(app.client, devbox_id, command, cid, window, app.settings.output_grace)
+                shown = ShownEarly()
+                view = await start_execution(
+                    app.client, devbox_id, command, cid, window, app.settings.output_grace,
+                    on_output=_show_early(ctx, app, shown),
+                )
         execution_id = view.execution_id
         # The budget counts from the call's start: starting the command took part of it.
         output = await read_streams(
             ctx, app, devbox_id, execution_id, wait=max(0.0, wait - (time.monotonic() - started)),
-            seed=view if window > 0 else None,
+            seed=view if window > 0 else None, shown=shown,
         )
         if view.completed or not output.followed:
             final = view  # its exit status is known, or nothing was awaited since it came: no further request

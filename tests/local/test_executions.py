@@ -131,6 +131,31 @@ def test_execute_with_an_output_grace_answers_once_the_command_prints(http, devb
     assert "output_grace_seconds" in http.post(f"/v1/devboxes/{devbox}/execute", json=bad).json()["message"]
 
 
+def test_execute_accepting_ndjson_sends_the_first_output_while_the_request_is_held(http, devbox, sdk):
+    """Our extension: with `Accept: application/x-ndjson` the held answer comes as lines of views,
+    the first as soon as the command prints (still running, the request held on), the last the
+    answer the one-object form gives; a command done before it prints is one line."""
+    marker = f"ndjson-{uuid.uuid4().hex[:8]}"
+    body = {"command": f"printf 'd\\xc3\\xa9but\\n'; until [ -e {marker} ]; do sleep 0.01; done; echo fin; exit 3",
+            "command_id": str(uuid.uuid4()), "optimistic_timeout": 25, "output_grace_seconds": 20}  # fmt: skip
+    accept = {"Accept": "application/x-ndjson"}
+    with http.stream("POST", f"/v1/devboxes/{devbox}/execute", json=body, headers=accept) as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = response.iter_lines()
+        first = json.loads(next(lines))
+        assert first["status"] == "running" and first["stdout"] == "début\n" and first["stdout_truncated"] is False
+        run(sdk, devbox, f"touch {marker}")  # only now can it complete: the request was held on
+        last = json.loads(next(lines))
+        assert [line for line in lines if line.strip()] == []
+    assert last["execution_id"] == first["execution_id"]
+    assert (last["status"], last["exit_status"], last["stdout"]) == ("completed", 3, "début\nfin\n")
+    silent = {"command": "sleep 0.1; exit 4", "command_id": str(uuid.uuid4()), "optimistic_timeout": 25,
+              "output_grace_seconds": 20}  # fmt: skip
+    answer = http.post(f"/v1/devboxes/{devbox}/execute", json=silent, headers=accept)
+    (only,) = [json.loads(line) for line in answer.text.splitlines() if line.strip()]
+    assert only["status"] == "completed" and only["exit_status"] == 4
+
+
 def test_x_request_id_makes_execute_async_idempotent(http, devbox, sdk):
     headers = {"x-request-id": f"stainless-python-retry-{uuid.uuid4()}"}
     body = {"command": "echo y >> async_counter"}

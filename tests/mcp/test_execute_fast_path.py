@@ -191,3 +191,46 @@ async def test_against_whole_second_holds_a_longer_command_attaches_after_the_wi
     assert requests.count("execute") == 2
     executions = {r.body for r in fault_proxy.requests if r.path.endswith("/execute")}
     assert len(executions) == 3  # two of the raced call (the same command_id, two holds), one streamed
+
+
+WHOLE_PROGRESS = Settings(fast_window=20.0, output_grace=20.0, progress_message_bytes=1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("settings", "more"),
+    [(FAST, ""), (Settings(output_grace=0.001), ""), (WHOLE_PROGRESS, f"; seq 1 {FAST_LAST_N}")],
+    ids=["completes-in-the-hold", "grace-ends", "answer-cut-stream-read-from-0"],
+)
+async def test_the_first_output_shows_as_progress_while_the_request_is_held(
+    fault_proxy: FaultProxy, backend: RunningBackend, devbox_id: str, settings: Settings, more: str
+) -> None:
+    """The first line reaches the client as progress from the held execute request, before the
+    command completes (here it completes only once the client has seen that line); then, whether
+    the same request's answer completes it, the streams follow from there, or a stream the answer
+    cut is read from its start, nothing is shown twice."""
+    marker = f"/tmp/first-line-{uuid.uuid4().hex[:8]}"
+    command = f"printf 'd\\xc3\\xa9but\\n'; until [ -e {marker} ]; do sleep 0.01; done; echo fin{more}"
+    stdout = "début\nfin\n" + "".join(f"{i}\n" for i in range(1, FAST_LAST_N + 1) if more)
+    messages: list[str] = []
+    server = make_server(backend, settings, base_url=fault_proxy.url)
+    async with Client(server, mode="auto") as client, Client(make_server(backend), mode="auto") as other:
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            messages.append(message or "")
+            if len(messages) == 1:
+                await call_ok(other, "execute", {"devbox_id": devbox_id, "command": f"touch {marker}"})
+
+        with fault_proxy.counting() as made:
+            result = await call_ok(
+                client, "execute", {"devbox_id": devbox_id, "command": command}, progress_callback=on_progress
+            )
+    assert structured(result)["exit_status"] == 0 and structured(result)["output_complete"]
+    paths = [r.path.rsplit("/", 1)[-1] for r in made]
+    if settings is FAST:  # the answer completes it: the rest is in the result, not in progress
+        assert messages == ["début\n"] and paths == ["execute"]
+    else:  # the streams follow from the answer's end, or (the answer cut stdout) from its start
+        assert messages[0] == "début\n" and "".join(messages) == stdout
+    if more:
+        assert paths == ["execute", "stream_stdout_updates"]
+    else:
+        assert structured(result)["stdout"] == stdout

@@ -15,6 +15,7 @@ from support.runloop_client import client_for
 
 from mcp_server.runloop import (
     BadRequest,
+    ExecutionView,
     FileTooLarge,
     InvalidArgument,
     NotFound,
@@ -181,6 +182,55 @@ async def test_execute_retried_after_a_dropped_connection_runs_once(
     assert len(attempts) == 2
     assert len({json.loads(a.body)["command_id"] for a in attempts}) == 1, "the retry reuses the command_id"
     assert view.stdout.strip() == "1"
+
+
+async def test_execute_shows_the_first_output_while_the_request_is_held(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    """`on_output` gets the running command's view as soon as it prints, from the same request,
+    which is held on: here the command completes only once `on_output` has run."""
+    marker = f"held-{uuid.uuid4().hex[:8]}"
+    seen: list[ExecutionView] = []
+    async with client_for(fault_proxy.url, backend.api_key, subsecond_waits=True) as client, \
+            client_for(backend.base_url, backend.api_key) as other:  # fmt: skip
+
+        async def on_output(view: ExecutionView) -> None:
+            seen.append(view)
+            await other.execute(devbox_id, f"touch /tmp/{marker}", optimistic_timeout=20)
+
+        with fault_proxy.counting() as made:
+            view = await client.execute(
+                devbox_id, f"echo début; until [ -e /tmp/{marker} ]; do sleep 0.01; done; echo fin >&2",
+                optimistic_timeout=20, output_grace=20, on_output=on_output,
+            )  # fmt: skip
+    assert [(v.status, v.stdout, v.stderr) for v in seen] == [("running", "début\n", "")]
+    assert (view.status, view.stdout, view.stderr) == ("completed", "début\n", "fin\n")
+    assert view.execution_id == seen[0].execution_id and [r.path.rsplit("/", 1)[-1] for r in made] == ["execute"]
+
+
+async def test_execute_broken_off_after_the_first_output_attaches_to_the_same_run(
+    fault_proxy: FaultProxy, devbox_id: str, backend  # noqa: ANN001
+) -> None:
+    """The line answer cut after its first view: asked again with the same command_id, the
+    answer is the same execution's (the command ran once)."""
+    marker = f"once-{uuid.uuid4().hex[:8]}"
+    fault_proxy.cut(r"/execute$", after_bytes=5, after_first_line=True, times=1)
+    seen: list[ExecutionView] = []
+    async with client_for(fault_proxy.url, backend.api_key, subsecond_waits=True) as client, \
+            client_for(backend.base_url, backend.api_key) as other:  # fmt: skip
+
+        async def on_output(view: ExecutionView) -> None:
+            seen.append(view)
+            await other.execute(devbox_id, f"touch /tmp/{marker}.go", optimistic_timeout=20)
+
+        view = await client.execute(
+            devbox_id, f"echo x >> /tmp/{marker}; cat /tmp/{marker}; until [ -e /tmp/{marker}.go ]; do sleep 0.01; done",
+            optimistic_timeout=20, output_grace=20, on_output=on_output,
+        )  # fmt: skip
+    attempts = fault_proxy.seen(r"/execute$")
+    assert len(attempts) == 2 and len({json.loads(a.body)["command_id"] for a in attempts}) == 1
+    assert [v.stdout for v in seen] == ["x\n"]
+    assert (view.execution_id, view.status, view.stdout) == (seen[0].execution_id, "completed", "x\n")
 
 
 async def test_long_poll_treats_408_as_not_yet(fault_proxy: FaultProxy, devbox_id: str, backend) -> None:  # noqa: ANN001

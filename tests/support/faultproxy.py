@@ -61,6 +61,7 @@ class Rule:
     message: str = "injected by faultproxy"
     after_bytes: int = 0
     after_first_event: bool = False
+    after_first_line: bool = False
     seconds: float = 0.0
     hits: int = 0
 
@@ -108,6 +109,7 @@ class FaultProxy:
         *,
         after_bytes: int,
         after_first_event: bool = False,
+        after_first_line: bool = False,
         times: int | None = None,
         method: str | None = None,
     ) -> Rule:
@@ -116,10 +118,11 @@ class FaultProxy:
         With `after_first_event`, the bytes count from the end of the first server-sent event
         (the first blank line of the body): every connection then delivers at least one whole
         event before the cut lands, so a stream whose events outgrow `after_bytes` still
-        progresses, and the cut still falls mid-event.
+        progresses, and the cut still falls mid-event. `after_first_line` does the same for a
+        body of JSON lines (counting from the end of the first line ending in `}`).
         """
         return self._add(Rule(re.compile(path), method, times, "cut", after_bytes=after_bytes,
-                              after_first_event=after_first_event))
+                              after_first_event=after_first_event, after_first_line=after_first_line))
 
     def delay(self, path: str, *, seconds: float, times: int | None = 1, method: str | None = None) -> Rule:
         """Hold the matching requests for `seconds` before forwarding them."""
@@ -270,7 +273,7 @@ class FaultProxy:
                 return
             cut = rules.get("cut")
             # Absolute response position from which `after_bytes` count; None until found.
-            start: int | None = None if cut is not None and cut.after_first_event else 0
+            start: int | None = None if cut is not None and (cut.after_first_event or cut.after_first_line) else 0
             seen = bytearray()
             sent = 0
             while True:
@@ -281,7 +284,8 @@ class FaultProxy:
                     if start is None:
                         seen += data
                         body_at = seen.find(b"\r\n\r\n")
-                        blank = seen.find(b"\n\n", body_at + 4) if body_at >= 0 else -1
+                        end = b"}\n" if cut.after_first_line else b"\n\n"
+                        blank = seen.find(end, body_at + 4) if body_at >= 0 else -1
                         if blank >= 0:
                             start = blank + 2
                     if start is not None and sent + len(data) >= start + cut.after_bytes:
