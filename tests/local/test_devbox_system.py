@@ -186,8 +186,21 @@ def test_nothing_on_the_host_changes(local_api: tuple[BackendProcess, Runloop]) 
     finally:
         sdk.devboxes.shutdown(devbox.id)
     after = _listing(roots)
-    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    changed = sorted(
+        path
+        for path in before.keys() | after.keys()
+        if before.get(path) != after.get(path) and not _backend_bookkeeping(path, system[1].path.parent)
+    )
     assert changed == [], changed[:20]
+
+
+def _backend_bookkeeping(path: str, images: Path) -> bool:
+    """The records of which backends use which image (image_gc.py): backends, this suite's or any
+    other on the machine, write them whenever they start; no devbox can reach them."""
+    relative = Path(path).relative_to(images) if Path(path).is_relative_to(images) else None
+    if relative is None:
+        return False
+    return relative.name == ".users.lock" or (len(relative.parts) >= 2 and relative.parts[1] == "users")
 
 
 NON_ROOT_BACKEND = """
