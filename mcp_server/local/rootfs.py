@@ -5,6 +5,8 @@ How a sandbox with a system of its own starts (the backend is root; `sandbox.San
 1. `unshare --mount` gives the launch a private mount namespace, where (as the host's root) the
    overlay is mounted: lower = the image, upper/work = directories in the devbox's state
    directory. Nothing of it reaches the host's mount table, and it goes away with the sandbox.
+   Meanwhile the backend moves the launch into the devbox's cgroups (`cgroups.join`); it waits
+   for that (its gate) before it goes on, so everything from bubblewrap on starts inside them.
 2. `setpriv` drops to the id range's root (an unprivileged host uid) and execs bubblewrap, which
    creates the user namespace and blocks (`--userns-block-fd`) until the backend has mapped it
    (`idmap.write_maps`: ids 0..65535 inside are the range on the host).
@@ -38,21 +40,28 @@ from .idmap import IdRange
 # The namespace began as a copy of the host's mount table, other devboxes' disks (loop devices)
 # included, and the host's mounts are private: a copy held here would pin that disk for this
 # devbox's whole life (a suspended devbox could not get it back on resume). So every loop-backed
-# mount outside the launch directory is detached here; this devbox's own disk stays reachable
-# through the binds under the launch directory and the overlay, which hold it.
-# {lower} {upper} {work} {fstab}: descriptor numbers; {top}: the launch directory; $1..$3: the layers;
-# $4: setpriv; $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
+# mount outside the launch directory is detached here (one `umount` for all: each program started
+# costs milliseconds, and there is a disk per devbox); this devbox's own disk stays reachable
+# through the binds under the launch directory and the overlay, which hold it. Then the launch
+# waits at its gate until the backend has moved it into the devbox's cgroups (nothing from the
+# backend there, the gate closed: it stops).
+# {lower} {upper} {work} {fstab} {gate}: descriptor numbers; {top}: the launch directory; $1..$3: the
+# layers; $4: setpriv; $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
 _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
-findmnt --raw --noheadings --output SOURCE,TARGET | while read -r source target; do
+loops=()
+while read -r source target _; do
   printf -v target '%b' "$target"
   case $source:$target in
     /dev/loop*:{top}|/dev/loop*:{top}/*) ;;
-    /dev/loop*) umount --lazy "$target" 2>/dev/null || true ;;
+    /dev/loop*) loops=("$target" "${{loops[@]}}") ;;
   esac
-done
+done </proc/self/mounts
+[ ${{#loops[@]}} = 0 ] || umount --lazy -- "${{loops[@]}}" 2>/dev/null || true
+read -r -u {gate} _ || exit 125
+exec {gate}<&-
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
 shift 7
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups -- "$bwrap" "$@"
@@ -101,7 +110,9 @@ def launch_command(
     *, unshare: str, bash: str, setpriv: str, bwrap: str, ids: IdRange, layers: RootFs, fds: LaunchFds
 ) -> list[str]:
     """The command that mounts the devbox's system and starts bubblewrap (append bubblewrap's arguments)."""
-    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, top=LAUNCH_DIR)
+    script = _LAUNCH_SCRIPT.format(
+        lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, gate=fds.gate, top=LAUNCH_DIR
+    )
     return [
         unshare, "--mount", "--propagation", "private", "--",
         bash, "--noprofile", "--norc", "-c", script, "devbox-launch",
@@ -112,17 +123,18 @@ def launch_command(
 
 @dataclass(frozen=True)
 class LaunchFds:
-    """Descriptor numbers of the launch script: the fstab (passed in) and the layers (opened there)."""
+    """Descriptor numbers of the launch script: the fstab and its gate (passed in) and the layers (opened there)."""
 
     fstab: int
+    gate: int  # a pipe: one line from the backend once the launch is in the devbox's cgroups
     lower: int
     upper: int
     work: int
 
     @classmethod
-    def around(cls, fstab: int, taken: set[int]) -> LaunchFds:
-        free = (n for n in range(3, 1 << 16) if n not in taken and n != fstab)
-        return cls(fstab, next(free), next(free), next(free))
+    def around(cls, fstab: int, gate: int, taken: set[int]) -> LaunchFds:
+        free = (n for n in range(3, 1 << 16) if n not in taken and n not in (fstab, gate))
+        return cls(fstab, gate, next(free), next(free), next(free))
 
 
 def fstab(home: Path, tmp: Path, fds: LaunchFds, host_dirs: Sequence[Path] = ()) -> bytes:
