@@ -22,8 +22,11 @@ image and the host are never written.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,35 +40,23 @@ from .idmap import IdRange
 # the data directory; there it can. The layers are opened here (descriptors from the backend's
 # namespace would not do) and named as /proc/self/fd paths, so no host path shows in the devbox's
 # mount table, then closed, as is the fstab: nothing of the host stays reachable from the devbox.
-# The namespace began as a copy of the host's mount table, other devboxes' disks (loop devices)
-# included, and the host's mounts are private: a copy held here would pin that disk for this
-# devbox's whole life (a suspended devbox could not get it back on resume). So every loop-backed
-# mount outside the launch directory is detached here (one `umount` for all: each program started
-# costs milliseconds, and there is a disk per devbox); this devbox's own disk stays reachable
-# through the binds under the launch directory and the overlay, which hold it. Then the launch
-# waits at its gate until the backend has moved it into the devbox's cgroups (nothing from the
-# backend there, the gate closed: it stops).
-# {lower} {upper} {work} {fstab} {gate}: descriptor numbers; {top}: the launch directory; $1..$3: the
-# layers; $4: setpriv; $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
+# Then the launch waits at its gate until the backend has moved it into the devbox's cgroups
+# (nothing from the backend there, the gate closed: it stops). The namespace began as a copy of
+# the host's mount table, other devboxes' disks included: the backend detaches those once the
+# sandbox is up (`detach_foreign_disks`).
+# {lower} {upper} {work} {fstab} {gate}: descriptor numbers; $1..$3: the layers; $4: setpriv;
+# $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
 _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
-loops=()
-while read -r source target _; do
-  printf -v target '%b' "$target"
-  case $source:$target in
-    /dev/loop*:{top}|/dev/loop*:{top}/*) ;;
-    /dev/loop*) loops=("$target" "${{loops[@]}}") ;;
-  esac
-done </proc/self/mounts
-[ ${{#loops[@]}} = 0 ] || umount --lazy -- "${{loops[@]}}" 2>/dev/null || true
 read -r -u {gate} _ || exit 125
 exec {gate}<&-
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
 shift 7
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups -- "$bwrap" "$@"
 """
+_CLONE_FS, _CLONE_NEWNS, _MNT_DETACH = 0x00000200, 0x00020000, 2
 LAUNCH_DIR = "/mnt" if os.path.isdir("/mnt") else "/tmp"
 
 # The resident process of a devbox with its own system (see the module docstring, step 3).
@@ -110,9 +101,7 @@ def launch_command(
     *, unshare: str, bash: str, setpriv: str, bwrap: str, ids: IdRange, layers: RootFs, fds: LaunchFds
 ) -> list[str]:
     """The command that mounts the devbox's system and starts bubblewrap (append bubblewrap's arguments)."""
-    script = _LAUNCH_SCRIPT.format(
-        lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, gate=fds.gate, top=LAUNCH_DIR
-    )
+    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, gate=fds.gate)
     return [
         unshare, "--mount", "--propagation", "private", "--",
         bash, "--noprofile", "--norc", "-c", script, "devbox-launch",
@@ -151,6 +140,55 @@ def fstab(home: Path, tmp: Path, fds: LaunchFds, host_dirs: Sequence[Path] = ())
     for index, path in enumerate(host_dirs):
         lines.append(f"{_fstab(path)} {top}/host-files-{index} none bind,ro,X-mount.mkdir 0 0")
     return ("\n".join(lines) + "\n").encode()
+
+
+def detach_foreign_disks(pid: int, own_disk: Path | None) -> int:
+    """Detach, in the launch's mount namespace (that of `pid`, bubblewrap's monitor), every loop-device
+    mount but the devbox's own; how many there were.
+
+    Its copy of the host's mount table would otherwise pin every other devbox's disk for this
+    devbox's whole life (a suspended devbox could not get it back, its image's blocks would outlive
+    its shutdown). Done by the backend, one umount2(2) each from a thread that enters the namespace:
+    an `umount` program per disk (or one for all, which re-reads the mount table per disk) made
+    every create slower by a millisecond or more per devbox on the host. Blocking: call it from a
+    worker thread, once the sandbox is up.
+    """
+    ns_path = f"/proc/{pid}/ns/mnt"
+    if os.stat(ns_path).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        raise OSError(f"process {pid} is not in a mount namespace of its own")  # never the host's mounts
+    keep = (os.fsencode(LAUNCH_DIR), os.fsencode(own_disk) if own_disk is not None else None)
+    targets = []
+    with open(f"/proc/{pid}/mounts", "rb") as fh:
+        for line in fh:
+            source, target = line.split(b" ", 2)[:2]
+            target = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), target)
+            if source.startswith(b"/dev/loop") and not any(
+                k is not None and (target == k or target.startswith(k + b"/")) for k in keep
+            ):
+                targets.append(target)
+    if not targets:
+        return 0
+    failure: list[OSError] = []
+
+    def detach() -> None:  # in a thread of its own: setns moves only the calling thread, for good
+        libc = ctypes.CDLL(None, use_errno=True)
+        ns = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.unshare(_CLONE_FS) != 0 or libc.setns(ns, _CLONE_NEWNS) != 0:
+                code = ctypes.get_errno()
+                failure.append(OSError(code, f"cannot enter the launch's mount namespace: {os.strerror(code)}"))
+                return
+        finally:
+            os.close(ns)
+        for target in reversed(targets):  # the innermost first; one already gone with its parent is no error
+            libc.umount2(target, _MNT_DETACH)
+
+    thread = threading.Thread(target=detach, name=f"devbox-launch-{pid}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return len(targets)
 
 
 def _fstab(path: Path) -> str:

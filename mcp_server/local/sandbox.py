@@ -607,11 +607,22 @@ class Sandbox:
                 info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
             self._ns_flags = _namespace_flags(self.init_pid)
+            if own_system:
+                await self._detach_foreign_disks()
         finally:
             for fd in (info_r, block_w, gate_w):
                 if fd is not None:
                     with contextlib.suppress(OSError):  # the gate may be closed already
                         os.close(fd)
+
+    async def _detach_foreign_disks(self) -> None:
+        """Other devboxes' disks out of the launch's copy of the host's mounts (rootfs.detach_foreign_disks)."""
+        assert self._bwrap is not None
+        try:
+            # The home's parent: the devbox's own disk, when it has one (its binds hold it anyway).
+            await asyncio.to_thread(rootfs.detach_foreign_disks, self._bwrap.pid, self.spec.home.parent)
+        except OSError as exc:
+            log.warning("sandbox %s: could not detach other devboxes' disks from its launch: %s", self.spec.hostname, exc)
 
     async def _join_cgroups(self, gate_w: int) -> None:
         """Move the launch into the devbox's cgroups, then open its gate (the launch goes on only then).
