@@ -40,16 +40,16 @@ from .idmap import IdRange
 # the data directory; there it can. The layers are opened here (descriptors from the backend's
 # namespace would not do) and named as /proc/self/fd paths, so no host path shows in the devbox's
 # mount table, then closed, as is the fstab: nothing of the host stays reachable from the devbox.
-# Then the launch waits at its gate until the backend has moved it into the devbox's cgroups
-# (nothing from the backend there, the gate closed: it stops). The namespace began as a copy of
-# the host's mount table, other devboxes' disks included: the backend detaches those once the
-# sandbox is up (`detach_foreign_disks`).
+# Then it says so and waits at its gate while the backend moves it into the devbox's cgroups and,
+# its namespace having begun as a copy of the host's mount table, detaches the other devboxes'
+# disks there (`detach_foreign_disks`); nothing from the backend, the gate closed: it stops.
 # {lower} {upper} {work} {fstab} {gate}: descriptor numbers; $1..$3: the layers; $4: setpriv;
 # $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
 _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
+echo mounted
 read -r -u {gate} _ || exit 125
 exec {gate}<&-
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
@@ -151,7 +151,8 @@ def detach_foreign_disks(pid: int, own_disk: Path | None) -> int:
     its shutdown). Done by the backend, one umount2(2) each from a thread that enters the namespace:
     an `umount` program per disk (or one for all, which re-reads the mount table per disk) made
     every create slower by a millisecond or more per devbox on the host. Blocking: call it from a
-    worker thread, once the sandbox is up.
+    worker thread, once the launch has mounted (and before bubblewrap, which reads the mount table
+    once per bind).
     """
     ns_path = f"/proc/{pid}/ns/mnt"
     if os.stat(ns_path).st_ino == os.stat("/proc/self/ns/mnt").st_ino:

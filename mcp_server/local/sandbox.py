@@ -588,7 +588,8 @@ class Sandbox:
             assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
             if own_system:
                 assert gate_w is not None
-                await self._join_cgroups(gate_w)
+                await self._prepare_launch()
+                os.write(gate_w, b"1\n")
             if block_w is not None:
                 # bubblewrap waits for the id map before it goes on: the pid comes first.
                 info = await self._read_info_or_fail(info_r)
@@ -607,39 +608,49 @@ class Sandbox:
                 info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
             self._ns_flags = _namespace_flags(self.init_pid)
-            if own_system:
-                await self._detach_foreign_disks()
         finally:
             for fd in (info_r, block_w, gate_w):
                 if fd is not None:
                     with contextlib.suppress(OSError):  # the gate may be closed already
                         os.close(fd)
 
+    async def _prepare_launch(self) -> None:
+        """While the launch of a system of its own mounts: move it into the devbox's cgroups, and once it
+        has mounted (it says so, then waits at its gate), detach other devboxes' disks from its copy of
+        the host's mounts, so that bubblewrap starts on a short mount table. SandboxError if it failed.
+
+        The cgroups in a worker thread from the start: the kernel makes the first move wait for a grace
+        period (see `cgroups.join`), which would otherwise come first on the way to running.
+        """
+        assert self._bwrap is not None and self._bwrap.stdout is not None
+        joining = (
+            asyncio.ensure_future(asyncio.to_thread(cgroups.join, self.spec.cgroup_procs, self._bwrap.pid))
+            if self.spec.cgroup_procs else None
+        )  # fmt: skip
+        try:
+            mounted = await asyncio.wait_for(self._bwrap.stdout.readline(), timeout=20)
+            if mounted != b"mounted\n":
+                raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}")
+            await self._detach_foreign_disks()
+            if joining is not None:
+                try:
+                    await joining
+                except OSError as exc:
+                    raise SandboxError(
+                        f"the sandbox could not join its cgroups ({exc.strerror or exc}): {await self._stderr_text()}"
+                    ) from None
+        finally:
+            if joining is not None and not joining.done():
+                await asyncio.wait({joining})  # a thread cannot be cancelled; its failure no longer matters
+
     async def _detach_foreign_disks(self) -> None:
         """Other devboxes' disks out of the launch's copy of the host's mounts (rootfs.detach_foreign_disks)."""
         assert self._bwrap is not None
         try:
-            # The home's parent: the devbox's own disk, when it has one (its binds hold it anyway).
+            # The home's parent: the devbox's own disk, when it has one (the launch's binds hold it).
             await asyncio.to_thread(rootfs.detach_foreign_disks, self._bwrap.pid, self.spec.home.parent)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             log.warning("sandbox %s: could not detach other devboxes' disks from its launch: %s", self.spec.hostname, exc)
-
-    async def _join_cgroups(self, gate_w: int) -> None:
-        """Move the launch into the devbox's cgroups, then open its gate (the launch goes on only then).
-
-        In a worker thread while the launch mounts: the kernel makes the first move wait for a grace
-        period (see `cgroups.join`), which would otherwise come first on the way to running.
-        """
-        assert self._bwrap is not None
-        try:
-            if self.spec.cgroup_procs:
-                await asyncio.to_thread(cgroups.join, self.spec.cgroup_procs, self._bwrap.pid)
-        except OSError as exc:
-            os.close(gate_w)  # the launch stops at its gate
-            raise SandboxError(
-                f"the sandbox could not join its cgroups ({exc.strerror or exc}): {await self._stderr_text()}"
-            ) from None
-        os.write(gate_w, b"1\n")
 
     async def _stderr_text(self) -> str:
         assert self._bwrap is not None and self._bwrap.stderr is not None
