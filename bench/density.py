@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if slope > 0:
         print(f"  {measured_or_not}: create takes twice as long at about {slow_at:,.0f} idle devboxes")
     else:
-        print(f"  no growth: create does not slow with idle devboxes up to {last['n']}")
+        print(f"  no growth above the noise: create does not slow measurably with up to {last['n']} idle devboxes")
     room = total - floor
     fits = room / each if each > 0 else float("inf")
     print(f"  extrapolated: {room / GIB:.0f} GiB ({total / GIB:.0f} GiB less {args.min_free_gib:g} GiB kept) holds "
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     answer = min(slow_at, fits)
     bound = "memory" if fits <= slow_at else "create time"
     print(f"  => about {answer:,.0f} idle default devboxes on this {total / GIB:.0f} GiB machine before create slows "
-          f"2x or memory runs out (bound by {bound}; measured up to {last['n']})")  # fmt: skip
+          f"2x or memory runs out (bound by {bound}; {'within' if answer <= last['n'] else 'extrapolated beyond'} "
+          f"the measured range of up to {last['n']})")  # fmt: skip
     print(f"load after: {load()}")
     return 0
 
