@@ -68,14 +68,19 @@ MAX_LOG_ENTRIES = 10_000
 SETUP_OUTPUT_LIMIT = 64 * 1024  # bytes of a launch command's output kept in its log entry
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` as JSON so that a crash or a full disk leaves either the old or the new file."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `data` as JSON so that a crash or a full disk leaves either the old or the new file.
+
+    `durable=False`: not flushed to the disk first (the backend dying is still safe, the machine
+    losing power may keep the old file); for a record the next durable save repeats soon.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -458,8 +463,8 @@ class DevboxManager:
                     devbox.logs.append(json.loads(line))
         return devbox
 
-    def _save(self, devbox: Devbox) -> None:
-        write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
+    def _save(self, devbox: Devbox, *, durable: bool = True) -> None:
+        write_json_atomic(devbox.state_dir / "devbox.json", devbox.record(), durable=durable)
         self._unsaved.discard(devbox.id)
 
     def _register(self, devbox: Devbox) -> None:
@@ -814,8 +819,8 @@ class DevboxManager:
             if devbox.base_used_bytes is None and devbox.disk:
                 # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
                 devbox.base_used_bytes, learned = await asyncio.to_thread(ext4_used_bytes, devbox.disk_image), True
-            if learned:
-                self._save(devbox)
+            if learned:  # flushed with the next transition's save, which follows within milliseconds
+                self._save(devbox, durable=False)
             if devbox.base is not None:  # its home and system are the capture's: as at a resume
                 await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
                 from .files import partial_writes_dir  # files imports this module
