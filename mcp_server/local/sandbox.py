@@ -640,8 +640,11 @@ class Sandbox:
                         f"the sandbox could not join its cgroups ({exc.strerror or exc}): {await self._stderr_text()}"
                     ) from None
         finally:
-            if joining is not None and not joining.done():
-                await asyncio.wait({joining})  # a thread cannot be cancelled; its failure no longer matters
+            if joining is not None:
+                if not joining.done():
+                    await asyncio.wait({joining})  # a thread cannot be cancelled
+                if not joining.cancelled():
+                    joining.exception()  # seen: once the launch has failed, the join's failure does not matter
 
     async def _detach_foreign_disks(self) -> None:
         """Other devboxes' disks out of the launch's copy of the host's mounts (rootfs.detach_foreign_disks)."""
