@@ -810,17 +810,13 @@ class DevboxManager:
         """Provision (image, limits, directories, code mounts, sandbox), then initialize (install and
         launch commands), then run; `failure` with the reason logged when a step fails."""
         try:
-            learned = False  # its image or its disk's base: saved (once) before anything is made on them
             if devbox.base is not None:
                 await asyncio.to_thread(self._clone_base, devbox)
             elif devbox.id_range is not None:
-                devbox.image, learned = str((await self._image(devbox)).path), True
-            await self._start_limits(devbox)
-            if devbox.base_used_bytes is None and devbox.disk:
-                # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
-                devbox.base_used_bytes, learned = await asyncio.to_thread(ext4_used_bytes, devbox.disk_image), True
-            if learned:  # flushed with the next transition's save, which follows within milliseconds
+                devbox.image = str((await self._image(devbox)).path)
+                # Recorded before anything is made on it; flushed by the next transition's save.
                 self._save(devbox, durable=False)
+            await self._start_limits(devbox)
             if devbox.base is not None:  # its home and system are the capture's: as at a resume
                 await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
                 from .files import partial_writes_dir  # files imports this module
@@ -881,6 +877,9 @@ class DevboxManager:
         return True
 
     def _prepare_dirs(self, devbox: Devbox) -> None:
+        if devbox.base_used_bytes is None and devbox.disk:
+            # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
+            devbox.base_used_bytes = ext4_used_bytes(devbox.disk_image)
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
         os.chmod(devbox.home, 0o755)
