@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python -m bench.snapshots
 	$(BIN)/python -m bench.blueprints
 	$(BIN)/python -m bench.pty
+	$(BIN)/python -m bench.density
 	$(BIN)/python -m bench.terminal
 
 # Wheel and sdist in dist/, built with this venv's setuptools (no download; tests/commands/test_packaging.py checks them).

@@ -10,8 +10,9 @@ v2 needs delegation: controllers can be handed to child cgroups only from a cgro
 processes of its own, so a backend living in a cgroup beside other processes (a systemd service
 without `Delegate=yes`) gets no limits there, and says why (`Host.missing`).
 
-The sandbox's processes join the cgroup before they exec (`procs_files`: the sandbox's launcher
-writes its pid into each), so nothing a devbox runs starts outside it.
+The sandbox's processes join the cgroup before they exec (`procs_files`: a command's launcher
+writes its own pid into each; a sandbox's launcher waits while the backend writes its pid, `join`),
+so nothing a devbox runs starts outside it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def _read(path: Path | str) -> str | None:
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as fh:
         fh.write(value)
+
+
+def join(procs_files: tuple[str, ...] | list[str], pid: int) -> None:
+    """Move process `pid` into each of these cgroups (what it starts from now on is born there).
+
+    The first such move after a quiet spell costs the kernel an RCU grace period (about 10 ms here,
+    cgroup_threadgroup_rwsem), so a sandbox's launcher is moved while it mounts, not before it starts.
+    """
+    for path in procs_files:
+        with open(path, "w") as fh:
+            fh.write(str(pid))
 
 
 def parse_self_cgroup(text: str) -> dict[str, str]:

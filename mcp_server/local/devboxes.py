@@ -68,14 +68,19 @@ MAX_LOG_ENTRIES = 10_000
 SETUP_OUTPUT_LIMIT = 64 * 1024  # bytes of a launch command's output kept in its log entry
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace `path` with `data` as JSON so that a crash or a full disk leaves either the old or the new file."""
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace `path` with `data` as JSON so that a crash or a full disk leaves either the old or the new file.
+
+    `durable=False`: not flushed to the disk first (the backend dying is still safe, the machine
+    losing power may keep the old file); for a record the next durable save repeats soon.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -458,8 +463,8 @@ class DevboxManager:
                     devbox.logs.append(json.loads(line))
         return devbox
 
-    def _save(self, devbox: Devbox) -> None:
-        write_json_atomic(devbox.state_dir / "devbox.json", devbox.record())
+    def _save(self, devbox: Devbox, *, durable: bool = True) -> None:
+        write_json_atomic(devbox.state_dir / "devbox.json", devbox.record(), durable=durable)
         self._unsaved.discard(devbox.id)
 
     def _register(self, devbox: Devbox) -> None:
@@ -592,8 +597,11 @@ class DevboxManager:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def _transition(self, devbox: Devbox, status: str, *, refuse_unsaved: str | None = None, **extra: Any) -> None:
-        """Move to `status` and record it in devbox.json.
+    def _transition(
+        self, devbox: Devbox, status: str, *, refuse_unsaved: str | None = None, save: bool = True, **extra: Any
+    ) -> None:
+        """Move to `status` and record it in devbox.json (`save=False`: the next change, which follows
+        at once, records both; each save waits for the disk).
 
         When the record cannot be written (a full disk), a change that has not happened yet
         (`refuse_unsaved` names it) is undone and refused with 507; one that already happened
@@ -609,7 +617,8 @@ class DevboxManager:
         if status in ("shutdown", "failure"):
             devbox.end_time_ms = transition["transition_time_ms"]
         try:
-            self._save(devbox)
+            if save:
+                self._save(devbox)
         except OSError as exc:
             if refuse_unsaved is not None:
                 devbox.status, devbox.end_time_ms = before
@@ -805,12 +814,9 @@ class DevboxManager:
                 await asyncio.to_thread(self._clone_base, devbox)
             elif devbox.id_range is not None:
                 devbox.image = str((await self._image(devbox)).path)
-                self._save(devbox)
+                # Recorded before anything is made on it; flushed by the next transition's save.
+                self._save(devbox, durable=False)
             await self._start_limits(devbox)
-            if devbox.base_used_bytes is None and devbox.disk:
-                # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
-                devbox.base_used_bytes = await asyncio.to_thread(ext4_used_bytes, devbox.disk_image)
-                self._save(devbox)
             if devbox.base is not None:  # its home and system are the capture's: as at a resume
                 await asyncio.to_thread(self._prepare_dirs_for_resume, devbox)
                 from .files import partial_writes_dir  # files imports this module
@@ -826,7 +832,8 @@ class DevboxManager:
             del mounts  # the tokens go with it
             await self._start_sandbox(devbox)
             await self._create_account(devbox)
-            self._transition(devbox, "initializing")
+            # With no command to run, `running` follows at once: one save for both.
+            self._transition(devbox, "initializing", save=bool(self._launch_commands(devbox)))
             if not await self._run_launch_commands(devbox):
                 devbox.failure_reason = "execution_failed"
                 await self._stop_sandbox(devbox)
@@ -870,6 +877,9 @@ class DevboxManager:
         return True
 
     def _prepare_dirs(self, devbox: Devbox) -> None:
+        if devbox.base_used_bytes is None and devbox.disk:
+            # The empty disk's superblock, as mkfs wrote it: what a capture's is measured against.
+            devbox.base_used_bytes = ext4_used_bytes(devbox.disk_image)
         for path in (devbox.home, devbox.tmp):
             path.mkdir(exist_ok=True)
         os.chmod(devbox.home, 0o755)
@@ -1029,17 +1039,22 @@ class DevboxManager:
         devbox.enforcement = None
         await self.limits.stop(devbox.id)
 
+    @staticmethod
+    def _launch_commands(devbox: Devbox) -> list[str]:
+        """The code mounts' install commands, then the launch commands."""
+        installs = [
+            f"cd ~/{shlex.quote(m['repo_name'])} && {m['install_command']}"
+            for m in devbox.code_mounts if m.get("install_command")
+        ]  # fmt: skip
+        return installs + list(devbox.launch_parameters.get("launch_commands") or [])
+
     async def _run_launch_commands(self, devbox: Devbox) -> bool:
         """Run the launch commands in order; False at the first that fails.
 
         Their output goes to a file, not a pipe: a command that starts a server in the
         background (`server &`) must not keep the devbox initializing by holding a pipe open.
         """
-        installs = [
-            f"cd ~/{shlex.quote(m['repo_name'])} && {m['install_command']}"
-            for m in devbox.code_mounts if m.get("install_command")
-        ]
-        commands = installs + list(devbox.launch_parameters.get("launch_commands") or [])
+        commands = self._launch_commands(devbox)
         assert devbox.sandbox is not None
         setup_dir = devbox.state_dir / "setup"
         setup_dir.mkdir(exist_ok=True)

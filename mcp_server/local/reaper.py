@@ -46,14 +46,25 @@ done <<MOUNTS
 $mounts
 MOUNTS
 [ -n "$dirs" ] || exit 0
+# Likewise the child cgroups: one made afterwards (a new backend's devbox, on the same data directory,
+# empty until its launch joins it) is not ours to remove.
+children=
+IFS=$nl
+for d in $dirs; do
+  for child in $(ls "$d" 2>/dev/null); do
+    [ -d "$d/$child" ] && children="$children
+$d/$child"
+  done
+done
+unset IFS
 for attempt in 1 2 3 4 5 6 7 8 9 10; do
   left=
   IFS=$nl
+  for c in $children; do
+    [ -d "$c" ] && rmdir "$c" 2>/dev/null
+  done
   for d in $dirs; do
     [ -d "$d" ] || continue
-    for child in $(ls "$d" 2>/dev/null); do
-      [ -d "$d/$child" ] && rmdir "$d/$child" 2>/dev/null
-    done
     rmdir "$d" 2>/dev/null || left=1
     rmdir "${d%/*}" 2>/dev/null  # the devbox-mcp subtree too, once no backend uses it
   done

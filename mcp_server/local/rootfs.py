@@ -5,6 +5,8 @@ How a sandbox with a system of its own starts (the backend is root; `sandbox.San
 1. `unshare --mount` gives the launch a private mount namespace, where (as the host's root) the
    overlay is mounted: lower = the image, upper/work = directories in the devbox's state
    directory. Nothing of it reaches the host's mount table, and it goes away with the sandbox.
+   Meanwhile the backend moves the launch into the devbox's cgroups (`cgroups.join`); it waits
+   for that (its gate) before it goes on, so everything from bubblewrap on starts inside them.
 2. `setpriv` drops to the id range's root (an unprivileged host uid) and execs bubblewrap, which
    creates the user namespace and blocks (`--userns-block-fd`) until the backend has mapped it
    (`idmap.write_maps`: ids 0..65535 inside are the range on the host).
@@ -20,8 +22,11 @@ image and the host are never written.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,28 +40,23 @@ from .idmap import IdRange
 # the data directory; there it can. The layers are opened here (descriptors from the backend's
 # namespace would not do) and named as /proc/self/fd paths, so no host path shows in the devbox's
 # mount table, then closed, as is the fstab: nothing of the host stays reachable from the devbox.
-# The namespace began as a copy of the host's mount table, other devboxes' disks (loop devices)
-# included, and the host's mounts are private: a copy held here would pin that disk for this
-# devbox's whole life (a suspended devbox could not get it back on resume). So every loop-backed
-# mount outside the launch directory is detached here; this devbox's own disk stays reachable
-# through the binds under the launch directory and the overlay, which hold it.
-# {lower} {upper} {work} {fstab}: descriptor numbers; {top}: the launch directory; $1..$3: the layers;
-# $4: setpriv; $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
+# Then it says so and waits at its gate while the backend moves it into the devbox's cgroups and,
+# its namespace having begun as a copy of the host's mount table, detaches the other devboxes'
+# disks there (`detach_foreign_disks`); nothing from the backend, the gate closed: it stops.
+# {lower} {upper} {work} {fstab} {gate}: descriptor numbers; $1..$3: the layers; $4: setpriv;
+# $5: bubblewrap; $6/$7: the range's root uid/gid; the rest: bubblewrap's arguments.
 _LAUNCH_SCRIPT = """set -e
 exec {lower}<"$1" {upper}<"$2" {work}<"$3"
 mount --all --fstab /proc/self/fd/{fstab}
 exec {lower}<&- {upper}<&- {work}<&- {fstab}<&-
-findmnt --raw --noheadings --output SOURCE,TARGET | while read -r source target; do
-  printf -v target '%b' "$target"
-  case $source:$target in
-    /dev/loop*:{top}|/dev/loop*:{top}/*) ;;
-    /dev/loop*) umount --lazy "$target" 2>/dev/null || true ;;
-  esac
-done
+echo mounted
+read -r -u {gate} _ || exit 125
+exec {gate}<&-
 setpriv=$4 bwrap=$5 uid=$6 gid=$7
 shift 7
 exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups -- "$bwrap" "$@"
 """
+_CLONE_FS, _CLONE_NEWNS, _MNT_DETACH = 0x00000200, 0x00020000, 2
 LAUNCH_DIR = "/mnt" if os.path.isdir("/mnt") else "/tmp"
 
 # The resident process of a devbox with its own system (see the module docstring, step 3).
@@ -101,7 +101,7 @@ def launch_command(
     *, unshare: str, bash: str, setpriv: str, bwrap: str, ids: IdRange, layers: RootFs, fds: LaunchFds
 ) -> list[str]:
     """The command that mounts the devbox's system and starts bubblewrap (append bubblewrap's arguments)."""
-    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, top=LAUNCH_DIR)
+    script = _LAUNCH_SCRIPT.format(lower=fds.lower, upper=fds.upper, work=fds.work, fstab=fds.fstab, gate=fds.gate)
     return [
         unshare, "--mount", "--propagation", "private", "--",
         bash, "--noprofile", "--norc", "-c", script, "devbox-launch",
@@ -112,17 +112,18 @@ def launch_command(
 
 @dataclass(frozen=True)
 class LaunchFds:
-    """Descriptor numbers of the launch script: the fstab (passed in) and the layers (opened there)."""
+    """Descriptor numbers of the launch script: the fstab and its gate (passed in) and the layers (opened there)."""
 
     fstab: int
+    gate: int  # a pipe: one line from the backend once the launch is in the devbox's cgroups
     lower: int
     upper: int
     work: int
 
     @classmethod
-    def around(cls, fstab: int, taken: set[int]) -> LaunchFds:
-        free = (n for n in range(3, 1 << 16) if n not in taken and n != fstab)
-        return cls(fstab, next(free), next(free), next(free))
+    def around(cls, fstab: int, gate: int, taken: set[int]) -> LaunchFds:
+        free = (n for n in range(3, 1 << 16) if n not in taken and n not in (fstab, gate))
+        return cls(fstab, gate, next(free), next(free), next(free))
 
 
 def fstab(home: Path, tmp: Path, fds: LaunchFds, host_dirs: Sequence[Path] = ()) -> bytes:
@@ -139,6 +140,56 @@ def fstab(home: Path, tmp: Path, fds: LaunchFds, host_dirs: Sequence[Path] = ())
     for index, path in enumerate(host_dirs):
         lines.append(f"{_fstab(path)} {top}/host-files-{index} none bind,ro,X-mount.mkdir 0 0")
     return ("\n".join(lines) + "\n").encode()
+
+
+def detach_foreign_disks(pid: int, own_disk: Path | None) -> int:
+    """Detach, in the launch's mount namespace (that of `pid`, bubblewrap's monitor), every loop-device
+    mount but the devbox's own; how many there were.
+
+    Its copy of the host's mount table would otherwise pin every other devbox's disk for this
+    devbox's whole life (a suspended devbox could not get it back, its image's blocks would outlive
+    its shutdown). Done by the backend, one umount2(2) each from a thread that enters the namespace:
+    an `umount` program per disk (or one for all, which re-reads the mount table per disk) made
+    every create slower by a millisecond or more per devbox on the host. Blocking: call it from a
+    worker thread, once the launch has mounted (and before bubblewrap, which reads the mount table
+    once per bind).
+    """
+    ns_path = f"/proc/{pid}/ns/mnt"
+    if os.stat(ns_path).st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        raise OSError(f"process {pid} is not in a mount namespace of its own")  # never the host's mounts
+    keep = (os.fsencode(LAUNCH_DIR), os.fsencode(own_disk) if own_disk is not None else None)
+    targets = []
+    with open(f"/proc/{pid}/mounts", "rb") as fh:
+        for line in fh:
+            source, target = line.split(b" ", 2)[:2]
+            target = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), target)
+            if source.startswith(b"/dev/loop") and not any(
+                k is not None and (target == k or target.startswith(k + b"/")) for k in keep
+            ):
+                targets.append(target)
+    if not targets:
+        return 0
+    failure: list[OSError] = []
+
+    def detach() -> None:  # in a thread of its own: setns moves only the calling thread, for good
+        libc = ctypes.CDLL(None, use_errno=True)
+        ns = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.unshare(_CLONE_FS) != 0 or libc.setns(ns, _CLONE_NEWNS) != 0:
+                code = ctypes.get_errno()
+                failure.append(OSError(code, f"cannot enter the launch's mount namespace: {os.strerror(code)}"))
+                return
+        finally:
+            os.close(ns)
+        for target in reversed(targets):  # the innermost first; one already gone with its parent is no error
+            libc.umount2(target, _MNT_DETACH)
+
+    thread = threading.Thread(target=detach, name=f"devbox-launch-{pid}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return len(targets)
 
 
 def _fstab(path: Path) -> str:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import rootfs, seccomp, spawner
+from . import cgroups, rootfs, seccomp, spawner
 from .childwatch import end_process
 from .egress import UPLINK_DNS
 from .idmap import IdRange, SubordinateMap, write_maps
@@ -526,6 +526,7 @@ class Sandbox:
         fds: dict[str, int] = {}
         info_r, info_w = os.pipe()
         block_w: int | None = None
+        gate_w: int | None = None  # a system of its own: the launch waits on it until it is in the cgroups
         try:
             fds["info"] = info_w
             fds["seccomp"] = seccomp.memfd(own_system=own_system)
@@ -557,15 +558,18 @@ class Sandbox:
             if own_system:
                 assert spec.rootfs is not None and spec.ids is not None
                 fds["fstab"] = os.memfd_create("fstab", 0)
-                launch_fds = rootfs.LaunchFds.around(fds["fstab"], set(fds.values()))
+                fds["gate"], gate_w = os.pipe()
+                launch_fds = rootfs.LaunchFds.around(fds["fstab"], fds["gate"], set(fds.values()))
                 os.write(fds["fstab"], rootfs.fstab(spec.home, spec.tmp, launch_fds, _host_file_folders(spec)))
                 launch = rootfs.launch_command(
                     unshare=tools()["unshare"] or "unshare", bash=tools()["bash"] or "bash",
                     setpriv=tools()["setpriv"] or "setpriv", bwrap=tools()["bwrap"] or "bwrap", ids=spec.ids,
                     layers=spec.rootfs, fds=launch_fds,
                 )  # fmt: skip
+            command = [*launch, "--args", str(args_fd), "--", *init]
             self._bwrap = await asyncio.create_subprocess_exec(
-                *_in_cgroups(spec, [*launch, "--args", str(args_fd), "--", *init], command=False),
+                # A system of its own: the backend moves the launch into the cgroups while it mounts.
+                *(command if own_system else _in_cgroups(spec, command, command=False)),
                 stdin=lifeline_r,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -573,15 +577,19 @@ class Sandbox:
                 env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
             )
         except BaseException:
-            os.close(info_r)
-            if block_w is not None:
-                os.close(block_w)
+            for fd in (info_r, block_w, gate_w):
+                if fd is not None:
+                    os.close(fd)
             raise
         finally:
             for fd in fds.values():
                 os.close(fd)
         try:
             assert self._bwrap.stdout is not None and self._bwrap.stderr is not None
+            if own_system:
+                assert gate_w is not None
+                await self._prepare_launch()
+                os.write(gate_w, b"1\n")
             if block_w is not None:
                 # bubblewrap waits for the id map before it goes on: the pid comes first.
                 info = await self._read_info_or_fail(info_r)
@@ -601,9 +609,51 @@ class Sandbox:
             self.init_pid = int(info["child-pid"])
             self._ns_flags = _namespace_flags(self.init_pid)
         finally:
-            os.close(info_r)
-            if block_w is not None:
-                os.close(block_w)
+            for fd in (info_r, block_w, gate_w):
+                if fd is not None:
+                    with contextlib.suppress(OSError):  # the gate may be closed already
+                        os.close(fd)
+
+    async def _prepare_launch(self) -> None:
+        """While the launch of a system of its own mounts: move it into the devbox's cgroups, and once it
+        has mounted (it says so, then waits at its gate), detach other devboxes' disks from its copy of
+        the host's mounts, so that bubblewrap starts on a short mount table. SandboxError if it failed.
+
+        The cgroups in a worker thread from the start: the kernel makes the first move wait for a grace
+        period (see `cgroups.join`), which would otherwise come first on the way to running.
+        """
+        assert self._bwrap is not None and self._bwrap.stdout is not None
+        joining = (
+            asyncio.ensure_future(asyncio.to_thread(cgroups.join, self.spec.cgroup_procs, self._bwrap.pid))
+            if self.spec.cgroup_procs else None
+        )  # fmt: skip
+        try:
+            mounted = await asyncio.wait_for(self._bwrap.stdout.readline(), timeout=20)
+            if mounted != b"mounted\n":
+                raise SandboxError(f"the sandbox failed to start: {await self._stderr_text()}")
+            await self._detach_foreign_disks()
+            if joining is not None:
+                try:
+                    await joining
+                except OSError as exc:
+                    raise SandboxError(
+                        f"the sandbox could not join its cgroups ({exc.strerror or exc}): {await self._stderr_text()}"
+                    ) from None
+        finally:
+            if joining is not None:
+                if not joining.done():
+                    await asyncio.wait({joining})  # a thread cannot be cancelled
+                if not joining.cancelled():
+                    joining.exception()  # seen: once the launch has failed, the join's failure does not matter
+
+    async def _detach_foreign_disks(self) -> None:
+        """Other devboxes' disks out of the launch's copy of the host's mounts (rootfs.detach_foreign_disks)."""
+        assert self._bwrap is not None
+        try:
+            # The home's parent: the devbox's own disk, when it has one (the launch's binds hold it).
+            await asyncio.to_thread(rootfs.detach_foreign_disks, self._bwrap.pid, self.spec.home.parent)
+        except (OSError, ValueError) as exc:
+            log.warning("sandbox %s: could not detach other devboxes' disks from its launch: %s", self.spec.hostname, exc)
 
     async def _stderr_text(self) -> str:
         assert self._bwrap is not None and self._bwrap.stderr is not None
