@@ -28,6 +28,7 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench.local_api
+	$(BIN)/python -m bench.spawn
 	$(BIN)/python -m bench.devbox_system
 	$(BIN)/python -m bench.mcp
 	$(BIN)/python -m bench.speed

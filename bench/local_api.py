@@ -4,8 +4,9 @@
 
 - create→running: `POST /v1/devboxes/create_and_await_running` over loopback HTTP (target ≤ 50 ms).
 - spawn costs: `bash -c true` as a plain host process (the baseline), in a fresh bubblewrap
-  sandbox started for it (what a sandbox per command would cost), and entered into an already
-  running devbox sandbox with nsenter (what an execution pays).
+  sandbox started for it (what a sandbox per command would cost), and started in an already
+  running devbox sandbox by its fork server (what an execution pays; bench.spawn compares it
+  with nsenter, the fallback).
 - execute round trip: `POST /v1/devboxes/{id}/execute` of `true` over loopback HTTP until the
   completed answer (target ≤ 4x the host spawn).
 - SSE: a command writing 100 MB to stdout streamed with `stream_stdout_updates` (MB/s, target
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             print("spawning `bash -c true`:")
             base = report("host process (baseline)", spawns["host"])
             report("fresh bubblewrap sandbox per command", spawns["fresh"], base)
-            report("nsenter into the running devbox sandbox", spawns["enter"], base)
+            report("in the running devbox (its fork server)", spawns["enter"], base)
             print("executions:")
             round_trip = report("execute `true` round trip (HTTP)", bench_execute_round_trip(backend, args.runs), base)
             print(f"    target <= 4x the host spawn: {'OK' if round_trip <= 4 * base else 'MISSED'}")

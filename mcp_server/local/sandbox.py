@@ -1,8 +1,9 @@
 """The sandbox a devbox runs in: one long-lived bubblewrap container per running devbox.
 
-Executions do not get a sandbox of their own: they `nsenter` the devbox's namespaces, so
-files, processes and servers persist between them as on a real devbox, and each one costs
-a process spawn instead of a container start.
+Executions do not get a sandbox of their own: they are started inside the devbox's namespaces
+by its fork server (`forkclient`, a helper that entered them once), or with `nsenter` when it is
+unavailable, so files, processes and servers persist between them as on a real devbox, and each
+one costs a process spawn instead of a container start.
 
 Two kinds, chosen by the spec:
 
@@ -19,8 +20,8 @@ Two kinds, chosen by the spec:
   world-readable), every kernel knob in /proc read-only, nothing else of the host mounted.
 
 Every process in the sandbox runs under the seccomp filter of `seccomp`: the first one gets it
-from bubblewrap (`--seccomp`), executions from the thread that forks their `nsenter`
-(`spawner`). On the host's system they also run with `no_new_privs`; on a system of their own
+from bubblewrap (`--seccomp`), executions from the thread that forks their fork server or
+`nsenter` (`spawner`). On the host's system they also run with `no_new_privs`; on a system of their own
 they do not (setuid programs such as sudo need it off, and raise a process only to the devbox's
 root, an unprivileged id on the host), and the filter lets root inside mount and make user
 namespaces and setuid files in its own namespaces.
@@ -47,6 +48,7 @@ from typing import Literal
 from . import cgroups, rootfs, seccomp, spawner
 from .childwatch import end_process
 from .egress import UPLINK_DNS
+from .forkclient import Entry, ForkServer, ForkServerUnavailable
 from .idmap import IdRange, SubordinateMap, write_maps
 
 log = logging.getLogger("devbox_mcp.local")
@@ -382,7 +384,8 @@ class Sandbox:
         self._lifeline: int | None = None  # closing it (or the backend dying) ends the sandbox
         self._network: asyncio.Future[None] | None = None  # slirp4netns coming up
         self.init_pid: int | None = None  # host pid of the sandbox's pid 1
-        self._ns_flags: list[str] = []  # nsenter flags of the namespaces the sandbox has of its own
+        self._ns_names: list[str] = []  # the namespaces the sandbox has of its own
+        self._helper: asyncio.Future[ForkServer | None] | None = None  # its fork server starting, or started
         self._unsafe_groups: set[int] = set()
         self._stopped = False
         self._stop_event = asyncio.Event()
@@ -423,6 +426,7 @@ class Sandbox:
             await asyncio.shield(starting)
             if self.spec.network == "isolated" and not self.spec.proxy_only and tools()["slirp4netns"]:
                 self._network = asyncio.ensure_future(self._start_slirp())
+            self._helper = asyncio.ensure_future(self._start_helper())
         except BaseException:
             with contextlib.suppress(BaseException):
                 await starting
@@ -607,7 +611,7 @@ class Sandbox:
             if block_w is None:
                 info = await _read_json_fd(info_r, 5)
             self.init_pid = int(info["child-pid"])
-            self._ns_flags = _namespace_flags(self.init_pid)
+            self._ns_names = _own_namespaces(self.init_pid)
         finally:
             for fd in (info_r, block_w, gate_w):
                 if fd is not None:
@@ -708,6 +712,30 @@ class Sandbox:
         finally:
             os.close(ready_r)
 
+    async def _start_helper(self) -> ForkServer | None:
+        """The fork server (`forkclient`), beside the start like slirp4netns; None, logged, if it fails."""
+        assert self.init_pid is not None
+        spec = self.spec
+        entry = Entry(
+            self.init_pid, tuple(self._ns_names), own_ids=spec.ids is not None,
+            cgroup_procs=spec.cgroup_procs, max_processes=spec.max_processes,
+        )  # fmt: skip
+        try:
+            return await ForkServer.start(entry, own_system=spec.ids is not None, name=spec.hostname)
+        except ForkServerUnavailable as exc:
+            if not self._stopped:
+                log.warning("sandbox %s: %s; commands enter it with nsenter", spec.hostname, exc)
+            return None
+
+    async def fork_server(self) -> ForkServer | None:
+        """The fork server once it has started, if it is still in use."""
+        if self._helper is None:
+            return None
+        if not self._helper.done():
+            await asyncio.wait({self._helper})  # neither cancels it nor raises its failure
+        helper = self._helper.result()
+        return helper if helper is not None and not helper.dead else None
+
     # -- run -------------------------------------------------------------------------------
 
     def command_env(
@@ -795,6 +823,15 @@ class Sandbox:
             return proc
         assert self.init_pid is not None
         own_system = self.spec.ids is not None
+        helper = None if terminal else await self.fork_server()
+        if helper is not None:
+            try:
+                return await helper.spawn(
+                    ["/bin/bash", "-c", command, "bash", *args], env=full_env, stdin=stdin, stdout=stdout, stderr=stderr,
+                    uid=(user or self.spec.user).uid if own_system else None,
+                )  # fmt: skip
+            except ForkServerUnavailable:
+                pass  # this one enters with nsenter (the fork server logs it once if it is gone)
         if own_system:
             # The devbox's user, through the id map: an unprivileged uid on the host. Capabilities
             # go at the exec (for root inside: its namespace's only); sudo works (no no_new_privs).
@@ -809,7 +846,7 @@ class Sandbox:
                 *ctty,
                 tools()["nsenter"] or "nsenter",
                 "-t", str(self.init_pid),
-                *self._ns_flags, "-r", "-w",
+                *(flag for flag, name in _NAMESPACES if name in self._ns_names), "-r", "-w",
                 *credentials,
                 "--", "/bin/bash", "-c", command, "bash", *args,
             ]),
@@ -827,6 +864,8 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
         self._unsafe_groups.clear()
+        if self._helper is not None and self._helper.done() and (helper := self._helper.result()) is not None:
+            helper.close()  # first: its end is no news now
         if self.init_pid is not None:
             # Killing pid 1 of the sandbox makes the kernel kill every process in its pid namespace.
             with contextlib.suppress(ProcessLookupError):
@@ -841,6 +880,10 @@ class Sandbox:
         if self._slirp_exit is not None:
             os.close(self._slirp_exit)  # slirp4netns exits on this
             self._slirp_exit = None
+        if self._helper is not None:
+            await asyncio.wait({self._helper})  # a start under way fails fast once pid 1 is gone
+            if (helper := self._helper.result()) is not None:
+                helper.close()
         for proc in (self._bwrap, self._slirp):
             await end_process(proc)  # bwrap exits by itself once its pid 1 is gone, after reaping it
 
@@ -875,19 +918,19 @@ _NAMESPACES = (
 )
 
 
-def _namespace_flags(pid: int) -> list[str]:
+def _own_namespaces(pid: int) -> list[str]:
     """Enter only the namespaces that differ from ours: re-entering a shared one (the host's network
     in `host` mode, a cgroup namespace bubblewrap could not unshare) needs privileges we may lack."""
-    flags = []
-    for flag, name in _NAMESPACES:
+    names = []
+    for _flag, name in _NAMESPACES:
         try:
             if os.stat(f"/proc/{pid}/ns/{name}").st_ino != os.stat(f"/proc/self/ns/{name}").st_ino:
-                flags.append(flag)
+                names.append(name)
         except FileNotFoundError:
             continue
-    if "-U" not in flags:
+    if "user" not in names:
         raise SandboxError("the sandbox has no user namespace of its own")
-    return flags
+    return names
 
 
 async def _read_some(fd: int, seconds: float) -> bytes:

@@ -21,11 +21,13 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from . import seccomp
 
 _PIPE_LIMIT = 2**16  # asyncio's default StreamReader limit
+P = TypeVar("P", bound="PipedProcess")
 
 _lock = threading.Lock()
 # One thread per profile: devboxes on the host's system, and those with a system of their own
@@ -50,48 +52,34 @@ def warm_up(own_system: bool = False) -> None:
     _hardened_executor(own_system).submit(lambda: None).result()
 
 
-class HardenedProcess(asyncio.subprocess.Process):
-    """An `asyncio.subprocess.Process` for a child forked by the hardened thread."""
+class PipedProcess(asyncio.subprocess.Process):
+    """An `asyncio.subprocess.Process` built here rather than by asyncio: its streams are connected
+    by `spawn_with`, and whoever learns of its end reports it (`_exit`)."""
 
-    def __init__(
-        self,
-        popen: subprocess.Popen[bytes],
-        loop: asyncio.AbstractEventLoop,
-        stdin: asyncio.StreamWriter | None,
-        outputs: dict[int, tuple[asyncio.StreamReader, asyncio.BaseTransport]],
-    ) -> None:
-        # Not the base __init__: there is no subprocess transport, the streams are connected here.
+    def __init__(self, pid: int, loop: asyncio.AbstractEventLoop) -> None:
+        # Not the base __init__: there is no subprocess transport.
         self._loop = loop
-        self._popen = popen
-        self.pid = popen.pid
+        self.pid = pid
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self._pipes: dict[int, asyncio.BaseTransport] = {}
+        self._returncode: int | None = None
+        self._exited: asyncio.Future[int] = loop.create_future()
+
+    def _attach(
+        self, stdin: asyncio.StreamWriter | None, outputs: dict[int, tuple[asyncio.StreamReader, asyncio.BaseTransport]]
+    ) -> None:
         self.stdin = stdin
         self.stdout = outputs[1][0] if 1 in outputs else None
         self.stderr = outputs[2][0] if 2 in outputs else None
         self._pipes = {fd: transport for fd, (_reader, transport) in outputs.items()}
-        self._returncode: int | None = None
-        self._exited: asyncio.Future[int] = loop.create_future()
-        self._watch()
-
-    def _watch(self) -> None:
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:  # no pidfds (Linux < 5.3): a thread waits instead
-            waiting = self._loop.run_in_executor(None, _wait_status, self.pid)
-            waiting.add_done_callback(lambda f: self._exit(f.result()))
-            return
-
-        def reap() -> None:
-            self._loop.remove_reader(pidfd)
-            os.close(pidfd)
-            self._exit(_wait_status(self.pid))
-
-        self._loop.add_reader(pidfd, reap)
 
     def _exit(self, returncode: int) -> None:
-        self._returncode = returncode
-        self._popen.returncode = returncode  # so Popen never waits for it again (its __del__ would)
+        if self._returncode is None:
+            self._returncode = returncode
         if not self._exited.done():
-            self._exited.set_result(returncode)
+            self._exited.set_result(self._returncode)
 
     @property
     def returncode(self) -> int | None:
@@ -118,6 +106,34 @@ class HardenedProcess(asyncio.subprocess.Process):
         return output
 
 
+class HardenedProcess(PipedProcess):
+    """A child forked by the hardened thread, reaped through a pidfd."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(popen.pid, loop)
+        self._popen = popen
+        self._watch()
+
+    def _watch(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:  # no pidfds (Linux < 5.3): a thread waits instead
+            waiting = self._loop.run_in_executor(None, _wait_status, self.pid)
+            waiting.add_done_callback(lambda f: self._exit(f.result()))
+            return
+
+        def reap() -> None:
+            self._loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._exit(_wait_status(self.pid))
+
+        self._loop.add_reader(pidfd, reap)
+
+    def _exit(self, returncode: int) -> None:
+        self._popen.returncode = returncode  # so Popen never waits for it again (its __del__ would)
+        super()._exit(returncode)
+
+
 def _wait_status(pid: int) -> int:
     try:
         _, status = os.waitpid(pid, 0)
@@ -134,13 +150,35 @@ async def spawn(
     stdout: int,
     stderr: int,
     own_system: bool = False,
+    pass_fds: Sequence[int] = (),
+    executable: str | None = None,
 ) -> HardenedProcess:
     """Start `argv` as the leader of a new session, forked by the hardened thread (of the profile of
     a devbox with a system of its own when `own_system`).
 
     `stdin`, `stdout`, `stderr`: a file descriptor, `subprocess.DEVNULL`, `subprocess.PIPE`, or
-    (for stderr) `subprocess.STDOUT`, as for `asyncio.create_subprocess_exec`.
+    (for stderr) `subprocess.STDOUT`, as for `asyncio.create_subprocess_exec`; `pass_fds` are kept
+    open in the child; `executable` runs instead of argv[0] (which the child then only shows).
     """
+    loop = asyncio.get_running_loop()
+
+    async def start(child_in: int, child_out: int, child_err: int) -> HardenedProcess:
+        def popen() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                list(argv), executable=executable, stdin=child_in, stdout=child_out, stderr=child_err,
+                env=dict(env), start_new_session=True, close_fds=True, pass_fds=list(pass_fds),
+            )  # fmt: skip
+
+        return HardenedProcess(await loop.run_in_executor(_hardened_executor(own_system), popen), loop)
+
+    return await spawn_with(start, stdin=stdin, stdout=stdout, stderr=stderr)
+
+
+async def spawn_with(
+    start: Callable[[int, int, int], Awaitable[P]], *, stdin: int, stdout: int, stderr: int
+) -> P:
+    """`start(stdin, stdout, stderr)` (descriptors, or `subprocess.DEVNULL` / `STDOUT`), with pipes made
+    for those given as `subprocess.PIPE` and connected to the returned process's streams."""
     loop = asyncio.get_running_loop()
     ours: list[int] = []  # our ends of the pipes
     theirs: list[int] = []  # the child's ends, closed here once it has them
@@ -157,14 +195,7 @@ async def spawn(
         child_in, parent_in = child_end(stdin, reading=True)
         child_out, parent_out = child_end(stdout, reading=False)
         child_err, parent_err = child_end(stderr, reading=False)
-
-        def start() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                list(argv), stdin=child_in, stdout=child_out, stderr=child_err,
-                env=dict(env), start_new_session=True, close_fds=True,
-            )  # fmt: skip
-
-        popen = await loop.run_in_executor(_hardened_executor(own_system), start)
+        proc = await start(child_in, child_out, child_err)
     except BaseException:
         for fd in ours + theirs:
             os.close(fd)
@@ -184,5 +215,5 @@ async def spawn(
                 lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), os.fdopen(parent_end, "rb", buffering=0)
             )
             outputs[fd] = (reader, read_transport)
-    return HardenedProcess(popen, loop, writer, outputs)
-
+    proc._attach(writer, outputs)
+    return proc
