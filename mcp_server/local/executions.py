@@ -226,7 +226,8 @@ def _read(path: str) -> str | None:
 def shell_pid(process: asyncio.subprocess.Process) -> int:
     """The host pid of the command's bash.
 
-    In a sandbox, `process` is `nsenter`, which forks the bash into the devbox's pid namespace
+    Started by the devbox's fork server (`forkclient`), `process` is the bash itself. Entered with
+    `nsenter` (the fallback), it is nsenter, which forks the bash into the devbox's pid namespace
     and exits with its status. Signals meant for the command go to the bash: a SIGINT or SIGTERM
     that reached nsenter would end it (and so the execution) while the command lives on.
     """

@@ -5,8 +5,9 @@ unless given one (`--seccomp FD`), and executions, which `nsenter` the sandbox, 
 This module builds one filter (with libseccomp, through ctypes: no compiler, no Python binding
 to install) that bubblewrap loads for the first process, and `harden_this_thread` loads the same
 filter, after `no_new_privs`, into a thread of the backend: both are per-thread attributes that
-a child inherits, so every process that thread starts (nsenter, then the command's bash) carries
-them without an extra exec or a slow fork (see `spawner`).
+a child inherits, so every process that thread starts (a devbox's fork server and the commands it
+starts, or nsenter and the command's bash) carries them without an extra exec or a slow fork (see
+`spawner`).
 
 What it refuses is kernel surface a devbox has no use for, after flatpak's filter, the usual
 companion of bubblewrap: the host's kernel log and keyrings, kernel modules and kexec, new
