@@ -25,6 +25,8 @@ import pytest
 from runloop_api_client import Runloop
 from support.backend_process import backend_process
 
+from mcp_server.local.forkclient import HELPER_NAME
+
 REPO = Path(__file__).resolve().parents[2]
 SUB_FILES = ("/etc/subuid", "/etc/subgid")
 
@@ -145,6 +147,12 @@ def _inside(sdk: Runloop, devbox_id: str, command: str) -> str:
     return result.stdout or ""
 
 
+def _started_by_the_fork_server(sdk: Runloop, devbox_id: str) -> bool:
+    """Whether commands start through the devbox's fork server (forkserver.py), which an unprivileged
+    backend's enters too, rather than with nsenter: their parent is inside the devbox, and is it."""
+    return _inside(sdk, devbox_id, "tr '\\0' ' ' </proc/$PPID/cmdline").startswith(f"{HELPER_NAME} ")
+
+
 def _maps(text: str) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in text.splitlines() if line.strip())]
 
@@ -166,6 +174,7 @@ def test_a_backend_with_a_subordinate_range_maps_devbox_ids_to_it(account: Accou
         assert (home / "made").stat().st_uid == account.uid  # `user` is the account itself on the host
         # slirp4netns still joins the namespace (its owner is the account): the devbox has its interface.
         assert "10.0.2.100/24" in _inside(sdk, devbox.id, "ip -o -4 addr show tap0")
+        assert _started_by_the_fork_server(sdk, devbox.id)
         sdk.devboxes.shutdown(devbox.id)
 
 
@@ -177,4 +186,5 @@ def test_a_backend_without_a_subordinate_range_falls_back_and_says_why(account: 
         sdk = Runloop(bearer_token=backend.api_key, base_url=backend.base_url, max_retries=0)
         devbox = sdk.devboxes.create_and_await_running()
         assert _maps(_inside(sdk, devbox.id, "cat /proc/self/uid_map")) == [(1000, account.uid, 1)]
+        assert _started_by_the_fork_server(sdk, devbox.id)
         sdk.devboxes.shutdown(devbox.id)
