@@ -722,7 +722,7 @@ class Sandbox:
         )  # fmt: skip
         try:
             return await ForkServer.start(entry, own_system=spec.ids is not None, name=spec.hostname)
-        except ForkServerUnavailable as exc:
+        except (ForkServerUnavailable, OSError) as exc:  # e.g. no interpreter to run it: nsenter still works
             if not self._stopped:
                 log.warning("sandbox %s: %s; commands enter it with nsenter", spec.hostname, exc)
             return None

@@ -7,19 +7,24 @@ filter, the devbox's user and cgroups, process groups that kill as a whole.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support.devbox_system import own_system
 from test_executions import read_until, sse_chunks
 from test_isolation_api import KEYCTL_PROBE
 
+from mcp_server.local import forkclient
 from mcp_server.local.forkclient import HELPER_NAME, STATUS_LOST
-from mcp_server.local.sandbox import sandbox_unavailable_reason
+from mcp_server.local.sandbox import Sandbox, SandboxSpec, sandbox_unavailable_reason
 
 pytestmark = pytest.mark.skipif(sandbox_unavailable_reason() is not None, reason="bubblewrap not installed")
 
@@ -132,3 +137,34 @@ def test_a_resumed_devbox_has_a_fork_server_again(sdk) -> None:  # noqa: ANN001
         assert parent[0] != "ppid=0" and parent[1].startswith(HELPER_NAME), parent
     finally:
         sdk.devboxes.shutdown(view.id)
+
+
+def test_a_fork_server_that_cannot_start_leaves_commands_to_nsenter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(forkclient, "_source", lambda: b"raise SystemExit(3)\n")  # the fault: it exits at once
+    caplog.set_level(logging.WARNING, logger="devbox_mcp.local")
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    system = own_system(tmp_path, home, tmp)
+    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-fail-{os.getpid()}", network="none", **system)
+
+    async def go() -> str:
+        sandbox = Sandbox(spec)
+        await sandbox.start()
+        try:
+            assert await sandbox.fork_server() is None
+            proc = await sandbox.spawn(
+                "echo $PPID; id -u; grep Seccomp: /proc/self/status",
+                env={}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, out
+            return out.decode()
+        finally:
+            await sandbox.stop()
+
+    assert asyncio.run(go()).split() == ["0", "1000", "Seccomp:", "2"]
+    failed = [r.getMessage() for r in caplog.records if "spawn helper" in r.getMessage()]
+    assert len(failed) == 1 and "commands enter it with nsenter" in failed[0], failed

@@ -87,7 +87,10 @@ async def test_fast_and_streamed_paths_return_the_same_result(
     assert structured(fast)["output_complete"] and structured(fast)["status"] == "completed"
     # The fast path: one request, plus a stream for each stream the answer could not carry whole.
     assert fast_requests == ["execute", *(f"stream_{s}_updates" for s in cut)]
-    assert sorted(streamed_requests) == ["execute", "stream_stderr_updates", "stream_stdout_updates", "wait_for_status"]
+    # The streamed path: both streams, then a status read, unless the execute answer already said the
+    # command completed (started by the devbox's fork server, a command this quick can end before it leaves).
+    streams = ["execute", "stream_stderr_updates", "stream_stdout_updates"]
+    assert sorted(streamed_requests) in (streams, [*streams, "wait_for_status"]), streamed_requests
 
 
 async def test_a_command_still_running_after_the_window_continues_from_the_answer_exactly(
