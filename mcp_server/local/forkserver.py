@@ -199,8 +199,14 @@ def main(argv: list[str]) -> int:
         _enter(int(config["init_pid"]), list(config["namespaces"]), own_ids=own_ids)
         if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
-        if "pid" in config["namespaces"] and os.fork() != 0:
-            os._exit(0)  # the server is the child, inside the devbox's pid namespace
+        if "pid" in config["namespaces"] and (child := os.fork()) != 0:
+            # The server is the child, inside the devbox's pid namespace. This process stays its
+            # parent until it ends: an orphan would go to the host's init, and the namespace cannot
+            # finish dying (its pid 1 waits in the kernel) until that init reaps it, which some
+            # inits do seconds late (a devbox's stop took 1.5-2 s on this machine's).
+            sock.close()
+            os.waitpid(child, 0)
+            os._exit(0)
         own = os.pidfd_open(os.getpid())
     except Exception as exc:  # noqa: BLE001 - told to the backend, which falls back to nsenter
         _send(sock, {"error": f"{type(exc).__name__}: {exc}"})

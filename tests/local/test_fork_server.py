@@ -168,3 +168,35 @@ def test_a_fork_server_that_cannot_start_leaves_commands_to_nsenter(
     assert asyncio.run(go()).split() == ["0", "1000", "Seccomp:", "2"]
     failed = [r.getMessage() for r in caplog.records if "spawn helper" in r.getMessage()]
     assert len(failed) == 1 and "commands enter it with nsenter" in failed[0], failed
+
+
+def _parent(pid: int) -> int:
+    """A host process's parent pid (field 4 of /proc/PID/stat, after the command in parentheses)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def test_the_fork_server_is_never_left_to_the_hosts_init(tmp_path: Path) -> None:
+    """Its parent is the process that started it, a child of the backend, until it ends: an orphan
+    would go to the host's init, and a stopping devbox's pid namespace cannot finish dying until
+    that init reaps it (seconds on an init that reaps late)."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    system = own_system(tmp_path, home, tmp)
+    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-parent-{os.getpid()}", network="none", **system)
+
+    async def go() -> tuple[int, int]:
+        sandbox = Sandbox(spec)
+        await sandbox.start()
+        try:
+            server = await sandbox.fork_server()
+            assert server is not None and server.pid is not None
+            launcher = _parent(server.pid)
+            return launcher, _parent(launcher)
+        finally:
+            await sandbox.stop()
+
+    launcher, its_parent = asyncio.run(go())
+    assert launcher != 1 and its_parent == os.getpid(), (launcher, its_parent)
+    assert not Path(f"/proc/{launcher}").exists()  # both gone (and reaped) once the sandbox stopped
