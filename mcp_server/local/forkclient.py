@@ -106,9 +106,10 @@ class HelperProcess(spawner.PipedProcess):
 class ForkServer:
     """A running fork server, reached over a SOCK_SEQPACKET socket pair."""
 
-    def __init__(self, sock: socket.socket, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str, stopping: asyncio.Event | None = None) -> None:
         self._sock = sock
         self._name = name  # for the log: the sandbox's hostname
+        self._stopping = stopping  # set once its sandbox stops: its end is then expected, not news
         self._loop = asyncio.get_running_loop()
         self._next_id = 0
         self._starting: dict[int, asyncio.Future[HelperProcess]] = {}
@@ -122,14 +123,16 @@ class ForkServer:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
-    async def start(cls, entry: Entry, *, own_system: bool, name: str) -> ForkServer:
+    async def start(
+        cls, entry: Entry, *, own_system: bool, name: str, stopping: asyncio.Event | None = None
+    ) -> ForkServer:
         """Start a fork server into `entry` and wait until it is inside (ForkServerUnavailable if it fails)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         source = os.memfd_create("forkserver", os.MFD_CLOEXEC)
         try:
             os.write(source, _source())
             os.lseek(source, 0, os.SEEK_SET)
-            server = cls(ours, name)
+            server = cls(ours, name, stopping)
             try:
                 server._launcher = await spawner.spawn(
                     [HELPER_NAME, "-I", "-S", "-", str(theirs.fileno())],
@@ -273,10 +276,10 @@ class ForkServer:
         if self.dead:
             return
         self.dead = f"the spawn helper is gone ({why})"
-        if self._ready.done():
-            log.warning("the spawn helper of sandbox %s is gone (%s): commands enter it with nsenter", self._name, why)
-        else:
+        if not self._ready.done():
             self._ready.set_exception(ForkServerUnavailable(why))
+        elif self._stopping is None or not self._stopping.is_set():
+            log.warning("the spawn helper of sandbox %s is gone (%s): commands enter it with nsenter", self._name, why)
         self._detach()
         for started in self._starting.values():
             if not started.done():

@@ -721,7 +721,9 @@ class Sandbox:
             cgroup_procs=spec.cgroup_procs, max_processes=spec.max_processes,
         )  # fmt: skip
         try:
-            return await ForkServer.start(entry, own_system=spec.ids is not None, name=spec.hostname)
+            return await ForkServer.start(
+                entry, own_system=spec.ids is not None, name=spec.hostname, stopping=self._stop_event
+            )
         except (ForkServerUnavailable, OSError) as exc:  # e.g. no interpreter to run it: nsenter still works
             if not self._stopped:
                 log.warning("sandbox %s: %s; commands enter it with nsenter", spec.hostname, exc)

@@ -200,3 +200,31 @@ def test_the_fork_server_is_never_left_to_the_hosts_init(tmp_path: Path) -> None
     launcher, its_parent = asyncio.run(go())
     assert launcher != 1 and its_parent == os.getpid(), (launcher, its_parent)
     assert not Path(f"/proc/{launcher}").exists()  # both gone (and reaped) once the sandbox stopped
+
+
+def test_a_stopping_sandbox_does_not_report_its_fork_server_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop that finds the fork server still starting closes it only once it is up; its end can
+    come first, and is then no news. The fault makes that race certain: close is a no-op."""
+    monkeypatch.setattr(forkclient.ForkServer, "close", lambda self: None)
+    caplog.set_level(logging.WARNING, logger="devbox_mcp.local")
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    system = own_system(tmp_path, home, tmp)
+    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-stop-{os.getpid()}", network="none", **system)
+
+    async def go() -> None:
+        sandbox = Sandbox(spec)
+        await sandbox.start()
+        server = await sandbox.fork_server()
+        assert server is not None
+        ended = asyncio.Event()
+        lost = server._lost
+        server._lost = lambda why: (lost(why), ended.set())  # type: ignore[method-assign]
+        await sandbox.stop()
+        await asyncio.wait_for(ended.wait(), 30)  # its end, read from its socket
+
+    asyncio.run(go())
+    assert [r.getMessage() for r in caplog.records if "spawn helper" in r.getMessage()] == []
