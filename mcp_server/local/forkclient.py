@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import spawner
+from .childwatch import end_process
 
 log = logging.getLogger("devbox_mcp.local")
 
@@ -291,6 +292,11 @@ class ForkServer:
     def _detach(self) -> None:
         with contextlib.suppress(ValueError, RuntimeError):
             self._loop.remove_reader(self._sock.fileno())
+
+    async def ended(self) -> None:
+        """Wait until the process that started it has exited and been reaped: it stays the
+        server's parent (see forkserver.main), and exits once the server is gone."""
+        await end_process(self._launcher)
 
     def close(self) -> None:
         """Stop using it; it exits once the socket is closed (and with the sandbox in any case)."""

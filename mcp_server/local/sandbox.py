@@ -886,6 +886,7 @@ class Sandbox:
             await asyncio.wait({self._helper})  # a start under way fails fast once pid 1 is gone
             if (helper := self._helper.result()) is not None:
                 helper.close()
+                await helper.ended()
         for proc in (self._bwrap, self._slirp):
             await end_process(proc)  # bwrap exits by itself once its pid 1 is gone, after reaping it
 
