@@ -787,7 +787,7 @@ class RunloopClient:
                 await response.aread()  # a server without the extension: its one-object answer
                 return self._parse(response, ExecutionView)
             last: ExecutionView | None = None
-            async for line in response.aiter_lines():
+            async for line in _lines(response):
                 if not line.strip():
                     continue
                 try:
@@ -1043,6 +1043,17 @@ class RunloopClient:
 
 class _LogList(BaseModel):
     logs: list[LogEntry] = []
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of a response body as they come; a body of known length (the embedded backend's
+    answer to a command done within the hold: one line) is read whole, in one step."""
+    if _content_length(response) is None:
+        async for line in response.aiter_lines():
+            yield line
+        return
+    for line in (await response.aread()).decode("utf-8", errors="replace").split("\n"):
+        yield line  # not splitlines(): a view's text may hold U+2028 and the like, JSON need not escape them
 
 
 def _tls_context(base_url: str) -> ssl.SSLContext:

@@ -66,6 +66,7 @@ CASES = [
     ("exit 7", ()),
     ("echo only-stderr >&2; exit 2", ()),
     ("printf 'h\\xc3\\xa9llo w\\xc3\\xb6rld'", ()),  # multi-byte, no final newline
+    ("printf 'a\\xe2\\x80\\xa8b\\xc2\\x85c\\x1cd'", ()),  # line separators JSON need not escape (U+2028, NEL)
     (f"seq 1 {FAST_LAST_N - 1}", ()),
     (f"seq 1 {FAST_LAST_N}", ()),
     (f"seq 1 {FAST_LAST_N + 1}; seq 1 5 >&2", ("stdout",)),
