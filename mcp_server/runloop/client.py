@@ -1046,14 +1046,21 @@ class _LogList(BaseModel):
 
 
 async def _lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The lines of a response body as they come; a body of known length (the embedded backend's
-    answer to a command done within the hold: one line) is read whole, in one step."""
-    if _content_length(response) is None:
-        async for line in response.aiter_lines():
-            yield line
+    """The lines of a response body as they come, split at newlines only: a view's text may hold
+    U+2028, NEL and the like, which JSON need not escape and `aiter_lines` would split at. A body
+    of known length (the embedded backend's answer to a command done within the hold: one line)
+    is read whole, in one step."""
+    if _content_length(response) is not None:
+        for line in (await response.aread()).split(b"\n"):
+            yield line.decode("utf-8", errors="replace")
         return
-    for line in (await response.aread()).decode("utf-8", errors="replace").split("\n"):
-        yield line  # not splitlines(): a view's text may hold U+2028 and the like, JSON need not escape them
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
 
 
 def _tls_context(base_url: str) -> ssl.SSLContext:
