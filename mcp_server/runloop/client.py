@@ -91,6 +91,7 @@ USER_AGENT = "devbox-mcp/0.1"
 SUBSECOND_WAITS_HEADER = "x-devbox-mcp-subsecond-waits"
 # Accepted by the embedded backend's execute: the held answer as lines of views (`execute`'s `on_output`).
 NDJSON = "application/x-ndjson"
+URL_CACHE_SIZE = 512  # request URLs merged with the base URL, kept for their path's next request
 
 
 class _LinesBroken(Exception):
@@ -150,6 +151,7 @@ class RunloopClient:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._connect_timeout = connect_timeout
+        self._urls: dict[tuple[object, ...], httpx.URL] = {}  # see `_url`
         self.pty_url = pty_url or default_pty_url(self.base_url)
 
         verify = _tls_context(self.base_url)
@@ -249,9 +251,9 @@ class RunloopClient:
             attempts += 1
             request = http.build_request(
                 method,
-                pty.url(path) if pty is not None else path,
+                pty.url(path) if pty is not None else self._url(http, path, query),
                 json=json_body,
-                params=query,
+                params=query if pty is not None else None,
                 files=files,
                 data=data,
                 headers=all_headers,
@@ -283,6 +285,19 @@ class RunloopClient:
             ):
                 raise error
             await self._pause(method, path, str(status), attempts, error.retry_after)
+
+    def _url(self, http: httpx.AsyncClient, path: str, query: dict[str, str]) -> httpx.URL:
+        """`path` with `query` on the base URL, merged once per path and query: httpx parses a URL
+        three times to merge it, 90 µs of the 125 building a request takes (a command's execute
+        goes to one path over and over)."""
+        key = (http is self._stream_http, path, *query.items())
+        url = self._urls.get(key)
+        if url is None:
+            url = http.build_request("GET", path, params=query).url
+            if len(self._urls) >= URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[key] = url
+        return url
 
     async def _pause(self, method: str, path: str, reason: str, attempts: int, retry_after: float | None) -> None:
         delay = self.retry.backoff(attempts, retry_after)
