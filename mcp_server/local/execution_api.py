@@ -151,24 +151,33 @@ async def execute(request: Request) -> Response:
 
         ex = await manager.idempotency.run(idempotency_key(request, f"execute:{devbox_id}"), start)
     if NDJSON in request.headers.get("accept", ""):
-        views = _held_views(manager, ex, optimistic, grace, last_n)
-        return StreamingResponse(views, media_type=NDJSON, headers=SUBSECOND_HEADER)
+        return await _held_views(manager, ex, optimistic, grace, last_n)
     await manager.wait_optimistic(ex, optimistic, output_grace=grace)
     return JSONResponse(manager.view(ex, last_n), headers=SUBSECOND_HEADER)
 
 
-async def _held_views(
-    manager: ExecutionManager, ex: Execution, seconds: float, grace: float | None, last_n: int
-) -> AsyncIterator[bytes]:
+async def _held_views(manager: ExecutionManager, ex: Execution, seconds: float, grace: float | None, last_n: int) -> Response:
     """The held execute answer as lines: the view of the command when it first prints (if it is
     still running then), so a client can show that output without waiting for the hold to end;
-    then the view at the end of the hold, the same as the one-object answer."""
+    then the view at the end of the hold, the same as the one-object answer.
+
+    Nothing is sent before the first line: a command that completes (or stays silent) within the
+    hold gets its one line as a whole body, sent at once with the headers (no chunks, no second
+    wake-up of the client for the headers alone: the quick command's round trip).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    if await manager.wait_for_output(ex, seconds) and not ex.finished:
-        yield orjson.dumps(manager.view(ex, last_n)) + b"\n"
+    printed = await manager.wait_for_output(ex, seconds)
+    first = orjson.dumps(manager.view(ex, last_n)) + b"\n"
+    if not printed or ex.finished:
+        return Response(first, media_type=NDJSON, headers=SUBSECOND_HEADER)
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield first
         await manager.wait_optimistic(ex, max(0.0, deadline - loop.time()), output_grace=grace)
-    yield orjson.dumps(manager.view(ex, last_n)) + b"\n"
+        yield orjson.dumps(manager.view(ex, last_n)) + b"\n"
+
+    return StreamingResponse(lines(), media_type=NDJSON, headers=SUBSECOND_HEADER)
 
 
 async def execute_sync(request: Request) -> Response:

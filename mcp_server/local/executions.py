@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import orjson
+
 from . import childwatch
 from .clock import now_ms
 from .errors import ApiError, disk_full, is_disk_full, not_found
@@ -124,6 +126,16 @@ def _make_spare(root: Path) -> str:
     return execution_id
 
 
+def _journal_line(record: ExecutionRecord) -> bytes:
+    """A record as one journal line. orjson takes 0.2 µs where asdict + json take 14, on every
+    start and end of a command; a text it refuses (a lone surrogate in the command) goes through
+    the json module, which escapes it."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return (json.dumps(asdict(record), separators=(",", ":")) + "\n").encode()
+
+
 class ExecutionStore:
     """One devbox's executions on disk: the record journal, and spare directories made ahead.
 
@@ -178,7 +190,7 @@ class ExecutionStore:
         os.replace(tmp, self.root / JOURNAL)
 
     def append(self, record: ExecutionRecord) -> None:
-        line = (json.dumps(asdict(record), separators=(",", ":")) + "\n").encode()
+        line = _journal_line(record)
         fd = os.open(self.root / JOURNAL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
             end = os.lseek(fd, 0, os.SEEK_END)

@@ -154,6 +154,8 @@ def test_execute_accepting_ndjson_sends_the_first_output_while_the_request_is_he
     answer = http.post(f"/v1/devboxes/{devbox}/execute", json=silent, headers=accept)
     (only,) = [json.loads(line) for line in answer.text.splitlines() if line.strip()]
     assert only["status"] == "completed" and only["exit_status"] == 4
+    # Nothing was sent before that line: it came as a whole body with the headers, not in chunks.
+    assert answer.headers["content-length"] == str(len(answer.content)) and "transfer-encoding" not in answer.headers
 
 
 def test_x_request_id_makes_execute_async_idempotent(http, devbox, sdk):

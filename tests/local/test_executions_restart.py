@@ -113,3 +113,17 @@ def test_the_journal_survives_a_torn_line_and_keeps_spares_apart(tmp_path: Path)
     assert ExecutionStore(tmp_path).load() == [record, later]
     compacted = (tmp_path / JOURNAL).read_text().splitlines()
     assert compacted == [json.dumps(asdict(r), separators=(",", ":")) for r in (record, later)]
+
+
+def test_the_journal_keeps_any_command_text(tmp_path: Path):
+    """Non-ASCII commands, line separators and a lone surrogate (JSON can carry one) come back as written."""
+    from mcp_server.local.executions import ExecutionRecord, ExecutionStore
+
+    store = ExecutionStore(tmp_path)
+    records = [
+        ExecutionRecord(store.take(), "dbx_x", command, None, False, "completed", 0, 1)
+        for command in ("echo début", "printf 'a\u2028b\u0085c'", "echo \ud800 lone")
+    ]
+    for record in records:
+        store.append(record)
+    assert sorted(ExecutionStore(tmp_path).load(), key=records.index) == records

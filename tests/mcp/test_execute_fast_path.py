@@ -66,6 +66,7 @@ CASES = [
     ("exit 7", ()),
     ("echo only-stderr >&2; exit 2", ()),
     ("printf 'h\\xc3\\xa9llo w\\xc3\\xb6rld'", ()),  # multi-byte, no final newline
+    ("printf 'a\\xe2\\x80\\xa8b\\xc2\\x85c\\x1cd'", ()),  # line separators JSON need not escape (U+2028, NEL)
     (f"seq 1 {FAST_LAST_N - 1}", ()),
     (f"seq 1 {FAST_LAST_N}", ()),
     (f"seq 1 {FAST_LAST_N + 1}; seq 1 5 >&2", ("stdout",)),
@@ -210,10 +211,12 @@ async def test_the_first_output_shows_as_progress_while_the_request_is_held(
     """The first line reaches the client as progress from the held execute request, before the
     command completes (here it completes only once the client has seen that line); then, whether
     the same request's answer completes it, the streams follow from there, or a stream the answer
-    cut is read from its start, nothing is shown twice."""
+    cut is read from its start, nothing is shown twice. The line holds U+2028, which JSON need not
+    escape: the answer's lines are split at newlines only."""
+    first = "déb\u2028ut\n"
     marker = f"/tmp/first-line-{uuid.uuid4().hex[:8]}"
-    command = f"printf 'd\\xc3\\xa9but\\n'; until [ -e {marker} ]; do sleep 0.01; done; echo fin{more}"
-    stdout = "début\nfin\n" + "".join(f"{i}\n" for i in range(1, FAST_LAST_N + 1) if more)
+    command = f"printf 'd\\xc3\\xa9b\\xe2\\x80\\xa8ut\\n'; until [ -e {marker} ]; do sleep 0.01; done; echo fin{more}"
+    stdout = first + "fin\n" + "".join(f"{i}\n" for i in range(1, FAST_LAST_N + 1) if more)
     messages: list[str] = []
     server = make_server(backend, settings, base_url=fault_proxy.url)
     async with Client(server, mode="auto") as client, Client(make_server(backend), mode="auto") as other:
@@ -230,9 +233,9 @@ async def test_the_first_output_shows_as_progress_while_the_request_is_held(
     assert structured(result)["exit_status"] == 0 and structured(result)["output_complete"]
     paths = [r.path.rsplit("/", 1)[-1] for r in made]
     if settings is FAST:  # the answer completes it: the rest is in the result, not in progress
-        assert messages == ["début\n"] and paths == ["execute"]
+        assert messages == [first] and paths == ["execute"]
     else:  # the streams follow from the answer's end, or (the answer cut stdout) from its start
-        assert messages[0] == "début\n" and "".join(messages) == stdout
+        assert messages[0] == first and "".join(messages) == stdout
     if more:
         assert paths == ["execute", "stream_stdout_updates"]
     else:

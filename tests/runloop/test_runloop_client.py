@@ -122,6 +122,17 @@ async def test_custom_headers_are_sent(fault_proxy: FaultProxy, backend) -> None
     assert seen.headers["authorization"] == f"Bearer {backend.api_key}"
 
 
+async def test_each_request_goes_to_its_own_path_and_query(fault_proxy: FaultProxy, backend) -> None:
+    """Request URLs are merged with the base URL once per path and query and reused: a path asked
+    again with another query, or none, is sent with that one."""
+    async with RunloopClient(fault_proxy.url + "/", backend.api_key) as client:
+        for params in ({"last_n": 5}, {"last_n": 7}, None, {"last_n": 5, "flag": True}, {"last_n": None}):
+            await client._send("GET", "/healthz", params=params)
+    assert [seen.target for seen in fault_proxy.seen("^/healthz")] == [
+        "/healthz?last_n=5", "/healthz?last_n=7", "/healthz", "/healthz?last_n=5&flag=true", "/healthz"
+    ]
+
+
 async def test_get_is_retried_on_5xx_then_succeeds(fault_proxy: FaultProxy, backend) -> None:
     fault_proxy.fail("^/healthz$", status=503, times=2)
     async with client_for(fault_proxy.url, backend.api_key) as client:
