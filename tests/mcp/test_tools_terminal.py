@@ -65,10 +65,12 @@ async def test_a_python_repl_keeps_a_variable_across_three_sends(mcp: Client, de
     await send(mcp, session, text="python3 -q", keys=["Enter"], wait_for=r"^>>> $")
     await send(mcp, session, text="x = 6 * 7", keys=["Enter"], wait_for=r"^>>> $")
     await send(mcp, session, text="y = x + 1", keys=["Enter"], wait_for=r"^>>> $")
-    out = await send(mcp, session, text="print('value', x, y)", keys=["Enter"], wait_for=r"value 42 43")
-    assert "value 42 43" in out["screen"]
-    row, col = out["cursor"]
-    assert out["screen"].splitlines()[row].startswith(">>> ") or "value 42 43" in out["screen"]
+    # Waits for the prompt after the value: waiting for the value alone could answer before the
+    # prompt is drawn, with the cursor on a row the screen (trailing blank rows trimmed) lacks.
+    out = await send(mcp, session, text="print('value', x, y)", keys=["Enter"], wait_for=r"^>>> $")
+    lines = out["screen"].splitlines()
+    row, _ = out["cursor"]
+    assert "value 42 43" in lines[row - 1] and lines[row] == ">>> ", out["screen"]
     await call_ok(mcp, "close_terminal", {"session": session})
 
 
