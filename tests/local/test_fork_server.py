@@ -44,6 +44,15 @@ def poll_until(check, seconds: float = 20.0) -> None:  # noqa: ANN001
         assert time.monotonic() < deadline, "condition not reached before the deadline"
 
 
+def bare_spec(tmp_path: Path, name: str) -> SandboxSpec:
+    """A sandbox as a root backend's devboxes have it (a system of its own), without a network."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    system = own_system(tmp_path, home, tmp)
+    return SandboxSpec(home=home, tmp=tmp, hostname=f"fork-{name}-{os.getpid()}", network="none", **system)
+
+
 @pytest.fixture(scope="module")
 def served(sdk) -> Iterator[str]:  # noqa: ANN001
     view = sdk.devboxes.create_and_await_running(name="fork-served")
@@ -144,11 +153,7 @@ def test_a_fork_server_that_cannot_start_leaves_commands_to_nsenter(
 ) -> None:
     monkeypatch.setattr(forkclient, "_source", lambda: b"raise SystemExit(3)\n")  # the fault: it exits at once
     caplog.set_level(logging.WARNING, logger="devbox_mcp.local")
-    home, tmp = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    tmp.mkdir()
-    system = own_system(tmp_path, home, tmp)
-    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-fail-{os.getpid()}", network="none", **system)
+    spec = bare_spec(tmp_path, "fail")
 
     async def go() -> str:
         sandbox = Sandbox(spec)
@@ -180,11 +185,7 @@ def test_the_fork_server_is_never_left_to_the_hosts_init(tmp_path: Path) -> None
     """Its parent is the process that started it, a child of the backend, until it ends: an orphan
     would go to the host's init, and a stopping devbox's pid namespace cannot finish dying until
     that init reaps it (seconds on an init that reaps late)."""
-    home, tmp = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    tmp.mkdir()
-    system = own_system(tmp_path, home, tmp)
-    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-parent-{os.getpid()}", network="none", **system)
+    spec = bare_spec(tmp_path, "parent")
 
     async def go() -> tuple[int, int]:
         sandbox = Sandbox(spec)
@@ -209,11 +210,7 @@ def test_a_stopping_sandbox_does_not_report_its_fork_server_gone(
     come first, and is then no news. The fault makes that race certain: close is a no-op."""
     monkeypatch.setattr(forkclient.ForkServer, "close", lambda self: None)
     caplog.set_level(logging.WARNING, logger="devbox_mcp.local")
-    home, tmp = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    tmp.mkdir()
-    system = own_system(tmp_path, home, tmp)
-    spec = SandboxSpec(home=home, tmp=tmp, hostname=f"fork-stop-{os.getpid()}", network="none", **system)
+    spec = bare_spec(tmp_path, "stop")
 
     async def go() -> None:
         sandbox = Sandbox(spec)
