@@ -1259,13 +1259,7 @@ class DevboxManager:
             if devbox.status != "running":
                 raise ApiError(400, not_running_message(devbox))
             devbox.tunnel = new_tunnel(config)
-            try:
-                self._save(devbox)
-            except OSError as exc:
-                devbox.tunnel = None
-                if is_disk_full(exc):
-                    raise disk_full(f"enable a tunnel on devbox {devbox_id}") from None
-                raise
+            self._save_or_undo(devbox, lambda: setattr(devbox, "tunnel", None), f"enable a tunnel on devbox {devbox_id}")
             self._tunnel_keys[devbox.tunnel["tunnel_key"]] = devbox.id
             return devbox
 
@@ -1277,13 +1271,7 @@ class DevboxManager:
                 return
             before = devbox.tunnel
             devbox.tunnel = None
-            try:
-                self._save(devbox)
-            except OSError as exc:
-                devbox.tunnel = before
-                if is_disk_full(exc):
-                    raise disk_full(f"remove the tunnel of devbox {devbox_id}") from None
-                raise
+            self._save_or_undo(devbox, lambda: setattr(devbox, "tunnel", before), f"remove the tunnel of devbox {devbox_id}")
             self._tunnel_keys.pop(before["tunnel_key"], None)
 
     def by_tunnel_key(self, key: str) -> Devbox | None:
@@ -1423,14 +1411,23 @@ class DevboxManager:
             devbox.name = name
         if metadata is not None:
             devbox.metadata = dict(metadata)
+
+        def undo() -> None:
+            devbox.name, devbox.metadata = before
+
+        self._save_or_undo(devbox, undo, f"update devbox {devbox_id}")
+        return devbox
+
+    def _save_or_undo(self, devbox: Devbox, undo: Callable[[], None], action: str) -> None:
+        """Save a change the caller made to `devbox`; when the record cannot be written, `undo` it in
+        memory too and refuse (a full disk: 507 saying what could not be done, `action`)."""
         try:
             self._save(devbox)
         except OSError as exc:
-            devbox.name, devbox.metadata = before
+            undo()
             if is_disk_full(exc):
-                raise disk_full(f"update devbox {devbox_id}") from None
+                raise disk_full(action) from None
             raise
-        return devbox
 
 
 def not_running_message(devbox: Devbox) -> str:

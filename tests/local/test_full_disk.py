@@ -109,6 +109,9 @@ def test_every_write_on_a_full_disk_is_507_and_changes_nothing(
     r = client.post(f"{dbx}/suspend")
     assert disk_full(r), r.text
     assert client.get(dbx).json()["status"] == "running"
+    r = client.post(f"{dbx}/enable_tunnel", json={"auth_mode": "open"})
+    assert disk_full(r), r.text
+    assert client.get(dbx).json().get("tunnel") is None
 
     assert snapshot(data_dir) == before  # no devbox half made, no temporary file, no torn record
     assert not (home / "big.txt").exists() and not (home / "up.bin").exists()
@@ -121,6 +124,7 @@ def test_every_write_on_a_full_disk_is_507_and_changes_nothing(
     created = client.post("/v1/devboxes/create_and_await_running", json={"name": "room again"})
     assert created.status_code == 200 and created.json()["status"] == "running", created.text
     assert client.post(dbx, json={"metadata": {"new": "value"}}).json()["metadata"] == {"new": "value"}
+    assert client.post(f"{dbx}/enable_tunnel", json={"auth_mode": "open"}).json()["tunnel_key"]
     r = client.post(f"{dbx}/write_file_contents", json={"file_path": "big.txt", "contents": "w" * MiB})
     assert r.status_code == 200, r.text
     body, content_type = multipart("up.bin", b"u" * MiB, False)
